@@ -1,0 +1,239 @@
+"""Envelope format v1: one encrypted field value, specified in docs/ENVELOPE.md.
+
+An envelope is a JSON object::
+
+    {"v": 1, "kid": "<full versioned MEK id>", "wrap": "RSA-OAEP-256",
+     "dek": "<wrapped data key>", "alg": "A256GCM", "iv": "<12 bytes>", "ct": "<ct || tag>"}
+
+Binary values are base64url without padding. The plaintext is the JSON encoding of the
+original field value. The GCM associated data binds the ciphertext to where it lives (see
+:func:`associated_data`) and deliberately leaves out ``kid`` and ``dek`` so that
+:func:`rewrap` can move the data key to another MEK without touching the ciphertext.
+
+Every way an envelope can be bad raises :class:`EnvelopeError`; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tracker_reencrypt.errors import EnvelopeError, KeyDisabledError, KeyNotFoundError, UnwrapError
+
+VERSION = 1
+CONTENT_ALGORITHM = "A256GCM"
+ENVELOPE_FIELDS = frozenset({"v", "kid", "wrap", "dek", "alg", "iv", "ct"})
+AAD_CONTEXT = b"tracker-reencrypt/envelope/v1"
+NONCE_BYTES = 12
+TAG_BYTES = 16
+DEK_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a field lives: what the ciphertext is bound to.
+
+    ``field_path`` is a JSON Pointer (RFC 6901) to the field with every array index written
+    as ``*`` (see :func:`tracker_reencrypt.documents.schema_path`), so reordering an array
+    does not break decryption while moving an envelope to another field or document does.
+    """
+
+    document_id: str
+    partition_key: str
+    field_path: str
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A plaintext data key with its wrapped form under ``kid``. Never logged."""
+
+    kid: str
+    wrap_algorithm: str
+    plaintext: bytes
+    wrapped: bytes
+
+    def __repr__(self) -> str:  # keeps the DEK out of tracebacks and logs
+        return f"DataKey(kid={self.kid!r}, wrap_algorithm={self.wrap_algorithm!r})"
+
+
+class Keyring(Protocol):
+    """What the envelope needs from keys: see tracker_reencrypt.keys.keyring."""
+
+    def data_key_for_encryption(self, kid: str | None = None) -> DataKey: ...
+
+    def unwrap(self, kid: str, wrap_algorithm: str, wrapped: bytes) -> bytes: ...
+
+    def wrap(self, kid: str, dek: bytes) -> tuple[str, bytes]: ...
+
+
+def b64encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: str, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise EnvelopeError("malformed", f"envelope field '{name}' must be a base64url string")
+    if "=" in text or "+" in text or "/" in text:
+        raise EnvelopeError("malformed", f"envelope field '{name}' is not unpadded base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise EnvelopeError("malformed", f"envelope field '{name}' is not valid base64url") from None
+
+
+def associated_data(where: Location) -> bytes:
+    """The exact GCM associated data: context, then three length-prefixed UTF-8 strings.
+
+    Each string is preceded by its byte length as a 4-byte big-endian unsigned integer, so
+    no choice of ids or paths can make two different locations produce the same bytes.
+    """
+    parts = [AAD_CONTEXT]
+    for value in (where.document_id, where.partition_key, where.field_path):
+        raw = str(value).encode("utf-8")
+        parts.append(struct.pack(">I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def is_envelope(value: Any) -> bool:
+    """True for a JSON object shaped like an envelope of any version we might meet."""
+    return isinstance(value, dict) and value.keys() == ENVELOPE_FIELDS
+
+
+def encrypt(value: Any, where: Location, keyring: Keyring, kid: str | None = None) -> dict:
+    """Encrypt a JSON value for ``where`` under ``kid`` (default: the current MEK version).
+
+    An envelope is refused as input: encrypting one again would nest envelopes and hide the
+    real value behind a key nobody expects.
+    """
+    if is_envelope(value):
+        raise EnvelopeError("already_encrypted", f"field {where.field_path} already holds an envelope; refusing to nest it")
+    try:
+        plaintext = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError):
+        raise EnvelopeError("not_json", f"field {where.field_path} holds a value that is not JSON-encodable") from None
+    return _seal(plaintext, where, keyring.data_key_for_encryption(kid))
+
+
+def decrypt(envelope: Any, where: Location, keyring: Keyring) -> Any:
+    """Return the original JSON value of an envelope bound to ``where``."""
+    plaintext = _open(_parse(envelope), where, keyring)
+    try:
+        return json.loads(plaintext.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise EnvelopeError("malformed", f"field {where.field_path}: decrypted payload is not JSON") from None
+
+
+def reencrypt(envelope: Any, where: Location, keyring: Keyring, target_kid: str) -> dict:
+    """A new envelope under ``target_kid``: data key and ciphertext both replaced.
+
+    The data key comes from the keyring's encryption materials, which may share one fresh
+    DEK among a bounded number of fields (see tracker_reencrypt.keys.keyring).
+    """
+    plaintext = _open(_parse(envelope), where, keyring)
+    return _seal(plaintext, where, keyring.data_key_for_encryption(target_kid))
+
+
+def rewrap(envelope: Any, keyring: Keyring, target_kid: str) -> dict:
+    """The same ciphertext with its data key re-wrapped under ``target_kid``.
+
+    Only ``kid``, ``wrap`` and ``dek`` change. The associated data does not cover them, so
+    the AAD contract holds. The payload is not authenticated here (no location is given);
+    callers that must prove the field decrypts use :func:`decrypt` or :func:`reencrypt`.
+    """
+    parsed = _parse(envelope)
+    dek = _unwrap(parsed, keyring)
+    wrap_algorithm, wrapped = _call_keyring(lambda: keyring.wrap(target_kid, dek), target_kid)
+    return {**parsed.raw, "kid": target_kid, "wrap": wrap_algorithm, "dek": b64encode(wrapped)}
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    raw: dict
+    kid: str
+    wrap_algorithm: str
+    wrapped_dek: bytes
+    iv: bytes
+    ct: bytes
+
+
+def _parse(envelope: Any) -> _Parsed:
+    if not isinstance(envelope, dict):
+        raise EnvelopeError("malformed", "envelope is not a JSON object")
+    if envelope.keys() != ENVELOPE_FIELDS:
+        missing = sorted(ENVELOPE_FIELDS - envelope.keys())
+        extra = sorted(envelope.keys() - ENVELOPE_FIELDS)
+        raise EnvelopeError("malformed", f"envelope fields wrong (missing {missing}, unexpected {extra})")
+    if envelope["v"] != VERSION or isinstance(envelope["v"], bool):
+        raise EnvelopeError("unsupported_version", f"envelope version {envelope['v']!r} is not supported (expected {VERSION})")
+    if envelope["alg"] != CONTENT_ALGORITHM:
+        raise EnvelopeError("unsupported_algorithm", f"envelope alg {envelope['alg']!r} is not supported (expected {CONTENT_ALGORITHM})")
+    for name in ("kid", "wrap"):
+        if not isinstance(envelope[name], str) or not envelope[name]:
+            raise EnvelopeError("malformed", f"envelope field '{name}' must be a non-empty string")
+    iv = b64decode(envelope["iv"], "iv")
+    ct = b64decode(envelope["ct"], "ct")
+    wrapped = b64decode(envelope["dek"], "dek")
+    if len(iv) != NONCE_BYTES:
+        raise EnvelopeError("malformed", f"envelope iv must be {NONCE_BYTES} bytes, got {len(iv)}")
+    if len(ct) < TAG_BYTES:
+        raise EnvelopeError("truncated", "envelope ciphertext is shorter than its authentication tag")
+    if not wrapped:
+        raise EnvelopeError("malformed", "envelope dek is empty")
+    return _Parsed(envelope, envelope["kid"], envelope["wrap"], wrapped, iv, ct)
+
+
+def _seal(plaintext: bytes, where: Location, key: DataKey) -> dict:
+    iv = os.urandom(NONCE_BYTES)
+    ct = AESGCM(key.plaintext).encrypt(iv, plaintext, associated_data(where))
+    return {
+        "v": VERSION,
+        "kid": key.kid,
+        "wrap": key.wrap_algorithm,
+        "dek": b64encode(key.wrapped),
+        "alg": CONTENT_ALGORITHM,
+        "iv": b64encode(iv),
+        "ct": b64encode(ct),
+    }
+
+
+def _unwrap(parsed: _Parsed, keyring: Keyring) -> bytes:
+    dek = _call_keyring(lambda: keyring.unwrap(parsed.kid, parsed.wrap_algorithm, parsed.wrapped_dek), parsed.kid)
+    if len(dek) != DEK_BYTES:
+        raise EnvelopeError("bad_dek", f"data key under {parsed.kid} is {len(dek)} bytes, expected {DEK_BYTES}")
+    return dek
+
+
+def _open(parsed: _Parsed, where: Location, keyring: Keyring) -> bytes:
+    dek = _unwrap(parsed, keyring)
+    try:
+        return AESGCM(dek).decrypt(parsed.iv, parsed.ct, associated_data(where))
+    except InvalidTag:
+        raise EnvelopeError(
+            "authentication_failed",
+            f"field {where.field_path} of document {where.document_id}: ciphertext tampered or bound to another location",
+        ) from None
+
+
+def _call_keyring(operation, kid: str):
+    """Run a key operation, turning key provider refusals into EnvelopeError.
+
+    Transient provider failures (vault unreachable, throttled beyond retries) are not the
+    envelope's fault and propagate as KeyProviderError so a sweep can retry the batch.
+    """
+    try:
+        return operation()
+    except KeyNotFoundError:
+        raise EnvelopeError("unknown_kid", f"key {kid} is not known to the key provider") from None
+    except KeyDisabledError:
+        raise EnvelopeError("kid_disabled", f"key {kid} is disabled; enable it to decrypt") from None
+    except UnwrapError:
+        raise EnvelopeError("unwrap_failed", f"key {kid} could not unwrap the data key (tampered or foreign dek)") from None

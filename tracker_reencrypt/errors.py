@@ -1,0 +1,76 @@
+"""The one exception hierarchy of tracker-reencrypt.
+
+Every error a caller can see derives from :class:`ReencryptError`. Messages are one line,
+name the thing that is wrong and, where there is one, the fix. They never carry plaintext,
+data keys or key material: only ids, paths and reasons.
+"""
+
+from __future__ import annotations
+
+
+class ReencryptError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    #: Process exit code the CLI uses for this kind of error.
+    exit_code = 1
+
+
+class ConfigError(ReencryptError):
+    """A setting is missing or malformed (store URL, key provider URL, broker URL...)."""
+
+    exit_code = 2
+
+
+class EnvelopeError(ReencryptError):
+    """An envelope cannot be read, verified or produced.
+
+    One type for every way an envelope can be bad (malformed, truncated, tampered, bound to
+    another location, wrapped under an unknown or disabled key), like Fernet's InvalidToken.
+    ``reason`` is a short machine-readable code recorded in sweep failures.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class KeyProviderError(ReencryptError):
+    """The key provider failed or refused (vault unreachable, permission denied...)."""
+
+
+class KeyNotFoundError(KeyProviderError):
+    """A key id names no key version the provider knows."""
+
+
+class KeyDisabledError(KeyProviderError):
+    """A key version exists but is disabled, so it cannot unwrap or wrap."""
+
+
+class UnwrapError(KeyProviderError):
+    """The key refused this wrapped data key: it was not wrapped by it, or was altered."""
+
+
+class KeyringFileError(KeyProviderError):
+    """The local JWKS keyring file is missing, unsafe or unreadable."""
+
+    exit_code = 2
+
+
+class StoreError(ReencryptError):
+    """The document or state store failed (unreachable, bad credentials, bad request)."""
+
+
+class ConflictError(StoreError):
+    """A conditional write lost: the record changed since it was read (ETag mismatch)."""
+
+
+class NotFoundError(StoreError):
+    """A document or record does not exist."""
+
+
+class SweepError(ReencryptError):
+    """A sweep operation was refused (unknown id, another sweep running, bad target...)."""
+
+
+class LeaseLostError(SweepError):
+    """Another worker holds the slice now: the fencing counter moved past ours."""

@@ -1,0 +1,121 @@
+"""Document stores: the tracker container the sweep reads and rewrites, and the sweep's state.
+
+One small interface for documents (:class:`DocumentStore`) and one for the sweep's own
+durable records (:class:`RecordStore`), each implemented once per backend and chosen by URL:
+
+- ``sqlite:///relative.db`` / ``sqlite:////absolute.db``: the embedded default
+  (:mod:`tracker_reencrypt.stores.sqlite`);
+- ``cosmos://<account host>[:port]/<database>/<container>``: Azure Cosmos DB NoSQL through
+  ``azure-cosmos`` (:mod:`tracker_reencrypt.stores.cosmos`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tracker_reencrypt.errors import ConfigError
+
+#: A feed range: a JSON-serialisable dict, opaque to callers. It travels in Celery messages
+#: and is stored in slice checkpoints, so it must round-trip through JSON unchanged.
+FeedRange = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document as read, with the ETag a conditional write must match."""
+
+    body: dict
+    etag: str
+
+    @property
+    def id(self) -> str:
+        return self.body["id"]
+
+
+@dataclass(frozen=True)
+class ScanPage:
+    documents: list[StoredDocument]
+    #: Where the next page starts; None once the range is exhausted.
+    continuation: str | None
+
+
+@dataclass
+class RequestCost:
+    """What the backend charged so far (Cosmos request units; SQLite reports an estimate)."""
+
+    request_units: float = 0.0
+    throttled: int = 0
+
+
+class DocumentStore(Protocol):
+    """The tracker container, as the sweep and verify need it."""
+
+    #: Name of the document property holding the partition key (e.g. ``productId``).
+    partition_key_field: str
+    cost: RequestCost
+
+    def describe(self) -> str:
+        """Where the documents live, for messages (no secrets)."""
+
+    def feed_ranges(self, min_count: int = 1) -> list[FeedRange]:
+        """Disjoint ranges covering the container exactly; at least ``min_count`` where the
+        backend can split finer than its physical partitions."""
+
+    def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage:
+        """One page of a range. Every document that exists for the whole scan is returned at
+        least once across the pages of a scan resumed from any stored continuation."""
+
+    def read(self, document_id: str, partition_key: str) -> StoredDocument:
+        """Raises NotFoundError."""
+
+    def create(self, body: dict) -> StoredDocument:
+        """Insert a new document; ConflictError if the id exists in its partition."""
+
+    def replace(self, body: dict, etag: str) -> StoredDocument:
+        """Replace a document only if its ETag is still ``etag``; ConflictError otherwise."""
+
+    def count(self) -> int: ...
+
+    def records(self) -> "RecordStore":
+        """The sweep's durable state, kept beside the documents in the same backend."""
+
+    def close(self) -> None: ...
+
+
+class RecordStore(Protocol):
+    """Small JSON records with ETags: sweeps, slices, failures, audit entries.
+
+    Records are grouped by ``kind`` and ordered by ``record_id`` within it. Every write is
+    conditional, which is all the sweep needs to build leases and fencing on top.
+    """
+
+    def get(self, kind: str, record_id: str) -> tuple[dict, str]:
+        """The record and its ETag; NotFoundError if absent."""
+
+    def create(self, kind: str, record_id: str, body: dict) -> str:
+        """Insert; ConflictError if a record with this kind and id exists. Returns the ETag."""
+
+    def replace(self, kind: str, record_id: str, body: dict, etag: str) -> str:
+        """Replace only if the ETag still matches; ConflictError otherwise."""
+
+    def list(self, kind: str, prefix: str = "") -> list[tuple[str, dict, str]]:
+        """(record_id, body, etag) for every record of ``kind`` whose id starts with
+        ``prefix``, ordered by id."""
+
+
+def open_store(url: str, *, partition_key_field: str = "productId") -> DocumentStore:
+    """Build the document store a URL names, or raise ConfigError saying what is wrong."""
+    if not url:
+        raise ConfigError("no store given: set REENCRYPT_STORE or --store (e.g. sqlite:///tracker.db)")
+    if url.startswith("sqlite:"):
+        from tracker_reencrypt.stores.sqlite import SqliteStore, path_from_url
+
+        return SqliteStore(path_from_url(url), partition_key_field=partition_key_field)
+    if url.startswith("cosmos://"):
+        from tracker_reencrypt.stores.cosmos import CosmosStore
+
+        return CosmosStore.from_url(url, partition_key_field=partition_key_field)
+    raise ConfigError(
+        f"store URL {url!r} is not understood: use sqlite:///<path> or cosmos://<account host>/<database>/<container>"
+    )
