@@ -84,9 +84,14 @@ def b64decode(text: str, name: str) -> bytes:
     if "=" in text or "+" in text or "/" in text:
         raise EnvelopeError("malformed", f"envelope field '{name}' is not unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise EnvelopeError("malformed", f"envelope field '{name}' is not valid base64url") from None
+    # The decoder above skips characters outside the alphabet and ignores non-zero trailing
+    # bits; only the one canonical spelling of the bytes is accepted.
+    if b64encode(raw) != text:
+        raise EnvelopeError("malformed", f"envelope field '{name}' is not canonical unpadded base64url")
+    return raw
 
 
 def associated_data(where: Location) -> bytes:
@@ -97,7 +102,10 @@ def associated_data(where: Location) -> bytes:
     """
     parts = [AAD_CONTEXT]
     for value in (where.document_id, where.partition_key, where.field_path):
-        raw = str(value).encode("utf-8")
+        try:
+            raw = str(value).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 form, so no portable AAD
+            raise EnvelopeError("bad_location", "document id, partition key or field path is not valid Unicode") from None
         parts.append(struct.pack(">I", len(raw)))
         parts.append(raw)
     return b"".join(parts)
@@ -118,7 +126,7 @@ def encrypt(value: Any, where: Location, keyring: Keyring, kid: str | None = Non
         raise EnvelopeError("already_encrypted", f"field {where.field_path} already holds an envelope; refusing to nest it")
     try:
         plaintext = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise EnvelopeError("not_json", f"field {where.field_path} holds a value that is not JSON-encodable") from None
     return _seal(plaintext, where, keyring.data_key_for_encryption(kid))
 
@@ -128,7 +136,7 @@ def decrypt(envelope: Any, where: Location, keyring: Keyring) -> Any:
     plaintext = _open(_parse(envelope), where, keyring)
     try:
         return json.loads(plaintext.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise EnvelopeError("malformed", f"field {where.field_path}: decrypted payload is not JSON") from None
 
 
@@ -148,10 +156,12 @@ def rewrap(envelope: Any, keyring: Keyring, target_kid: str) -> dict:
     Only ``kid``, ``wrap`` and ``dek`` change. The associated data does not cover them, so
     the AAD contract holds. The payload is not authenticated here (no location is given);
     callers that must prove the field decrypts use :func:`decrypt` or :func:`reencrypt`.
+    A target key the provider does not know or has disabled is not this envelope's fault:
+    as in :func:`encrypt` and :func:`reencrypt`, that KeyProviderError propagates.
     """
     parsed = _parse(envelope)
     dek = _unwrap(parsed, keyring)
-    wrap_algorithm, wrapped = _call_keyring(lambda: keyring.wrap(target_kid, dek), target_kid)
+    wrap_algorithm, wrapped = keyring.wrap(target_kid, dek)
     return {**parsed.raw, "kid": target_kid, "wrap": wrap_algorithm, "dek": b64encode(wrapped)}
 
 

@@ -58,6 +58,7 @@ class Keyring:
         dek_max_uses: int = DEFAULT_DEK_MAX_USES,
         dek_max_age_s: float = DEFAULT_DEK_MAX_AGE_S,
         before_provider_call=None,
+        after_provider_call=None,
     ) -> None:
         self.provider = provider
         self.unwrap_cache_entries = unwrap_cache_entries
@@ -67,9 +68,12 @@ class Keyring:
         # Called with the operation name before each call that reaches the provider; the
         # sweep uses it to take a token from the fleet-wide Key Vault budget.
         self.before_provider_call = before_provider_call
+        # Called with (operation, seconds, succeeded) after each provider call: metrics.
+        self.after_provider_call = after_provider_call
         self.stats = KeyringStats()
         self._lock = threading.Lock()
         self._unwrapped: OrderedDict[tuple[str, bytes], tuple[bytes, float]] = OrderedDict()
+        self._wrapped: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
         self._materials: dict[str, _Materials] = {}
 
     def current_kid(self) -> str:
@@ -80,7 +84,9 @@ class Keyring:
         now = time.monotonic()
         with self._lock:
             hit = self._unwrapped.get(cache_key)
-            if hit is not None and now - hit[1] < self.unwrap_ttl_s:
+            # Entries only ever hold DEKs wrapped with WRAP_ALGORITHM: an envelope naming any
+            # other algorithm goes to the provider, so the cache never changes a verdict.
+            if hit is not None and wrap_algorithm == WRAP_ALGORITHM and now - hit[1] < self.unwrap_ttl_s:
                 self._unwrapped.move_to_end(cache_key)
                 self.stats.unwrap_cache_hits += 1
                 return hit[0]
@@ -95,12 +101,27 @@ class Keyring:
         return dek
 
     def wrap(self, kid: str, dek: bytes) -> tuple[str, bytes]:
+        """Wrap ``dek`` under ``kid``, once per distinct (kid, DEK) pair.
+
+        Rewrap mode meets the same source DEK in many fields; wrapping it once keeps their
+        new ``dek`` values identical and spares remote wrap calls.
+        """
+        with self._lock:
+            known = self._wrapped.get((kid, dek))
+            if known is not None:
+                self._wrapped.move_to_end((kid, dek))
+                return WRAP_ALGORITHM, known
         wrapped = self._timed("wrap", lambda: self.provider.wrap(kid, dek))
+        now = time.monotonic()
         with self._lock:
             self.stats.provider_wraps += 1
+            self._wrapped[(kid, dek)] = wrapped
             # The wrapped form is now known to unwrap to this DEK: later reads of the fields
             # just written need no unwrap call.
-            self._unwrapped[(kid, wrapped)] = (dek, time.monotonic())
+            self._unwrapped[(kid, wrapped)] = (dek, now)
+            for cache in (self._wrapped, self._unwrapped):
+                while len(cache) > self.unwrap_cache_entries:
+                    cache.popitem(last=False)
         return WRAP_ALGORITHM, wrapped
 
     def data_key_for_encryption(self, kid: str | None = None) -> DataKey:
@@ -122,15 +143,21 @@ class Keyring:
         """Drop every cached data key (after a key is disabled, or to measure cold costs)."""
         with self._lock:
             self._unwrapped.clear()
+            self._wrapped.clear()
             self._materials.clear()
 
     def _timed(self, operation: str, call):
         if self.before_provider_call is not None:
             self.before_provider_call(operation)
         started = time.perf_counter()
+        succeeded = False
         try:
-            return call()
+            result = call()
+            succeeded = True
+            return result
         finally:
             elapsed = time.perf_counter() - started
             with self._lock:
                 self.stats.provider_seconds[operation] += elapsed
+            if self.after_provider_call is not None:
+                self.after_provider_call(operation, elapsed, succeeded)

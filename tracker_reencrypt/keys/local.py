@@ -78,7 +78,7 @@ class LocalKeyProvider:
         self._lock = threading.Lock()
         self._document: dict | None = None
         self._private_keys: dict[str, rsa.RSAPrivateKey] = {}
-        self._loaded_stamp: tuple[int, int] | None = None
+        self._loaded_stamp: bytes | None = None
         self._checked_at = 0.0
 
     def describe(self) -> str:
@@ -101,14 +101,21 @@ class LocalKeyProvider:
                 raise KeyringFileError(
                     f"keyring file {self.path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):o}): run 'chmod 600 {self.path}'"
                 )
-            stamp = (info.st_mtime_ns, info.st_size)
+            try:
+                # The bytes themselves tell whether the file changed: (mtime, size) misses a
+                # same-size rewrite within the file system's timestamp granularity, such as
+                # a disable followed by an enable, and the file is a few kilobytes.
+                stamp = self.path.read_bytes()
+            except OSError:
+                raise KeyringFileError(f"keyring file {self.path} cannot be read") from None
             if self._document is not None and stamp == self._loaded_stamp:
                 return self._document
             try:
-                document = json.loads(self.path.read_text(encoding="utf-8"))
+                document = json.loads(stamp.decode("utf-8"))
                 keys = document["keys"]
-                assert isinstance(keys, list) and isinstance(document.get("name"), str)
-            except (OSError, ValueError, KeyError, AssertionError):
+                if not (isinstance(keys, list) and isinstance(document.get("name"), str)):
+                    raise ValueError("not a keyring")  # not an assert: python -O would skip it
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise KeyringFileError(f"keyring file {self.path} is not a JWKS keyring this tool wrote") from None
             self._document, self._loaded_stamp = document, stamp
             self._private_keys = {}

@@ -69,8 +69,14 @@ class DocumentStore(Protocol):
     def read(self, document_id: str, partition_key: str) -> StoredDocument:
         """Raises NotFoundError."""
 
+    def partition_key_of(self, body: dict) -> str:
+        """The partition key value of a document body; StoreError if it has none."""
+
     def create(self, body: dict) -> StoredDocument:
         """Insert a new document; ConflictError if the id exists in its partition."""
+
+    def create_many(self, bodies: list[dict]) -> list[StoredDocument]:
+        """Insert many new documents as cheaply as the backend allows (seeding)."""
 
     def replace(self, body: dict, etag: str) -> StoredDocument:
         """Replace a document only if its ETag is still ``etag``; ConflictError otherwise."""

@@ -1,0 +1,1 @@
+"""The operator's side: the ``reencrypt`` command (keys, seed, sweep, verify, audit, demo)."""

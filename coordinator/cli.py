@@ -1,0 +1,321 @@
+"""``reencrypt``: the one command an operator runs during an MEK rotation.
+
+Built with Typer (on Click): typed options, ``--help`` everywhere, and a test runner. Every
+error of ours ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+
+from coordinator import keyops, render, sweeps
+from coordinator.context import Context
+from coordinator.verify import scan_container, verify_rotation
+from tracker_reencrypt.config import load_settings
+from tracker_reencrypt.errors import ReencryptError, SweepError
+from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, seed_store, seeding_keyring
+
+app = typer.Typer(help="Re-encrypt the tracker's fields onto a new MEK version, safely and in the background.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+keys_app = typer.Typer(help="Manage MEK versions (init, rotate, list, disable, enable).", no_args_is_help=True)
+sweep_app = typer.Typer(help="Start and steer a re-encryption sweep.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(sweep_app, name="sweep")
+
+err = Console(stderr=True)
+out = Console()
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    store: Optional[str] = typer.Option(None, "--store", help="Store URL (overrides REENCRYPT_STORE), e.g. sqlite:///tracker.db"),
+    keys: Optional[str] = typer.Option(None, "--keys", help="Key provider URL (overrides REENCRYPT_KEYS), e.g. local:keyring.json"),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Broker URL (overrides REDIS_URL); unset: an embedded Redis"),
+) -> None:
+    ctx.obj = Context(load_settings(store=store, keys=keys, redis_url=redis_url))
+
+
+def emit(ctx: Context, as_json: bool, payload, human) -> None:
+    """Print JSON for scripts or the human form for people."""
+    if as_json:
+        out.print_json(json.dumps(payload, default=str))
+    else:
+        human()
+
+
+def _note_unaudited(action: str, recorded: bool) -> None:
+    if not recorded:
+        err.print(f"note: '{action}' not recorded in the audit trail (no store configured)")
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+@keys_app.command("init")
+def keys_init(c: typer.Context, as_json: bool = JsonOption) -> None:
+    """Create the MEK with its first version."""
+    version, recorded = keyops.init(c.obj)
+    _note_unaudited("key created", recorded)
+    emit(c.obj, as_json, version.as_json(), lambda: out.print(f"created {version.kid} (current) in {c.obj.provider.describe()}"))
+
+
+@keys_app.command("rotate")
+def keys_rotate(c: typer.Context, as_json: bool = JsonOption) -> None:
+    """Create a new MEK version and make it current for new writes."""
+    version, recorded = keyops.rotate(c.obj)
+    _note_unaudited("key rotated", recorded)
+    emit(c.obj, as_json, version.as_json(), lambda: out.print(f"rotated: {version.kid} is now current"))
+
+
+@keys_app.command("list")
+def keys_list(c: typer.Context, as_json: bool = JsonOption) -> None:
+    """List MEK versions with their status."""
+    versions = c.obj.provider.versions()
+    emit(c.obj, as_json, [v.as_json() for v in versions], lambda: render.key_table(out, versions))
+
+
+@keys_app.command("disable")
+def keys_disable(
+    c: typer.Context, kid: str,
+    force: bool = typer.Option(False, "--force", help="Disable even though fields still use it (they become unreadable)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Disable a version: refused while any field still uses it (verify first)."""
+    version, recorded = keyops.disable(c.obj, kid, force=force)
+    _note_unaudited("key disabled", recorded)
+    emit(c.obj, as_json, version.as_json(), lambda: out.print(f"disabled {kid}"))
+
+
+@keys_app.command("enable")
+def keys_enable(c: typer.Context, kid: str, as_json: bool = JsonOption) -> None:
+    """Enable a version again (rollback)."""
+    version, recorded = keyops.enable(c.obj, kid)
+    _note_unaudited("key enabled", recorded)
+    emit(c.obj, as_json, version.as_json(), lambda: out.print(f"enabled {kid}"))
+
+
+# -- seed, worker ----------------------------------------------------------------------------
+
+@app.command("seed")
+def seed(
+    c: typer.Context,
+    docs: int = typer.Option(10_000, "--docs", min=1, help="How many documents to generate."),
+    seed_value: int = typer.Option(1, "--seed", help="Content seed: same seed, same documents."),
+    products: int = typer.Option(DEFAULT_PRODUCTS, "--products", min=1, help="Distinct partition keys."),
+    dek_share: int = typer.Option(DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one data key."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Fill the store with realistic tracker documents encrypted under the current MEK."""
+    ctx: Context = c.obj
+    keyring = seeding_keyring(ctx.provider)
+    with render.counter_progress(err, "seeding", docs, enabled=not as_json) as advance:
+        written = seed_store(ctx.store, keyring, docs, seed=seed_value, products=products, dek_share=dek_share, progress=advance)
+    emit(ctx, as_json, {"documents": written, "kid": keyring.current_kid(), "store": ctx.store.describe()},
+         lambda: out.print(f"seeded {written} documents under {keyring.current_kid()} into {ctx.store.describe()}"))
+
+
+@app.command("worker")
+def worker(
+    c: typer.Context,
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Worker processes in this member of the fleet."),
+    metrics_port: int = typer.Option(0, "--metrics-port", help="Serve Prometheus metrics on this port (0: off)."),
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+) -> None:
+    """Run one member of the worker fleet (a Celery worker) until stopped (SIGTERM finishes the batch in hand)."""
+    from coordinator.launch import exec_worker
+
+    exec_worker(c.obj, concurrency=concurrency, metrics_port=metrics_port, loglevel=loglevel)
+
+
+# -- sweep -----------------------------------------------------------------------------------
+
+@sweep_app.command("start")
+def sweep_start(
+    c: typer.Context,
+    to: str = typer.Option(..., "--to", help="Target key id (full, versioned)."),
+    sources: list[str] = typer.Option([], "--from", help="Only move fields on these key ids (default: every other kid)."),
+    mode: str = typer.Option("reencrypt", "--mode", help="reencrypt (fresh DEK and ciphertext) or rewrap (DEK re-wrapped only)."),
+    slices: int = typer.Option(sweeps.DEFAULT_SLICES, "--slices", help="Work slices (feed ranges) to split the container into."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Fleet-wide limit in documents/s (default: none)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Scan and report what would change; write nothing."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the sweep to its end; exit 0 only if it completed with no failures."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Plan and start a sweep; prints its id."""
+    ctx: Context = c.obj
+    if dry_run:
+        sweeps.check_target(ctx, to, sources)
+        report = scan_container(ctx.store, keyring=None)
+        would = {kid: dict(kinds) for kid, kinds in report.kinds_by_kid.items() if kid != to and (not sources or kid in sources)}
+        payload = {"dry_run": True, "target_kid": to, "documents": report.documents, "fields_by_kid": dict(report.fields_by_kid),
+                   "would_move": would, "fields_to_move": sum(sum(k.values()) for k in would.values())}
+        emit(ctx, as_json, payload, lambda: render.dry_run(out, payload))
+        return
+    sweep = sweeps.start(ctx, to=to, sources=sources, mode=mode, slices=slices, rate=rate)
+    if not wait:
+        emit(ctx, as_json, {"sweep_id": sweep["id"], "slices": sweep["slice_count"]}, lambda: out.print(sweep["id"]))
+        return
+    err.print(f"sweep {sweep['id']} started ({sweep['slice_count']} slices)")
+    final = render.follow(ctx, sweep["id"], err if not as_json else None, kick_stalled=True)
+    _finish(ctx, final, as_json)
+
+
+def _finish(ctx: Context, progress: sweeps.Progress, as_json: bool) -> None:
+    emit(ctx, as_json, progress.as_json(), lambda: render.summary(out, progress))
+    if progress.sweep["status"] != "completed" or progress.totals.get("failures"):
+        raise typer.Exit(1)
+
+
+@sweep_app.command("status")
+def sweep_status(
+    c: typer.Context, sweep_id: Optional[str] = typer.Argument(None, help="Sweep id (default: the latest)."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until the sweep finishes."),
+    all_sweeps: bool = typer.Option(False, "--all", help="List every sweep on this store."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Progress per slice and overall: documents, fields, rate, ETA, conflicts, failures."""
+    ctx: Context = c.obj
+    if all_sweeps:
+        listed = ctx.state.sweeps()
+        emit(ctx, as_json, listed, lambda: render.sweep_list(out, listed))
+        return
+    sweep = sweeps.resolve(ctx, sweep_id)
+    if watch and not as_json:
+        render.follow(ctx, sweep["id"], out, kick_stalled=False)
+        return
+    progress = sweeps.progress(ctx, sweep)
+    emit(ctx, as_json, progress.as_json(), lambda: render.status(out, progress))
+
+
+@sweep_app.command("pause")
+def sweep_pause(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
+    """Stop taking new batches (each worker finishes the batch in hand)."""
+    sweep = sweeps.pause(c.obj, sweep_id)
+    emit(c.obj, as_json, sweep, lambda: out.print(f"sweep {sweep['id']} paused"))
+
+
+@sweep_app.command("resume")
+def sweep_resume(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
+    """Resume a paused sweep, or re-queue a running one from its checkpoints (after Redis lost its queue)."""
+    sweep, queued = sweeps.resume(c.obj, sweep_id)
+    emit(c.obj, as_json, {"sweep_id": sweep["id"], "status": sweep["status"], "slices_queued": queued},
+         lambda: out.print(f"sweep {sweep['id']} running; {queued} slices queued from their checkpoints"))
+
+
+@sweep_app.command("cancel")
+def sweep_cancel(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
+    """Cancel a sweep; fields already moved stay moved (both keys remain readable)."""
+    sweep = sweeps.cancel(c.obj, sweep_id)
+    emit(c.obj, as_json, sweep, lambda: out.print(f"sweep {sweep['id']} {sweep['status']}"))
+
+
+@sweep_app.command("throttle")
+def sweep_throttle(
+    c: typer.Context, sweep_id: Optional[str] = typer.Argument(None),
+    rate: Optional[float] = typer.Option(None, "--rate", help="New fleet-wide limit in documents/s."),
+    unlimited: bool = typer.Option(False, "--unlimited", help="Remove the limit."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Change a running sweep's rate limit; workers pick it up at their next batch."""
+    if rate is None and not unlimited:
+        raise SweepError("give --rate R (documents/s) or --unlimited")
+    sweep = sweeps.throttle(c.obj, sweep_id, None if unlimited else rate)
+    emit(c.obj, as_json, sweep, lambda: out.print(f"sweep {sweep['id']} rate: {sweep['rate'] or 'unlimited'} documents/s"))
+
+
+@sweep_app.command("failures")
+def sweep_failures(
+    c: typer.Context, sweep_id: Optional[str] = typer.Argument(None),
+    output_format: str = typer.Option("table", "--format", help="table, csv or json."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Fields a sweep could not move: document id, partition key, field path, reason."""
+    ctx: Context = c.obj
+    failures = ctx.state.failures(sweeps.resolve(ctx, sweep_id)["id"])
+    output_format = "json" if as_json else output_format
+    if output_format == "json":
+        out.print_json(json.dumps(failures))
+    elif output_format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=["document_id", "partition_key", "field_path", "reason", "slice", "at"],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(failures)
+    elif output_format == "table":
+        render.failures(out, failures)
+    else:
+        raise SweepError(f"--format {output_format!r} is unknown: use table, csv or json")
+
+
+# -- verify, audit, demo ---------------------------------------------------------------------
+
+@app.command("verify")
+def verify(
+    c: typer.Context,
+    expect: str = typer.Option(..., "--expect", help="The key id every field must be on."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Scan every field: count by kid and kind, check each decrypts. Exit 0 only if all are on EXPECT and decrypt."""
+    ctx: Context = c.obj
+    with render.counter_progress(err, "verifying", ctx.store.count(), enabled=not as_json, incremental=True) as advance:
+        payload = verify_rotation(ctx, expect, progress=advance)
+    emit(ctx, as_json, payload, lambda: render.verify(out, payload))
+    if not payload["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("audit")
+def audit_trail(
+    c: typer.Context,
+    check: bool = typer.Option(False, "--check", help="Verify the hash chain; exit 1 if an entry was removed or altered."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The rotation's audit trail: who did what, when."""
+    ctx: Context = c.obj
+    entries = ctx.audit.entries()
+    problems = ctx.audit.check() if check else []
+    emit(ctx, as_json, {"entries": entries, "problems": problems} if check else entries,
+         lambda: render.audit(out, entries, problems if check else None))
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo(
+    c: typer.Context,
+    docs: int = typer.Option(5_000, "--docs", min=1, help="Documents to seed."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Worker processes to start."),
+) -> None:
+    """The whole rotation on embedded defaults: seed, rotate, sweep, verify, disable, audit."""
+    from coordinator.demo import run_demo
+
+    raise typer.Exit(run_demo(c.obj, docs=docs, workers=workers, console=out))
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except ReencryptError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

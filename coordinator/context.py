@@ -1,0 +1,75 @@
+"""What a command needs, built lazily from one Settings object so each command opens only
+the systems it uses (``keys list`` never touches Redis, ``sweep status`` never the vault)."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+import redis
+
+from tracker_reencrypt import embedded_redis
+from tracker_reencrypt.audit import AuditTrail
+from tracker_reencrypt.config import Settings, redact_url
+from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.fleet import make_celery
+from tracker_reencrypt.keys import open_key_provider
+from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.stores import open_store
+from tracker_reencrypt.sweep.state import SweepState
+
+
+def state_dir() -> Path:
+    """Where embedded services keep their files: $REENCRYPT_HOME, else ./.reencrypt."""
+    return Path(os.environ.get("REENCRYPT_HOME", ".reencrypt"))
+
+
+class Context:
+    def __init__(self, settings: Settings, as_json: bool = False) -> None:
+        self.settings = settings
+        self.as_json = as_json
+
+    @cached_property
+    def store(self):
+        self.settings.require("store")
+        return open_store(self.settings.store, partition_key_field=self.settings.partition_key_field)
+
+    @cached_property
+    def provider(self):
+        self.settings.require("keys")
+        return open_key_provider(self.settings.keys)
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        return Keyring(self.provider, dek_max_uses=self.settings.dek_max_uses, dek_max_age_s=self.settings.dek_max_age_s)
+
+    @cached_property
+    def state(self) -> SweepState:
+        return SweepState(self.store.records())
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.store.records())
+
+    @cached_property
+    def redis_url(self) -> str:
+        """REDIS_URL if given (checked reachable), else the embedded server (started if needed)."""
+        if not self.settings.redis_url:
+            return embedded_redis.ensure_running(state_dir())
+        try:
+            redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            raise ConfigError(f"Redis at {redact_url(self.settings.redis_url)} is unreachable ({type(exc).__name__}): start it or fix REDIS_URL") from None
+        return self.settings.redis_url
+
+    @cached_property
+    def celery(self):
+        return make_celery(self.settings, self.redis_url)
+
+    def record(self, action: str, **details) -> bool:
+        """Append to the audit trail when a store is configured; False when there is none."""
+        if not self.settings.store:
+            return False
+        self.audit.append(action, **details)
+        return True

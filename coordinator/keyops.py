@@ -1,0 +1,40 @@
+"""Key administration with its audit entries; shared by the CLI and the demo."""
+
+from __future__ import annotations
+
+from coordinator.context import Context
+from coordinator.verify import scan_container
+from tracker_reencrypt.errors import KeyDisabledError, SweepError
+from tracker_reencrypt.keys import KeyVersion
+
+
+def init(ctx: Context) -> tuple[KeyVersion, bool]:
+    version = ctx.provider.init()
+    return version, ctx.record("key created", kid=version.kid)
+
+
+def rotate(ctx: Context) -> tuple[KeyVersion, bool]:
+    version = ctx.provider.rotate()
+    return version, ctx.record("key rotated", kid=version.kid)
+
+
+def _known(ctx: Context, kid: str) -> None:
+    if kid not in {v.kid for v in ctx.provider.versions()}:
+        raise SweepError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
+
+
+def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
+    """Disable ``kid``; refused while any field in the store still uses it, unless forced."""
+    _known(ctx, kid)
+    if not force:
+        in_use = scan_container(ctx.store, keyring=None).fields_by_kid.get(kid, 0)
+        if in_use:
+            raise KeyDisabledError(f"{in_use} fields still use {kid}: finish the sweep and verify, or pass --force")
+    version = ctx.provider.set_enabled(kid, False)
+    return version, ctx.record("key disabled", kid=kid, forced=force)
+
+
+def enable(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
+    _known(ctx, kid)
+    version = ctx.provider.set_enabled(kid, True)
+    return version, ctx.record("key enabled", kid=kid)

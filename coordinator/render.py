@@ -1,0 +1,171 @@
+"""How commands look to a person: tables, progress bars and live status (rich)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from coordinator import sweeps
+from coordinator.context import Context
+from tracker_reencrypt.sweep.state import FINISHED
+
+REFRESH_S = 1.0
+#: A slice with no lease and no checkpoint for this long while the sweep runs has lost its
+#: message (a crash between commit and enqueue, or Redis lost its queue): queue it again.
+STALL_S = 60.0
+
+
+def key_table(console: Console, versions) -> None:
+    table = Table("kid", "status", "current", "created")
+    for v in versions:
+        table.add_row(v.kid, v.status, "yes" if v.current else "", v.created)
+    console.print(table)
+
+
+@contextlib.contextmanager
+def counter_progress(console: Console, label: str, total: int, *, enabled: bool = True, incremental: bool = False):
+    """A progress bar; yields ``advance(n)``: n is a running total, or an increment if ``incremental``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=total)
+
+        def advance(n: int) -> None:
+            if incremental:
+                bar.advance(task, n)
+            else:
+                bar.update(task, completed=n)
+
+        yield advance
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _status_view(progress: sweeps.Progress) -> Group:
+    sweep, totals = progress.sweep, progress.totals
+    estimate = max(1, sweep.get("documents_estimate", 0))
+    per_slice = max(1, estimate / max(1, len(progress.slices)))
+    head = Table.grid(padding=(0, 2))
+    head.add_row(f"[bold]{sweep['id']}[/]", f"status [bold]{sweep['status']}[/]", f"→ {sweep['target_kid']}",
+                 f"mode {sweep['mode']}", f"rate limit {sweep.get('rate') or 'none'}")
+    overall = Table.grid(padding=(0, 2))
+    done = totals.get("documents_scanned", 0)
+    overall.add_row(
+        ProgressBar(total=estimate, completed=min(done, estimate), width=40),
+        f"{done}/{sweep.get('documents_estimate', '?')} docs", f"{totals.get('fields_reencrypted', 0)} fields moved",
+        f"{progress.docs_per_s:,.0f} docs/s", f"ETA {_eta(progress.eta_s)}",
+        f"conflicts {totals.get('conflicts', 0)}", f"failures {totals.get('failures', 0)}",
+        f"workers {progress.active_leases}",
+    )
+    slices = Table("slice", "progress", "docs", "fields", "conflicts", "failures", "state", box=None)
+    for s in progress.slices:
+        counts = s["counts"]
+        state = "done" if s["done"] else ("working" if s["lease_owner"] else "queued")
+        bar = ProgressBar(total=per_slice, completed=per_slice if s["done"] else min(counts["documents_scanned"], per_slice * 0.99), width=20)
+        slices.add_row(str(s["index"]), bar, str(counts["documents_scanned"]), str(counts["fields_reencrypted"]),
+                       str(counts["conflicts"]), str(counts["failures"]), state)
+    parts = [head, overall, slices]
+    if sweep.get("last_error"):
+        parts.append(f"[yellow]last error: {sweep['last_error']}[/]")
+    return Group(*parts)
+
+
+def status(console: Console, progress: sweeps.Progress) -> None:
+    console.print(_status_view(progress))
+
+
+def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> sweeps.Progress:
+    """Refresh the status until the sweep finishes; returns the final progress."""
+    progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id))
+    live = Live(_status_view(progress), console=console, refresh_per_second=2, transient=False) if console else contextlib.nullcontext()
+    with live:
+        while progress.sweep["status"] not in FINISHED:
+            time.sleep(REFRESH_S)
+            progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id), previous=progress)
+            if kick_stalled:
+                _kick_stalled(ctx, progress)
+            if console:
+                live.update(_status_view(progress))
+    return progress
+
+
+def _kick_stalled(ctx: Context, progress: sweeps.Progress) -> None:
+    if progress.sweep["status"] != "running":
+        return
+    now = time.time()
+    if any(not s["done"] and not s["lease_owner"] and now - s["updated_at"] > STALL_S for s in progress.slices):
+        sweeps.kick(ctx, progress.sweep["id"])
+
+
+def summary(console: Console, progress: sweeps.Progress) -> None:
+    totals = progress.totals
+    console.print(
+        f"sweep {progress.sweep['id']} {progress.sweep['status']}: {totals.get('documents_scanned', 0)} documents scanned, "
+        f"{totals.get('documents_written', 0)} rewritten, {totals.get('fields_reencrypted', 0)} fields moved to "
+        f"{progress.sweep['target_kid']}, {totals.get('conflicts', 0)} conflicts retried, {totals.get('failures', 0)} failures "
+        f"in {progress.elapsed_s:.1f}s"
+    )
+    if totals.get("failures"):
+        console.print(f"see them with: reencrypt sweep failures {progress.sweep['id']}")
+
+
+def sweep_list(console: Console, listed: list[dict]) -> None:
+    table = Table("sweep", "status", "target", "mode", "started by", "started at")
+    for s in listed:
+        table.add_row(s["id"], s["status"], s["target_kid"], s["mode"], s.get("started_by", ""), s.get("started_at", ""))
+    console.print(table)
+
+
+def failures(console: Console, rows: list[dict]) -> None:
+    table = Table("document", "partition key", "field", "reason")
+    for row in rows:
+        table.add_row(row["document_id"], row["partition_key"], row["field_path"] or "(document)", row["reason"])
+    console.print(table)
+    console.print(f"{len(rows)} failures")
+
+
+def dry_run(console: Console, payload: dict) -> None:
+    console.print(f"dry run: {payload['documents']} documents; {payload['fields_to_move']} fields would move to {payload['target_kid']}")
+    table = Table("from kid", "kind", "fields")
+    for kid, kinds in payload["would_move"].items():
+        for kind, count in sorted(kinds.items()):
+            table.add_row(kid, kind, str(count))
+    console.print(table)
+
+
+def verify(console: Console, payload: dict) -> None:
+    table = Table("kid", "fields")
+    for kid, count in sorted(payload["fields_by_kid"].items()):
+        table.add_row(kid, str(count))
+    console.print(table)
+    for example in payload["undecryptable_examples"]:
+        console.print(f"undecryptable: {example['document_id']} {example['field_path']} ({example['reason']})")
+    verdict = "[green]PASS[/]" if payload["ok"] else "[red]FAIL[/]"
+    console.print(f"verify {verdict}: {payload['documents']} documents, {payload['fields']} fields, "
+                  f"{payload['off_target']} not on {payload['expect']}, {payload['undecryptable']} undecryptable")
+
+
+def audit(console: Console, entries: list[dict], problems: list[str] | None) -> None:
+    table = Table("#", "at", "who", "action", "details")
+    for e in entries:
+        details = ", ".join(f"{k}={v}" for k, v in e["details"].items())
+        table.add_row(str(e["seq"]), e["at"], e["who"], e["action"], details)
+    console.print(table)
+    if problems is not None:
+        for problem in problems:
+            console.print(f"[red]{problem}[/]")
+        console.print("[green]audit chain intact[/]" if not problems else f"[red]audit chain broken: {len(problems)} problems[/]")

@@ -1,0 +1,158 @@
+"""Sweep operations the CLI exposes: start, pause, resume, cancel, throttle, progress.
+
+Each checks its input before writing anything, so a refused command leaves no trace.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tracker_reencrypt.audit import actor
+from tracker_reencrypt.documents import MODES
+from tracker_reencrypt.errors import SweepError
+from tracker_reencrypt.fleet import enqueue_slice
+from tracker_reencrypt.sweep.state import (
+    CANCELLING, FINISHED, PAUSED, RUNNING, new_sweep_id, parse_utc, utc_now,
+)
+from coordinator.context import Context
+
+DEFAULT_SLICES = 16
+
+
+def check_target(ctx: Context, to: str, sources: list[str]) -> None:
+    versions = {v.kid: v for v in ctx.provider.versions()}
+    known = ", ".join(versions) or "none"
+    if to not in versions:
+        raise SweepError(f"target key {to!r} is unknown to {ctx.provider.describe()} (known: {known})")
+    if not versions[to].enabled:
+        raise SweepError(f"target key {to} is disabled: enable it with 'reencrypt keys enable {to}' first")
+    for kid in sources:
+        if kid not in versions:
+            raise SweepError(f"source key {kid!r} is unknown to {ctx.provider.describe()} (known: {known})")
+        if kid == to:
+            raise SweepError(f"source key {kid} is the target itself: drop it from --from")
+
+
+def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, rate: float | None) -> dict:
+    if mode not in MODES:
+        raise SweepError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
+    if slices < 1:
+        raise SweepError(f"--slices must be at least 1, got {slices}")
+    if rate is not None and rate <= 0:
+        raise SweepError(f"--rate must be positive documents/s, got {rate}")
+    check_target(ctx, to, sources)
+    active = ctx.state.active_sweep_id()
+    if active:
+        raise SweepError(f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'")
+    celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
+    feed_ranges = ctx.store.feed_ranges(slices)
+    sweep = ctx.state.create_sweep({
+        "id": new_sweep_id(), "target_kid": to, "source_kids": sources or None, "mode": mode, "rate": rate,
+        "status": RUNNING, "started_by": actor(), "started_at": utc_now(),
+        "documents_estimate": ctx.store.count(), "store": ctx.store.describe(),
+    }, feed_ranges)
+    ctx.audit.append("sweep started", sweep_id=sweep["id"], target_kid=to, source_kids=sources or "all others",
+                     mode=mode, slices=len(feed_ranges), rate=rate)
+    for index in range(len(feed_ranges)):
+        enqueue_slice(celery, sweep["id"], index, 0)
+    return sweep
+
+
+def resolve(ctx: Context, sweep_id: str | None) -> dict:
+    return ctx.state.get_sweep(sweep_id) if sweep_id else ctx.state.latest_sweep()
+
+
+def pause(ctx: Context, sweep_id: str | None) -> dict:
+    sweep = ctx.state.set_status(resolve(ctx, sweep_id)["id"], PAUSED, allowed_from=frozenset({RUNNING}))
+    ctx.audit.append("sweep paused", sweep_id=sweep["id"])
+    return sweep
+
+
+def resume(ctx: Context, sweep_id: str | None) -> tuple[dict, int]:
+    """Set a paused sweep running and (re-)enqueue every unfinished slice.
+
+    Also the recovery after Redis lost its queue (flushed, restarted without persistence):
+    on a running sweep it enqueues the slices again from their durable checkpoints. Extra
+    messages are harmless; the slice fences drop every duplicate.
+    """
+    sweep = resolve(ctx, sweep_id)
+    if sweep["status"] not in (PAUSED, RUNNING):
+        raise SweepError(f"sweep {sweep['id']} is {sweep['status']}; only a paused or running sweep can be resumed")
+    celery = ctx.celery
+    if sweep["status"] == PAUSED:
+        sweep = ctx.state.set_status(sweep["id"], RUNNING, allowed_from=frozenset({PAUSED}))
+    ctx.audit.append("sweep resumed", sweep_id=sweep["id"])
+    return sweep, kick(ctx, sweep["id"], celery)
+
+
+def kick(ctx: Context, sweep_id: str, celery=None) -> int:
+    """Enqueue every unfinished slice not under a live lease, at its current fence."""
+    celery = celery or ctx.celery
+    now, queued = time.time(), 0
+    for body in ctx.state.slices(sweep_id):
+        if body["done"] or (body["lease_owner"] and body["lease_expires"] > now):
+            continue
+        enqueue_slice(celery, sweep_id, body["index"], body["fence"])
+        queued += 1
+    return queued
+
+
+def cancel(ctx: Context, sweep_id: str | None) -> dict:
+    sweep = ctx.state.set_status(resolve(ctx, sweep_id)["id"], CANCELLING, allowed_from=frozenset({RUNNING, PAUSED}))
+    ctx.state.settle_cancel(sweep["id"])
+    ctx.audit.append("sweep cancelled", sweep_id=sweep["id"])
+    return ctx.state.get_sweep(sweep["id"])
+
+
+def throttle(ctx: Context, sweep_id: str | None, rate: float | None) -> dict:
+    if rate is not None and rate <= 0:
+        raise SweepError(f"--rate must be positive documents/s (or --unlimited), got {rate}")
+    sweep = resolve(ctx, sweep_id)
+    if sweep["status"] in FINISHED:
+        raise SweepError(f"sweep {sweep['id']} is {sweep['status']}; there is nothing to throttle")
+    sweep = ctx.state.update_sweep(sweep["id"], lambda body: {**body, "rate": rate})
+    ctx.audit.append("sweep throttled", sweep_id=sweep["id"], rate=rate)
+    return sweep
+
+
+@dataclass
+class Progress:
+    sweep: dict
+    slices: list[dict]
+    totals: dict[str, int]
+    elapsed_s: float
+    docs_per_s: float
+    eta_s: float | None
+    active_leases: int
+
+    def as_json(self) -> dict:
+        return {
+            "sweep": self.sweep, "totals": self.totals, "elapsed_s": round(self.elapsed_s, 1),
+            "docs_per_s": round(self.docs_per_s, 1), "eta_s": None if self.eta_s is None else round(self.eta_s),
+            "active_leases": self.active_leases,
+            "slices": [
+                {"index": s["index"], "done": s["done"], "leased_by": s["lease_owner"], "counts": s["counts"]}
+                for s in self.slices
+            ],
+        }
+
+
+def progress(ctx: Context, sweep: dict, previous: "Progress | None" = None) -> Progress:
+    """Counts from the durable state; the rate from two samples when given, else since start."""
+    slices = ctx.state.slices(sweep["id"])
+    totals = {name: sum(s["counts"][name] for s in slices) for name in slices[0]["counts"]} if slices else {}
+    started = parse_utc(sweep["started_at"])
+    end = parse_utc(sweep["finished_at"]) if sweep["status"] in FINISHED and sweep.get("finished_at") else time.time()
+    elapsed = max(0.001, end - started)
+    scanned = totals.get("documents_scanned", 0)
+    rate = scanned / elapsed
+    if previous is not None and previous.sweep["id"] == sweep["id"]:
+        window = elapsed - previous.elapsed_s
+        if window > 0.5:
+            rate = (scanned - previous.totals.get("documents_scanned", 0)) / window
+    remaining = max(0, sweep.get("documents_estimate", 0) - scanned)
+    eta = remaining / rate if rate > 0 and sweep["status"] == RUNNING else None
+    now = time.time()
+    leases = sum(1 for s in slices if s["lease_owner"] and s["lease_expires"] > now)
+    return Progress(sweep, slices, totals, elapsed, rate, eta, leases)

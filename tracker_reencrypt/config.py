@@ -1,0 +1,89 @@
+"""Settings: one typed object, read once from the environment (and CLI flags on top).
+
+Every process (coordinator command, worker, exporter) builds a :class:`Settings` at start-up
+and passes it down; nothing else reads ``os.environ``. Variables:
+
+========================================  =============================================
+``REENCRYPT_STORE``                        store URL (``sqlite:///...`` or ``cosmos://...``)
+``REENCRYPT_KEYS``                         key provider URL (``local:...`` or a vault key URL)
+``REDIS_URL``                              broker; unset means an embedded Redis server
+``REENCRYPT_BATCH_DOCUMENTS``              documents one task handles at most (default 500)
+``REENCRYPT_BATCH_SECONDS``                seconds one task works at most (default 10)
+``REENCRYPT_LEASE_SECONDS``                slice lease; a dead worker's slice is free after it
+``REENCRYPT_VISIBILITY_TIMEOUT_SECONDS``   Redis redelivery of unacknowledged tasks
+``REENCRYPT_CONFLICT_RETRIES``             re-reads of a document the tracker changed
+``REENCRYPT_DEK_MAX_USES``/``_MAX_AGE_S``  encryption DEK reuse bounds
+``REENCRYPT_METRICS_PORT``                 worker metrics port (0: none)
+========================================  =============================================
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.keys.keyring import DEFAULT_DEK_MAX_AGE_S, DEFAULT_DEK_MAX_USES
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REENCRYPT_", extra="ignore", populate_by_name=True)
+
+    store: str = ""
+    keys: str = ""
+    redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    partition_key_field: str = "productId"
+
+    batch_documents: int = Field(500, ge=1)
+    batch_seconds: float = Field(10.0, gt=0)
+    page_size: int = Field(100, ge=1, le=1000)
+    lease_seconds: float = Field(60.0, gt=0)
+    visibility_timeout_seconds: int = Field(900, ge=10)
+    conflict_retries: int = Field(5, ge=0)
+
+    dek_max_uses: int = Field(DEFAULT_DEK_MAX_USES, ge=1)
+    dek_max_age_s: float = Field(DEFAULT_DEK_MAX_AGE_S, gt=0)
+
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    def require(self, *names: str) -> "Settings":
+        """Fail with one clear line if a setting a command needs is empty."""
+        hints = {
+            "store": "set REENCRYPT_STORE or --store (e.g. sqlite:///tracker.db)",
+            "keys": "set REENCRYPT_KEYS or --keys (e.g. local:keyring.json)",
+        }
+        for name in names:
+            if not getattr(self, name):
+                raise ConfigError(f"no {name} configured: {hints[name]}")
+        return self
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, with non-empty ``overrides`` (CLI flags) on top."""
+    given = {name: value for name, value in overrides.items() if value not in (None, "")}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ConfigError(f"setting {name} is invalid: {first['msg']}") from None
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for messages: any user:password part replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))

@@ -1,0 +1,317 @@
+"""Azure Key Vault key provider: the MEK is an RSA-2048 key whose versions live in a vault.
+
+Through the real ``azure-keyvault-keys`` SDK:
+
+- **kid** is always the full versioned key id, ``https://<vault>/keys/<name>/<version>``;
+  a versionless id would follow "latest" and stop unwrapping after the next rotation.
+- **wrap** runs in process with the version's public key, fetched once per kid with
+  ``get_key`` (Microsoft's guidance: public-key operations locally). Where the key cannot
+  be fetched (no keys/get permission) it falls back to the vault's wrapKey.
+- **unwrap** always runs in the vault (the private key never leaves it), through one warm
+  CryptographyClient per kid. The keyring's unwrap cache keeps these calls rare.
+- **throttling**: the SDK's RetryPolicy retries 429s, sleeping what Retry-After asks; we
+  bound it (retry count and a cap on each wait) rather than add tenacity on top, so one
+  policy owns retries and every 429 response is counted in :attr:`throttled`.
+
+Every SDK error is translated into the project's hierarchy (see :meth:`_translate`); none
+escapes. Messages name the vault, the key id and the fix, never a data key or key material.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ServiceRequestError
+from azure.core.pipeline.policies import RetryPolicy
+from azure.identity import DefaultAzureCredential
+from azure.keyvault.keys import KeyClient, KeyOperation, KeyVaultKey, KeyVaultKeyIdentifier
+from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tracker_reencrypt.errors import KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError
+from tracker_reencrypt.keys import WRAP_ALGORITHM, KeyVersion
+
+RSA_BITS = 2048
+KEY_OPERATIONS = [KeyOperation.wrap_key, KeyOperation.unwrap_key]
+# How long a resolved current version is trusted: the keyring asks for it on every new data
+# key, and a rotation made by another process reaches this one within this time.
+CURRENT_KID_TTL_S = 60.0
+# Bounded retries. retry_status must be raised with retry_total: its default (3) would give up
+# on a short 429 storm. The backoff applies only when the service sends no Retry-After.
+RETRY_DEFAULTS = {"retry_total": 6, "retry_status": 6, "retry_backoff_factor": 0.8, "retry_backoff_max": 20}
+MAX_RETRY_AFTER_S = 20.0
+_OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+# Roles whose data actions each kind of call needs (Azure RBAC built-in roles).
+_CRYPTO_ROLE = "Key Vault Crypto User"
+_ADMIN_ROLE = "Key Vault Crypto Officer"
+_ADMIN_OPERATIONS = frozenset({"create_key", "update_key", "list_versions"})
+
+
+class _BoundedRetryPolicy(RetryPolicy):
+    """The SDK's retry policy with each server-requested wait capped.
+
+    The stock policy sleeps whatever Retry-After says; a worker must not stall for longer
+    than ``max_retry_after_s`` on one call, so longer requests are shortened (the retry then
+    meets another 429 and waits again, within the retry count).
+    """
+
+    def __init__(self, max_retry_after_s: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_retry_after_s = max_retry_after_s
+
+    def get_retry_after(self, response):
+        retry_after = super().get_retry_after(response)
+        return None if retry_after is None else min(retry_after, self.max_retry_after_s)
+
+
+@dataclass(frozen=True)
+class _Version:
+    """What one kid needs: its warm CryptographyClient and, when fetched, its public key."""
+
+    crypto: CryptographyClient
+    public_key: rsa.RSAPublicKey | None
+
+
+class AzureKeyVaultProvider:
+    """MEK versions in Azure Key Vault; wraps locally, unwraps in the vault. Thread-safe.
+
+    ``client_kwargs`` go to every SDK client (``connection_verify``, ``api_version``,
+    ``verify_challenge_resource``...); ``retry_*`` keys there override :data:`RETRY_DEFAULTS`.
+    """
+
+    def __init__(
+        self, vault_url: str, key_name: str, credential=None, *, max_retry_after_s: float = MAX_RETRY_AFTER_S, **client_kwargs
+    ) -> None:
+        self.vault_url = vault_url.rstrip("/")
+        self.key_name = key_name
+        #: Vault operations by name ("wrap_local" never leaves the process), and 429 answers.
+        self.calls: dict[str, int] = {}
+        self.throttled = 0
+        self._credential = credential or DefaultAzureCredential()
+        self._retry = {**RETRY_DEFAULTS, **{k: client_kwargs.pop(k) for k in list(client_kwargs) if k.startswith("retry_")}}
+        self._max_retry_after_s = max_retry_after_s
+        self._client_kwargs = {**client_kwargs, "raw_response_hook": self._on_response}
+        self._keys = KeyClient(self.vault_url, self._credential, **self._sdk_kwargs())
+        self._lock = threading.Lock()
+        self._versions: dict[str, _Version] = {}
+        self._current: tuple[str, float] | None = None
+
+    def describe(self) -> str:
+        return f"Azure Key Vault {self.vault_url} key {self.key_name}"
+
+    def close(self) -> None:
+        """Close every client's connections (the provider is not usable afterwards)."""
+        with self._lock:
+            clients = [self._keys] + [v.crypto for v in self._versions.values()]
+            self._versions.clear()
+        for client in clients:
+            client.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def current_kid(self, refresh: bool = False) -> str:
+        """The version the vault resolves the versionless key to, cached for CURRENT_KID_TTL_S."""
+        current = self._current
+        if current and not refresh and time.monotonic() - current[1] < CURRENT_KID_TTL_S:
+            return current[0]
+        key = self._call("get_key", lambda: self._keys.get_key(self.key_name), f"{self.vault_url}/keys/{self.key_name}")
+        self._current = (key.id, time.monotonic())
+        return key.id
+
+    def versions(self) -> list[KeyVersion]:
+        items = self._call("list_versions", lambda: list(self._keys.list_properties_of_key_versions(self.key_name)))
+        try:
+            current = self.current_kid(refresh=True)
+        except KeyDisabledError:  # the latest version is disabled: none is current
+            current = None
+        items.sort(key=lambda p: (p.created_on is None, p.created_on))
+        return [_key_version(p, current) for p in items]
+
+    # -- crypto ----------------------------------------------------------------------------
+
+    def wrap(self, kid: str, dek: bytes) -> bytes:
+        version = self._version(kid)
+        if version.public_key is not None:
+            self._count("wrap_local")
+            return version.public_key.encrypt(dek, _OAEP)
+        result = self._call("wrap_key", lambda: version.crypto.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, dek), kid)
+        return result.encrypted_key
+
+    def unwrap(self, kid: str, wrap_algorithm: str, wrapped: bytes) -> bytes:
+        if wrap_algorithm != WRAP_ALGORITHM:
+            raise UnwrapError(f"wrap algorithm {wrap_algorithm!r} is not supported by {self.describe()}")
+        crypto = self._version(kid).crypto
+        result = self._call("unwrap_key", lambda: crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped), kid)
+        return result.key
+
+    def _version(self, kid: str) -> _Version:
+        version = self._versions.get(kid)
+        if version is not None:
+            return version
+        with self._lock:
+            version = self._versions.get(kid)
+            if version is None:
+                version = self._versions[kid] = self._fetch(kid)
+            return version
+
+    def _fetch(self, kid: str) -> _Version:
+        """Get the version's public key once; without keys/get, the vault does the wrapping."""
+        version = self._parse_kid(kid).version
+        self._count("get_key")
+        try:
+            key = self._keys.get_key(self.key_name, version)
+        except HttpResponseError as error:
+            if error.status_code != 403 or _is_disabled(error):
+                raise self._translate(error, "get_key", kid) from None
+            # No keys/get permission: the SDK client tries once more itself, then goes remote.
+            return _Version(CryptographyClient(kid, self._credential, **self._sdk_kwargs()), None)
+        except (AzureError, ValueError) as error:
+            raise self._translate(error, "get_key", kid) from None
+        if key.properties.enabled is False:
+            raise KeyDisabledError(f"key {kid} is disabled in {self.vault_url}; enable it to use it")
+        crypto = CryptographyClient(key, self._credential, **self._sdk_kwargs())
+        local = KeyOperation.wrap_key in (key.key.key_ops or []) and key.key.n and key.key.e
+        return _Version(crypto, _public_key(key) if local else None)
+
+    def _parse_kid(self, kid: str) -> KeyVaultKeyIdentifier:
+        try:
+            identifier = KeyVaultKeyIdentifier(kid)
+        except ValueError:
+            raise KeyNotFoundError(f"{kid!r} is not a Key Vault key id (https://<vault>/keys/<name>/<version>)") from None
+        if urlparse(identifier.vault_url).netloc.lower() != urlparse(self.vault_url).netloc.lower() or identifier.name != self.key_name:
+            raise KeyNotFoundError(f"key {kid} is not a version of {self.describe()}")
+        if not identifier.version:
+            raise KeyNotFoundError(f"key id {kid} names no version: envelopes must carry the full versioned key id")
+        return identifier
+
+    def _sdk_kwargs(self) -> dict:
+        """Options for one SDK client: the caller's, our response hook and a fresh retry policy."""
+        retry_policy = _BoundedRetryPolicy(self._max_retry_after_s, **self._retry)
+        return {**self._client_kwargs, "retry_policy": retry_policy}
+
+    # -- administration --------------------------------------------------------------------
+
+    def init(self) -> KeyVersion:
+        try:
+            existing = self.current_kid(refresh=True)
+        except KeyNotFoundError:
+            return self._create_version()
+        except KeyDisabledError:
+            existing = f"{self.vault_url}/keys/{self.key_name}"
+        raise KeyProviderError(f"key {existing} already exists: use 'reencrypt keys rotate' to add a version")
+
+    def rotate(self) -> KeyVersion:
+        try:
+            self.current_kid(refresh=True)
+        except KeyNotFoundError:
+            raise KeyNotFoundError(f"{self.describe()} does not exist: create it with 'reencrypt keys init'") from None
+        except KeyDisabledError:
+            pass  # a new version is exactly what a disabled latest version needs
+        return self._create_version()
+
+    def set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
+        version = self._parse_kid(kid).version
+        current = self.current_kid(refresh=True)
+        if not enabled and kid == current:
+            raise KeyDisabledError(f"key {kid} is the current version; rotate to a new version before disabling it")
+        key = self._call(
+            "update_key", lambda: self._keys.update_key_properties(self.key_name, version, enabled=enabled), kid
+        )
+        with self._lock:  # the next wrap or unwrap re-reads the version's state
+            self._versions.pop(kid, None)
+        return _key_version(key.properties, current)
+
+    def _create_version(self) -> KeyVersion:
+        key = self._call(
+            "create_key",
+            lambda: self._keys.create_rsa_key(self.key_name, size=RSA_BITS, key_operations=KEY_OPERATIONS),
+        )
+        self._current = (key.id, time.monotonic())
+        return _key_version(key.properties, key.id)
+
+    # -- calls, counters and errors --------------------------------------------------------
+
+    def _count(self, operation: str) -> None:
+        with self._lock:
+            self.calls[operation] = self.calls.get(operation, 0) + 1
+
+    def _on_response(self, response) -> None:
+        """Sees every attempt's response (the hook sits inside the retry loop)."""
+        if response.http_response.status_code == 429:
+            with self._lock:
+                self.throttled += 1
+
+    def _call(self, operation: str, call, kid: str | None = None):
+        self._count(operation)
+        try:
+            return call()
+        except (AzureError, ValueError) as error:
+            raise self._translate(error, operation, kid) from None
+
+    def _translate(self, error: Exception, operation: str, kid: str | None) -> KeyProviderError:
+        """One typed, one-line error naming the vault, the key and the fix."""
+        target = kid or f"{self.vault_url}/keys/{self.key_name}"
+        status = getattr(error, "status_code", None)
+        code, message = _service_error(error)
+        if status == 403 and _is_disabled(error):
+            return KeyDisabledError(f"key {target} is disabled in {self.vault_url}; enable it to use it")
+        if status == 401:
+            return KeyProviderError(
+                f"{self.vault_url} rejected the identity's token for {operation} ({code}): check the tenant and that the identity exists"
+            )
+        if status == 403:
+            role = _ADMIN_ROLE if operation in _ADMIN_OPERATIONS else _CRYPTO_ROLE
+            return KeyProviderError(
+                f"{self.vault_url} refused {operation} on {target} ({status} {code}): grant the identity '{role}' on the vault"
+            )
+        if isinstance(error, ClientAuthenticationError):
+            return KeyProviderError(
+                f"no token for {self.vault_url}: {_first_line(error)}; sign in (az login) or configure a managed identity"
+            )
+        if status == 404:
+            return KeyNotFoundError(f"key {target} is not in {self.vault_url} ({code}): check the key id, or run 'reencrypt keys init'")
+        if status == 400 and operation == "unwrap_key":
+            return UnwrapError(f"key {target} cannot unwrap this data key ({code}): tampered, truncated or wrapped by another key")
+        if status == 429:
+            return KeyProviderError(f"{self.vault_url} still throttled {operation} (429) after bounded retries: lower the fleet's Key Vault budget")
+        if isinstance(error, ServiceRequestError):
+            return KeyProviderError(f"cannot reach {self.vault_url} for {operation}: {_first_line(error)}")
+        if isinstance(error, HttpResponseError):
+            return KeyProviderError(f"{self.vault_url} failed {operation} on {target}: {status} {code}: {message}")
+        return KeyProviderError(f"{operation} on {target} failed: {_first_line(error)}")
+
+
+def _key_version(properties, current_kid: str | None) -> KeyVersion:
+    created = properties.created_on.strftime("%Y-%m-%dT%H:%M:%SZ") if properties.created_on else ""
+    return KeyVersion(kid=properties.id, enabled=bool(properties.enabled), current=properties.id == current_kid, created=created)
+
+
+def _public_key(key: KeyVaultKey) -> rsa.RSAPublicKey:
+    n, e = (int.from_bytes(value, "big") for value in (key.key.n, key.key.e))
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+def _service_error(error: Exception) -> tuple[str, str]:
+    """Key Vault's error code, with the inner one when given (Forbidden/KeyDisabled), and message."""
+    body = getattr(error, "error", None)
+    if body is None:
+        return "", ""
+    inner = body.innererror.get("code") if isinstance(body.innererror, dict) else None
+    code = f"{body.code}/{inner}" if inner else (body.code or "")
+    lines = (body.message or "").strip().splitlines()
+    return code, lines[0] if lines else ""
+
+
+def _is_disabled(error: Exception) -> bool:
+    """Key Vault refuses a disabled version with 403 Forbidden, inner code KeyDisabled."""
+    code, message = _service_error(error)
+    return "KeyDisabled" in code or "disabled key" in message.lower()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,118 @@
+"""Sample tracker data: a realistic container encrypted under the current MEK version.
+
+Document shapes (partition key ``productId``):
+
+- ``item``: ``title``, ``description`` (with PII), ``reporterEmail`` encrypted; custom fields
+  in an array, some of whose values are encrypted (envelopes nested inside arrays);
+- ``comment``: ``body`` encrypted;
+- ``attachment``: ``signedUrl`` encrypted;
+- ``api_key``: ``keySeed`` encrypted;
+- ``product``: no encrypted field at all (the sweep must leave such documents alone).
+
+Content is deterministic for a given ``seed``; nonces and data keys are random, as in life.
+``dek_share`` sets how many consecutive documents share one data key (1 = a DEK per
+document, the worst case for the vault).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+from tracker_reencrypt import envelope
+from tracker_reencrypt.documents import location
+from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.stores import DocumentStore
+
+DEFAULT_PRODUCTS = 32
+DEFAULT_DEK_SHARE = 64
+INSERT_BATCH = 500
+
+_WORDS = (
+    "login crash export timeout sync widget billing invoice upload search filter dashboard "
+    "report permission token cache retry latency mobile android ios webhook schedule"
+).split()
+_NAMES = "ada grace linus barbara ken margaret alan edsger donald frances".split()
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
+
+
+def _person(rng: random.Random) -> tuple[str, str]:
+    name = rng.choice(_NAMES)
+    return name.capitalize(), f"{name}.{rng.randint(1, 999)}@example.com"
+
+
+def _shapes(rng: random.Random, index: int, product: str) -> dict:
+    """One plaintext document; encrypted fields are listed under ``_encrypt`` (removed later)."""
+    roll = rng.random()
+    base = {"id": f"doc-{index:07d}", "productId": product}
+    if roll < 0.05:
+        return {**base, "type": "product", "name": f"Product {product}", "_encrypt": []}
+    if roll < 0.45:
+        name, email = _person(rng)
+        custom = [{"name": "severity", "value": rng.choice(["low", "high"])}]
+        custom.append({"name": "customer_contact", "value": {"phone": f"+1-555-{rng.randint(1000, 9999)}", "name": name}})
+        return {
+            **base, "type": "item", "status": rng.choice(["open", "closed", "triage"]),
+            "title": _sentence(rng, 5),
+            "description": f"{_sentence(rng, 20)} Reported by {name} ({email}), phone +1-555-{rng.randint(1000, 9999)}.",
+            "reporterEmail": email, "priority": rng.randint(1, 4), "customFields": custom,
+            "_encrypt": [("title",), ("description",), ("reporterEmail",), ("customFields", 1, "value")],
+        }
+    item = f"doc-{max(0, index - rng.randint(1, 20)):07d}"
+    if roll < 0.8:
+        return {**base, "type": "comment", "itemId": item, "author": _person(rng)[0], "body": _sentence(rng, 30), "_encrypt": [("body",)]}
+    if roll < 0.95:
+        url = f"https://files.example.com/{rng.getrandbits(64):016x}?sig={rng.getrandbits(128):032x}"
+        return {**base, "type": "attachment", "itemId": item, "fileName": f"log-{index}.txt", "signedUrl": url, "_encrypt": [("signedUrl",)]}
+    return {**base, "type": "api_key", "agent": f"agent-{rng.randint(1, 50)}", "keySeed": f"{rng.getrandbits(256):064x}", "_encrypt": [("keySeed",)]}
+
+
+def _set(body: dict, parts: tuple, value) -> None:
+    target = body
+    for part in parts[:-1]:
+        target = target[part]
+    target[parts[-1]] = value
+
+
+def seeding_keyring(provider) -> Keyring:
+    """A keyring whose data-key reuse is bounded by ``dek_share`` documents, not by uses or age."""
+    return Keyring(provider, dek_max_uses=2**31, dek_max_age_s=float("inf"))
+
+
+def generate(count: int, keyring: Keyring, *, seed: int = 1, products: int = DEFAULT_PRODUCTS,
+             dek_share: int = DEFAULT_DEK_SHARE, kid: str | None = None) -> Iterator[dict]:
+    """Yield ``count`` encrypted tracker documents."""
+    rng = random.Random(seed)
+    kid = kid or keyring.current_kid()
+    for index in range(count):
+        if index % max(1, dek_share) == 0:
+            keyring.forget()  # the next field takes a fresh data key
+        body = _shapes(rng, index, f"product-{rng.randrange(products):03d}")
+        for parts in body.pop("_encrypt"):
+            plain = body
+            for part in parts:
+                plain = plain[part]
+            _set(body, parts, envelope.encrypt(plain, location(body, body["productId"], parts), keyring, kid))
+        yield body
+
+
+def seed_store(store: DocumentStore, keyring: Keyring, count: int, *, seed: int = 1, products: int = DEFAULT_PRODUCTS,
+               dek_share: int = DEFAULT_DEK_SHARE, progress: Callable[[int], None] | None = None) -> int:
+    """Write ``count`` generated documents into ``store``; returns how many were written."""
+    batch: list[dict] = []
+    written = 0
+    for body in generate(count, keyring, seed=seed, products=products, dek_share=dek_share):
+        batch.append(body)
+        if len(batch) == INSERT_BATCH:
+            written += len(store.create_many(batch))
+            batch = []
+            if progress:
+                progress(written)
+    if batch:
+        written += len(store.create_many(batch))
+    if progress:
+        progress(written)
+    return written

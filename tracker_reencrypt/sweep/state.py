@@ -1,0 +1,283 @@
+"""Durable sweep state: sweeps, slices with checkpoints and leases, failures.
+
+Kept in the store backend's record store (a SQLite table or a Cosmos container), never only
+in Redis: flushing the broker must not lose a sweep. Every write is conditional on the
+record's ETag, which is all leases and fencing need.
+
+Slice ownership (why no two workers ever advance one slice)
+-----------------------------------------------------------
+A slice record carries ``fence`` (a counter) and a lease (``lease_owner``, ``lease_expires``).
+Every task message names the fence it expects. To work, a task *claims* the slice: a
+conditional write that bumps the fence and takes the lease. It then processes one batch and
+*commits*: a conditional write of checkpoint and counts that succeeds only if the fence is
+still its own, releasing the lease. Only then does it enqueue the continuation, naming the
+new fence. So:
+
+- a duplicate of an old message names a fence that has moved on while the lease is free:
+  it is dropped;
+- a message that arrives while another task holds a live lease waits (retries) until the
+  lease is released or expires;
+- a worker that died holding a lease leaves it to expire, after which any message for the
+  slice takes it over with a new fence; if the dead worker was only slow, its commit fails
+  with LeaseLostError and it stops (its document writes were conditional and idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from tracker_reencrypt.errors import ConflictError, LeaseLostError, NotFoundError, SweepError
+from tracker_reencrypt.stores import FeedRange, RecordStore
+
+SWEEP, SLICE, FAILURE, LOCK = "sweep", "slice", "failure", "lock"
+ACTIVE_LOCK_ID = "active-sweep"
+
+#: Statuses; a sweep in one of FINISHED never changes again.
+PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED = (
+    "planned", "running", "paused", "cancelling", "cancelled", "completed", "failed",
+)
+FINISHED = frozenset({CANCELLED, COMPLETED, FAILED})
+COUNTERS = (
+    "documents_scanned", "documents_written", "documents_failed", "fields_reencrypted",
+    "fields_on_target", "fields_not_source", "conflicts", "failures",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_utc(text: str) -> float:
+    """Seconds since the epoch of a utc_now() timestamp."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def new_sweep_id() -> str:
+    return f"sw-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def slice_id(sweep_id: str, index: int) -> str:
+    return f"{sweep_id}/{index:04d}"
+
+
+def zero_counts() -> dict[str, int]:
+    return dict.fromkeys(COUNTERS, 0)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of trying to take a slice: work it, wait and retry, or drop the message."""
+
+    action: str  # "work" | "retry" | "drop"
+    slice: dict | None = None
+    fence: int = 0
+    retry_after: float = 0.0
+    why: str = ""
+
+
+@dataclass
+class BatchResult:
+    """What one batch did to a slice, committed atomically with its checkpoint."""
+
+    continuation: str | None
+    done: bool
+    counts: dict[str, int] = field(default_factory=zero_counts)
+
+
+class SweepState:
+    """Sweeps, slices and failures over a RecordStore."""
+
+    def __init__(self, records: RecordStore) -> None:
+        self.records = records
+
+    # -- sweeps ----------------------------------------------------------------------------
+
+    def create_sweep(self, sweep: dict, feed_ranges: list[FeedRange]) -> dict:
+        """Record a sweep and its slices, holding the container's one active-sweep lock."""
+        self._take_active_lock(sweep["id"])
+        sweep = {**sweep, "slice_count": len(feed_ranges), "created_at": utc_now(), "updated_at": utc_now()}
+        for index, feed_range in enumerate(feed_ranges):
+            self.records.create(SLICE, slice_id(sweep["id"], index), {
+                "sweep_id": sweep["id"], "index": index, "feed_range": feed_range, "continuation": None,
+                "done": False, "fence": 0, "lease_owner": None, "lease_expires": 0.0,
+                "counts": zero_counts(), "updated_at": time.time(),
+            })
+        self.records.create(SWEEP, sweep["id"], sweep)
+        return sweep
+
+    def get_sweep(self, sweep_id: str) -> dict:
+        try:
+            return self.records.get(SWEEP, sweep_id)[0]
+        except NotFoundError:
+            raise SweepError(f"no sweep {sweep_id!r}: list sweeps with 'reencrypt sweep status --all'") from None
+
+    def sweeps(self) -> list[dict]:
+        return sorted((body for _, body, _ in self.records.list(SWEEP)), key=lambda s: s["created_at"])
+
+    def latest_sweep(self) -> dict:
+        sweeps = self.sweeps()
+        if not sweeps:
+            raise SweepError("no sweep has been started on this store: start one with 'reencrypt sweep start --to KID'")
+        return sweeps[-1]
+
+    def active_sweep_id(self) -> str | None:
+        try:
+            body, _ = self.records.get(LOCK, ACTIVE_LOCK_ID)
+        except NotFoundError:
+            return None
+        return body.get("sweep_id")
+
+    def update_sweep(self, sweep_id: str, change, *, only_if=None) -> dict:
+        """Apply ``change(body) -> dict`` conditionally; ``only_if(body)`` False refuses."""
+        while True:
+            try:
+                body, etag = self.records.get(SWEEP, sweep_id)
+            except NotFoundError:
+                raise SweepError(f"no sweep {sweep_id!r}") from None
+            if only_if is not None and not only_if(body):
+                return body
+            new = {**change(body), "updated_at": utc_now()}
+            try:
+                self.records.replace(SWEEP, sweep_id, new, etag)
+            except ConflictError:
+                continue
+            if new["status"] in FINISHED and body["status"] not in FINISHED:
+                self._release_active_lock(sweep_id)
+            return new
+
+    def set_status(self, sweep_id: str, status: str, *, allowed_from: frozenset[str]) -> dict:
+        current = self.get_sweep(sweep_id)
+        if current["status"] not in allowed_from:
+            raise SweepError(
+                f"sweep {sweep_id} is {current['status']}; it can become {status} only from {', '.join(sorted(allowed_from))}"
+            )
+        extra = {"finished_at": utc_now()} if status in FINISHED else {}
+        return self.update_sweep(sweep_id, lambda body: {**body, "status": status, **extra},
+                                 only_if=lambda body: body["status"] in allowed_from)
+
+    def _take_active_lock(self, sweep_id: str) -> None:
+        try:
+            body, etag = self.records.get(LOCK, ACTIVE_LOCK_ID)
+        except NotFoundError:
+            try:
+                self.records.create(LOCK, ACTIVE_LOCK_ID, {"sweep_id": sweep_id})
+                return
+            except ConflictError:
+                body, etag = self.records.get(LOCK, ACTIVE_LOCK_ID)
+        holder = body.get("sweep_id")
+        if holder:
+            raise SweepError(
+                f"sweep {holder} is still active on this container: wait for it, or 'reencrypt sweep cancel {holder}'"
+            )
+        try:
+            self.records.replace(LOCK, ACTIVE_LOCK_ID, {"sweep_id": sweep_id}, etag)
+        except ConflictError:
+            raise SweepError("another sweep started on this container at the same moment: check 'reencrypt sweep status'") from None
+
+    def _release_active_lock(self, sweep_id: str) -> None:
+        try:
+            body, etag = self.records.get(LOCK, ACTIVE_LOCK_ID)
+            if body.get("sweep_id") == sweep_id:
+                self.records.replace(LOCK, ACTIVE_LOCK_ID, {"sweep_id": None}, etag)
+        except (NotFoundError, ConflictError):
+            pass  # someone else moved the lock on; nothing of ours to release
+
+    # -- slices ----------------------------------------------------------------------------
+
+    def slices(self, sweep_id: str) -> list[dict]:
+        return [body for _, body, _ in self.records.list(SLICE, prefix=f"{sweep_id}/")]
+
+    def claim_slice(self, sweep_id: str, index: int, expected_fence: int, owner: str, lease_seconds: float) -> Claim:
+        record_id = slice_id(sweep_id, index)
+        while True:
+            body, etag = self.records.get(SLICE, record_id)
+            now = time.time()
+            if body["done"]:
+                return Claim("drop", why="slice already done")
+            if body["lease_owner"] and body["lease_expires"] > now:
+                return Claim("retry", retry_after=body["lease_expires"] - now, why=f"leased by {body['lease_owner']}")
+            if not body["lease_owner"] and body["fence"] != expected_fence:
+                return Claim("drop", why="stale message: the slice moved on")
+            fence = body["fence"] + 1
+            claimed = {**body, "fence": fence, "lease_owner": owner, "lease_expires": now + lease_seconds, "updated_at": now}
+            try:
+                self.records.replace(SLICE, record_id, claimed, etag)
+            except ConflictError:
+                continue
+            return Claim("work", slice=claimed, fence=fence)
+
+    def commit_slice(self, sweep_id: str, index: int, fence: int, result: BatchResult) -> dict:
+        """Write checkpoint and counts, release the lease: only while the fence is ours."""
+        record_id = slice_id(sweep_id, index)
+        while True:
+            body, etag = self.records.get(SLICE, record_id)
+            if body["fence"] != fence:
+                raise LeaseLostError(f"slice {record_id} was taken over (fence {body['fence']}, ours {fence})")
+            counts = {name: body["counts"].get(name, 0) + result.counts.get(name, 0) for name in COUNTERS}
+            committed = {
+                **body, "continuation": result.continuation, "done": result.done, "counts": counts,
+                "lease_owner": None, "lease_expires": 0.0, "updated_at": time.time(),
+            }
+            try:
+                self.records.replace(SLICE, record_id, committed, etag)
+                return committed
+            except ConflictError:
+                continue
+
+    def release_slice(self, sweep_id: str, index: int, fence: int) -> None:
+        """Give a claimed slice back untouched (the sweep was paused or cancelled)."""
+        self.commit_slice(sweep_id, index, fence, BatchResult(continuation=self._continuation(sweep_id, index), done=False))
+
+    def _continuation(self, sweep_id: str, index: int) -> str | None:
+        return self.records.get(SLICE, slice_id(sweep_id, index))[0]["continuation"]
+
+    def totals(self, sweep_id: str) -> dict[str, int]:
+        totals = zero_counts()
+        for body in self.slices(sweep_id):
+            for name in COUNTERS:
+                totals[name] += body["counts"].get(name, 0)
+        return totals
+
+    def finish_if_done(self, sweep_id: str) -> dict | None:
+        """Mark the sweep completed (or failed, with failures) once every slice is done."""
+        slices = self.slices(sweep_id)
+        if not slices or not all(body["done"] for body in slices):
+            return None
+        totals = self.totals(sweep_id)
+        status = FAILED if totals["failures"] else COMPLETED
+        before = self.get_sweep(sweep_id)["status"]
+        after = self.update_sweep(
+            sweep_id, lambda body: {**body, "status": status, "totals": totals, "finished_at": utc_now()},
+            only_if=lambda body: body["status"] not in FINISHED,
+        )
+        return after if before not in FINISHED and after["status"] in FINISHED else None
+
+    def settle_cancel(self, sweep_id: str) -> bool:
+        """Cancelling becomes cancelled once no slice holds a live lease."""
+        now = time.time()
+        if any(body["lease_owner"] and body["lease_expires"] > now for body in self.slices(sweep_id)):
+            return False
+        after = self.update_sweep(sweep_id, lambda body: {**body, "status": CANCELLED, "finished_at": utc_now()},
+                                  only_if=lambda body: body["status"] == CANCELLING)
+        return after["status"] == CANCELLED
+
+    # -- failures --------------------------------------------------------------------------
+
+    def record_failure(self, sweep_id: str, index: int, document_id: str, partition_key: str, field_path: str, reason: str) -> None:
+        """Record one field that could not be moved. Idempotent: a redone batch adds nothing."""
+        digest = hashlib.sha256(f"{document_id}\0{partition_key}\0{field_path}".encode()).hexdigest()[:20]
+        try:
+            self.records.create(FAILURE, f"{sweep_id}/{digest}", {
+                "sweep_id": sweep_id, "slice": index, "document_id": document_id, "partition_key": partition_key,
+                "field_path": field_path, "reason": reason, "at": utc_now(),
+            })
+        except ConflictError:
+            pass
+
+    def failures(self, sweep_id: str) -> list[dict]:
+        self.get_sweep(sweep_id)
+        return [body for _, body, _ in self.records.list(FAILURE, prefix=f"{sweep_id}/")]
