@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, with what it needs installed: the venv, Prometheus/promtool (Debian
+# package), Node.js for the Cosmos-protocol server (its npm package is installed by the
+# test fixture). Redis: $REDIS_URL, 127.0.0.1:6379, or an embedded one the tests start.
+source "$(dirname "$0")/setup.sh" test
+need_apt=()
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${need_apt[*]} (Debian packages)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "note: ${need_apt[*]} missing and not installable here; the tests needing them will say so" >&2
+  fi
+fi
+exec .venv/bin/python -m pytest "$@"
