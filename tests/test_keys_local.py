@@ -6,6 +6,7 @@ made once per module. Crash and cross-process tests use real subprocesses.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -297,7 +298,7 @@ print(kid, base64.b64encode(provider.wrap(kid, bytes(range(32)))).decode(), flus
 """
 
 
-def test_a_running_provider_sees_another_process_rotate(keyring_path, monkeypatch):
+def test_a_running_provider_sees_another_process_rotate(keyring_path):
     provider = LocalKeyProvider(keyring_path)
     assert provider.current_kid() == V2  # loaded and cached
     child = run_python(ROTATE_SCRIPT, str(keyring_path))
@@ -306,8 +307,6 @@ def test_a_running_provider_sees_another_process_rotate(keyring_path, monkeypatc
     kid, wrapped = out.split()
     assert kid == V3
     # A kid it has not seen makes it look at the file at once: no wait for the reload interval.
-    import base64
-
     assert provider.unwrap(V3, WRAP_ALGORITHM, base64.b64decode(wrapped)) == DEK
     assert provider.current_kid() == V3
     assert mode_of(keyring_path) == 0o600

@@ -256,7 +256,7 @@ def negatives(cases: dict[str, dict], wrap: Wrapper) -> list[dict]:
     short = edit(dek=wrap(V1, DEK_SHORT), ct=b64(AESGCM(DEK_A).encrypt(fixed_iv("short-dek"), b'"x"', aad_of(where))))
     add("short-dek", "the wrapped DEK unwraps to 16 bytes, not 32", "bad_dek", short)
     # Malformed envelopes.
-    add("iv-padded", "iv written with '=' padding", "malformed", edit(iv=env["iv"] + "=" * (-len(env["iv"]) % 4 or 4)))
+    add("iv-padded", "iv with '=' characters appended (12 bytes never need padding anyway)", "malformed", edit(iv=env["iv"] + "=" * (-len(env["iv"]) % 4 or 4)))
     add("ct-padded", "ct written with '=' padding", "malformed", edit(ct=env["ct"] + "=" * (-len(env["ct"]) % 4)))
     add("dek-standard-alphabet", "dek written in the standard alphabet ('+' and '/')", "malformed",
         edit(dek=base64.b64encode(unb64(env["dek"])).rstrip(b"=").decode()))
