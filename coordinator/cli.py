@@ -11,13 +11,12 @@ import json
 import sys
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 
 from coordinator import keyops, render, sweeps
 from coordinator.context import Context
-from coordinator.verify import scan_container, verify_rotation
+from coordinator.verify import verify_rotation
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ReencryptError, SweepError
 from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, seed_store, seeding_keyring
@@ -146,21 +145,20 @@ def sweep_start(
     mode: str = typer.Option("reencrypt", "--mode", help="reencrypt (fresh DEK and ciphertext) or rewrap (DEK re-wrapped only)."),
     slices: int = typer.Option(sweeps.DEFAULT_SLICES, "--slices", help="Work slices (feed ranges) to split the container into."),
     rate: Optional[float] = typer.Option(None, "--rate", help="Fleet-wide limit in documents/s (default: none)."),
+    kv_ops_per_s: Optional[float] = typer.Option(None, "--kv-ops-per-s", help="Fleet-wide Key Vault budget in calls/s."),
+    ru_per_s: Optional[float] = typer.Option(None, "--ru-per-s", help="Fleet-wide store budget in request units/s."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Scan and report what would change; write nothing."),
     wait: bool = typer.Option(False, "--wait", help="Follow the sweep to its end; exit 0 only if it completed with no failures."),
     as_json: bool = JsonOption,
 ) -> None:
     """Plan and start a sweep; prints its id."""
     ctx: Context = c.obj
+    limits = sweeps.Limits(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
     if dry_run:
-        sweeps.check_target(ctx, to, sources)
-        report = scan_container(ctx.store, keyring=None)
-        would = {kid: dict(kinds) for kid, kinds in report.kinds_by_kid.items() if kid != to and (not sources or kid in sources)}
-        payload = {"dry_run": True, "target_kid": to, "documents": report.documents, "fields_by_kid": dict(report.fields_by_kid),
-                   "would_move": would, "fields_to_move": sum(sum(k.values()) for k in would.values())}
+        payload = sweeps.dry_run(ctx, to=to, sources=sources, limits=limits)
         emit(ctx, as_json, payload, lambda: render.dry_run(out, payload))
         return
-    sweep = sweeps.start(ctx, to=to, sources=sources, mode=mode, slices=slices, rate=rate)
+    sweep = sweeps.start(ctx, to=to, sources=sources, mode=mode, slices=slices, limits=limits)
     if not wait:
         emit(ctx, as_json, {"sweep_id": sweep["id"], "slices": sweep["slice_count"]}, lambda: out.print(sweep["id"]))
         return
@@ -222,14 +220,16 @@ def sweep_cancel(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None
 def sweep_throttle(
     c: typer.Context, sweep_id: Optional[str] = typer.Argument(None),
     rate: Optional[float] = typer.Option(None, "--rate", help="New fleet-wide limit in documents/s."),
-    unlimited: bool = typer.Option(False, "--unlimited", help="Remove the limit."),
+    kv_ops_per_s: Optional[float] = typer.Option(None, "--kv-ops-per-s", help="New Key Vault budget in calls/s."),
+    ru_per_s: Optional[float] = typer.Option(None, "--ru-per-s", help="New store budget in request units/s."),
+    unlimited: bool = typer.Option(False, "--unlimited", help="Remove every limit."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Change a running sweep's rate limit; workers pick it up at their next batch."""
-    if rate is None and not unlimited:
-        raise SweepError("give --rate R (documents/s) or --unlimited")
-    sweep = sweeps.throttle(c.obj, sweep_id, None if unlimited else rate)
-    emit(c.obj, as_json, sweep, lambda: out.print(f"sweep {sweep['id']} rate: {sweep['rate'] or 'unlimited'} documents/s"))
+    """Change a running sweep's limits; workers pick them up at their next batch."""
+    limits = sweeps.Limits(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
+    sweep = sweeps.throttle(c.obj, sweep_id, limits, unlimited=unlimited)
+    emit(c.obj, as_json, sweep, lambda: out.print(
+        f"sweep {sweep['id']} limits: {render.limits_text(sweep)}"))
 
 
 @sweep_app.command("failures")
@@ -311,8 +311,14 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:
+        # Usage errors (missing option, bad value, unknown command). Typer vendors Click since
+        # 0.26, so these are not click.ClickException: catching that let them escape as tracebacks.
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

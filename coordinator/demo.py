@@ -53,7 +53,7 @@ def _rotation(ctx: Context, home, docs: int, workers: int, console: Console) -> 
     _step(console, f"3. sweep every field onto {v2.kid} with {workers} worker processes")
     console.print(f"broker: {'embedded Redis' if not ctx.settings.redis_url else 'REDIS_URL'}; worker logs in {home}")
     with WorkerFleet(ctx, workers, log_dir=home / "logs"):
-        sweep = sweeps.start(ctx, to=v2.kid, sources=[], mode="reencrypt", slices=8, rate=None)
+        sweep = sweeps.start(ctx, to=v2.kid, sources=[], mode="reencrypt", slices=8)
         progress = render.follow(ctx, sweep["id"], console, kick_stalled=True)
     render.summary(console, progress)
     if progress.sweep["status"] != "completed":

@@ -30,21 +30,35 @@ def key_table(console: Console, versions) -> None:
 
 @contextlib.contextmanager
 def counter_progress(console: Console, label: str, total: int, *, enabled: bool = True, incremental: bool = False):
-    """A progress bar; yields ``advance(n)``: n is a running total, or an increment if ``incremental``."""
+    """A progress bar; yields ``advance(n)``: n is a running total, or an increment if ``incremental``.
+
+    The bar appears at the first ``advance``, so an error raised before any work (a missing
+    store, an unsafe keyring file) is the only line on stderr, not a bar stuck at 0.
+    """
     if not enabled:
         yield lambda n: None
         return
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=total)
+    with contextlib.ExitStack() as stack:
+        shown: dict = {}
 
         def advance(n: int) -> None:
+            if not shown:
+                shown["bar"] = bar = stack.enter_context(Progress(*columns, console=console, transient=False))
+                shown["task"] = bar.add_task(label, total=total)
+            bar, task = shown["bar"], shown["task"]
             if incremental:
                 bar.advance(task, n)
             else:
                 bar.update(task, completed=n)
 
         yield advance
+
+
+def limits_text(sweep: dict) -> str:
+    parts = [f"{sweep[name]:g} {unit}" for name, unit in
+             (("rate", "docs/s"), ("kv_ops_per_s", "KV ops/s"), ("ru_per_s", "RU/s")) if sweep.get(name)]
+    return ", ".join(parts) or "none"
 
 
 def _eta(seconds: float | None) -> str:
@@ -61,7 +75,7 @@ def _status_view(progress: sweeps.Progress) -> Group:
     per_slice = max(1, estimate / max(1, len(progress.slices)))
     head = Table.grid(padding=(0, 2))
     head.add_row(f"[bold]{sweep['id']}[/]", f"status [bold]{sweep['status']}[/]", f"→ {sweep['target_kid']}",
-                 f"mode {sweep['mode']}", f"rate limit {sweep.get('rate') or 'none'}")
+                 f"mode {sweep['mode']}", f"limits {limits_text(sweep)}")
     overall = Table.grid(padding=(0, 2))
     done = totals.get("documents_scanned", 0)
     overall.add_row(
@@ -145,6 +159,7 @@ def dry_run(console: Console, payload: dict) -> None:
         for kind, count in sorted(kinds.items()):
             table.add_row(kid, kind, str(count))
     console.print(table)
+    console.print(f"estimate: {payload['estimate']['text']}")
 
 
 def verify(console: Console, payload: dict) -> None:

@@ -16,6 +16,8 @@ from tracker_reencrypt.sweep.state import (
     CANCELLING, FINISHED, PAUSED, RUNNING, new_sweep_id, parse_utc, utc_now,
 )
 from coordinator.context import Context
+from coordinator.estimate import estimate
+from coordinator.verify import scan_container
 
 DEFAULT_SLICES = 16
 
@@ -34,13 +36,31 @@ def check_target(ctx: Context, to: str, sources: list[str]) -> None:
             raise SweepError(f"source key {kid} is the target itself: drop it from --from")
 
 
-def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, rate: float | None) -> dict:
+@dataclass(frozen=True)
+class Limits:
+    """Fleet-wide limits of a sweep; None means unlimited."""
+
+    rate: float | None = None  # documents/s
+    kv_ops_per_s: float | None = None  # Key Vault calls/s (unwraps, remote wraps)
+    ru_per_s: float | None = None  # store request units/s
+
+    FLAGS = {"rate": "--rate", "kv_ops_per_s": "--kv-ops-per-s", "ru_per_s": "--ru-per-s"}
+
+    def given(self) -> dict[str, float]:
+        """The limits that were set, checked positive."""
+        values = {name: getattr(self, name) for name in self.FLAGS if getattr(self, name) is not None}
+        for name, value in values.items():
+            if value <= 0:
+                raise SweepError(f"{self.FLAGS[name]} must be positive, got {value}")
+        return values
+
+
+def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, limits: Limits = Limits()) -> dict:
     if mode not in MODES:
         raise SweepError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
     if slices < 1:
         raise SweepError(f"--slices must be at least 1, got {slices}")
-    if rate is not None and rate <= 0:
-        raise SweepError(f"--rate must be positive documents/s, got {rate}")
+    given = limits.given()
     check_target(ctx, to, sources)
     active = ctx.state.active_sweep_id()
     if active:
@@ -48,15 +68,35 @@ def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, 
     celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
     feed_ranges = ctx.store.feed_ranges(slices)
     sweep = ctx.state.create_sweep({
-        "id": new_sweep_id(), "target_kid": to, "source_kids": sources or None, "mode": mode, "rate": rate,
+        "id": new_sweep_id(), "target_kid": to, "source_kids": sources or None, "mode": mode, **dict.fromkeys(Limits.FLAGS), **given,
         "status": RUNNING, "started_by": actor(), "started_at": utc_now(),
         "documents_estimate": ctx.store.count(), "store": ctx.store.describe(),
     }, feed_ranges)
     ctx.audit.append("sweep started", sweep_id=sweep["id"], target_kid=to, source_kids=sources or "all others",
-                     mode=mode, slices=len(feed_ranges), rate=rate)
+                     mode=mode, slices=len(feed_ranges), **given)
     for index in range(len(feed_ranges)):
         enqueue_slice(celery, sweep["id"], index, 0)
     return sweep
+
+
+def dry_run(ctx: Context, *, to: str, sources: list[str], limits: Limits) -> dict:
+    """What a sweep would change, and how long it would take under ``limits``; writes nothing."""
+    given = limits.given()
+    check_target(ctx, to, sources)
+    report = scan_container(ctx.store, keyring=None)
+    moving = [kid for kid in report.kinds_by_kid if kid != to and (not sources or kid in sources)]
+    would = {kid: dict(report.kinds_by_kid[kid]) for kid in moving}
+    guess = estimate(
+        documents=report.documents, documents_to_write=report.documents_with_kids(moving),
+        document_bytes=report.document_bytes, distinct_source_deks=report.distinct_deks(moving), limits=given,
+    )
+    return {
+        "dry_run": True, "target_kid": to, "documents": report.documents, "fields_by_kid": dict(report.fields_by_kid),
+        "would_move": would, "fields_to_move": sum(sum(kinds.values()) for kinds in would.values()),
+        "distinct_source_deks": report.distinct_deks(moving), "limits": given,
+        "estimate": {"seconds": guess.seconds, "bound_by": guess.bound_by, "request_units": round(guess.request_units),
+                     "kv_ops": guess.kv_ops, "text": guess.text(given)},
+    }
 
 
 def resolve(ctx: Context, sweep_id: str | None) -> dict:
@@ -105,14 +145,16 @@ def cancel(ctx: Context, sweep_id: str | None) -> dict:
     return ctx.state.get_sweep(sweep["id"])
 
 
-def throttle(ctx: Context, sweep_id: str | None, rate: float | None) -> dict:
-    if rate is not None and rate <= 0:
-        raise SweepError(f"--rate must be positive documents/s (or --unlimited), got {rate}")
+def throttle(ctx: Context, sweep_id: str | None, limits: Limits, *, unlimited: bool = False) -> dict:
+    """Change the given limits of a running sweep (``unlimited`` clears them all)."""
+    changes = dict.fromkeys(Limits.FLAGS) if unlimited else limits.given()
+    if not changes:
+        raise SweepError("give at least one of --rate, --kv-ops-per-s, --ru-per-s, or --unlimited")
     sweep = resolve(ctx, sweep_id)
     if sweep["status"] in FINISHED:
         raise SweepError(f"sweep {sweep['id']} is {sweep['status']}; there is nothing to throttle")
-    sweep = ctx.state.update_sweep(sweep["id"], lambda body: {**body, "rate": rate})
-    ctx.audit.append("sweep throttled", sweep_id=sweep["id"], rate=rate)
+    sweep = ctx.state.update_sweep(sweep["id"], lambda body: {**body, **changes})
+    ctx.audit.append("sweep throttled", sweep_id=sweep["id"], **changes)
     return sweep
 
 

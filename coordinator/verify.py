@@ -3,6 +3,7 @@ and the usage check that guards ``keys disable``."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,16 @@ class ScanReport:
     kinds_by_kid: dict[str, Counter] = field(default_factory=dict)
     undecryptable: int = 0
     undecryptable_examples: list[dict] = field(default_factory=list)
+    document_bytes: int = 0
+    deks_by_kid: dict[str, set] = field(default_factory=dict)
+    documents_by_kid: Counter = field(default_factory=Counter)
+
+    def documents_with_kids(self, kids) -> int:
+        """Documents holding a field on any of ``kids`` (an upper bound when kids overlap)."""
+        return sum(self.documents_by_kid.get(kid, 0) for kid in kids)
+
+    def distinct_deks(self, kids) -> int:
+        return sum(len(self.deks_by_kid.get(kid, ())) for kid in kids)
 
     def as_json(self) -> dict:
         return {
@@ -32,6 +43,8 @@ class ScanReport:
             "fields_by_kid": dict(self.fields_by_kid), "fields_by_kind": dict(self.fields_by_kind),
             "kinds_by_kid": {kid: dict(kinds) for kid, kinds in self.kinds_by_kid.items()},
             "undecryptable": self.undecryptable, "undecryptable_examples": self.undecryptable_examples,
+            "document_bytes": self.document_bytes,
+            "distinct_deks_by_kid": {kid: len(deks) for kid, deks in self.deks_by_kid.items()},
         }
 
 
@@ -54,11 +67,16 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
 
 def _count(report: ScanReport, body: dict, partition_key: str, keyring: Keyring | None) -> None:
     report.documents += 1
-    for check in check_document(body, partition_key, keyring):
+    report.document_bytes += len(json.dumps(body, separators=(",", ":")))
+    checks = check_document(body, partition_key, keyring)
+    for kid in {check.kid for check in checks}:
+        report.documents_by_kid[kid] += 1
+    for check in checks:
         report.fields += 1
         report.fields_by_kid[check.kid] += 1
         report.fields_by_kind[check.kind] += 1
         report.kinds_by_kid.setdefault(check.kid, Counter())[check.kind] += 1
+        report.deks_by_kid.setdefault(check.kid, set()).add(check.dek_id)
         if not check.decrypts:
             report.undecryptable += 1
             if len(report.undecryptable_examples) < EXAMPLES:

@@ -7,6 +7,7 @@ write a store, so they can be tested exhaustively and benchmarked alone.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -159,6 +160,7 @@ class FieldCheck:
     pointer: str
     kind: str
     kid: str
+    dek_id: str  # a fingerprint of the wrapped data key: fields sharing a DEK share it
     reason: str = ""  # empty when the field decrypts
 
     @property
@@ -177,5 +179,6 @@ def check_document(body: dict, partition_key: str, keyring: Keyring | None) -> l
                 envelope.decrypt(sealed, location(body, partition_key, parts), keyring)
             except EnvelopeError as exc:
                 reason = exc.reason
-        checks.append(FieldCheck(json_pointer(parts), kind, str(sealed.get("kid")), reason))
+        dek_id = hashlib.sha256(str(sealed.get("dek")).encode()).hexdigest()[:16]
+        checks.append(FieldCheck(json_pointer(parts), kind, str(sealed.get("kid")), dek_id, reason))
     return checks

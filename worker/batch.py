@@ -14,8 +14,8 @@ from tracker_reencrypt.documents import rekey_document
 from tracker_reencrypt.errors import ConflictError, NotFoundError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore, StoredDocument
-from tracker_reencrypt.sweep.ratelimit import TokenBucket
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
+from worker.pacing import Pacer
 
 CONFLICT_REASON = "conflict_retries_exhausted"
 
@@ -42,9 +42,9 @@ class SliceBatch:
     """Everything one batch needs; built per task by the worker runtime."""
 
     def __init__(self, store: DocumentStore, state: SweepState, keyring: Keyring, sweep: dict, limits: BatchLimits,
-                 document_bucket: TokenBucket | None = None) -> None:
+                 pacer: Pacer | None = None) -> None:
         self.store, self.state, self.keyring, self.sweep, self.limits = store, state, keyring, sweep, limits
-        self.document_bucket = document_bucket
+        self.pacer = pacer
         self.source_kids = frozenset(sweep["source_kids"]) if sweep.get("source_kids") else None
 
     def run(self, slice_body: dict) -> BatchReport:
@@ -54,10 +54,12 @@ class SliceBatch:
         while handled < self.limits.documents and time.monotonic() < deadline:
             page_size = min(self.limits.page_size, self.limits.documents - handled)
             page = self.store.scan(slice_body["feed_range"], report.result.continuation, page_size)
-            if self.document_bucket is not None:
-                self.document_bucket.take(len(page.documents), self.sweep.get("rate"))
+            if self.pacer is not None:
+                self.pacer.before_page(len(page.documents))
             for document in page.documents:
                 self._document(slice_body["index"], document, report)
+            if self.pacer is not None:
+                self.pacer.after_page()
             handled += len(page.documents)
             report.result.continuation = page.continuation
             if page.continuation is None:

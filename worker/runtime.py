@@ -14,9 +14,9 @@ from tracker_reencrypt.config import Settings
 from tracker_reencrypt.keys import open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import open_store
-from tracker_reencrypt.sweep.ratelimit import TokenBucket
 from tracker_reencrypt.sweep.state import SweepState
 from worker import metrics
+from worker.pacing import Pacer
 
 
 class Runtime:
@@ -36,8 +36,11 @@ class Runtime:
         self.redis = redis.Redis.from_url(redis_url)
         self.deltas = metrics.DeltaTracker()
 
-    def document_bucket(self, sweep_id: str) -> TokenBucket:
-        return TokenBucket(self.redis, f"reencrypt:bucket:{sweep_id}:documents")
+    def pacer(self, sweep: dict) -> Pacer:
+        """Limits for one batch of ``sweep``; its Key Vault budget hooks into the keyring."""
+        pacer = Pacer(self.redis, sweep, self.store, self.keyring.provider)
+        self.keyring.before_provider_call = pacer.before_key_call
+        return pacer
 
     def publish_metrics(self) -> None:
         """Move the keyring's and store's running totals into the process's counters."""

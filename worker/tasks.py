@@ -35,10 +35,11 @@ def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) 
     if claim.action == "drop":
         return f"dropped: {claim.why}"
 
+    pacer = runtime.pacer(sweep)
     batch = SliceBatch(
         runtime.store, state, runtime.keyring, sweep,
         BatchLimits(settings.batch_documents, settings.batch_seconds, settings.page_size, settings.conflict_retries),
-        runtime.document_bucket(sweep_id),
+        pacer,
     )
     started = time.perf_counter()
     try:
@@ -60,7 +61,7 @@ def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) 
     finally:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         runtime.publish_metrics()
-    _count(report, sweep["mode"], batch)
+    _count(report, sweep["mode"])
     metrics.BATCHES.labels("committed").inc()
 
     if report.result.done:
@@ -77,7 +78,7 @@ def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) 
     return "stopped: sweep no longer running"
 
 
-def _count(report, mode: str, batch: SliceBatch) -> None:
+def _count(report, mode: str) -> None:
     counts = report.result.counts
     metrics.DOCUMENTS_SCANNED.inc(counts["documents_scanned"])
     metrics.DOCUMENTS_WRITTEN.inc(counts["documents_written"])
@@ -87,5 +88,3 @@ def _count(report, mode: str, batch: SliceBatch) -> None:
         metrics.FIELDS_REENCRYPTED.labels(kind, mode).inc(moved)
     for reason, failed in report.failures_by_reason.items():
         metrics.FAILURES.labels(reason).inc(failed)
-    if batch.document_bucket is not None:
-        metrics.RATE_LIMIT_WAIT.labels("documents").inc(batch.document_bucket.waited_seconds)

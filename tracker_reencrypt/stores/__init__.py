@@ -48,6 +48,14 @@ class RequestCost:
     throttled: int = 0
 
 
+def estimated_request_units(size_bytes: float, write: bool) -> float:
+    """A rough Cosmos RU figure (see platform-facts.md): a 1 KB point read costs ~1 RU, a
+    1 KB replace ~10 RU, both growing with size. SQLite reports it so budgets work there too,
+    and the duration estimate uses it before a sweep starts."""
+    kilobytes = max(1.0, size_bytes / 1024)
+    return 5.0 + 5.0 * kilobytes if write else kilobytes
+
+
 class DocumentStore(Protocol):
     """The tracker container, as the sweep and verify need it."""
 

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError
-from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument
+from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument, estimated_request_units
 
 EPK_SPACE = 2**32
 BUSY_TIMEOUT_MS = 30_000
@@ -60,13 +60,6 @@ def path_from_url(url: str) -> Path:
 def effective_partition_key(partition_key: str) -> int:
     """Where a partition key falls in the EPK space; stable across processes and versions."""
     return int.from_bytes(hashlib.blake2b(str(partition_key).encode("utf-8"), digest_size=4).digest(), "big")
-
-
-def estimated_request_units(size_bytes: int, write: bool) -> float:
-    """A rough Cosmos RU figure so budgets work on SQLite too (see platform-facts.md):
-    a 1 KB point read costs ~1 RU, a 1 KB replace ~10 RU, both growing with size."""
-    kilobytes = max(1.0, size_bytes / 1024)
-    return 5.0 + 5.0 * kilobytes if write else kilobytes
 
 
 def _new_etag() -> str:

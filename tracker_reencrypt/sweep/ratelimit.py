@@ -39,7 +39,6 @@ class TokenBucket:
         self.key = key
         self.burst_seconds = burst_seconds
         self._script = client.register_script(_TAKE)
-        self.waited_seconds = 0.0
 
     def reserve(self, tokens: float, rate: float) -> float:
         """Take ``tokens`` now and return how many seconds the caller must wait before using them."""
@@ -58,5 +57,4 @@ class TokenBucket:
         wait = self.reserve(tokens, rate)
         if wait > 0:
             time.sleep(wait)
-            self.waited_seconds += wait
         return wait
