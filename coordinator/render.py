@@ -93,6 +93,8 @@ def _status_view(progress: sweeps.Progress) -> Group:
         slices.add_row(str(s["index"]), bar, str(counts["documents_scanned"]), str(counts["fields_reencrypted"]),
                        str(counts["conflicts"]), str(counts["failures"]), state)
     parts = [head, overall, slices]
+    if progress.budget_estimate and sweep["status"] not in FINISHED:
+        parts.append(f"remaining under budgets: {progress.budget_estimate}")
     if sweep.get("last_error"):
         parts.append(f"[yellow]last error: {sweep['last_error']}[/]")
     return Group(*parts)

@@ -17,7 +17,7 @@ from tracker_reencrypt.sweep.state import (
 )
 from coordinator.context import Context
 from coordinator.estimate import estimate
-from coordinator.verify import scan_container
+from coordinator.verify import ScanReport, count_document, scan_container
 
 DEFAULT_SLICES = 16
 
@@ -70,7 +70,7 @@ def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, 
     sweep = ctx.state.create_sweep({
         "id": new_sweep_id(), "target_kid": to, "source_kids": sources or None, "mode": mode, **dict.fromkeys(Limits.FLAGS), **given,
         "status": RUNNING, "started_by": actor(), "started_at": utc_now(),
-        "documents_estimate": ctx.store.count(), "store": ctx.store.describe(),
+        "documents_estimate": ctx.store.count(), "store": ctx.store.describe(), "sample": _sample(ctx, feed_ranges),
     }, feed_ranges)
     ctx.audit.append("sweep started", sweep_id=sweep["id"], target_kid=to, source_kids=sources or "all others",
                      mode=mode, slices=len(feed_ranges), **given)
@@ -97,6 +97,32 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: Limits) -> dic
         "estimate": {"seconds": guess.seconds, "bound_by": guess.bound_by, "request_units": round(guess.request_units),
                      "kv_ops": guess.kv_ops, "text": guess.text(given)},
     }
+
+
+SAMPLE_DOCUMENTS = 200
+
+
+def _sample(ctx: Context, feed_ranges) -> dict:
+    """Average document size and DEKs per document from one page: what the status estimate
+    under budgets needs, for the price of one page instead of a full scan."""
+    documents = [doc.body for rng in feed_ranges[:4] for doc in ctx.store.scan(rng, None, SAMPLE_DOCUMENTS // 4).documents]
+    report = ScanReport()
+    for body in documents:
+        count_document(report, body, ctx.store.partition_key_of(body), None)
+    count = max(1, report.documents)
+    return {"documents": report.documents, "average_bytes": report.document_bytes / count,
+            "deks_per_document": sum(len(deks) for deks in report.deks_by_kid.values()) / count}
+
+
+def budget_estimate(sweep: dict, remaining_documents: int):
+    """Time left for ``remaining_documents`` under the sweep's budgets (None without budgets)."""
+    sample = sweep.get("sample") or {"average_bytes": 2048, "deks_per_document": 1.0}
+    limits = {name: sweep.get(name) for name in Limits.FLAGS if sweep.get(name)}
+    return estimate(
+        documents=remaining_documents, documents_to_write=remaining_documents,
+        document_bytes=remaining_documents * sample["average_bytes"],
+        distinct_source_deks=round(remaining_documents * sample["deks_per_document"]), limits=limits,
+    ).text(limits)
 
 
 def resolve(ctx: Context, sweep_id: str | None) -> dict:
@@ -167,12 +193,13 @@ class Progress:
     docs_per_s: float
     eta_s: float | None
     active_leases: int
+    budget_estimate: str = ""
 
     def as_json(self) -> dict:
         return {
             "sweep": self.sweep, "totals": self.totals, "elapsed_s": round(self.elapsed_s, 1),
             "docs_per_s": round(self.docs_per_s, 1), "eta_s": None if self.eta_s is None else round(self.eta_s),
-            "active_leases": self.active_leases,
+            "active_leases": self.active_leases, "budget_estimate": self.budget_estimate,
             "slices": [
                 {"index": s["index"], "done": s["done"], "leased_by": s["lease_owner"], "counts": s["counts"]}
                 for s in self.slices
@@ -197,4 +224,4 @@ def progress(ctx: Context, sweep: dict, previous: "Progress | None" = None) -> P
     eta = remaining / rate if rate > 0 and sweep["status"] == RUNNING else None
     now = time.time()
     leases = sum(1 for s in slices if s["lease_owner"] and s["lease_expires"] > now)
-    return Progress(sweep, slices, totals, elapsed, rate, eta, leases)
+    return Progress(sweep, slices, totals, elapsed, rate, eta, leases, budget_estimate(sweep, remaining))

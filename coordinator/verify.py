@@ -56,7 +56,7 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
         while True:
             page = store.scan(feed_range, continuation, PAGE_SIZE)
             for document in page.documents:
-                _count(report, document.body, store.partition_key_of(document.body), keyring)
+                count_document(report, document.body, store.partition_key_of(document.body), keyring)
             if progress:
                 progress(len(page.documents))
             continuation = page.continuation
@@ -65,7 +65,7 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
     return report
 
 
-def _count(report: ScanReport, body: dict, partition_key: str, keyring: Keyring | None) -> None:
+def count_document(report: ScanReport, body: dict, partition_key: str, keyring: Keyring | None) -> None:
     report.documents += 1
     report.document_bytes += len(json.dumps(body, separators=(",", ":")))
     checks = check_document(body, partition_key, keyring)
