@@ -43,7 +43,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CHALLENGE = f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", resource="https://vault.azure.net"'
+RBAC_DENIED = (
+    "Caller is not authorized to perform action on resource.\r\n"
+    "If role assignments were recently changed, please wait several minutes for role assignments to become effective."
+)
 ALL_KEY_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
 _OAEP_256 = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
@@ -116,7 +121,7 @@ class KeyVaultServer:
         self._httpd.daemon_threads = True
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._httpd.vault = self
-        threading.Thread(target=self._httpd.serve_forever, name="keyvault-server", daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="keyvault-server", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -174,14 +179,10 @@ class KeyVaultServer:
         if not authorization.startswith("Bearer "):
             with self._lock:
                 self.challenges += 1
-            raise VaultError(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.", headers={"WWW-Authenticate": CHALLENGE})
+            missing = "AKV10000: Request is missing a Bearer or PoP token."
+            raise VaultError(401, "Unauthorized", missing, headers={"WWW-Authenticate": CHALLENGE})
         if authorization[len("Bearer "):] in self.denied_tokens:
-            raise VaultError(
-                403,
-                "Forbidden",
-                "Caller is not authorized to perform action on resource. If role assignments were recently changed, please wait several minutes for role assignments to become effective.",
-                "ForbiddenByRbac",
-            )
+            raise VaultError(403, "Forbidden", RBAC_DENIED, "ForbiddenByRbac")
 
     def _admit(self, operation: str) -> None:
         with self._lock:
@@ -223,7 +224,7 @@ class KeyVaultServer:
     def _versions(self, name: str) -> list[KeyVersion]:
         versions = self.keys.get(name)
         if not versions:
-            raise VaultError(404, "KeyNotFound", f"A key with (name/id) {name} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command.")
+            raise VaultError(404, "KeyNotFound", f"A key with (name/id) {name} was not found in this key vault.")
         return versions
 
     def _version(self, name: str, version: str | None) -> KeyVersion:
@@ -321,6 +322,7 @@ def _require_oaep_256(body: dict) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so the SDK's connections stay warm
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no delayed-ACK stall
 
     def do_GET(self) -> None:
         self._serve()
@@ -334,7 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         parsed = urlparse(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        status, payload, headers = self.server.vault.handle(self.command, parsed.path, parse_qs(parsed.query), self.headers, body)
+        vault = self.server.vault
+        status, payload, headers = vault.handle(self.command, parsed.path, parse_qs(parsed.query), self.headers, body)
         raw = json.dumps(payload).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -362,7 +365,7 @@ def _write_self_signed(cert_path: Path, key_path: Path) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK), x509.DNSName("localhost")]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

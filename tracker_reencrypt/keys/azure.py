@@ -32,7 +32,7 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tracker_reencrypt.errors import KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError
+from tracker_reencrypt.errors import ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError
 from tracker_reencrypt.keys import WRAP_ALGORITHM, KeyVersion
 
 RSA_BITS = 2048
@@ -95,8 +95,12 @@ class AzureKeyVaultProvider:
         self._retry = {**RETRY_DEFAULTS, **{k: client_kwargs.pop(k) for k in list(client_kwargs) if k.startswith("retry_")}}
         self._max_retry_after_s = max_retry_after_s
         self._client_kwargs = {**client_kwargs, "raw_response_hook": self._on_response}
-        self._keys = KeyClient(self.vault_url, self._credential, **self._sdk_kwargs())
-        self._lock = threading.Lock()
+        try:
+            self._keys = KeyClient(self.vault_url, self._credential, **self._sdk_kwargs())
+        except ValueError as error:  # the SDK's own argument checks (an empty vault URL)
+            raise ConfigError(f"cannot open {self.describe()}: {_first_line(error)}") from None
+        self._lock = threading.Lock()  # guards the per-kid cache; held while a kid is fetched
+        self._counter_lock = threading.Lock()
         self._versions: dict[str, _Version] = {}
         self._current: tuple[str, float] | None = None
 
@@ -172,7 +176,7 @@ class AzureKeyVaultProvider:
         except (AzureError, ValueError) as error:
             raise self._translate(error, "get_key", kid) from None
         if key.properties.enabled is False:
-            raise KeyDisabledError(f"key {kid} is disabled in {self.vault_url}; enable it to use it")
+            raise KeyDisabledError(f"key {kid} is disabled in {self.vault_url}: refused until it is enabled again")
         crypto = CryptographyClient(key, self._credential, **self._sdk_kwargs())
         local = KeyOperation.wrap_key in (key.key.key_ops or []) and key.key.n and key.key.e
         return _Version(crypto, _public_key(key) if local else None)
@@ -182,7 +186,8 @@ class AzureKeyVaultProvider:
             identifier = KeyVaultKeyIdentifier(kid)
         except ValueError:
             raise KeyNotFoundError(f"{kid!r} is not a Key Vault key id (https://<vault>/keys/<name>/<version>)") from None
-        if urlparse(identifier.vault_url).netloc.lower() != urlparse(self.vault_url).netloc.lower() or identifier.name != self.key_name:
+        same_vault = urlparse(identifier.vault_url).netloc.lower() == urlparse(self.vault_url).netloc.lower()
+        if not same_vault or identifier.name != self.key_name:
             raise KeyNotFoundError(f"key {kid} is not a version of {self.describe()}")
         if not identifier.version:
             raise KeyNotFoundError(f"key id {kid} names no version: envelopes must carry the full versioned key id")
@@ -236,13 +241,13 @@ class AzureKeyVaultProvider:
     # -- calls, counters and errors --------------------------------------------------------
 
     def _count(self, operation: str) -> None:
-        with self._lock:
+        with self._counter_lock:
             self.calls[operation] = self.calls.get(operation, 0) + 1
 
     def _on_response(self, response) -> None:
         """Sees every attempt's response (the hook sits inside the retry loop)."""
         if response.http_response.status_code == 429:
-            with self._lock:
+            with self._counter_lock:
                 self.throttled += 1
 
     def _call(self, operation: str, call, kid: str | None = None):
@@ -258,10 +263,13 @@ class AzureKeyVaultProvider:
         status = getattr(error, "status_code", None)
         code, message = _service_error(error)
         if status == 403 and _is_disabled(error):
-            return KeyDisabledError(f"key {target} is disabled in {self.vault_url}; enable it to use it")
+            return KeyDisabledError(
+                f"key {target} is disabled in {self.vault_url}: {operation} refused until it is enabled again"
+            )
         if status == 401:
             return KeyProviderError(
-                f"{self.vault_url} rejected the identity's token for {operation} ({code}): check the tenant and that the identity exists"
+                f"{self.vault_url} rejected the identity's token for {operation} ({code}): "
+                "check the tenant and that the identity exists"
             )
         if status == 403:
             role = _ADMIN_ROLE if operation in _ADMIN_OPERATIONS else _CRYPTO_ROLE
@@ -273,11 +281,17 @@ class AzureKeyVaultProvider:
                 f"no token for {self.vault_url}: {_first_line(error)}; sign in (az login) or configure a managed identity"
             )
         if status == 404:
-            return KeyNotFoundError(f"key {target} is not in {self.vault_url} ({code}): check the key id, or run 'reencrypt keys init'")
+            return KeyNotFoundError(
+                f"key {target} is not in {self.vault_url} ({code}): check the key id, or run 'reencrypt keys init'"
+            )
         if status == 400 and operation == "unwrap_key":
-            return UnwrapError(f"key {target} cannot unwrap this data key ({code}): tampered, truncated or wrapped by another key")
+            return UnwrapError(
+                f"key {target} cannot unwrap this data key ({code}): tampered, truncated or wrapped by another key"
+            )
         if status == 429:
-            return KeyProviderError(f"{self.vault_url} still throttled {operation} (429) after bounded retries: lower the fleet's Key Vault budget")
+            return KeyProviderError(
+                f"{self.vault_url} still throttled {operation} (429) after bounded retries: lower the fleet's Key Vault budget"
+            )
         if isinstance(error, ServiceRequestError):
             return KeyProviderError(f"cannot reach {self.vault_url} for {operation}: {_first_line(error)}")
         if isinstance(error, HttpResponseError):
@@ -287,7 +301,9 @@ class AzureKeyVaultProvider:
 
 def _key_version(properties, current_kid: str | None) -> KeyVersion:
     created = properties.created_on.strftime("%Y-%m-%dT%H:%M:%SZ") if properties.created_on else ""
-    return KeyVersion(kid=properties.id, enabled=bool(properties.enabled), current=properties.id == current_kid, created=created)
+    return KeyVersion(
+        kid=properties.id, enabled=bool(properties.enabled), current=properties.id == current_kid, created=created
+    )
 
 
 def _public_key(key: KeyVaultKey) -> rsa.RSAPublicKey:

@@ -1,0 +1,335 @@
+"""The Azure Key Vault provider through the real azure-keyvault-keys SDK, against a loopback
+HTTPS vault (tests/keyvault_server.py) holding real RSA keys."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from azure.core.credentials import AccessToken
+from azure.identity import CredentialUnavailableError
+from keyvault_server import TENANT, KeyVaultServer
+
+from tracker_reencrypt import envelope
+from tracker_reencrypt.envelope import Location
+from tracker_reencrypt.errors import (
+    ConfigError,
+    EnvelopeError,
+    KeyDisabledError,
+    KeyNotFoundError,
+    KeyProviderError,
+    UnwrapError,
+)
+from tracker_reencrypt.keys import WRAP_ALGORITHM, open_key_provider
+from tracker_reencrypt.keys.azure import AzureKeyVaultProvider
+from tracker_reencrypt.keys.keyring import Keyring
+
+KEY_NAME = "tracker-mek"
+# Retry-After: 0 falls back to the SDK's exponential backoff; keep it short in tests.
+FAST_RETRIES = {"retry_backoff_factor": 0.001}
+
+
+class StaticTokenCredential:
+    """A TokenCredential with a fixed token; remembers what the challenge made it ask for."""
+
+    def __init__(self, token: str = "test-token") -> None:
+        self.token = token
+        self.requests: list[tuple[tuple[str, ...], str | None]] = []
+
+    def get_token(self, *scopes, claims=None, tenant_id=None, enable_cae=False, **kwargs) -> AccessToken:
+        self.requests.append((scopes, tenant_id))
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+class UnavailableCredential:
+    """A TokenCredential with no identity behind it, like DefaultAzureCredential on a bare host."""
+
+    def get_token(self, *scopes, **kwargs) -> AccessToken:
+        raise CredentialUnavailableError(message="no managed identity endpoint and no developer sign-in found")
+
+
+@pytest.fixture
+def vault():
+    with KeyVaultServer(page_size=2) as server:
+        yield server
+
+
+@pytest.fixture
+def open_provider(vault):
+    """Providers on the test vault; the SDK trusts its certificate and skips the domain check."""
+    opened = []
+
+    def open_(credential=None, key_name=KEY_NAME, url=None, **options) -> AzureKeyVaultProvider:
+        options = {"connection_verify": vault.cert_path, "verify_challenge_resource": False, **FAST_RETRIES, **options}
+        provider = AzureKeyVaultProvider(url or vault.url, key_name, credential or StaticTokenCredential(), **options)
+        opened.append(provider)
+        return provider
+
+    yield open_
+    for provider in opened:
+        provider.close()
+
+
+@pytest.fixture
+def provider(open_provider):
+    provider = open_provider()
+    provider.init()
+    return provider
+
+
+def write_fields(keyring: Keyring, count: int) -> list[tuple[dict, Location, dict]]:
+    fields = []
+    for i in range(count):
+        where = Location(document_id=f"issue-{i}", partition_key=f"project-{i % 3}", field_path="/reporter/email")
+        value = {"email": f"user{i}@example.com", "n": i}
+        fields.append((envelope.encrypt(value, where, keyring), where, value))
+    return fields
+
+
+def assert_no_secret_in(error: Exception, *secrets: bytes) -> None:
+    message = str(error)
+    assert "\n" not in message
+    for secret in secrets:
+        for form in (secret.hex(), base64.b64encode(secret).decode(), envelope.b64encode(secret)):
+            assert form not in message
+
+
+# -- administration ------------------------------------------------------------------------
+
+
+def test_init_rotate_list_disable_enable(vault, open_provider):
+    credential = StaticTokenCredential()
+    provider = open_provider(credential)
+    first = provider.init()
+    assert first.current and first.enabled and first.kid.startswith(f"{vault.url}/keys/{KEY_NAME}/")
+    assert len(first.kid.rsplit("/", 1)[1]) == 32  # always the versioned id
+    with pytest.raises(KeyProviderError, match="already exists"):
+        provider.init()
+
+    second, third = provider.rotate(), provider.rotate()
+    assert provider.current_kid() == third.kid
+    versions = provider.versions()
+    assert [v.kid for v in versions] == [first.kid, second.kid, third.kid]
+    assert [v.current for v in versions] == [False, False, True]
+    assert vault.counts["list_versions"] == 2  # page size 2: the SDK followed nextLink
+
+    provider.set_enabled(first.kid, False)
+    assert [v.status for v in provider.versions()] == ["disabled", "enabled", "enabled"]
+    with pytest.raises(KeyDisabledError, match="current version"):
+        provider.set_enabled(third.kid, False)
+    assert provider.set_enabled(first.kid, True).enabled
+
+    # The challenge flow: one 401, then a token for the vault's resource in the vault's tenant.
+    assert vault.challenges == 1
+    assert credential.requests[0] == (("https://vault.azure.net/.default",), TENANT)
+
+
+def test_rotate_refuses_a_key_that_does_not_exist(open_provider):
+    with pytest.raises(KeyNotFoundError, match="reencrypt keys init"):
+        open_provider(key_name="no-such-key").rotate()
+
+
+def test_factory_builds_the_azure_provider_from_a_vault_url():
+    provider = open_key_provider("https://x.vault.azure.net/keys/tracker-mek")
+    try:
+        assert isinstance(provider, AzureKeyVaultProvider)
+        assert (provider.vault_url, provider.key_name) == ("https://x.vault.azure.net", "tracker-mek")
+    finally:
+        provider.close()
+
+
+# -- wrap locally, unwrap in the vault -----------------------------------------------------
+
+
+def test_wrap_is_local_and_unwrap_goes_to_the_vault(vault, provider):
+    kid = provider.current_kid()
+    deks = [os.urandom(32) for _ in range(5)]
+    wrapped = [provider.wrap(kid, dek) for dek in deks]
+    assert vault.counts["wrap_key"] == 0
+    assert provider.calls["wrap_local"] == 5
+
+    assert [provider.unwrap(kid, WRAP_ALGORITHM, w) for w in wrapped] == deks
+    assert vault.counts["unwrap_key"] == 5
+    assert vault.counts["get_key"] == 1  # the public key, once for this kid
+
+
+def test_keyring_cache_costs_one_unwrap_per_distinct_dek(vault, provider):
+    fields = write_fields(Keyring(provider, dek_max_uses=10), 50)
+    distinct_deks = {sealed["dek"] for sealed, _, _ in fields}
+    assert len(distinct_deks) == 5
+
+    reader = Keyring(provider)  # another process: nothing cached yet
+    for _ in range(2):
+        assert [envelope.decrypt(sealed, where, reader) for sealed, where, _ in fields] == [v for _, _, v in fields]
+    assert vault.counts["unwrap_key"] == len(distinct_deks)
+    assert reader.stats.provider_unwraps == len(distinct_deks)
+    assert vault.counts["wrap_key"] == 0
+
+
+def test_vault_latency_is_seen_by_the_keyring(vault, provider):
+    fields = write_fields(Keyring(provider), 1)
+    vault.latency_s["unwrap_key"] = 0.05
+    reader = Keyring(provider)
+    envelope.decrypt(fields[0][0], fields[0][1], reader)
+    assert reader.stats.provider_seconds["unwrap"] >= 0.05
+
+
+# -- throttling ----------------------------------------------------------------------------
+
+
+def test_a_429_storm_is_ridden_out_and_counted(vault, provider):
+    fields = write_fields(Keyring(provider, dek_max_uses=5), 60)
+    vault.throttle(fraction=0.3, retry_after="0")
+    reader = Keyring(provider)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        values = list(pool.map(lambda f: envelope.decrypt(f[0], f[1], reader), fields))
+    assert values == [v for _, _, v in fields]
+    assert vault.throttled > 0
+    assert provider.throttled == vault.throttled
+
+
+def test_retry_after_is_honoured(vault, provider):
+    wrapped = provider.wrap(provider.current_kid(), os.urandom(32))
+    vault.throttle(next_calls=1, retry_after="1")
+    started = time.monotonic()
+    provider.unwrap(provider.current_kid(), WRAP_ALGORITHM, wrapped)
+    assert time.monotonic() - started >= 1.0
+    assert provider.throttled == 1
+
+
+def test_long_retry_after_is_capped_and_five_throttles_are_survived(vault, open_provider, provider):
+    kid = provider.current_kid()
+    dek = os.urandom(32)
+    wrapped = provider.wrap(kid, dek)
+    impatient = open_provider(max_retry_after_s=0.05)
+    vault.throttle(next_calls=5, retry_after="30")
+    started = time.monotonic()
+    assert impatient.unwrap(kid, WRAP_ALGORITHM, wrapped) == dek
+    assert time.monotonic() - started < 5
+    assert impatient.throttled == 5
+
+
+def test_throttling_beyond_the_retry_bound_is_a_provider_error(vault, provider):
+    kid = provider.current_kid()
+    dek = os.urandom(32)
+    wrapped = provider.wrap(kid, dek)
+    vault.throttle(next_calls=100, retry_after="0")
+    with pytest.raises(KeyProviderError, match="still throttled unwrap_key") as raised:
+        provider.unwrap(kid, WRAP_ALGORITHM, wrapped)
+    assert provider.throttled == 7  # the first try and six retries
+    assert_no_secret_in(raised.value, dek, wrapped)
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+def test_a_disabled_version_refuses_to_unwrap(vault, provider):
+    old_kid = provider.current_kid()
+    dek = os.urandom(32)
+    wrapped = provider.wrap(old_kid, dek)
+    fields = write_fields(Keyring(provider), 3)
+    provider.rotate()
+    provider.set_enabled(old_kid, False)
+
+    with pytest.raises(KeyDisabledError, match="is disabled") as raised:
+        provider.unwrap(old_kid, WRAP_ALGORITHM, wrapped)
+    assert old_kid in str(raised.value)
+    assert_no_secret_in(raised.value, dek, wrapped)
+    with pytest.raises(EnvelopeError) as refused:
+        envelope.decrypt(fields[0][0], fields[0][1], Keyring(provider))
+    assert refused.value.reason == "kid_disabled"
+    with pytest.raises(KeyDisabledError):
+        provider.wrap(old_kid, dek)
+
+    provider.set_enabled(old_kid, True)
+    assert envelope.decrypt(fields[0][0], fields[0][1], Keyring(provider)) == fields[0][2]
+
+
+def test_a_version_disabled_elsewhere_stops_unwrapping_at_once(vault, provider):
+    kid = provider.current_kid()
+    dek = os.urandom(32)
+    wrapped = provider.wrap(kid, dek)
+    assert provider.unwrap(kid, WRAP_ALGORITHM, wrapped) == dek  # the client for this kid is warm
+    vault.set_enabled(kid, False)  # an operator in the portal
+    with pytest.raises(KeyDisabledError):
+        provider.unwrap(kid, WRAP_ALGORITHM, wrapped)
+
+
+def test_an_identity_without_a_role_gets_a_clear_message(vault, open_provider, provider):
+    kid = provider.current_kid()
+    dek = os.urandom(32)
+    wrapped = provider.wrap(kid, dek)
+    vault.denied_tokens.add("intruder")
+    intruder = open_provider(StaticTokenCredential("intruder"))
+    for attempt in (lambda: intruder.unwrap(kid, WRAP_ALGORITHM, wrapped), lambda: intruder.wrap(kid, dek)):
+        with pytest.raises(KeyProviderError) as raised:
+            attempt()
+        assert type(raised.value) is KeyProviderError
+        assert vault.url in str(raised.value) and "'Key Vault Crypto User'" in str(raised.value)
+        assert_no_secret_in(raised.value, dek, wrapped)
+
+
+def test_no_credential_gives_a_clear_message(open_provider):
+    with pytest.raises(KeyProviderError, match="no token for .*az login"):
+        open_provider(UnavailableCredential()).current_kid()
+
+
+def test_an_unknown_version_is_key_not_found(vault, provider):
+    dek = os.urandom(32)
+    wrapped = provider.wrap(provider.current_kid(), dek)
+    unknown = vault.kid(KEY_NAME, "0" * 32)
+    with pytest.raises(KeyNotFoundError) as raised:
+        provider.unwrap(unknown, WRAP_ALGORITHM, wrapped)
+    assert unknown in str(raised.value)
+    assert_no_secret_in(raised.value, dek, wrapped)
+
+    sealed, where, _ = write_fields(Keyring(provider), 1)[0]
+    with pytest.raises(EnvelopeError) as refused:
+        envelope.decrypt({**sealed, "kid": unknown}, where, Keyring(provider))
+    assert refused.value.reason == "unknown_kid"
+
+
+@pytest.mark.parametrize(
+    "kid", ["https://127.0.0.1:1/keys/tracker-mek/abc", "{vault}/keys/tracker-mek", "{vault}/keys/other/abc", "not a url"]
+)
+def test_ids_that_are_not_a_version_of_this_key_are_refused_without_a_call(vault, provider, kid):
+    kid = kid.format(vault=vault.url)
+    served = sum(vault.counts.values())
+    with pytest.raises(KeyNotFoundError):
+        provider.unwrap(kid, WRAP_ALGORITHM, b"x" * 256)
+    assert sum(vault.counts.values()) == served
+
+
+def test_altered_wrapped_data_is_an_unwrap_error(vault, provider):
+    kid = provider.current_kid()
+    dek = os.urandom(32)
+    wrapped = bytearray(provider.wrap(kid, dek))
+    wrapped[10] ^= 0xFF
+    with pytest.raises(UnwrapError) as raised:
+        provider.unwrap(kid, WRAP_ALGORITHM, bytes(wrapped))
+    assert_no_secret_in(raised.value, dek, bytes(wrapped))
+
+    sealed, where, _ = write_fields(Keyring(provider), 1)[0]
+    tampered = bytearray(envelope.b64decode(sealed["dek"], "dek"))
+    tampered[0] ^= 0xFF
+    with pytest.raises(EnvelopeError) as refused:
+        envelope.decrypt({**sealed, "dek": envelope.b64encode(bytes(tampered))}, where, Keyring(provider))
+    assert refused.value.reason == "unwrap_failed"
+
+
+def test_an_unreachable_vault_is_a_provider_error(open_provider):
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    unreachable = open_provider(url=f"https://127.0.0.1:{port}", retry_total=0)
+    with pytest.raises(KeyProviderError, match="cannot reach"):
+        unreachable.current_kid()
+
+
+def test_an_empty_vault_url_is_a_config_error():
+    with pytest.raises(ConfigError, match="vault_url"):
+        AzureKeyVaultProvider("", KEY_NAME, StaticTokenCredential())
