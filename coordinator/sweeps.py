@@ -13,7 +13,7 @@ from tracker_reencrypt.documents import MODES
 from tracker_reencrypt.errors import SweepError
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.sweep.state import (
-    CANCELLING, FINISHED, PAUSED, RUNNING, new_sweep_id, parse_utc, utc_now,
+    CANCELLING, FINISHED, PAUSED, PLANNED, RUNNING, new_sweep_id, parse_utc, utc_now,
 )
 from coordinator.context import Context
 from coordinator.estimate import estimate
@@ -165,7 +165,7 @@ def kick(ctx: Context, sweep_id: str, celery=None) -> int:
 
 
 def cancel(ctx: Context, sweep_id: str | None) -> dict:
-    sweep = ctx.state.set_status(resolve(ctx, sweep_id)["id"], CANCELLING, allowed_from=frozenset({RUNNING, PAUSED}))
+    sweep = ctx.state.set_status(resolve(ctx, sweep_id)["id"], CANCELLING, allowed_from=frozenset({PLANNED, RUNNING, PAUSED}))
     ctx.state.settle_cancel(sweep["id"])
     ctx.audit.append("sweep cancelled", sweep_id=sweep["id"])
     return ctx.state.get_sweep(sweep["id"])

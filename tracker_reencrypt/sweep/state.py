@@ -97,17 +97,22 @@ class SweepState:
     # -- sweeps ----------------------------------------------------------------------------
 
     def create_sweep(self, sweep: dict, feed_ranges: list[FeedRange]) -> dict:
-        """Record a sweep and its slices, holding the container's one active-sweep lock."""
+        """Record a sweep and its slices, holding the container's one active-sweep lock.
+
+        The sweep record is written first as ``planned`` so the lock always names a record;
+        it takes its requested status only once every slice exists.
+        """
         self._take_active_lock(sweep["id"])
-        sweep = {**sweep, "slice_count": len(feed_ranges), "created_at": utc_now(), "updated_at": utc_now()}
+        status = sweep["status"]
+        planned = {**sweep, "status": PLANNED, "slice_count": len(feed_ranges), "created_at": utc_now(), "updated_at": utc_now()}
+        self.records.create(SWEEP, sweep["id"], planned)
         for index, feed_range in enumerate(feed_ranges):
             self.records.create(SLICE, slice_id(sweep["id"], index), {
                 "sweep_id": sweep["id"], "index": index, "feed_range": feed_range, "continuation": None,
                 "done": False, "fence": 0, "lease_owner": None, "lease_expires": 0.0,
                 "counts": zero_counts(), "updated_at": time.time(),
             })
-        self.records.create(SWEEP, sweep["id"], sweep)
-        return sweep
+        return self.update_sweep(sweep["id"], lambda body: {**body, "status": status})
 
     def get_sweep(self, sweep_id: str) -> dict:
         try:
@@ -169,7 +174,7 @@ class SweepState:
             except ConflictError:
                 body, etag = self.records.get(LOCK, ACTIVE_LOCK_ID)
         holder = body.get("sweep_id")
-        if holder:
+        if holder and self._holds_on(holder):
             raise SweepError(
                 f"sweep {holder} is still active on this container: wait for it, or 'reencrypt sweep cancel {holder}'"
             )
@@ -177,6 +182,14 @@ class SweepState:
             self.records.replace(LOCK, ACTIVE_LOCK_ID, {"sweep_id": sweep_id}, etag)
         except ConflictError:
             raise SweepError("another sweep started on this container at the same moment: check 'reencrypt sweep status'") from None
+
+    def _holds_on(self, sweep_id: str) -> bool:
+        """Whether a lock holder is a live sweep. A start that crashed before writing its sweep
+        record, or a sweep that finished without releasing, must not block the container."""
+        try:
+            return self.records.get(SWEEP, sweep_id)[0]["status"] not in FINISHED
+        except NotFoundError:
+            return False
 
     def _release_active_lock(self, sweep_id: str) -> None:
         try:

@@ -1,0 +1,117 @@
+"""Slice ownership, the active-sweep lock, failures and the audit chain, on a real SQLite
+record store: the rules that keep two workers from ever advancing one slice."""
+
+import time
+
+import pytest
+
+from tracker_reencrypt.audit import AuditTrail
+from tracker_reencrypt.errors import LeaseLostError, SweepError
+from tracker_reencrypt.stores.sqlite import SqliteStore
+from tracker_reencrypt.sweep.state import (
+    CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, RUNNING, BatchResult, SweepState, zero_counts,
+)
+
+
+@pytest.fixture
+def state(tmp_path):
+    return SweepState(SqliteStore(tmp_path / "s.db").records())
+
+
+def start(state, sweep_id="sw-1", slices=2):
+    ranges = [{"epk_min": i, "epk_max": i + 1} for i in range(slices)]
+    return state.create_sweep({"id": sweep_id, "target_kid": "k/v2", "mode": "reencrypt", "status": RUNNING,
+                               "started_at": "2026-11-29T00:00:00Z"}, ranges)
+
+
+def counts(**values):
+    return {**zero_counts(), **values}
+
+
+def test_a_claimed_slice_is_worked_once_and_continues_at_the_new_fence(state):
+    start(state)
+    claim = state.claim_slice("sw-1", 0, expected_fence=0, owner="a", lease_seconds=30)
+    assert claim.action == "work" and claim.fence == 1
+    state.commit_slice("sw-1", 0, claim.fence, BatchResult("cont-1", False, counts(documents_scanned=5)))
+
+    assert state.claim_slice("sw-1", 0, expected_fence=0, owner="b", lease_seconds=30).action == "drop"  # stale duplicate
+    again = state.claim_slice("sw-1", 0, expected_fence=1, owner="b", lease_seconds=30)
+    assert again.action == "work" and again.slice["continuation"] == "cont-1"
+
+
+def test_a_message_for_a_live_lease_waits_and_a_dead_lease_is_taken_over(state):
+    start(state)
+    first = state.claim_slice("sw-1", 0, 0, "a", lease_seconds=0.3)
+    waiting = state.claim_slice("sw-1", 0, 0, "b", lease_seconds=0.3)
+    assert waiting.action == "retry" and 0 < waiting.retry_after <= 0.3
+    time.sleep(0.35)
+    taken = state.claim_slice("sw-1", 0, 0, "b", lease_seconds=30)
+    assert taken.action == "work" and taken.fence == first.fence + 1
+    # The slow first owner comes back: its commit is refused and nothing it counted lands.
+    with pytest.raises(LeaseLostError):
+        state.commit_slice("sw-1", 0, first.fence, BatchResult("x", False, counts(documents_scanned=99)))
+    assert state.totals("sw-1")["documents_scanned"] == 0
+
+
+def test_counts_add_up_across_batches_and_the_sweep_completes_when_every_slice_is_done(state):
+    start(state)
+    for index in range(2):
+        claim = state.claim_slice("sw-1", index, 0, "a", 30)
+        state.commit_slice("sw-1", index, claim.fence, BatchResult(None, True, counts(documents_scanned=3, fields_reencrypted=4)))
+    finished = state.finish_if_done("sw-1")
+    assert finished["status"] == COMPLETED
+    assert state.totals("sw-1")["fields_reencrypted"] == 8
+    assert state.finish_if_done("sw-1") is None  # only one caller sees the transition
+    assert state.claim_slice("sw-1", 0, 1, "b", 30).action == "drop"
+
+
+def test_failures_make_the_sweep_failed_and_are_recorded_once(state):
+    start(state, slices=1)
+    for _ in range(2):  # a redone batch records the same failure again
+        state.record_failure("sw-1", 0, "doc-1", "p-1", "/title", "authentication_failed")
+    claim = state.claim_slice("sw-1", 0, 0, "a", 30)
+    state.commit_slice("sw-1", 0, claim.fence, BatchResult(None, True, counts(failures=1)))
+    assert state.finish_if_done("sw-1")["status"] == FAILED
+    assert [(f["document_id"], f["field_path"], f["reason"]) for f in state.failures("sw-1")] == [
+        ("doc-1", "/title", "authentication_failed")]
+
+
+def test_one_active_sweep_per_container_until_it_finishes(state):
+    start(state, "sw-1")
+    with pytest.raises(SweepError, match="sw-1 is still active"):
+        start(state, "sw-2")
+    state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
+    assert state.settle_cancel("sw-1")
+    assert state.get_sweep("sw-1")["status"] == CANCELLED
+    assert start(state, "sw-2")["status"] == RUNNING
+
+
+def test_cancel_waits_for_live_leases(state):
+    start(state)
+    state.claim_slice("sw-1", 0, 0, "a", 30)
+    state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
+    assert not state.settle_cancel("sw-1")
+    assert state.get_sweep("sw-1")["status"] == CANCELLING
+
+
+def test_status_changes_are_refused_from_the_wrong_state(state):
+    start(state)
+    state.set_status("sw-1", PAUSED, allowed_from=frozenset({RUNNING}))
+    with pytest.raises(SweepError, match="sw-1 is paused"):
+        state.set_status("sw-1", PAUSED, allowed_from=frozenset({RUNNING}))
+    with pytest.raises(SweepError, match="no sweep 'nope'"):
+        state.get_sweep("nope")
+
+
+def test_audit_chain_detects_an_altered_and_a_removed_entry(tmp_path):
+    store = SqliteStore(tmp_path / "a.db")
+    trail = AuditTrail(store.records())
+    for action in ("key rotated", "sweep started", "verify", "key disabled"):
+        trail.append(action, who="ops@host", kid="k/v2")
+    assert trail.check() == []
+
+    db = store._db
+    db.execute("UPDATE records SET body = json_set(body, '$.details.kid', 'k/v9') WHERE kind = 'audit' AND id = ?", (f"{2:012d}",))
+    assert trail.check() == ["entry 2 was altered (hash mismatch)"]
+    db.execute("DELETE FROM records WHERE kind = 'audit' AND id = ?", (f"{2:012d}",))
+    assert any("entry 2 is missing" in problem for problem in trail.check())
