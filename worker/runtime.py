@@ -11,7 +11,7 @@ import socket
 import redis
 
 from tracker_reencrypt.config import Settings
-from tracker_reencrypt.keys import open_key_provider
+from tracker_reencrypt.keys import KeyProvider, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.state import SweepState
@@ -20,15 +20,19 @@ from worker.pacing import Pacer
 
 
 class Runtime:
-    def __init__(self, settings: Settings, redis_url: str) -> None:
-        settings.require("store", "keys")
+    def __init__(self, settings: Settings, redis_url: str, *, provider: KeyProvider | None = None) -> None:
+        """``provider`` replaces the one ``settings.keys`` names (a vault client built with its
+        own credential and options, as tests do)."""
+        settings.require("store")
+        if provider is None:
+            provider = open_key_provider(settings.require("keys").keys)
         self.settings = settings
         self.pid = os.getpid()
         self.owner = f"{socket.gethostname()}:{self.pid}"
         self.store = open_store(settings.store, partition_key_field=settings.partition_key_field)
         self.state = SweepState(self.store.records())
         self.keyring = Keyring(
-            open_key_provider(settings.keys),
+            provider,
             dek_max_uses=settings.dek_max_uses,
             dek_max_age_s=settings.dek_max_age_s,
             after_provider_call=metrics.observe_key_call,
@@ -38,7 +42,8 @@ class Runtime:
 
     def pacer(self, sweep: dict) -> Pacer:
         """Limits for one batch of ``sweep``; its Key Vault budget hooks into the keyring."""
-        pacer = Pacer(self.redis, sweep, self.store, self.keyring.provider)
+        pacer = Pacer(self.redis, sweep, self.store, self.keyring.provider,
+                      reread_sweep=lambda: self.state.get_sweep(sweep["id"]))
         self.keyring.before_provider_call = pacer.before_key_call
         return pacer
 

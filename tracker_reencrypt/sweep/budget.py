@@ -53,9 +53,12 @@ class AdaptiveBudget:
     def __init__(self, client: redis.Redis, sweep_id: str, resource: str) -> None:
         self.resource = resource
         self.bucket = TokenBucket(client, f"reencrypt:budget:{sweep_id}:{resource}")
+        self._client = client
         self._factor_key = f"reencrypt:budget:{sweep_id}:{resource}:factor"
         self._adjust = client.register_script(_ADJUST)
-        self.factor = 1.0
+        # Workers build a budget per batch: it must start at the fleet's factor, not at 1,
+        # or every batch's first page would spend the whole budget after a 429.
+        self.factor = self._stored_factor()
 
     def spend(self, amount: float, budget: float | None) -> float:
         """Block until ``amount`` fits the budget at the current factor; returns the wait."""
@@ -70,6 +73,13 @@ class AdaptiveBudget:
     def calm(self) -> float:
         """No 429 lately: the whole fleet speeds up a little (never past the budget)."""
         return self._set("up")
+
+    def _stored_factor(self) -> float:
+        try:
+            stored = self._client.hget(self._factor_key, "factor")
+        except redis.RedisError as exc:
+            raise ReencryptError(f"budget state in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
+        return 1.0 if stored is None else float(stored)
 
     def _set(self, direction: str) -> float:
         try:
