@@ -28,7 +28,14 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
         # One reserved task per process: scaling down or a crash strands as little as possible.
         worker_prefetch_multiplier=1,
         # Redelivery of unacknowledged tasks; must exceed any batch (and any retry countdown).
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        # Kombu looks for overdue messages only every restore interval x throttle (10 s x 10
+        # by default): scan often enough that a dead worker's batch comes back soon after the
+        # visibility timeout, not up to 100 s later.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 4)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
