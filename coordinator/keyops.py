@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coordinator.context import Context
 from coordinator.verify import scan_container
-from tracker_reencrypt.errors import KeyDisabledError, SweepError
+from tracker_reencrypt.errors import KeyDisabledError, SweepError, UnknownNameError
 from tracker_reencrypt.keys import KeyVersion
 
 
@@ -20,7 +20,7 @@ def rotate(ctx: Context) -> tuple[KeyVersion, bool]:
 
 def _known(ctx: Context, kid: str) -> None:
     if kid not in {v.kid for v in ctx.provider.versions()}:
-        raise SweepError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
+        raise UnknownNameError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
 
 
 def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:

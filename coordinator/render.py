@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress_bar import ProgressBar
-from rich.table import Table
+from rich.table import Column, Table
 
 from coordinator import sweeps
 from coordinator.context import Context
@@ -73,9 +73,9 @@ def _status_view(progress: sweeps.Progress) -> Group:
     sweep, totals = progress.sweep, progress.totals
     estimate = max(1, sweep.get("documents_estimate", 0))
     per_slice = max(1, estimate / max(1, len(progress.slices)))
-    head = Table.grid(padding=(0, 2))
-    head.add_row(f"[bold]{sweep['id']}[/]", f"status [bold]{sweep['status']}[/]", f"→ {sweep['target_kid']}",
-                 f"mode {sweep['mode']}", f"limits {limits_text(sweep)}")
+    # One line that wraps between words: a grid cut the sweep id (what every command takes) to "sw-2026…".
+    head = (f"[bold]{sweep['id']}[/]  status [bold]{sweep['status']}[/]  → {sweep['target_kid']}  "
+            f"mode {sweep['mode']}  limits {limits_text(sweep)}")
     overall = Table.grid(padding=(0, 2))
     done = totals.get("documents_scanned", 0)
     overall.add_row(
@@ -140,7 +140,8 @@ def summary(console: Console, progress: sweeps.Progress) -> None:
 
 
 def sweep_list(console: Console, listed: list[dict]) -> None:
-    table = Table("sweep", "status", "target", "mode", "started by", "started at")
+    # The id is what every other sweep command takes: never cut it (nor status and target) to fit 80 columns.
+    table = Table(*(Column(name, no_wrap=True) for name in ("sweep", "status", "target")), "mode", "started by", "started at")
     for s in listed:
         table.add_row(s["id"], s["status"], s["target_kid"], s["mode"], s.get("started_by", ""), s.get("started_at", ""))
     console.print(table)
@@ -177,7 +178,8 @@ def verify(console: Console, payload: dict) -> None:
 
 
 def audit(console: Console, entries: list[dict], problems: list[str] | None) -> None:
-    table = Table("#", "at", "who", "action", "details")
+    table = Table("#", "at", "who", "action")
+    table.add_column("details", overflow="fold")  # ids must stay whole: operators copy them
     for e in entries:
         details = ", ".join(f"{k}={v}" for k, v in e["details"].items())
         table.add_row(str(e["seq"]), e["at"], e["who"], e["action"], details)

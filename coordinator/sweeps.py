@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tracker_reencrypt.audit import actor
 from tracker_reencrypt.documents import MODES
-from tracker_reencrypt.errors import SweepError
+from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.sweep.state import (
     CANCELLING, FINISHED, PAUSED, PLANNED, RUNNING, new_sweep_id, parse_utc, utc_now,
@@ -26,12 +26,12 @@ def check_target(ctx: Context, to: str, sources: list[str]) -> None:
     versions = {v.kid: v for v in ctx.provider.versions()}
     known = ", ".join(versions) or "none"
     if to not in versions:
-        raise SweepError(f"target key {to!r} is unknown to {ctx.provider.describe()} (known: {known})")
+        raise UnknownNameError(f"target key {to!r} is unknown to {ctx.provider.describe()} (known: {known})")
     if not versions[to].enabled:
         raise SweepError(f"target key {to} is disabled: enable it with 'reencrypt keys enable {to}' first")
     for kid in sources:
         if kid not in versions:
-            raise SweepError(f"source key {kid!r} is unknown to {ctx.provider.describe()} (known: {known})")
+            raise UnknownNameError(f"source key {kid!r} is unknown to {ctx.provider.describe()} (known: {known})")
         if kid == to:
             raise SweepError(f"source key {kid} is the target itself: drop it from --from")
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracker_reencrypt.documents import check_document
-from tracker_reencrypt.errors import SweepError
+from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore
 
@@ -88,7 +88,7 @@ def count_document(report: ScanReport, body: dict, partition_key: str, keyring: 
 def verify_rotation(ctx, expect: str, progress: Callable[[int], None] | None = None) -> dict:
     """The gate before disabling a key: every field on ``expect`` and decrypting. Audited."""
     if expect not in {v.kid for v in ctx.provider.versions()}:
-        raise SweepError(f"key {expect!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
+        raise UnknownNameError(f"key {expect!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
     report = scan_container(ctx.store, ctx.keyring, progress=progress)
     off_target = report.fields - report.fields_by_kid.get(expect, 0)
     ok = off_target == 0 and report.undecryptable == 0

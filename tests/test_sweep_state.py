@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tracker_reencrypt.audit import AuditTrail
-from tracker_reencrypt.errors import LeaseLostError, SweepError
+from tracker_reencrypt.errors import LeaseLostError, SweepError, UnknownNameError
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep.state import (
     CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, RUNNING, BatchResult, SweepState, zero_counts,
@@ -99,7 +99,7 @@ def test_status_changes_are_refused_from_the_wrong_state(state):
     state.set_status("sw-1", PAUSED, allowed_from=frozenset({RUNNING}))
     with pytest.raises(SweepError, match="sw-1 is paused"):
         state.set_status("sw-1", PAUSED, allowed_from=frozenset({RUNNING}))
-    with pytest.raises(SweepError, match="no sweep 'nope'"):
+    with pytest.raises(UnknownNameError, match="no sweep 'nope'"):
         state.get_sweep("nope")
 
 

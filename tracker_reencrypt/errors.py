@@ -68,6 +68,12 @@ class NotFoundError(StoreError):
     """A document or record does not exist."""
 
 
+class UnknownNameError(ReencryptError):
+    """An operator named something that does not exist (a key id, a sweep id): fix the input."""
+
+    exit_code = 2
+
+
 class SweepError(ReencryptError):
     """A sweep operation was refused (unknown id, another sweep running, bad target...)."""
 

@@ -86,7 +86,7 @@ class _Connections:
 
     def _open(self) -> sqlite3.Connection:
         if not self.path.parent.exists():
-            raise StoreError(f"directory {self.path.parent} for SQLite store {self.path} does not exist: create it first")
+            raise ConfigError(f"directory {self.path.parent} for SQLite store {self.path} does not exist: create it first")
         try:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
@@ -94,7 +94,7 @@ class _Connections:
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             connection.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"SQLite store {self.path} cannot be opened ({exc}): is it a SQLite database?") from None
+            raise ConfigError(f"SQLite store {self.path} cannot be opened ({exc}): is it a SQLite database?") from None
         return connection
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from tracker_reencrypt.errors import ConflictError, LeaseLostError, NotFoundError, SweepError
+from tracker_reencrypt.errors import ConflictError, LeaseLostError, NotFoundError, SweepError, UnknownNameError
 from tracker_reencrypt.stores import FeedRange, RecordStore
 
 SWEEP, SLICE, FAILURE, LOCK = "sweep", "slice", "failure", "lock"
@@ -118,7 +118,7 @@ class SweepState:
         try:
             return self.records.get(SWEEP, sweep_id)[0]
         except NotFoundError:
-            raise SweepError(f"no sweep {sweep_id!r}: list sweeps with 'reencrypt sweep status --all'") from None
+            raise UnknownNameError(f"no sweep {sweep_id!r}: list sweeps with 'reencrypt sweep status --all'") from None
 
     def sweeps(self) -> list[dict]:
         return sorted((body for _, body, _ in self.records.list(SWEEP)), key=lambda s: s["created_at"])
