@@ -54,10 +54,36 @@ class DeltaTracker:
 
 
 def serve(port: int) -> None:
-    """Serve every pool child's samples from the worker's main process."""
+    """Serve every pool child's samples from the worker's main process (before the pool forks).
+
+    Raises SystemExit, which Celery's signal dispatch lets through (it logs and swallows any
+    other error, and with it the only sign that metrics are missing): without multiprocess
+    mode the children's samples would never reach this process, and a taken port serves nothing.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if not os.path.isdir(directory):
+        raise SystemExit(
+            f"metrics port {port} needs PROMETHEUS_MULTIPROC_DIR set to a directory before Python starts: "
+            "start workers with 'reencrypt worker --metrics-port N', which sets it up"
+        )
+    _remove_stale_files(directory)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, registry=registry)
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:
+        raise SystemExit(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from None
+
+
+def _remove_stale_files(directory: str) -> None:
+    """Drop sample files of earlier processes (a reused directory would count them again).
+
+    Called in the main process before the pool starts, so every other pid's file is stale.
+    """
+    own = f"_{os.getpid()}.db"
+    for name in os.listdir(directory):
+        if name.endswith(".db") and not name.endswith(own):
+            os.remove(os.path.join(directory, name))
 
 
 def mark_child_dead(pid: int) -> None:

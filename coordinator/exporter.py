@@ -1,0 +1,314 @@
+"""``reencrypt exporter``: sweep-level Prometheus metrics from the durable sweep state and the broker.
+
+The workers' counters (``worker/metrics.py``) say how each process works right now; they
+start from zero when a worker restarts and vanish when the fleet scales down. How far a
+rotation is, what it moved and what failed are kept in the sweep state in the store, so this
+exporter reads them there: its counters *are* the durable totals and never reset.
+
+A background loop reads a :class:`Snapshot` every ``--interval`` seconds; a scrape only turns
+the latest snapshot into metric families (:func:`families`, pure). Scrapes therefore cost the
+store nothing, and two Prometheus replicas cost what one does.
+
+Label sets are bounded: ``sweep`` (only the active sweep and the most recent finished one are
+exported), ``slice`` (up to the sweep's slice count), ``status`` and ``limit`` (fixed sets),
+``target_kid`` and ``mode`` once per sweep on an info gauge. Never document ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from coordinator import sweeps
+from coordinator.context import Context, state_dir
+from tracker_reencrypt import embedded_redis
+from tracker_reencrypt.fleet import QUEUE
+from tracker_reencrypt.sweep.state import (
+    CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, FINISHED, PAUSED, PLANNED, RUNNING, parse_utc, zero_counts,
+)
+
+log = logging.getLogger("reencrypt.exporter")
+
+DEFAULT_PORT = 9809
+DEFAULT_INTERVAL_S = 5.0
+
+STATUSES = (PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED)
+#: A sweep's limit fields, by the ``limit`` label the workers' rate-limit wait counter uses too.
+LIMITS = {"rate": "documents", "kv_ops_per_s": "kv_ops", "ru_per_s": "request_units"}
+#: Kombu's Redis transport keeps one list per priority step: the queue's own name for
+#: priority 0 (every message we send) and ``<queue>\x06\x16<step>`` for the others.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+#: The hash where kombu keeps messages delivered but not yet acknowledged (in progress, or
+#: held by a worker until their countdown).
+UNACKED_KEY = "unacked"
+
+#: Help texts of the durable totals, by their name in the sweep state (state.COUNTERS).
+TOTAL_HELP = {
+    "documents_scanned": "Documents the sweep has read, from its durable slice checkpoints",
+    "documents_written": "Documents rewritten under the target key",
+    "documents_failed": "Documents left untouched because a field could not be moved",
+    "fields_reencrypted": "Fields moved onto the target key",
+    "fields_on_target": "Fields found already on the target key",
+    "fields_not_source": "Fields on a key the sweep was not asked to move",
+    "conflicts": "Conditional writes lost to a concurrent tracker write (then redone)",
+    "failures": "Fields that could not be moved (see 'reencrypt sweep failures')",
+}
+
+
+def total_metric_name(counter: str) -> str:
+    return f"reencrypt_sweep_{counter}_total"
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """What the exporter knows about one sweep at one moment."""
+
+    sweep: dict
+    totals: dict[str, int]
+    slices: list[dict]
+    docs_per_s: float
+    eta_s: float | None
+    elapsed_s: float
+    leases: int
+    workers: int
+
+    @classmethod
+    def of(cls, progress: sweeps.Progress, now: float) -> "SweepView":
+        live_owners = {s["lease_owner"] for s in progress.slices if s["lease_owner"] and s["lease_expires"] > now}
+        return cls(
+            sweep=progress.sweep, totals={**zero_counts(), **progress.totals},
+            slices=[{"index": s["index"], "done": s["done"], "documents_scanned": s["counts"].get("documents_scanned", 0)}
+                    for s in progress.slices],
+            docs_per_s=progress.docs_per_s, eta_s=progress.eta_s, elapsed_s=progress.elapsed_s,
+            leases=progress.active_leases, workers=len(live_owners),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    sweeps: list[SweepView] = field(default_factory=list)
+    queue_messages: int | None = None  # None: the broker was unreachable
+    unacked_messages: int | None = None
+    store_up: bool = False
+    redis_up: bool = False
+    refreshed_at: float = 0.0  # last successful read of the store (0: never)
+    refresh_seconds: float = 0.0
+
+
+def exported_sweeps(all_sweeps: list[dict], active_id: str | None) -> list[dict]:
+    """The sweeps worth a series: the active one and the most recent finished one.
+
+    ``all_sweeps`` is ordered oldest first (as SweepState.sweeps returns them).
+    """
+    chosen = []
+    unfinished = [s for s in all_sweeps if s["status"] not in FINISHED]
+    active = next((s for s in unfinished if s["id"] == active_id), unfinished[-1] if unfinished else None)
+    if active is not None:
+        chosen.append(active)
+    finished = [s for s in all_sweeps if s["status"] in FINISHED]
+    if finished:
+        chosen.append(finished[-1])
+    return chosen
+
+
+def families(snapshot: Snapshot) -> Iterator[Metric]:
+    """The metric families of one snapshot (pure: no I/O)."""
+    totals = {name: CounterMetricFamily(total_metric_name(name), TOTAL_HELP.get(name, name), labels=["sweep"])
+              for name in COUNTERS}
+    info = GaugeMetricFamily("reencrypt_sweep_info", "One per exported sweep: its target key and mode (always 1)",
+                             labels=["sweep", "target_kid", "mode"])
+    status = GaugeMetricFamily("reencrypt_sweep_status", "1 for the sweep's current status, 0 for the others",
+                               labels=["sweep", "status"])
+    estimate = GaugeMetricFamily("reencrypt_sweep_documents_estimate", "Documents in the container when the sweep started",
+                                 labels=["sweep"])
+    progress = GaugeMetricFamily("reencrypt_sweep_progress_ratio",
+                                 "Documents scanned over the estimate, capped at 1 (1 once the sweep completed)", labels=["sweep"])
+    throughput = GaugeMetricFamily("reencrypt_sweep_documents_per_second",
+                                   "Documents scanned per second between the exporter's last two reads", labels=["sweep"])
+    eta = GaugeMetricFamily("reencrypt_sweep_eta_seconds", "Estimated seconds left (only while running and moving)",
+                            labels=["sweep"])
+    elapsed = GaugeMetricFamily("reencrypt_sweep_elapsed_seconds", "Seconds since the sweep started (to its end once finished)",
+                                labels=["sweep"])
+    started = GaugeMetricFamily("reencrypt_sweep_start_time_seconds", "When the sweep started, seconds since the epoch",
+                                labels=["sweep"])
+    ended = GaugeMetricFamily("reencrypt_sweep_end_time_seconds", "When the sweep finished, seconds since the epoch",
+                              labels=["sweep"])
+    slice_count = GaugeMetricFamily("reencrypt_sweep_slices", "Slices (feed ranges) of the sweep", labels=["sweep"])
+    slices_done = GaugeMetricFamily("reencrypt_sweep_slices_done", "Slices scanned to their end", labels=["sweep"])
+    slice_scanned = CounterMetricFamily("reencrypt_sweep_slice_documents_scanned_total",
+                                        "Documents scanned in one slice, from its durable checkpoint", labels=["sweep", "slice"])
+    slice_done = GaugeMetricFamily("reencrypt_sweep_slice_done", "1 once the slice is scanned to its end",
+                                   labels=["sweep", "slice"])
+    leases = GaugeMetricFamily("reencrypt_sweep_leases_active", "Slices under a live worker lease", labels=["sweep"])
+    workers = GaugeMetricFamily("reencrypt_sweep_workers_active", "Distinct worker processes holding a live lease",
+                                labels=["sweep"])
+    limits = GaugeMetricFamily("reencrypt_sweep_limit_per_second", "Fleet-wide limits set on the sweep (absent: unlimited)",
+                               labels=["sweep", "limit"])
+
+    for view in snapshot.sweeps:
+        sweep, sid = view.sweep, view.sweep["id"]
+        for name in COUNTERS:
+            totals[name].add_metric([sid], view.totals.get(name, 0))
+        info.add_metric([sid, str(sweep.get("target_kid", "")), str(sweep.get("mode", ""))], 1)
+        for name in STATUSES:
+            status.add_metric([sid, name], 1 if sweep["status"] == name else 0)
+        documents = sweep.get("documents_estimate") or 0
+        scanned = view.totals.get("documents_scanned", 0)
+        estimate.add_metric([sid], documents)
+        ratio = 1.0 if sweep["status"] == COMPLETED else min(1.0, scanned / documents) if documents else 0.0
+        progress.add_metric([sid], ratio)
+        throughput.add_metric([sid], view.docs_per_s)
+        if view.eta_s is not None:
+            eta.add_metric([sid], view.eta_s)
+        elapsed.add_metric([sid], view.elapsed_s)
+        if sweep.get("started_at"):
+            started.add_metric([sid], parse_utc(sweep["started_at"]))
+        if sweep["status"] in FINISHED and sweep.get("finished_at"):
+            ended.add_metric([sid], parse_utc(sweep["finished_at"]))
+        slice_count.add_metric([sid], len(view.slices))
+        slices_done.add_metric([sid], sum(1 for s in view.slices if s["done"]))
+        for s in view.slices:
+            slice_scanned.add_metric([sid, str(s["index"])], s["documents_scanned"])
+            slice_done.add_metric([sid, str(s["index"])], 1 if s["done"] else 0)
+        leases.add_metric([sid], view.leases)
+        workers.add_metric([sid], view.workers)
+        for key, label in LIMITS.items():
+            if sweep.get(key):
+                limits.add_metric([sid, label], float(sweep[key]))
+
+    yield from totals.values()
+    yield from (info, status, estimate, progress, throughput, eta, elapsed, started, ended,
+                slice_count, slices_done, slice_scanned, slice_done, leases, workers, limits)
+
+    queue = GaugeMetricFamily("reencrypt_queue_messages", "Task messages waiting in the broker queue (Redis LLEN)",
+                              labels=["queue"])
+    if snapshot.queue_messages is not None:
+        queue.add_metric([QUEUE], snapshot.queue_messages)
+    yield queue
+    unacked = GaugeMetricFamily("reencrypt_queue_unacked_messages",
+                                "Task messages delivered to workers and not yet acknowledged (running, or waiting on a countdown)")
+    if snapshot.unacked_messages is not None:
+        unacked.add_metric([], snapshot.unacked_messages)
+    yield unacked
+    yield GaugeMetricFamily("reencrypt_exporter_store_up", "1 if the last read of the sweep state succeeded",
+                            value=1 if snapshot.store_up else 0)
+    yield GaugeMetricFamily("reencrypt_exporter_redis_up", "1 if the last read of the broker succeeded",
+                            value=1 if snapshot.redis_up else 0)
+    yield GaugeMetricFamily("reencrypt_exporter_last_refresh_timestamp_seconds",
+                            "When the sweep state was last read successfully (0: never)", value=snapshot.refreshed_at)
+    yield GaugeMetricFamily("reencrypt_exporter_refresh_duration_seconds", "How long the last read took",
+                            value=snapshot.refresh_seconds)
+
+
+class SweepCollector:
+    """A custom collector serving the latest snapshot of ``source`` (anything with ``.snapshot``)."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.source.snapshot)
+
+    def describe(self) -> list:
+        return []  # the families depend on the data; registering must not trigger a read
+
+
+def queue_depth(client: redis.Redis) -> tuple[int, int]:
+    """(messages waiting in the queue over every priority list, unacknowledged messages)."""
+    pipe = client.pipeline(transaction=False)
+    for step in PRIORITY_STEPS:
+        pipe.llen(QUEUE if step == 0 else f"{QUEUE}{PRIORITY_SEPARATOR}{step}")
+    pipe.hlen(UNACKED_KEY)
+    *waiting, unacked = pipe.execute()
+    return sum(waiting), unacked
+
+
+class Exporter:
+    """Reads the durable state and the broker into snapshots."""
+
+    def __init__(self, ctx: Context) -> None:
+        ctx.settings.require("store")
+        self.ctx = ctx
+        self.snapshot = Snapshot()
+        self._previous: dict[str, sweeps.Progress] = {}
+        self._redis: redis.Redis | None = None
+        self._last_problem: dict[str, str] = {}
+
+    def refresh(self) -> Snapshot:
+        started = time.perf_counter()
+        views, store_up, refreshed_at = self.snapshot.sweeps, False, self.snapshot.refreshed_at
+        try:
+            views = self._read_sweeps()
+            store_up, refreshed_at = True, time.time()
+            self._recovered("store")
+        except Exception as exc:  # noqa: BLE001 - a failed read must never stop the exporter; it shows as store_up 0
+            self._problem("store", exc)
+        messages = unacked = None
+        try:
+            messages, unacked = queue_depth(self._broker())
+            self._recovered("redis")
+        except Exception as exc:  # noqa: BLE001 - as above, shows as redis_up 0
+            self._redis = None
+            self._problem("redis", exc)
+        self.snapshot = Snapshot(views, messages, unacked, store_up, messages is not None, refreshed_at,
+                                 time.perf_counter() - started)
+        return self.snapshot
+
+    def _read_sweeps(self) -> list[SweepView]:
+        state = self.ctx.state
+        chosen = exported_sweeps(state.sweeps(), state.active_sweep_id())
+        now, views, previous = time.time(), [], {}
+        for sweep in chosen:
+            progress = sweeps.progress(self.ctx, sweep, self._previous.get(sweep["id"]))
+            previous[sweep["id"]] = progress
+            views.append(SweepView.of(progress, now))
+        self._previous = previous
+        return views
+
+    def _broker(self) -> redis.Redis:
+        if self._redis is None:
+            # Never start the embedded server from here: without REDIS_URL, read the one the
+            # other commands share if it runs (else the broker shows as down).
+            url = self.ctx.settings.redis_url or embedded_redis.url_for(state_dir())
+            self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        return self._redis
+
+    def _problem(self, what: str, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._last_problem.get(what) != text:  # log each new problem once, not every interval
+            log.warning("reading the %s failed (%s); serving the last good values", what, text)
+            self._last_problem[what] = text
+
+    def _recovered(self, what: str) -> None:
+        if self._last_problem.pop(what, None) is not None:
+            log.warning("reading the %s works again", what)
+
+
+def serve(ctx: Context, *, port: int = DEFAULT_PORT, interval: float = DEFAULT_INTERVAL_S, addr: str = "0.0.0.0",
+          ready=None) -> None:
+    """Serve the metrics on ``addr:port`` and refresh them every ``interval`` s until SIGTERM or SIGINT."""
+    exporter = Exporter(ctx)
+    exporter.refresh()  # the first scrape already has data
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SweepCollector(exporter))
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if ready is not None:
+        ready(port)
+    try:
+        while not stop.wait(interval):
+            exporter.refresh()
+    finally:
+        server.shutdown()
+        thread.join(5)

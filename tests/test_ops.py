@@ -1,0 +1,478 @@
+"""The operations files hold together: Prometheus config and alert rules (promtool), dashboards
+that query only metrics the code exports, a compose file that scales, Kubernetes manifests
+without secrets, a runbook whose every command and panel exists; and the exporter's pure parts.
+
+promtool comes with the Debian package ``prometheus``: missing on a developer's machine the
+tests needing it skip and say so; under CI=true they fail (scripts/test.sh installs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from conftest import ROOT
+
+OPS = ROOT / "ops"
+PROMETHEUS_DIR = OPS / "prometheus"
+DASHBOARD_DIR = OPS / "grafana" / "dashboards"
+K8S_DIR = OPS / "k8s"
+RUNBOOK = OPS / "runbooks" / "MEK_ROTATION.md"
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not installed; CI must have the Debian package 'prometheus' (scripts/test.sh installs it)")
+    pytest.skip(f"{name} is not installed (Debian package 'prometheus'); CI installs it and runs this test")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("promtool"), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+# -- what the code exports ----------------------------------------------------------------------
+
+def sample_names(name: str, kind: str) -> set[str]:
+    """The series names a metric family of ``kind`` appears under in Prometheus."""
+    if kind == "counter":
+        return {f"{name}_total"}
+    if kind == "histogram":
+        return {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    if kind in ("gauge", "unknown"):
+        return {name}
+    raise AssertionError(f"metric type {kind} of {name} is not handled by this lint")
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name a worker or the exporter serves, read from the objects themselves."""
+    import worker.metrics
+    from coordinator.exporter import Snapshot, families
+
+    names = {"up"}  # Prometheus' own, per target
+    for value in vars(worker.metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names |= sample_names(family.name, family.type)
+    for family in families(Snapshot()):
+        names |= sample_names(family.name, family.type)
+    return names
+
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
+                   "and", "or", "unless", "inf", "nan"}
+
+
+def metrics_in(expr: str) -> set[str]:
+    """Metric names an expression selects (strings, matchers, ranges, grouping labels and
+    function names removed)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w:$.])([a-zA-Z_:][\w:]*)(\s*\()?", text):
+        name, is_call = match.group(1), match.group(2)
+        if not is_call and name not in PROMQL_KEYWORDS:
+            names.add(name)
+    return names
+
+
+def test_metrics_in_reads_selectors_not_labels_or_functions():
+    expr = ('histogram_quantile(0.99, sum by (le, operation) (rate(reencrypt_keyvault_latency_seconds_bucket'
+            '{instance=~"$instance"}[$__rate_interval]))) > 2.5 and on (sweep) up == 1e-9')
+    assert metrics_in(expr) == {"reencrypt_keyvault_latency_seconds_bucket", "up"}
+
+
+def dashboards() -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARD_DIR.glob("*.json"))}
+
+
+def panels(dashboard: dict) -> list[dict]:
+    found = []
+    for panel in dashboard["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))  # collapsed rows keep their panels inside
+    return found
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and query variable."""
+    queries = []
+    for name, dashboard in dashboards().items():
+        for panel in panels(dashboard):
+            for target in panel.get("targets", []):
+                queries.append((f"{name}: {panel['title']}", target["expr"]))
+        for variable in dashboard.get("templating", {}).get("list", []):
+            if variable["type"] == "query":
+                query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+                metric = re.fullmatch(r"label_values\((\w+),\s*\w+\)", query)
+                assert metric, f"{name}: variable {variable['name']}: expected label_values(metric, label), got {query}"
+                queries.append((f"{name}: variable {variable['name']}", metric.group(1)))
+    return queries
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+
+
+# -- Prometheus ---------------------------------------------------------------------------------
+
+def test_prometheus_config_is_valid():
+    result = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_alert_rules_pass_their_unit_tests():
+    result = promtool("test", "rules", str(PROMETHEUS_DIR / "alerts_test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_tested_firing_and_not_firing():
+    tests = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())["tests"]
+    firing, quiet = set(), set()
+    for case in tests:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names - firing == set(), "alerts never shown firing"
+    assert names - quiet == set(), "alerts never shown quiet"
+
+
+def test_alerts_use_only_exported_metrics_and_link_the_runbook():
+    exported = exported_metric_names()
+    anchors = {heading_anchor(line) for line in RUNBOOK.read_text().splitlines() if line.startswith("#")}
+    for rule in alert_rules():
+        used = metrics_in(rule["expr"])
+        assert used, f"{rule['alert']}: no metric found in {rule['expr']}"
+        assert used <= exported, f"{rule['alert']} uses metrics nobody exports: {sorted(used - exported)}"
+        page, _, anchor = rule["annotations"]["runbook"].partition("#")
+        assert (ROOT / page).resolve() == RUNBOOK.resolve() and anchor in anchors, rule["annotations"]["runbook"]
+
+
+def test_file_sd_example_is_a_target_list():
+    targets = yaml.safe_load((PROMETHEUS_DIR / "targets" / "workers.yml.example").read_text())
+    assert all(group["targets"] and all(":" in t for t in group["targets"]) for group in targets)
+
+
+# -- Grafana ------------------------------------------------------------------------------------
+
+def test_dashboards_query_only_exported_metrics():
+    exported = exported_metric_names()
+    queries = dashboard_queries()
+    assert len(queries) > 30
+    for where, expr in queries:
+        used = metrics_in(expr)
+        assert used, f"{where}: no metric in {expr!r}"
+        assert used <= exported, f"{where}: {sorted(used - exported)} not exported by worker/metrics.py or the exporter"
+
+
+def test_dashboard_queries_parse(tmp_path):
+    """Each panel query as a recording rule through promtool (Grafana's variables filled in)."""
+    rules = []
+    for index, (where, expr) in enumerate(dashboard_queries()):
+        filled = expr.replace("$__rate_interval", "5m").replace("$sweep", "x").replace("$instance", "x")
+        rules.append({"record": f"dashboard:query:{index}", "expr": filled})
+    rule_file = tmp_path / "dashboard_rules.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = promtool("check", "rules", str(rule_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboards_match_their_generator(tmp_path):
+    if importlib.util.find_spec("grafana_foundation_sdk") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("grafana-foundation-sdk is missing: it is in pyproject's test extra")
+        pytest.skip("grafana-foundation-sdk not installed (pip install -e '.[test]'): cannot regenerate the dashboards")
+    spec = importlib.util.spec_from_file_location("ops_dashboards", OPS / "grafana" / "dashboards.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    generator.main(tmp_path)
+    for path in sorted(DASHBOARD_DIR.glob("*.json")):
+        assert (tmp_path / path.name).read_text() == path.read_text(), (
+            f"{path.name} differs from ops/grafana/dashboards.py: run it and commit the JSON")
+    assert {p.name for p in tmp_path.glob("*.json")} == {p.name for p in DASHBOARD_DIR.glob("*.json")}
+
+
+def test_dashboards_are_provisioned_with_their_datasource_variable():
+    for name, dashboard in dashboards().items():
+        assert dashboard["uid"].startswith("reencrypt-"), name
+        assert "datasource" in {v["name"] for v in dashboard["templating"]["list"]}, name
+        for panel in panels(dashboard):
+            if panel["type"] != "row":
+                assert panel["datasource"]["uid"] == "${datasource}", f"{name}: {panel['title']}"
+    provider = yaml.safe_load((OPS / "grafana" / "provisioning" / "dashboards" / "reencrypt.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/reencrypt"
+    datasource = yaml.safe_load((OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["type"] == "prometheus"
+
+
+# -- docker compose -----------------------------------------------------------------------------
+
+CONFIG_VARIABLES = ("REENCRYPT_STORE", "REENCRYPT_KEYS", "REDIS_URL")
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_names_the_services():
+    services = compose()["services"]
+    assert {"redis", "worker", "exporter", "prometheus", "grafana"} <= set(services)
+
+
+def test_compose_worker_scales():
+    worker = compose()["services"]["worker"]
+    assert "container_name" not in worker, "a container_name breaks 'docker compose up --scale worker=N'"
+    for port in worker.get("ports", []):
+        published = str(port).rsplit(":", 1)[0] if ":" in str(port) else ""
+        assert not published or "-" in published, f"fixed host port {port} breaks --scale"
+    assert "9808" in [str(p) for p in worker["expose"]]
+    assert worker["command"][worker["command"].index("--metrics-port") + 1] == "9808"
+    assert worker.get("stop_grace_period"), "warm shutdown needs time to finish the batch in hand"
+
+
+def test_compose_is_configured_by_environment_only():
+    services = compose()["services"]
+    for name in ("worker", "exporter", "cli"):
+        service = services[name]
+        for variable in CONFIG_VARIABLES:
+            assert str(service["environment"][variable]).startswith("${"), f"{name}: {variable} must come from the environment"
+        command = " ".join(service.get("command", []))
+        assert not re.search(r"--(store|keys|redis-url)\b", command), f"{name}: configuration by flag in {command}"
+
+
+def test_compose_mounts_exist_and_prometheus_finds_every_worker():
+    services = compose()["services"]
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["reencrypt-worker"]["dns_sd_configs"][0]["names"] == ["worker"]
+    assert jobs["reencrypt-worker"]["file_sd_configs"]
+    assert jobs["reencrypt-exporter"]["static_configs"][0]["targets"] == ["exporter:9809"]
+
+
+def test_dockerfile_builds_the_package_on_python_311_slim():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert "pip install ." in text
+    assert re.search(r'^ENTRYPOINT \["reencrypt"\]', text, re.M)
+
+
+# -- Kubernetes ---------------------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|REDIS_URL|CONNECTION", re.I)
+
+
+def manifests() -> list[dict]:
+    documents = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            documents.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return documents
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [doc for doc in manifests() if doc["kind"] == kind]
+
+
+def test_k8s_has_the_required_kinds():
+    kinds = [doc["kind"] for doc in manifests()]
+    for kind in ("Deployment", "PodDisruptionBudget", "ScaledObject", "Service", "ServiceAccount"):
+        assert kind in kinds, kind
+    names = {doc["metadata"]["name"] for doc in by_kind("Deployment")}
+    assert names == {"reencrypt-worker", "reencrypt-exporter"}
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"} == set(kustomization["resources"])
+
+
+def test_k8s_worker_shuts_down_warm():
+    from tracker_reencrypt.config import Settings
+
+    worker = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "reencrypt-worker")
+    pod = worker["spec"]["template"]["spec"]
+    # One batch (REENCRYPT_BATCH_SECONDS) plus the Cosmos SDK's 429 retry budget (<= 30 s).
+    assert pod["terminationGracePeriodSeconds"] > Settings().batch_seconds + 30
+    container = pod["containers"][0]
+    assert "lifecycle" not in container, "SIGTERM already starts Celery's warm shutdown: no preStop"
+    assert container["args"][0] == "worker" and "--metrics-port" in container["args"]
+    assert "replicas" not in worker["spec"], "KEDA owns the replica count"
+    pdb = by_kind("PodDisruptionBudget")[0]
+    assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
+
+
+def test_k8s_keda_scales_workers_on_the_queue():
+    from tracker_reencrypt.fleet import QUEUE
+
+    scaled = by_kind("ScaledObject")[0]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "reencrypt-worker"
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == QUEUE
+
+
+def test_k8s_uses_workload_identity_and_holds_no_secrets():
+    accounts = {doc["metadata"]["name"]: doc for doc in by_kind("ServiceAccount")}
+    for deployment in by_kind("Deployment"):
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+        account = accounts[template["spec"]["serviceAccountName"]]
+        assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
+        for container in template["spec"]["containers"]:
+            for env in container.get("env", []):
+                if SECRET_NAME.search(env["name"]):
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
+    assert not by_kind("Secret"), "secrets are created outside the manifests"
+    for config_map in by_kind("ConfigMap"):
+        for name, value in config_map["data"].items():
+            assert not SECRET_NAME.search(name) or name in ("REENCRYPT_KEYS",), name
+            assert "AccountKey=" not in value and not re.search(r"rediss?://:[^<]", value), name
+
+
+# -- runbook ------------------------------------------------------------------------------------
+
+def heading_anchor(line: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = line.lstrip("#").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def runbook_commands() -> list[list[str]]:
+    text = RUNBOOK.read_text()
+    snippets = re.findall(r"```sh\n(.*?)```", text, re.S)
+    snippets += [" ".join(inline.split()) for inline in re.findall(r"`(reencrypt [^`]+)`", text)]
+    commands = []
+    for snippet in snippets:
+        for line in snippet.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s#\s|\s[>|]\s", " " + line.strip())[0].strip()
+            if line.startswith("reencrypt ") and not line.startswith("reencrypt <"):  # not "reencrypt <command> --help"
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_runbook_commands_and_flags_exist():
+    import typer.main
+
+    from coordinator.cli import app
+
+    root = typer.main.get_command(app)
+    commands = runbook_commands()
+    assert len(commands) > 25
+    seen = set()
+    for argv in commands:
+        command, path, rest = root, [], list(argv)
+        while rest and hasattr(command, "commands") and not rest[0].startswith("-"):
+            word = rest.pop(0)
+            assert word in command.commands, f"runbook: 'reencrypt {' '.join(argv)}': no command {word!r}"
+            command, path = command.commands[word], path + [word]
+        assert not hasattr(command, "commands"), f"runbook: 'reencrypt {' '.join(argv)}' names a group, not a command"
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for token in rest:
+            if token.startswith("--"):
+                assert token.split("=")[0] in options, f"runbook: 'reencrypt {' '.join(argv)}': {token} is not an option"
+        seen.add(" ".join(path))
+    required = {"keys rotate", "keys disable", "keys enable", "sweep start", "sweep status", "verify", "audit",
+                "sweep pause", "sweep resume", "sweep cancel", "sweep throttle", "sweep failures"}
+    assert required <= seen, f"runbook lacks {sorted(required - seen)}"
+
+
+def test_runbook_names_only_existing_panels():
+    titles = {}
+    for dashboard in dashboards().values():
+        titles[dashboard["title"].split(": ")[-1].capitalize()] = {p["title"] for p in panels(dashboard)}
+    watched = 0
+    for line in RUNBOOK.read_text().splitlines():
+        match = re.match(r"> Watch \(([^)]+)\): (.*)", line)
+        if match:
+            board = match.group(1).capitalize()
+            assert board in titles, f"runbook names dashboard {match.group(1)!r}"
+            for panel in re.findall(r"\*\*([^*]+)\*\*", match.group(2)):
+                assert panel in titles[board], f"runbook: no panel {panel!r} on {match.group(1)}"
+                watched += 1
+    assert watched >= 20
+
+
+# -- the exporter's pure parts ------------------------------------------------------------------
+
+def _sweep(sweep_id: str, status: str, created: str, **extra) -> dict:
+    return {"id": sweep_id, "status": status, "created_at": created, "started_at": created, "target_kid": "tracker-mek/v2",
+            "mode": "reencrypt", "documents_estimate": 100, **extra}
+
+
+def test_exporter_exports_the_active_and_the_latest_finished_sweep():
+    from coordinator.exporter import exported_sweeps
+
+    old = _sweep("sw-1", "completed", "2026-01-01T00:00:00Z")
+    failed = _sweep("sw-2", "failed", "2026-01-02T00:00:00Z")
+    running = _sweep("sw-3", "running", "2026-01-03T00:00:00Z")
+    assert [s["id"] for s in exported_sweeps([old, failed, running], "sw-3")] == ["sw-3", "sw-2"]
+    assert [s["id"] for s in exported_sweeps([old, failed], None)] == ["sw-2"]
+    assert exported_sweeps([], None) == []
+
+
+def test_exporter_families_are_bounded_and_named_by_convention():
+    from coordinator import sweeps
+    from coordinator.exporter import STATUSES, Snapshot, SweepCollector, SweepView, families
+    from tracker_reencrypt.sweep.state import COUNTERS, zero_counts
+
+    now = time.time()
+    slices = [
+        {"index": i, "done": i == 0, "lease_owner": "host-a:7" if i else None, "lease_expires": now + 30,
+         "counts": {**zero_counts(), "documents_scanned": 10 * (i + 1)}}
+        for i in range(3)
+    ]
+    sweep = _sweep("sw-9", "running", "2026-01-03T00:00:00Z", rate=50.0, ru_per_s=None)
+    progress = sweeps.Progress(sweep, slices, {"documents_scanned": 60, "failures": 2}, 12.0, 5.0, 8.0, 2)
+    view = SweepView.of(progress, now)
+    assert (view.leases, view.workers) == (2, 1)  # two slices leased by one process
+    snapshot = Snapshot([view], queue_messages=4, unacked_messages=1, store_up=True, redis_up=True, refreshed_at=now)
+
+    allowed_labels = {"sweep", "slice", "status", "target_kid", "mode", "limit", "queue"}
+    by_name = {}
+    for family in families(snapshot):
+        for sample in family.samples:
+            assert set(sample.labels) <= allowed_labels, (family.name, sample.labels)
+            by_name.setdefault(sample.name, []).append(sample)
+    assert {f"reencrypt_sweep_{name}_total" for name in COUNTERS} <= set(by_name)
+    assert by_name["reencrypt_sweep_documents_scanned_total"][0].value == 60
+    assert by_name["reencrypt_sweep_failures_total"][0].value == 2
+    assert len(by_name["reencrypt_sweep_status"]) == len(STATUSES)
+    assert [s.labels["status"] for s in by_name["reencrypt_sweep_status"] if s.value == 1] == ["running"]
+    assert len(by_name["reencrypt_sweep_slice_documents_scanned_total"]) == 3
+    assert by_name["reencrypt_sweep_eta_seconds"][0].value == 8.0
+    assert by_name["reencrypt_sweep_progress_ratio"][0].value == pytest.approx(0.6)
+    assert [(s.labels["limit"], s.value) for s in by_name["reencrypt_sweep_limit_per_second"]] == [("documents", 50.0)]
+    assert by_name["reencrypt_queue_messages"][0].value == 4
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SweepCollector(type("Source", (), {"snapshot": snapshot})()))
+    text = generate_latest(registry).decode()
+    assert "# TYPE reencrypt_sweep_documents_scanned_total counter" in text
+    assert 'reencrypt_sweep_info{mode="reencrypt",sweep="sw-9",target_kid="tracker-mek/v2"} 1.0' in text
+
+
+def test_exporter_serves_no_sweep_series_before_any_sweep():
+    from coordinator.exporter import Snapshot, families
+
+    samples = [s for family in families(Snapshot()) for s in family.samples]
+    assert {s.name for s in samples} == {
+        "reencrypt_exporter_store_up", "reencrypt_exporter_redis_up",
+        "reencrypt_exporter_last_refresh_timestamp_seconds", "reencrypt_exporter_refresh_duration_seconds",
+    }
