@@ -300,6 +300,37 @@ def demo(
     raise typer.Exit(run_demo(c.obj, docs=docs, workers=workers, console=out))
 
 
+@app.command("bench")
+def bench(
+    c: typer.Context,
+    docs: int = typer.Option(100_000, "--docs", min=1, help="Documents in the benchmark container."),
+    dek_share: int = typer.Option(DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one source data key (1: worst case)."),
+    seed_value: int = typer.Option(1, "--seed", help="Content seed (the seeded container is cached per docs/dek-share/seed)."),
+    sample: int = typer.Option(2_000, "--sample", min=1, help="Documents the naive way and the in-process bound are measured on."),
+    slices: int = typer.Option(sweeps.DEFAULT_SLICES, "--slices", min=1, help="Slices of each benchmark sweep."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Measure a full sweep with 1 and 2 worker processes against the naive way and the in-process bound."""
+    from coordinator.bench import BenchOptions, render_report, run_bench
+
+    report = run_bench(c.obj, BenchOptions(docs=docs, dek_share=dek_share, seed=seed_value, sample=sample, slices=slices),
+                       progress=err)
+    emit(c.obj, as_json, report, lambda: render_report(out, report))
+
+
+@app.command("exporter")
+def exporter(
+    c: typer.Context,
+    port: int = typer.Option(9809, "--port", min=1, max=65535, help="Serve the metrics on this port (all interfaces)."),
+    interval: float = typer.Option(5.0, "--interval", min=0.5, help="Seconds between reads of the sweep state and the queue."),
+) -> None:
+    """Serve sweep-level Prometheus metrics (progress, ETA, totals, failures, workers, queue depth) until stopped."""
+    from coordinator.exporter import serve
+
+    serve(c.obj, port=port, interval=interval,
+          ready=lambda bound: err.print(f"serving sweep metrics on :{bound}/metrics, refreshed every {interval:g}s"))
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)

@@ -1,0 +1,877 @@
+"""``reencrypt bench``: how fast a sweep is, against what, and how it scales.
+
+Every figure comes from one invocation, on one data set:
+
+- **fleet**: the real distributed sweep (``sweep start`` -> Celery on Redis -> W worker
+  processes -> store) from MEK v1 to v2, with W=1 and W=2, timed from sweep start until the
+  sweep record says it finished. Key provider calls, DEK cache lookups, batch time and store
+  request units are scraped from each worker's Prometheus port when the sweep is done; peak
+  RSS comes from psutil on each worker's process tree (Celery main process + pool child),
+  sampled while the sweep runs.
+- **naive**: one process, one document at a time, each field's data key unwrapped by the
+  MEK (no cache) and a fresh data key wrapped per field, each document rewritten with
+  ``store.replace``.
+- **bound**: the same documents already in memory, :func:`rekey_document` with a warm
+  keyring: no store, no queue, no worker; what one core can do at best.
+
+Naive and bound run on the first ``--sample`` documents (the naive way over 100k documents
+would take minutes on its own); the output says so.
+
+Data. On SQLite (the default) a container of N documents is seeded once under a local MEK v1
+and cached under ``$REENCRYPT_HOME/bench/cache`` keyed by (docs, dek-share, seed); every
+measured run works on a fresh copy of that file, so each starts from v1, with v2 created in
+a copy of the cached keyring. With ``--store cosmos://...`` the (empty) container is seeded
+once and swept once from v1 to v2, so only the largest fleet is measured and a rerun needs a
+fresh container. With ``--keys https://...vault...`` the vault's key is used (rotated once
+per invocation when the seeded version is still current).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from coordinator import render, sweeps
+from coordinator.context import Context, state_dir
+from coordinator.launch import WorkerFleet
+from coordinator.verify import scan_container
+from tracker_reencrypt import embedded_redis
+from tracker_reencrypt.config import load_settings
+from tracker_reencrypt.documents import rekey_document
+from tracker_reencrypt.errors import ConfigError, KeyNotFoundError, SweepError
+from tracker_reencrypt.keys import open_key_provider
+from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.local import LocalKeyProvider
+from tracker_reencrypt.seed import seed_store, seeding_keyring
+from tracker_reencrypt.stores import DocumentStore, open_store
+from tracker_reencrypt.stores.sqlite import SqliteStore
+from tracker_reencrypt.sweep.state import COMPLETED, FINISHED
+
+WORKER_COUNTS = (1, 2)
+DEFAULT_SAMPLE = 2_000
+#: The container size the targets are stated for.
+TARGET_DOCS = 100_000
+SCAN_PAGE = 100
+POLL_S = 0.1  # sweep status (SQLite: a one-row read)
+REMOTE_POLL_S = 1.0  # sweep status on a billed store
+SAMPLE_RSS_S = 0.5
+READY_TIMEOUT_S = 60.0
+METRICS_SETTLE_S = 5.0
+#: The bound's timed passes repeat until this much time has been measured.
+BOUND_MIN_S = 1.0
+#: "Bounded" RSS: one worker (main process + pool child) stays under this...
+RSS_LIMIT_MB = 300.0
+#: ...and grows by at most this much between 10% of the sweep and its end.
+RSS_GROWTH_LIMIT_MB = 16.0
+
+#: Other processes using more CPU than this (in cores) during a measurement disturb it.
+BUSY_CORES = 0.15
+
+MB = 1024 * 1024
+#: Columns of the report when it is not printed to a terminal.
+WIDE = 170
+
+
+# -- what is measured ----------------------------------------------------------------------
+
+@dataclass
+class Container:
+    """The seeded data every run starts from."""
+
+    documents: int
+    fields: int
+    document_bytes: int
+    distinct_source_deks: int
+    source_kid: str
+    seed_seconds: float = 0.0
+
+
+@dataclass
+class FleetRun:
+    workers: int
+    seconds: float
+    documents: int
+    fields: int
+    document_bytes: int
+    unwraps: int
+    wraps: int
+    dek_cache_hits: int
+    dek_cache_misses: int
+    request_units: float
+    batch_seconds: float
+    batches: int
+    key_seconds: float
+    peak_rss_mb_per_worker: list[float]
+    rss_growth_mb_per_worker: list[float]
+    status: str
+    failures: int
+    worker_cores: float  # CPU the worker processes used, in cores (CPU seconds / wall seconds)
+    other_cores: float  # CPU used meanwhile by everything else on the machine, Redis included
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.documents / self.seconds
+
+    @property
+    def docs_per_cpu_s(self) -> float:
+        """Documents per CPU-second of the worker processes: what a core does, however busy the machine."""
+        return self.documents / max(1e-9, self.worker_cores * self.seconds)
+
+    def as_json(self) -> dict:
+        docs = max(1, self.documents)
+        lookups = self.dek_cache_hits + self.dek_cache_misses
+        slot_s = self.workers * self.seconds
+        return {
+            **asdict(self),
+            "docs_per_s": round(self.docs_per_s, 1),
+            "docs_per_cpu_s": round(self.docs_per_cpu_s, 1),
+            "fields_per_s": round(self.fields / self.seconds, 1),
+            "bytes_per_s": round(self.document_bytes / self.seconds),
+            "unwraps_per_1000_docs": round(1000 * self.unwraps / docs, 2),
+            "dek_cache_hit_ratio": round(self.dek_cache_hits / lookups, 4) if lookups else None,
+            "key_calls_per_doc": round((self.unwraps + self.wraps) / docs, 4),
+            "request_units_per_doc": round(self.request_units / docs, 2),
+            "time_shares": {
+                "in_batches": round(self.batch_seconds / slot_s, 3),
+                "key_provider": round(self.key_seconds / slot_s, 3),
+                "outside_batches": round(max(0.0, 1 - self.batch_seconds / slot_s), 3),
+            },
+        }
+
+
+@dataclass
+class InProcessRun:
+    name: str
+    documents: int
+    fields: int
+    document_bytes: int
+    seconds: float
+    cpu_seconds: float
+    unwraps: int
+    store_seconds: float = 0.0
+    request_units: float = 0.0
+    cold_docs_per_s: float | None = None  # bound only: its first pass, each DEK unwrapped once
+    other_cores: float = 0.0  # CPU used meanwhile by other processes on the machine
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.documents / self.seconds
+
+    @property
+    def docs_per_cpu_s(self) -> float:
+        return self.documents / max(1e-9, self.cpu_seconds)
+
+    def as_json(self) -> dict:
+        docs = max(1, self.documents)
+        return {
+            **asdict(self),
+            "docs_per_s": round(self.docs_per_s, 1),
+            "docs_per_cpu_s": round(self.docs_per_cpu_s, 1),
+            "fields_per_s": round(self.fields / self.seconds, 1),
+            "bytes_per_s": round(self.document_bytes / self.seconds),
+            "unwraps_per_1000_docs": round(1000 * self.unwraps / docs, 2),
+            "request_units_per_doc": round(self.request_units / docs, 2),
+        }
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    goal: str
+    result: str  # PASS, MISS or n/a
+    note: str = ""
+
+
+@dataclass
+class BenchOptions:
+    docs: int
+    dek_share: int
+    seed: int
+    sample: int = DEFAULT_SAMPLE
+    slices: int = sweeps.DEFAULT_SLICES
+
+
+# -- the whole benchmark -------------------------------------------------------------------
+
+def run_bench(parent: Context, options: BenchOptions, progress: Console | None) -> dict:
+    """Seed (or reuse), measure bound, naive and the fleet at each size; return the report."""
+    home = state_dir() / "bench"
+    run_dir = home / "last"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    redis_was_running = embedded_redis.is_running(state_dir())
+    try:
+        bench = _Bench(parent, options, home, run_dir, progress)
+        return bench.run()
+    finally:
+        if not parent.settings.redis_url and not redis_was_running:
+            embedded_redis.stop(state_dir())
+
+
+class _Bench:
+    def __init__(self, parent: Context, options: BenchOptions, home: Path, run_dir: Path, progress: Console | None) -> None:
+        self.parent, self.options, self.home, self.run_dir, self.progress = parent, options, home, run_dir, progress
+        settings = parent.settings
+        self.remote_store = bool(settings.store) and not settings.store.startswith("sqlite:")
+        self.remote_keys = bool(settings.keys) and not settings.keys.startswith("local:")
+        self.notes: list[str] = []
+        if settings.store and not self.remote_store:
+            self.notes.append(f"the configured SQLite store ({settings.store}) is not touched: the bench seeds its own")
+        if settings.keys and not self.remote_keys:
+            self.notes.append("the configured local keyring is not touched: the bench keeps its own")
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.print(text, markup=False, highlight=False)
+
+    # -- orchestration -----------------------------------------------------------------------
+
+    def run(self) -> dict:
+        options = self.options
+        if self.remote_store:
+            keys_url = self.parent.settings.keys if self.remote_keys else f"local:{(self.home / 'remote-keyring.json').resolve()}"
+            store_url = self.parent.settings.store
+            container = self._seed_remote(store_url, keys_url)
+        else:
+            cache, container = self._seeded_sqlite()
+            keys_url = self._run_keyring(cache)
+            store_url = None
+        provider = open_key_provider(keys_url)
+        target_kid = self._target(provider, container.source_kid)
+        self.say(f"sweeping {container.source_kid} -> {target_kid}")
+
+        work = self._working_store(store_url, "in-process")
+        sample = _load_sample(work, options.sample)
+        watch = _CpuWatch([])
+        bound = _bound(sample, Keyring(provider, dek_max_uses=self.parent.settings.dek_max_uses,
+                                       dek_max_age_s=self.parent.settings.dek_max_age_s), target_kid)
+        bound.other_cores = watch.cores()[1]
+        self.say(f"bound: {bound.docs_per_s:,.0f} docs/s on {bound.documents} documents in memory")
+        watch = _CpuWatch([])
+        naive = _naive(work, Keyring(provider, unwrap_cache_entries=0, dek_max_uses=1), target_kid, options.sample)
+        naive.other_cores = watch.cores()[1]
+        work.close()
+        self._drop_working_copy("in-process")
+        self.say(f"naive: {naive.docs_per_s:,.0f} docs/s on {naive.documents} documents")
+        if self.remote_store:
+            self.notes.append(f"naive ran first on the same container: its {naive.documents} documents were already on "
+                              f"{target_kid} when the fleet scanned them (skipped, counted as scanned)")
+
+        fleets: dict[int, FleetRun] = {}
+        counts = WORKER_COUNTS[-1:] if self.remote_store else WORKER_COUNTS
+        for workers in counts:
+            name = f"fleet-w{workers}"
+            ctx = Context(load_settings(store=store_url or self._working_copy(name), keys=keys_url,
+                                        redis_url=self.parent.settings.redis_url))
+            fleets[workers] = self._fleet(ctx, workers, target_kid, container)
+            ctx.store.close()
+            self._drop_working_copy(name)
+            self.say(f"fleet W={workers}: {fleets[workers].docs_per_s:,.0f} docs/s")
+        if self.remote_store:
+            self.notes.append(f"only W={counts[0]} measured: the container was swept once ({container.source_kid} -> "
+                              f"{target_kid}); a rerun needs a fresh, empty container")
+        return self._report(container, target_kid, provider, bound, naive, fleets)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def _cache_dir(self) -> Path:
+        o = self.options
+        name = f"docs{o.docs}-share{o.dek_share}-seed{o.seed}"
+        if self.remote_keys:
+            name += "-" + hashlib.sha256(self.parent.settings.keys.encode()).hexdigest()[:8]
+        return self.home / "cache" / name
+
+    def _seeded_sqlite(self) -> tuple[Path, Container]:
+        """The cached seeded container, made on first use (``container.json`` is written last)."""
+        cache = self._cache_dir()
+        meta = cache / "container.json"
+        if meta.exists():
+            self.say(f"reusing the seeded container in {cache}")
+            return cache, Container(**json.loads(meta.read_text()))
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        if self.remote_keys:
+            provider = _existing_key(open_key_provider(self.parent.settings.keys))
+        else:
+            provider = LocalKeyProvider(cache / "keyring.json")
+            provider.init()
+        store = SqliteStore(cache / "tracker.db")
+        container = self._seed(store, provider)
+        store.close()
+        with sqlite3.connect(cache / "tracker.db") as db:  # fold the WAL in: the file alone is the copy
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        meta.write_text(json.dumps(asdict(container)))
+        return cache, container
+
+    def _seed_remote(self, store_url: str, keys_url: str) -> Container:
+        store = open_store(store_url, partition_key_field=self.parent.settings.partition_key_field)
+        if store.count():
+            raise ConfigError(f"{store.describe()} is not empty: the bench seeds and sweeps a container once "
+                              "(v1 -> v2), so every run needs a fresh, empty container")
+        provider = open_key_provider(keys_url)
+        if self.remote_keys:
+            _existing_key(provider)
+        elif not Path(keys_url[len("local:"):]).exists():
+            provider.init()
+        container = self._seed(store, provider)
+        store.close()
+        return container
+
+    def _seed(self, store: DocumentStore, provider) -> Container:
+        o = self.options
+        keyring = seeding_keyring(provider)
+        started = time.perf_counter()
+        with render.counter_progress(self.progress or Console(quiet=True), "seeding", o.docs, enabled=self.progress is not None) as advance:
+            seed_store(store, keyring, o.docs, seed=o.seed, dek_share=o.dek_share, progress=advance)
+        seconds = time.perf_counter() - started
+        source_kid = keyring.current_kid()
+        report = scan_container(store, keyring=None)
+        return Container(documents=report.documents, fields=report.fields, document_bytes=report.document_bytes,
+                         distinct_source_deks=report.distinct_deks([source_kid]), source_kid=source_kid,
+                         seed_seconds=round(seconds, 1))
+
+    def _run_keyring(self, cache: Path) -> str:
+        """The keys URL of this invocation: a copy of the cached local keyring, or the vault."""
+        if self.remote_keys:
+            return self.parent.settings.keys
+        copy = self.run_dir / "keyring.json"
+        descriptor = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # as secret as the MEK
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write((cache / "keyring.json").read_bytes())
+        return f"local:{copy.resolve()}"
+
+    def _target(self, provider, source_kid: str) -> str:
+        """The version to sweep to: a new one, unless a newer one than the data's exists."""
+        if provider.current_kid() == source_kid:
+            return provider.rotate().kid
+        return provider.current_kid()
+
+    def _working_copy(self, name: str) -> str:
+        """A fresh copy of the seeded SQLite file: every run starts from v1."""
+        target = self.run_dir / f"{name}.db"
+        shutil.copyfile(self._cache_dir() / "tracker.db", target)
+        return f"sqlite:///{target.resolve()}"
+
+    def _working_store(self, store_url: str | None, name: str) -> DocumentStore:
+        url = store_url or self._working_copy(name)
+        return open_store(url, partition_key_field=self.parent.settings.partition_key_field)
+
+    def _drop_working_copy(self, name: str) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            (self.run_dir / f"{name}.db{suffix}").unlink(missing_ok=True)
+
+    # -- the fleet ----------------------------------------------------------------------------
+
+    def _fleet(self, ctx: Context, workers: int, target_kid: str, container: Container) -> FleetRun:
+        ports = [_free_port() for _ in range(workers)]
+        log_dir = self.run_dir / f"logs-w{workers}"
+        poll_s = REMOTE_POLL_S if self.remote_store else POLL_S
+        peak = [0.0] * workers
+        at_tenth: list[float | None] = [None] * workers
+        with WorkerFleet(ctx, workers, log_dir=log_dir, metrics_ports=ports) as fleet:
+            _wait_ready(fleet, log_dir)
+            self.say(f"fleet W={workers}: workers ready, sweep starts")
+            watch = _CpuWatch([process.pid for process in fleet.processes])
+            started = time.perf_counter()
+            sweep = sweeps.start(ctx, to=target_kid, sources=[], mode="reencrypt", slices=self.options.slices)
+            sampled = 0.0
+            while True:
+                status = ctx.state.get_sweep(sweep["id"])["status"]
+                now = time.perf_counter()
+                if status in FINISHED:
+                    break
+                _check_alive(fleet, log_dir)
+                if now - sampled >= SAMPLE_RSS_S:
+                    sampled = now
+                    scanned = ctx.state.totals(sweep["id"])["documents_scanned"]
+                    for number, process in enumerate(fleet.processes):
+                        rss = _tree_rss_mb(process.pid)
+                        peak[number] = max(peak[number], rss)
+                        if at_tenth[number] is None and scanned >= container.documents / 10:
+                            at_tenth[number] = rss
+                time.sleep(poll_s)
+            seconds = time.perf_counter() - started
+            worker_cores, other_cores = watch.cores()
+            for number, process in enumerate(fleet.processes):
+                peak[number] = max(peak[number], _tree_rss_mb(process.pid))
+            totals = ctx.state.totals(sweep["id"])
+            scraped = _scrape_settled(ports, totals["documents_scanned"])
+        if status != COMPLETED:
+            raise SweepError(f"benchmark sweep {sweep['id']} ended {status} ({totals['failures']} failures); "
+                             f"worker logs in {log_dir}")
+
+        def total(name: str, **labels: str) -> float:
+            return sum(_metric(samples, name, **labels) for samples in scraped)
+
+        return FleetRun(
+            workers=workers, seconds=round(seconds, 3), documents=totals["documents_scanned"],
+            fields=totals["fields_reencrypted"], document_bytes=container.document_bytes,
+            unwraps=int(total("reencrypt_keyvault_calls_total", operation="unwrap")),
+            wraps=int(total("reencrypt_keyvault_calls_total", operation="wrap")),
+            dek_cache_hits=int(total("reencrypt_dek_cache_total", result="hit")),
+            dek_cache_misses=int(total("reencrypt_dek_cache_total", result="miss")),
+            request_units=total("reencrypt_store_request_units_total"),
+            batch_seconds=round(total("reencrypt_batch_duration_seconds_sum"), 3),
+            batches=int(total("reencrypt_batch_duration_seconds_count")),
+            key_seconds=round(total("reencrypt_keyvault_latency_seconds_sum"), 3),
+            peak_rss_mb_per_worker=[round(mb, 1) for mb in peak],
+            rss_growth_mb_per_worker=[round(p - (t if t is not None else p), 1) for p, t in zip(peak, at_tenth)],
+            status=status, failures=totals["failures"], worker_cores=worker_cores, other_cores=other_cores,
+        )
+
+    # -- the report ---------------------------------------------------------------------------
+
+    def _report(self, container: Container, target_kid: str, provider, bound: InProcessRun, naive: InProcessRun,
+                fleets: dict[int, FleetRun]) -> dict:
+        options, settings = self.options, self.parent.settings
+        fleet = fleets[max(fleets)]
+        w1 = fleets.get(1)
+        cores = os.cpu_count() or 1
+        per_core = fleet.docs_per_s / min(fleet.workers, cores)
+        distinct_per_1000 = 1000 * container.distinct_source_deks / max(1, container.documents)
+        ratios = {
+            "fleet_vs_naive": round(fleet.docs_per_s / naive.docs_per_s, 2),
+            "naive_vs_fleet": round(naive.docs_per_s / fleet.docs_per_s, 4),
+            "bound_vs_fleet": round(bound.docs_per_s / fleet.docs_per_s, 3),
+            "fleet_per_core_vs_bound": round(per_core / bound.docs_per_s, 3),
+            "fleet_per_cpu_s_vs_bound": round(fleet.docs_per_cpu_s / bound.docs_per_cpu_s, 3),
+            "w2_vs_w1": round(fleet.docs_per_s / w1.docs_per_s, 3) if w1 and fleet is not w1 else None,
+        }
+        # Where the largest fleet's worker time went: measured by the workers themselves,
+        # except the re-keying CPU, estimated from the bound (same function, same data).
+        slot_s = fleet.workers * fleet.seconds
+        rekey_s = fleet.documents / bound.docs_per_s
+        store_per_doc = naive.store_seconds / max(1, naive.documents)
+        shares = {
+            "worker_seconds": round(slot_s, 2),
+            "in_batches": round(fleet.batch_seconds / slot_s, 3),
+            "key_provider": round(fleet.key_seconds / slot_s, 3),
+            "rekey_cpu_estimate": round(rekey_s / slot_s, 3),
+            "store_and_batch_rest": round(max(0.0, fleet.batch_seconds - fleet.key_seconds - rekey_s) / slot_s, 3),
+            "store_in_process_estimate": round(store_per_doc * fleet.documents / slot_s, 3),
+            "outside_batches": round(max(0.0, slot_s - fleet.batch_seconds) / slot_s, 3),
+            "redis": None,
+        }
+        report = {
+            "docs": container.documents,
+            "dek_share": options.dek_share,
+            "seed": options.seed,
+            "sample": naive.documents,
+            "source_kid": container.source_kid,
+            "target_kid": target_kid,
+            "store": "SQLite (a fresh copy of the seeded file per run)" if not self.remote_store else settings.store,
+            "keys": provider.describe() if self.remote_keys else "local JWKS keyring (RSA-2048, RSA-OAEP-256)",
+            "machine": {"cpus": cores, "python": platform.python_version(), "platform": platform.platform(),
+                        "processor": _processor()},
+            "worker_settings": {"batch_documents": settings.batch_documents, "batch_seconds": settings.batch_seconds,
+                                "page_size": settings.page_size, "slices": options.slices,
+                                "dek_max_uses": settings.dek_max_uses, "redis": "REDIS_URL" if settings.redis_url else "embedded"},
+            "container": asdict(container),
+            "fleet_workers": fleet.workers,
+            "fleet_docs_per_s": round(fleet.docs_per_s, 1),
+            "w1_docs_per_s": round(w1.docs_per_s, 1) if w1 else None,
+            "naive_docs_per_s": round(naive.docs_per_s, 1),
+            "bound_docs_per_s": round(bound.docs_per_s, 1),
+            "bound_cold_docs_per_s": bound.cold_docs_per_s,
+            "fleet_fields_per_s": round(fleet.fields / fleet.seconds, 1),
+            "fleet_bytes_per_s": round(fleet.document_bytes / fleet.seconds),
+            "unwraps": fleet.unwraps,
+            "w1_unwraps": w1.unwraps if w1 else None,
+            "unwraps_per_1000_docs": round(1000 * fleet.unwraps / max(1, fleet.documents), 2),
+            "distinct_source_deks": container.distinct_source_deks,
+            "distinct_source_deks_per_1000_docs": round(distinct_per_1000, 2),
+            "dek_cache_hit_ratio": fleet.as_json()["dek_cache_hit_ratio"],
+            "peak_rss_mb_per_worker": max(fleet.peak_rss_mb_per_worker),
+            "rss_growth_mb_per_worker": max(fleet.rss_growth_mb_per_worker),
+            "request_units_per_doc": round(fleet.request_units / max(1, fleet.documents), 2),
+            "key_calls_per_doc": round((fleet.unwraps + fleet.wraps) / max(1, fleet.documents), 4),
+            **ratios,
+            "ratios": ratios,
+            "time_shares": shares,
+            "runs": {
+                "fleet": [fleets[w].as_json() for w in sorted(fleets)],
+                "naive": naive.as_json(),
+                "bound": bound.as_json(),
+            },
+            "notes": self.notes + _busy_notes(fleets, naive, bound)
+                     + _standing_notes(self.remote_store, naive.documents, container.documents),
+        }
+        report["targets"] = [asdict(t) for t in _targets(report, fleets, naive, bound, cores)]
+        return report
+
+
+def _existing_key(provider):
+    """The provider, after creating its MEK if the vault has no version of it yet."""
+    try:
+        if provider.versions():
+            return provider
+    except KeyNotFoundError:
+        pass
+    provider.init()
+    return provider
+
+
+# -- in-process measurements ----------------------------------------------------------------
+
+def _load_sample(store: DocumentStore, count: int) -> list[tuple[dict, str, int]]:
+    """The first ``count`` documents in scan order: (body, partition key, JSON size)."""
+    sample: list[tuple[dict, str, int]] = []
+    continuation = None
+    for feed_range in store.feed_ranges(1):
+        while len(sample) < count:
+            page = store.scan(feed_range, continuation, min(SCAN_PAGE, count - len(sample)))
+            for document in page.documents:
+                size = len(json.dumps(document.body, separators=(",", ":"), ensure_ascii=False))
+                sample.append((document.body, store.partition_key_of(document.body), size))
+            continuation = page.continuation
+            if continuation is None:
+                break
+    return sample
+
+
+def _bound(sample: list[tuple[dict, str, int]], keyring: Keyring, target_kid: str) -> InProcessRun:
+    """``rekey_document`` over documents in memory with a warm keyring; best of no I/O."""
+    def one_pass() -> int:
+        moved = 0
+        for body, partition_key, _ in sample:
+            moved += rekey_document(body, partition_key, target_kid=target_kid, keyring=keyring).count("reencrypted")
+        return moved
+
+    started = time.perf_counter()
+    fields = one_pass()  # cold: every source DEK of the sample unwrapped once
+    cold = time.perf_counter() - started
+    cold_unwraps = keyring.stats.provider_unwraps
+    passes, started, cpu = 0, time.perf_counter(), time.process_time()
+    while True:
+        one_pass()
+        passes += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= BOUND_MIN_S:
+            break
+    return InProcessRun(
+        name="bound", documents=len(sample) * passes, fields=fields * passes,
+        document_bytes=sum(size for _, _, size in sample) * passes, seconds=round(elapsed, 4),
+        cpu_seconds=round(time.process_time() - cpu, 4),
+        unwraps=keyring.stats.provider_unwraps - cold_unwraps, cold_docs_per_s=round(len(sample) / cold, 1),
+    )
+
+
+def _naive(store: DocumentStore, keyring: Keyring, target_kid: str, count: int) -> InProcessRun:
+    """One document at a time: unwrap per field (no cache), a fresh DEK per field, replace each."""
+    documents = fields = size = 0
+    store_s = 0.0
+    units_before = store.cost.request_units
+    started, cpu = time.perf_counter(), time.process_time()
+    for feed_range in store.feed_ranges(1):
+        continuation = None
+        while documents < count:
+            clock = time.perf_counter()
+            page = store.scan(feed_range, continuation, min(SCAN_PAGE, count - documents))
+            store_s += time.perf_counter() - clock
+            for document in page.documents:
+                plan = rekey_document(document.body, store.partition_key_of(document.body), target_kid=target_kid,
+                                      keyring=keyring)
+                if plan.new_body is not None:
+                    clock = time.perf_counter()
+                    store.replace(plan.new_body, document.etag)
+                    store_s += time.perf_counter() - clock
+                documents += 1
+                fields += plan.count("reencrypted")
+                size += len(json.dumps(document.body, separators=(",", ":"), ensure_ascii=False))
+            continuation = page.continuation
+            if continuation is None:
+                break
+    elapsed = time.perf_counter() - started
+    return InProcessRun(
+        name="naive", documents=documents, fields=fields, document_bytes=size, seconds=round(elapsed, 4),
+        cpu_seconds=round(time.process_time() - cpu, 4),
+        unwraps=keyring.stats.provider_unwraps, store_seconds=round(store_s, 4),
+        request_units=store.cost.request_units - units_before,
+    )
+
+
+# -- worker processes -----------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_ready(fleet: WorkerFleet, log_dir: Path) -> None:
+    """Until every worker has logged 'ready.' (connected to the broker, consuming)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    logs = [log_dir / f"worker-{number}.log" for number in range(len(fleet.processes))]
+    while not all(log.exists() and " ready." in log.read_text(errors="replace") for log in logs):
+        _check_alive(fleet, log_dir)
+        if time.monotonic() > deadline:
+            raise ConfigError(f"bench workers not ready after {READY_TIMEOUT_S:.0f}s: see {log_dir}")
+        time.sleep(0.1)
+
+
+def _check_alive(fleet: WorkerFleet, log_dir: Path) -> None:
+    for number, process in enumerate(fleet.processes):
+        if process.poll() is not None:
+            tail = (log_dir / f"worker-{number}.log").read_text(errors="replace")[-800:]
+            raise SweepError(f"bench worker {number} exited with code {process.returncode}; log tail:\n{tail}")
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """RSS of a worker's main process and its pool children, in MiB (0 once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / MB
+
+
+def _cpu_s(process: psutil.Process, tree: bool) -> float:
+    """User + system CPU seconds of a process (and its children), 0 for what is gone."""
+    total = 0.0
+    try:
+        processes = [process, *(process.children(recursive=True) if tree else [])]
+    except psutil.Error:
+        return total
+    for member in processes:
+        try:
+            times = member.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _machine_busy_s() -> float:
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+class _CpuWatch:
+    """CPU used during one measurement: by the watched worker trees, and by everything else.
+
+    This machine may be shared (other test runs, other services): the CPU that other
+    processes took while we measured says how far to trust a figure.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self._roots = [psutil.Process(pid) for pid in pids]
+        self._me = psutil.Process()
+        self._started = time.perf_counter()
+        self._machine, self._workers, self._bench = _machine_busy_s(), self._workers_s(), _cpu_s(self._me, tree=False)
+
+    def _workers_s(self) -> float:
+        return sum(_cpu_s(root, tree=True) for root in self._roots)
+
+    def cores(self) -> tuple[float, float]:
+        """(cores the workers used, cores every other process used), averaged since start."""
+        wall = max(1e-9, time.perf_counter() - self._started)
+        workers = self._workers_s() - self._workers
+        bench = _cpu_s(self._me, tree=False) - self._bench
+        machine = _machine_busy_s() - self._machine
+        return round(workers / wall, 2), round(max(0.0, machine - workers - bench) / wall, 2)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode("utf-8")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _metric(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of every sample named ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (sample_name, sample_labels), value in samples.items()
+               if sample_name == name and wanted <= set(sample_labels))
+
+
+def _scrape_settled(ports: list[int], documents: int) -> list[Samples]:
+    """Every worker's metrics, once they account for every document the sweep counted.
+
+    A worker publishes its keyring totals just after committing its last batch, which can
+    be a moment after another worker marked the sweep completed.
+    """
+    deadline = time.monotonic() + METRICS_SETTLE_S
+    while True:
+        scraped = [_scrape(port) for port in ports]
+        seen = sum(_metric(samples, "reencrypt_documents_scanned_total") for samples in scraped)
+        if seen >= documents or time.monotonic() > deadline:
+            return scraped
+        time.sleep(0.1)
+
+
+def _processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# -- targets and notes ----------------------------------------------------------------------
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def _targets(report: dict, fleets: dict[int, FleetRun], naive: InProcessRun, bound: InProcessRun, cores: int) -> list[Target]:
+    fleet = fleets[max(fleets)]
+    w1 = fleets.get(1)
+    scale = "" if report["docs"] >= TARGET_DOCS else f"target is for {TARGET_DOCS:,} docs; this run has {report['docs']:,}"
+    targets = [
+        Target(f"fleet W={fleet.workers} >= 10x naive", f"{report['fleet_vs_naive']:.1f}x", ">= 10x",
+               _verdict(report["fleet_vs_naive"] >= 10), scale),
+        Target("fleet per core >= 1/2 in-process bound", f"{report['fleet_per_core_vs_bound']:.2f}",
+               ">= 0.50", _verdict(report["fleet_per_core_vs_bound"] >= 0.5),
+               f"{report['fleet_docs_per_s'] / min(fleet.workers, cores):,.0f} docs/s per core vs bound {bound.docs_per_s:,.0f}; "
+               f"per CPU-second used: {fleet.docs_per_cpu_s:,.0f} vs {bound.docs_per_cpu_s:,.0f} "
+               f"({report['fleet_per_cpu_s_vs_bound']:.2f})"),
+        Target("W=2 >= 1.7x W=1", f"{report['w2_vs_w1']:.2f}x" if report["w2_vs_w1"] else "not measured", ">= 1.7x",
+               _verdict(report["w2_vs_w1"] >= 1.7 if report["w2_vs_w1"] else None),
+               f"{cores} CPUs; worker processes used " + ", ".join(
+                   f"{run.worker_cores:.2f} cores at W={w} (others {run.other_cores:.2f})" for w, run in sorted(fleets.items()))),
+    ]
+    distinct = report["distinct_source_deks_per_1000_docs"]
+    for run in ([w1] if w1 and w1 is not fleet else []) + [fleet]:
+        per_1000 = 1000 * run.unwraps / max(1, run.documents)
+        note = "one DEK cache" if run.workers == 1 else (
+            f"{run.workers} processes, one cache each: the guarantee is <= {run.workers} x distinct "
+            f"({run.workers * distinct:.1f}), {_verdict(per_1000 <= run.workers * distinct + 1e-9)}")
+        targets.append(Target(f"unwraps per 1,000 docs <= distinct DEKs (W={run.workers})", f"{per_1000:.1f}",
+                              f"<= {distinct:.1f}", _verdict(per_1000 <= distinct + 1e-9), note))
+    peak, growth = max(fleet.peak_rss_mb_per_worker), max(fleet.rss_growth_mb_per_worker)
+    targets.append(Target(
+        "peak RSS per worker bounded, independent of container size", f"{peak:.0f} MB, +{growth:.1f} MB after 10%",
+        f"<= {RSS_LIMIT_MB:.0f} MB, growth <= {RSS_GROWTH_LIMIT_MB:.0f} MB",
+        _verdict(peak <= RSS_LIMIT_MB and growth <= RSS_GROWTH_LIMIT_MB),
+        "growth: peak minus the RSS when 10% of documents were scanned",
+    ))
+    return targets
+
+
+def _busy_notes(fleets: dict[int, FleetRun], naive: InProcessRun, bound: InProcessRun) -> list[str]:
+    """A warning for every measurement during which other processes took real CPU."""
+    phases = [(f"fleet W={w}", run.other_cores) for w, run in sorted(fleets.items())]
+    phases += [("naive", naive.other_cores), ("bound", bound.other_cores)]
+    busy = [f"{name} {cores:.2f}" for name, cores in phases if cores > BUSY_CORES]
+    if not busy:
+        return []
+    return [f"WARNING: other processes used CPU while measuring (cores: {', '.join(busy)}); on a shared machine "
+            "these figures are disturbed: rerun when it is idle"]
+
+
+def _standing_notes(remote_store: bool, sample: int, documents: int) -> list[str]:
+    notes = [
+        f"naive and bound are measured on a sample: the first {sample:,} of {documents:,} documents in scan order; "
+        "the fleet sweeps all of them",
+        "naive: one process, one document at a time, an MEK unwrap for every field (no cache), a fresh data key per "
+        "field, store.replace per document",
+        "bound: rekey_document over documents already in memory with a warm keyring (every DEK already unwrapped); "
+        "bound_cold_docs_per_s is its first pass, which unwraps each distinct DEK once",
+        "fleet time runs from 'sweep start' (plan, records, enqueue) until the sweep record is completed; workers "
+        "are started and ready before the clock starts",
+        "peak RSS is the sum over each worker's process tree (Celery main process + pool child)",
+        "time shares: in_batches, key_provider (scraped from the workers' histograms); rekey_cpu_estimate = "
+        "documents / bound rate; store_and_batch_rest = the remainder of batch time (store reads and writes, "
+        "checkpoint commits); store_in_process_estimate = naive's store seconds per document x documents; "
+        "outside_batches = Celery/Redis dispatch, slice claims and idle; Redis alone is not measurable here",
+    ]
+    if not remote_store:
+        notes.append("request units on SQLite are the store's estimate (1 KB read ~1 RU, 1 KB replace ~10 RU), not billing")
+    return notes
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def render_report(console: Console, report: dict) -> None:
+    """The human form: what was measured, the throughput table, time shares, targets, notes."""
+    if not console.is_terminal:  # piped into a file: do not fold the tables at 80 columns
+        console = Console(file=console.file, width=WIDE, highlight=False)
+
+    def line(text: str) -> None:
+        console.print(text, soft_wrap=True)
+
+    fleets = {run["workers"]: run for run in report["runs"]["fleet"]}
+    fleet_rate = report["fleet_docs_per_s"]
+    container, machine, ws = report["container"], report["machine"], report["worker_settings"]
+    line(f"[bold]reencrypt bench[/]: {report['docs']:,} documents, {container['fields']:,} encrypted fields, "
+         f"{container['document_bytes'] / MB:,.1f} MiB of documents, {report['distinct_source_deks']:,} distinct source DEKs "
+         f"(--dek-share {report['dek_share']}); {report['source_kid']} -> {report['target_kid']}")
+    line(f"machine: {machine['cpus']} CPUs ({machine['processor']}), Python {machine['python']}")
+    line(f"store: {report['store']}; keys: {report['keys']}; Redis: {ws['redis']}")
+    line(f"workers: batch {ws['batch_documents']} documents / {ws['batch_seconds']:g} s, page {ws['page_size']}, "
+         f"{ws['slices']} slices, DEK reuse {ws['dek_max_uses']} fields")
+
+    table = Table("run", "docs", "s", "docs/s", "fields/s", "MiB/s", "unwraps/1k docs", "DEK cache hits",
+                  "peak RSS MiB/worker", "RU/doc", "worker cores", "other cores", "rate/fleet", title="throughput")
+    for workers in sorted(fleets, reverse=True):
+        run = fleets[workers]
+        table.add_row(f"fleet W={workers}", f"{run['documents']:,}", f"{run['seconds']:.1f}", f"{run['docs_per_s']:,.0f}",
+                      f"{run['fields_per_s']:,.0f}", f"{run['bytes_per_s'] / MB:,.2f}", f"{run['unwraps_per_1000_docs']:.1f}",
+                      _percent(run["dek_cache_hit_ratio"]), " / ".join(f"{mb:.0f}" for mb in run["peak_rss_mb_per_worker"]),
+                      f"{run['request_units_per_doc']:.1f}", f"{run['worker_cores']:.2f}", f"{run['other_cores']:.2f}",
+                      f"{run['docs_per_s'] / fleet_rate:.2f}")
+    for name, cache in (("naive", "none"), ("bound", "warm")):
+        run = report["runs"][name]
+        table.add_row(f"{name} (sample)", f"{run['documents']:,}", f"{run['seconds']:.2f}", f"{run['docs_per_s']:,.0f}",
+                      f"{run['fields_per_s']:,.0f}", f"{run['bytes_per_s'] / MB:,.2f}", f"{run['unwraps_per_1000_docs']:.1f}",
+                      cache, "-", f"{run['request_units_per_doc']:.1f}" if name == "naive" else "-", "1 (in process)",
+                      f"{run['other_cores']:.2f}", f"{run['docs_per_s'] / fleet_rate:.3f}")
+    console.print(table)
+    if report["bound_cold_docs_per_s"]:
+        line(f"bound, first (cold) pass: {report['bound_cold_docs_per_s']:,.0f} docs/s (each distinct DEK of the sample unwrapped once)")
+    line(f"key provider calls per document (fleet W={report['fleet_workers']}): {report['key_calls_per_doc']:.4f} "
+         f"({report['unwraps']:,} unwraps, DEK cache hit ratio {_percent(report['dek_cache_hit_ratio'])}); "
+         f"store request units per document: {report['request_units_per_doc']:.2f}")
+    line(f"fleet W={report['fleet_workers']}: {report['fleet_vs_naive']:.1f}x naive; per core "
+         f"{report['fleet_per_core_vs_bound']:.2f}x the in-process bound"
+         + (f"; {report['w2_vs_w1']:.2f}x W=1" if report["w2_vs_w1"] else ""))
+
+    s = report["time_shares"]
+    line(f"where the W={report['fleet_workers']} fleet's {s['worker_seconds']:.1f} worker-seconds went: "
+         f"in batches {_percent(s['in_batches'])} = key provider {_percent(s['key_provider'])} "
+         f"+ re-keying CPU ~{_percent(s['rekey_cpu_estimate'])} (est. from the bound) "
+         f"+ store and the rest ~{_percent(s['store_and_batch_rest'])} (in-process store estimate {_percent(s['store_in_process_estimate'])}); "
+         f"outside batches (Celery and Redis dispatch, slice claims, idle) {_percent(s['outside_batches'])}; Redis alone: not measurable")
+
+    targets = Table("target", "measured", "goal", "result", "note", title="targets (measured, not asserted)")
+    for target in report["targets"]:
+        colour = {"PASS": "green", "MISS": "red"}.get(target["result"], "yellow")
+        targets.add_row(target["name"], target["measured"], target["goal"], f"[{colour}]{target['result']}[/]", target["note"])
+    console.print(targets)
+    for note in report["notes"]:
+        console.print(f"- {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{100 * ratio:.1f}%"

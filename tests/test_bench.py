@@ -1,0 +1,83 @@
+"""``reencrypt bench`` end to end: real worker processes, real Redis, a small container.
+
+No timing is asserted (this machine may be shared and slow). What is asserted is what the
+design guarantees whatever the speed: every document and field is swept, rates are positive,
+and the unwrap counts obey the per-process DEK cache: with one worker process every distinct
+source DEK is unwrapped exactly once; with W processes, each with its own cache, at least
+once and at most W times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from tests.conftest import run_cli
+from tracker_reencrypt.documents import find_envelopes
+
+pytestmark = pytest.mark.slow
+
+DOCS, SAMPLE, DEK_SHARE = 300, 100, 64
+
+
+def _distinct_deks(db_path) -> tuple[int, int]:
+    """(encrypted fields, distinct wrapped DEKs) in the seeded container, counted independently."""
+    fields, deks = 0, set()
+    with sqlite3.connect(db_path) as db:
+        for (text,) in db.execute("SELECT body FROM documents"):
+            for _, sealed in find_envelopes(json.loads(text)):
+                fields += 1
+                deks.add((sealed["kid"], sealed["dek"]))
+    return fields, len(deks)
+
+
+def test_bench_json_reports_every_figure_with_sane_values(tmp_path, redis_url):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REENCRYPT_")}
+    env.update(REENCRYPT_HOME=str(tmp_path / "home"), REDIS_URL=redis_url)
+    result = run_cli("bench", "--docs", str(DOCS), "--sample", str(SAMPLE), "--json", env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout)
+
+    for name in ("docs", "fleet_docs_per_s", "w1_docs_per_s", "naive_docs_per_s", "bound_docs_per_s", "unwraps",
+                 "distinct_source_deks", "peak_rss_mb_per_worker", "fleet_vs_naive", "w2_vs_w1",
+                 "fleet_per_core_vs_bound", "targets", "runs"):
+        assert name in report, name
+    assert report["docs"] == DOCS
+    assert report["sample"] == SAMPLE
+    assert report["dek_share"] == DEK_SHARE  # the seed's default
+    for rate in ("fleet_docs_per_s", "w1_docs_per_s", "naive_docs_per_s", "bound_docs_per_s"):
+        assert report[rate] > 0, rate
+    assert report["fleet_vs_naive"] == pytest.approx(report["fleet_docs_per_s"] / report["naive_docs_per_s"], rel=0.01)
+    assert report["w2_vs_w1"] == pytest.approx(report["fleet_docs_per_s"] / report["w1_docs_per_s"], rel=0.01)
+
+    # The container, counted here from the cached seed file, not from the bench's own figures.
+    seeded = tmp_path / "home" / "bench" / "cache" / f"docs{DOCS}-share{DEK_SHARE}-seed1" / "tracker.db"
+    fields, distinct = _distinct_deks(seeded)
+    assert report["distinct_source_deks"] == distinct
+    assert 1 <= distinct <= -(-DOCS // DEK_SHARE)
+    assert report["container"]["fields"] == fields
+
+    fleets = {run["workers"]: run for run in report["runs"]["fleet"]}
+    assert sorted(fleets) == [1, 2]
+    for workers, run in fleets.items():
+        assert run["status"] == "completed" and run["failures"] == 0
+        assert run["documents"] == DOCS and run["fields"] == fields  # every field moved
+        # Per-process caches: each distinct DEK unwrapped once per process that meets it.
+        assert distinct <= run["unwraps"] <= distinct * workers
+        assert 0 < run["dek_cache_hit_ratio"] <= 1
+        assert len(run["peak_rss_mb_per_worker"]) == workers
+        assert all(10 < mb < 2048 for mb in run["peak_rss_mb_per_worker"])
+    assert fleets[1]["unwraps"] == distinct  # one process, one cache, nothing evicted at this size
+    assert report["unwraps"] == fleets[2]["unwraps"]
+    assert report["peak_rss_mb_per_worker"] == max(fleets[2]["peak_rss_mb_per_worker"])
+
+    naive, bound = report["runs"]["naive"], report["runs"]["bound"]
+    assert naive["documents"] == SAMPLE
+    assert naive["unwraps"] == naive["fields"] > 0  # no cache: one unwrap per field
+    assert bound["unwraps"] == 0  # warm: every DEK of the sample was unwrapped before timing
+
+    assert {t["result"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert len(report["targets"]) == 6
