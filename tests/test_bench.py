@@ -15,7 +15,7 @@ import sqlite3
 
 import pytest
 
-from tests.conftest import run_cli
+from conftest import run_cli
 from tracker_reencrypt.documents import find_envelopes
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ import redis
 from azure.core.credentials import AccessToken
 from keyvault_server import KeyVaultServer
 
-from tests.conftest import Fleet, make_rotation, run_cli, wait_for
+from conftest import Fleet, make_rotation, run_cli, wait_for
 from tracker_reencrypt import envelope
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes, json_pointer, location

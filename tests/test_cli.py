@@ -33,7 +33,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import ROOT, Rotation, make_rotation, run_cli
+from conftest import ROOT, Rotation, make_rotation, run_cli
 from tracker_reencrypt import envelope
 from tracker_reencrypt.documents import check_document, find_envelopes, location
 from tracker_reencrypt.keys.keyring import Keyring

@@ -8,9 +8,7 @@ missing on a developer's machine, a failure under CI=true (scripts/test.sh insta
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,24 +21,9 @@ import pytest
 from prometheus_client import multiprocess
 from prometheus_client.registry import CollectorRegistry
 
-from conftest import ROOT, run_cli, wait_for
+from conftest import ROOT, free_port, require_tool, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} is not installed; CI must have the Debian package 'prometheus' (scripts/test.sh installs it)")
-    pytest.skip(f"{name} is not installed (Debian package 'prometheus'); CI installs it and runs this test")
 
 
 def http_get(url: str, timeout: float = 3.0) -> bytes:

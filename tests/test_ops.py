@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import time
 
@@ -22,22 +21,13 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from conftest import ROOT
+from conftest import ROOT, require_tool
 
 OPS = ROOT / "ops"
 PROMETHEUS_DIR = OPS / "prometheus"
 DASHBOARD_DIR = OPS / "grafana" / "dashboards"
 K8S_DIR = OPS / "k8s"
 RUNBOOK = OPS / "runbooks" / "MEK_ROTATION.md"
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} is not installed; CI must have the Debian package 'prometheus' (scripts/test.sh installs it)")
-    pytest.skip(f"{name} is not installed (Debian package 'prometheus'); CI installs it and runs this test")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from conftest import ROOT
 from tracker_reencrypt.keys.local import LocalKeyProvider
 
 

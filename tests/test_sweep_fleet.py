@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import FAST_RECOVERY, Fleet, make_rotation, run_cli, wait_for
+from conftest import FAST_RECOVERY, Fleet, make_rotation, run_cli, wait_for
 from tracker_reencrypt import envelope
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes, json_pointer, location

@@ -1,6 +1,6 @@
 """The smallest end-to-end sweep: real Redis, real worker processes, SQLite store."""
 
-from tests.conftest import run_cli
+from conftest import run_cli
 from tracker_reencrypt.documents import check_document
 from tracker_reencrypt.keys.keyring import Keyring
 

@@ -55,7 +55,8 @@ def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) 
         metrics.BATCHES.labels("error").inc()
         log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, exc, ERROR_BACKOFF_S)
         state.release_slice(sweep_id, index, claim.fence)
-        state.update_sweep(sweep_id, lambda body: {**body, "last_error": str(exc)})
+        message = str(exc)
+        state.update_sweep(sweep_id, lambda body: {**body, "last_error": message})
         enqueue_slice(app, sweep_id, index, claim.fence, countdown=ERROR_BACKOFF_S)
         return "error"
     finally:
