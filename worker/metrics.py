@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 DOCUMENTS_SCANNED = Counter("reencrypt_documents_scanned_total", "Documents read by the sweep")
 DOCUMENTS_WRITTEN = Counter("reencrypt_documents_written_total", "Documents rewritten under the target key")
@@ -32,6 +32,10 @@ KEY_LATENCY = Histogram(
 DEK_CACHE = Counter("reencrypt_dek_cache_total", "Data-key unwrap cache lookups", ["result"])
 REQUEST_UNITS = Counter("reencrypt_store_request_units_total", "Request units charged by the store (estimated on SQLite)")
 THROTTLES = Counter("reencrypt_store_throttles_total", "Store requests answered 429 (retried)")
+BUDGET_FACTOR = Gauge(
+    "reencrypt_budget_factor", "Share of each budget the fleet currently uses (adaptive back-off after 429s)",
+    ["resource"], multiprocess_mode="livemostrecent",
+)
 RATE_LIMIT_WAIT = Counter("reencrypt_ratelimit_wait_seconds_total", "Seconds spent waiting on fleet-wide rate limits", ["limit"])
 
 

@@ -10,19 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import Gauge
-
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.stores import DocumentStore
 from tracker_reencrypt.sweep.budget import AdaptiveBudget
 from tracker_reencrypt.sweep.ratelimit import TokenBucket
 from worker import metrics
-
-BUDGET_FACTOR = Gauge(
-    "reencrypt_budget_factor", "Share of each budget the fleet currently uses (adaptive back-off after 429s)",
-    ["resource"], multiprocess_mode="livemostrecent",
-)
-
 
 #: How often a batch re-reads its sweep's limits: a page under a tight budget can take long,
 #: and 'sweep throttle' must reach a batch already running within seconds.
@@ -92,4 +84,4 @@ class Pacer:
 
     def _adapt(self, budget: AdaptiveBudget, new_throttles: int) -> None:
         factor = budget.throttled() if new_throttles > 0 else budget.calm()
-        BUDGET_FACTOR.labels(budget.resource).set(factor)
+        metrics.BUDGET_FACTOR.labels(budget.resource).set(factor)

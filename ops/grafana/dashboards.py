@@ -231,6 +231,17 @@ def fleet_view() -> dashboard.Dashboard:
             description="Unwrap cache lookups: a hit saves one Key Vault call", stack=True,
         ))
         .with_panel(series_panel(
+            "Key Vault calls per 1,000 documents",
+            (f'1000 * sum(rate(reencrypt_keyvault_calls_total{{operation="unwrap",{WORKER}}}[{RATE}])) '
+             f"/ sum(rate(reencrypt_documents_scanned_total{{{WORKER}}}[{RATE}]))", "unwraps per 1,000 documents"),
+            unit="short", description="At most the distinct source DEKs among them, per worker process (the DEK cache)",
+        ))
+        .with_panel(series_panel(
+            "Budget factor (adaptive back-off)",
+            (f"min by (resource) (reencrypt_budget_factor{{{WORKER}}})", "{{resource}}"),
+            unit="percentunit", description="Share of --kv-ops-per-s / --ru-per-s in use: halves on 429s, climbs back slowly",
+        ))
+        .with_panel(series_panel(
             "Rate-limit waits per worker",
             (f"sum by (instance, limit) (rate(reencrypt_ratelimit_wait_seconds_total{{{WORKER}}}[{RATE}]))", "{{instance}} {{limit}}"),
             unit="s",
