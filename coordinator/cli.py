@@ -306,7 +306,7 @@ def bench(
     docs: int = typer.Option(100_000, "--docs", min=1, help="Documents in the benchmark container."),
     dek_share: int = typer.Option(DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one source data key (1: worst case)."),
     seed_value: int = typer.Option(1, "--seed", help="Content seed (the seeded container is cached per docs/dek-share/seed)."),
-    sample: int = typer.Option(2_000, "--sample", min=1, help="Documents the naive way and the in-process bound are measured on."),
+    sample: int = typer.Option(2_000, "--sample", min=1, help="Documents the naive way, the in-process bound and the store-only pass are measured on."),
     slices: int = typer.Option(sweeps.DEFAULT_SLICES, "--slices", min=1, help="Slices of each benchmark sweep."),
     as_json: bool = JsonOption,
 ) -> None:

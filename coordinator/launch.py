@@ -51,13 +51,15 @@ class WorkerFleet:
 
     def __init__(self, ctx: Context, count: int, *, log_dir: Path, metrics_ports: list[int] | None = None) -> None:
         self.processes: list[subprocess.Popen] = []
+        self.metrics_dirs: list[str] = []
         log_dir.mkdir(parents=True, exist_ok=True)
         for number in range(count):
             port = metrics_ports[number] if metrics_ports else 0
+            env = worker_environment(ctx, port)
+            self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
             log = open(log_dir / f"worker-{number}.log", "ab")
             self.processes.append(subprocess.Popen(
-                worker_argv(1, "INFO"), env=worker_environment(ctx, port), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                worker_argv(1, "INFO"), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             ))
             log.close()
 
@@ -72,6 +74,8 @@ class WorkerFleet:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        for directory in self.metrics_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def __enter__(self) -> "WorkerFleet":
         return self

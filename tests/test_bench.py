@@ -74,8 +74,9 @@ def test_bench_json_reports_every_figure_with_sane_values(tmp_path, redis_url):
     assert report["unwraps"] == fleets[2]["unwraps"]
     assert report["peak_rss_mb_per_worker"] == max(fleets[2]["peak_rss_mb_per_worker"])
 
-    naive, bound = report["runs"]["naive"], report["runs"]["bound"]
-    assert naive["documents"] == SAMPLE
+    naive, bound, store_only = report["runs"]["naive"], report["runs"]["bound"], report["runs"]["store_only"]
+    assert naive["documents"] == SAMPLE == store_only["documents"]
+    assert store_only["docs_per_s"] > 0 and store_only["unwraps"] == 0
     assert naive["unwraps"] == naive["fields"] > 0  # no cache: one unwrap per field
     assert bound["unwraps"] == 0  # warm: every DEK of the sample was unwrapped before timing
 
