@@ -141,15 +141,9 @@ class FleetRun:
         lookups = self.dek_cache_hits + self.dek_cache_misses
         slot_s = self.workers * self.seconds
         return {
-            **asdict(self),
-            "docs_per_s": round(self.docs_per_s, 1),
-            "docs_per_cpu_s": round(self.docs_per_cpu_s, 1),
-            "fields_per_s": round(self.fields / self.seconds, 1),
-            "bytes_per_s": round(self.document_bytes / self.seconds),
-            "unwraps_per_1000_docs": round(1000 * self.unwraps / docs, 2),
+            **_rate_figures(self),
             "dek_cache_hit_ratio": round(self.dek_cache_hits / lookups, 4) if lookups else None,
             "key_calls_per_doc": round((self.unwraps + self.wraps) / docs, 4),
-            "request_units_per_doc": round(self.request_units / docs, 2),
             "time_shares": {
                 "in_batches": round(self.batch_seconds / slot_s, 3),
                 "key_provider": round(self.key_seconds / slot_s, 3),
@@ -181,16 +175,21 @@ class InProcessRun:
         return self.documents / max(1e-9, self.cpu_seconds)
 
     def as_json(self) -> dict:
-        docs = max(1, self.documents)
-        return {
-            **asdict(self),
-            "docs_per_s": round(self.docs_per_s, 1),
-            "docs_per_cpu_s": round(self.docs_per_cpu_s, 1),
-            "fields_per_s": round(self.fields / self.seconds, 1),
-            "bytes_per_s": round(self.document_bytes / self.seconds),
-            "unwraps_per_1000_docs": round(1000 * self.unwraps / docs, 2),
-            "request_units_per_doc": round(self.request_units / docs, 2),
-        }
+        return _rate_figures(self)
+
+
+def _rate_figures(run) -> dict:
+    """A run's own fields plus the per-second and per-document figures every run reports."""
+    docs = max(1, run.documents)
+    return {
+        **asdict(run),
+        "docs_per_s": round(run.docs_per_s, 1),
+        "docs_per_cpu_s": round(run.docs_per_cpu_s, 1),
+        "fields_per_s": round(run.fields / run.seconds, 1),
+        "bytes_per_s": round(run.document_bytes / run.seconds),
+        "unwraps_per_1000_docs": round(1000 * run.unwraps / docs, 2),
+        "request_units_per_doc": round(run.request_units / docs, 2),
+    }
 
 
 @dataclass
