@@ -233,6 +233,24 @@ def test_a_stale_write_conflicts_and_the_newer_write_survives(store, backend):
     assert store.replace({**now.body, "counter": 42}, now.etag).body["counter"] == 42
 
 
+def test_a_page_of_writes_lands_except_where_the_document_changed_or_went(store, backend):
+    bodies = [document(n) for n in range(20, 26)]
+    store.create_many(bodies)
+    read = [store.read(body["id"], body[PARTITION_KEY_FIELD]) for body in bodies]
+    other = backend.open()
+    theirs = other.replace({**read[1].body, "counter": 41}, read[1].etag)  # the tracker wrote doc 21
+    gone = {**read[2].body, "id": "never-existed"}
+
+    results = store.replace_many([({**r.body, "counter": 7}, r.etag) for r in read[:2]] + [(gone, read[2].etag)]
+                                 + [({**r.body, "counter": 7}, r.etag) for r in read[3:]])
+
+    assert [result is not None for result in results] == [True, False, False, True, True, True]
+    after = {body["id"]: store.read(body["id"], body[PARTITION_KEY_FIELD]) for body in bodies}
+    assert after[bodies[1]["id"]].body["counter"] == 41 and after[bodies[1]["id"]].etag == theirs.etag
+    assert all(after[b["id"]].body["counter"] == 7 for b in bodies[:1] + bodies[3:])
+    assert results[0].etag == after[bodies[0]["id"]].etag != read[0].etag
+
+
 def test_creating_a_duplicate_conflicts(store):
     store.create(document(3))
     with pytest.raises(ConflictError):

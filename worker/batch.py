@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tracker_reencrypt.documents import rekey_document
+from tracker_reencrypt.documents import DocumentPlan, rekey_document
 from tracker_reencrypt.errors import ConflictError, NotFoundError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore, StoredDocument
@@ -56,8 +56,7 @@ class SliceBatch:
             page = self.store.scan(slice_body["feed_range"], report.result.continuation, page_size)
             if self.pacer is not None:
                 self.pacer.before_page(len(page.documents))
-            for document in page.documents:
-                self._document(slice_body["index"], document, report)
+            self._page(slice_body["index"], page.documents, report)
             if self.pacer is not None:
                 self.pacer.after_page()
             handled += len(page.documents)
@@ -67,39 +66,73 @@ class SliceBatch:
                 break
         return report
 
-    def _document(self, index: int, document: StoredDocument, report: BatchReport) -> None:
-        counts = report.result.counts
-        counts["documents_scanned"] += 1
-        partition_key = self.store.partition_key_of(document.body)
-        for attempt in range(self.limits.conflict_retries + 1):
-            plan = rekey_document(
-                document.body, partition_key, target_kid=self.sweep["target_kid"], keyring=self.keyring,
-                mode=self.sweep["mode"], source_kids=self.source_kids,
-            )
-            if plan.failures:
-                self._record_failures(index, document, partition_key, [(f.pointer, f.reason) for f in plan.failures], report)
-                return
-            if plan.new_body is None:
-                report.documents_skipped += 1
-                self._count_fields(plan, counts, report)
+    def _page(self, index: int, documents: list[StoredDocument], report: BatchReport) -> None:
+        """Re-key a page, then write what changed in one round of conditional writes.
+
+        One round per page rather than one commit per document: on SQLite a single short
+        transaction, so workers queue for the write lock once a page, not once a document.
+        """
+        writes = []
+        for document in documents:
+            report.result.counts["documents_scanned"] += 1
+            partition_key = self.store.partition_key_of(document.body)
+            plan = self._plan(document, partition_key)
+            if not self._settled_without_write(index, document, partition_key, plan, report):
+                writes.append((document, partition_key, plan))
+        written = self.store.replace_many([(plan.new_body, document.etag) for document, _, plan in writes]) if writes else []
+        for (document, partition_key, plan), result in zip(writes, written):
+            if result is not None:
+                self._count_written(plan, report)
+            else:
+                report.result.counts["conflicts"] += 1
+                self._redo(index, document, partition_key, report)
+
+    def _plan(self, document: StoredDocument, partition_key: str) -> DocumentPlan:
+        return rekey_document(
+            document.body, partition_key, target_kid=self.sweep["target_kid"], keyring=self.keyring,
+            mode=self.sweep["mode"], source_kids=self.source_kids,
+        )
+
+    def _settled_without_write(self, index: int, document: StoredDocument, partition_key: str, plan: DocumentPlan,
+                               report: BatchReport) -> bool:
+        """Record failures or count an already-done document; True when nothing is to be written."""
+        if plan.failures:
+            self._record_failures(index, document, partition_key, [(f.pointer, f.reason) for f in plan.failures], report)
+            return True
+        if plan.new_body is None:
+            report.documents_skipped += 1
+            self._count_fields(plan, report)
+            return True
+        return False
+
+    def _redo(self, index: int, document: StoredDocument, partition_key: str, report: BatchReport) -> None:
+        """The live tracker wrote this document since we read it: its write wins, and we redo
+        our work on what it wrote, a bounded number of times."""
+        for _ in range(self.limits.conflict_retries):
+            try:
+                document = self.store.read(document.id, partition_key)
+            except NotFoundError:
+                return  # deleted meanwhile: nothing left to re-encrypt
+            plan = self._plan(document, partition_key)
+            if self._settled_without_write(index, document, partition_key, plan, report):
                 return
             try:
                 self.store.replace(plan.new_body, document.etag)
             except ConflictError:
-                # The live tracker wrote this document since we read it: its write wins,
-                # and we redo our work on what it wrote.
-                counts["conflicts"] += 1
-                try:
-                    document = self.store.read(document.id, partition_key)
-                except NotFoundError:
-                    return  # deleted meanwhile: nothing left to re-encrypt
+                report.result.counts["conflicts"] += 1
                 continue
-            counts["documents_written"] += 1
-            self._count_fields(plan, counts, report)
+            except NotFoundError:
+                return
+            self._count_written(plan, report)
             return
         self._record_failures(index, document, partition_key, [("", CONFLICT_REASON)], report)
 
-    def _count_fields(self, plan, counts, report: BatchReport) -> None:
+    def _count_written(self, plan: DocumentPlan, report: BatchReport) -> None:
+        report.result.counts["documents_written"] += 1
+        self._count_fields(plan, report)
+
+    def _count_fields(self, plan: DocumentPlan, report: BatchReport) -> None:
+        counts = report.result.counts
         moved = plan.count("reencrypted")
         counts["fields_reencrypted"] += moved
         counts["fields_on_target"] += plan.count("on_target")

@@ -89,6 +89,10 @@ class DocumentStore(Protocol):
     def replace(self, body: dict, etag: str) -> StoredDocument:
         """Replace a document only if its ETag is still ``etag``; ConflictError otherwise."""
 
+    def replace_many(self, writes: list[tuple[dict, str]]) -> list[StoredDocument | None]:
+        """Conditional replaces of (body, etag) pairs, as cheaply as the backend allows; each
+        result is the new document, or None where the ETag no longer matched or the document is gone."""
+
     def count(self) -> int: ...
 
     def records(self) -> "RecordStore":

@@ -65,8 +65,9 @@ THROTTLE_RETRIES = 9
 THROTTLE_WAIT_MAX_S = 30
 #: Connection failures: a few quick retries, then the caller hears about it.
 CONNECTION_RETRIES = 3
-#: Concurrent requests of create_many (seeding): the sync SDK has no bulk executor.
-CREATE_MANY_THREADS = 8
+#: Concurrent requests of create_many (seeding) and replace_many (a page of the sweep): the sync
+#: SDK has no bulk executor.
+CONCURRENT_REQUESTS = 8
 
 #: The effective-partition-key space: "" to "FF" (exclusive). Hash v2 EPKs are 32 hex digits
 #: whose first byte is masked to 0x3F (azure.cosmos.partition_key), so the data lie below 0x40.
@@ -75,6 +76,15 @@ _EPK_DIGITS = 32
 _HASH_V2_TOP = 0x40 << (8 * 15)
 
 Priority = Literal["Low", "High"]
+
+
+def _concurrently(operation, items: list) -> list:
+    """``operation`` over ``items`` on a few threads (gateway requests are I/O bound), in order."""
+    if len(items) <= 1:
+        return [operation(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(CONCURRENT_REQUESTS, len(items))) as pool:
+        futures = [pool.submit(operation, item) for item in items]
+    return [future.result() for future in futures]
 
 
 # -- URL and environment ---------------------------------------------------------------------
@@ -449,11 +459,18 @@ class CosmosStore:
 
     def create_many(self, bodies: list[dict]) -> list[StoredDocument]:
         """Insert documents concurrently (not atomically: a failure leaves the others created)."""
-        if len(bodies) <= 1:
-            return [self.create(body) for body in bodies]
-        with ThreadPoolExecutor(max_workers=min(CREATE_MANY_THREADS, len(bodies))) as pool:
-            futures = [pool.submit(self.create, body) for body in bodies]
-        return [future.result() for future in futures]
+        return _concurrently(self.create, bodies)
+
+    def replace_many(self, writes: list[tuple[dict, str]]) -> list[StoredDocument | None]:
+        """Conditional replaces sent concurrently (the sync SDK has no bulk executor, and a
+        transactional batch is limited to one partition key value)."""
+        return _concurrently(lambda write: self._replace_or_none(*write), writes)
+
+    def _replace_or_none(self, body: dict, etag: str) -> StoredDocument | None:
+        try:
+            return self.replace(body, etag)
+        except (ConflictError, NotFoundError):
+            return None
 
     def replace(self, body: dict, etag: str) -> StoredDocument:
         # A whole-document replace, not a patch: envelopes sit at arbitrary depths (inside arrays
