@@ -466,3 +466,30 @@ def test_vector_errors_never_carry_the_dek(provider):
 def test_data_key_repr_hides_the_key():
     key = DataKey(V1, "RSA-OAEP-256", bytes(range(32)), b"wrapped")
     assert bytes(range(32)).hex() not in repr(key) and "\\x1f" not in repr(key) and "plaintext" not in repr(key)
+
+
+def _canonical_by_reencoding(text: str) -> bytes | None:
+    """The reference rule: the bytes, when re-encoding them gives ``text`` back exactly."""
+    if "=" in text or not text.isascii():
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+    return raw if envelope.b64encode(raw) == text else None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=40).map(envelope.b64encode),
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=12),
+    st.text(alphabet="AQgw_-+/=. \n\x00é", max_size=8),
+))
+def test_base64url_decoding_accepts_exactly_the_canonical_spellings(text):
+    expected = _canonical_by_reencoding(text)
+    if expected is None:
+        with pytest.raises(EnvelopeError) as caught:
+            envelope.b64decode(text, "ct")
+        assert caught.value.reason == "malformed"
+    else:
+        assert envelope.b64decode(text, "ct") == expected

@@ -19,7 +19,9 @@ import base64
 import binascii
 import json
 import os
+import re
 import struct
+from functools import cached_property
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -63,6 +65,16 @@ class DataKey:
     def __repr__(self) -> str:  # keeps the DEK out of tracebacks and logs
         return f"DataKey(kid={self.kid!r}, wrap_algorithm={self.wrap_algorithm!r})"
 
+    # A data key seals up to thousands of fields (see keys.keyring): its cipher and the
+    # encoded wrapped form are made once, not once per field.
+    @cached_property
+    def cipher(self) -> AESGCM:
+        return AESGCM(self.plaintext)
+
+    @cached_property
+    def wrapped_text(self) -> str:
+        return b64encode(self.wrapped)
+
 
 class Keyring(Protocol):
     """What the envelope needs from keys: see tracker_reencrypt.keys.keyring."""
@@ -78,20 +90,28 @@ def b64encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_URL_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+#: By length mod 4: the low bits of the last character that carry no data and must be zero.
+_UNUSED_BITS = {0: 0, 2: 0b1111, 3: 0b11}
+
+
 def b64decode(text: str, name: str) -> bytes:
+    """Decode unpadded base64url, accepting only the one canonical spelling of the bytes.
+
+    The standard decoder skips characters outside the alphabet and ignores non-zero unused
+    trailing bits; both are refused here, checked directly rather than by re-encoding (this
+    runs three times per field on the sweep's hot path).
+    """
     if not isinstance(text, str):
         raise EnvelopeError("malformed", f"envelope field '{name}' must be a base64url string")
-    if "=" in text or "+" in text or "/" in text:
+    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
         raise EnvelopeError("malformed", f"envelope field '{name}' is not unpadded base64url")
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise EnvelopeError("malformed", f"envelope field '{name}' is not valid base64url") from None
-    # The decoder above skips characters outside the alphabet and ignores non-zero trailing
-    # bits; only the one canonical spelling of the bytes is accepted.
-    if b64encode(raw) != text:
+    if text and _ALPHABET.index(text[-1]) & _UNUSED_BITS[len(text) % 4]:
         raise EnvelopeError("malformed", f"envelope field '{name}' is not canonical unpadded base64url")
-    return raw
+    padded = (text + "=" * (-len(text) % 4)).encode("ascii")
+    return binascii.a2b_base64(padded.translate(_URL_TO_STANDARD))
 
 
 def associated_data(where: Location) -> bytes:
@@ -128,12 +148,12 @@ def encrypt(value: Any, where: Location, keyring: Keyring, kid: str | None = Non
         plaintext = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, RecursionError):
         raise EnvelopeError("not_json", f"field {where.field_path} holds a value that is not JSON-encodable") from None
-    return _seal(plaintext, where, keyring.data_key_for_encryption(kid))
+    return _seal(plaintext, associated_data(where), keyring.data_key_for_encryption(kid))
 
 
 def decrypt(envelope: Any, where: Location, keyring: Keyring) -> Any:
     """Return the original JSON value of an envelope bound to ``where``."""
-    plaintext = _open(_parse(envelope), where, keyring)
+    plaintext = _open(_parse(envelope), where, associated_data(where), keyring)
     try:
         return json.loads(plaintext.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -146,8 +166,9 @@ def reencrypt(envelope: Any, where: Location, keyring: Keyring, target_kid: str)
     The data key comes from the keyring's encryption materials, which may share one fresh
     DEK among a bounded number of fields (see tracker_reencrypt.keys.keyring).
     """
-    plaintext = _open(_parse(envelope), where, keyring)
-    return _seal(plaintext, where, keyring.data_key_for_encryption(target_kid))
+    aad = associated_data(where)  # the field stays where it is: one AAD for both directions
+    plaintext = _open(_parse(envelope), where, aad, keyring)
+    return _seal(plaintext, aad, keyring.data_key_for_encryption(target_kid))
 
 
 def rewrap(envelope: Any, keyring: Keyring, target_kid: str) -> dict:
@@ -201,14 +222,14 @@ def _parse(envelope: Any) -> _Parsed:
     return _Parsed(envelope, envelope["kid"], envelope["wrap"], wrapped, iv, ct)
 
 
-def _seal(plaintext: bytes, where: Location, key: DataKey) -> dict:
+def _seal(plaintext: bytes, aad: bytes, key: DataKey) -> dict:
     iv = os.urandom(NONCE_BYTES)
-    ct = AESGCM(key.plaintext).encrypt(iv, plaintext, associated_data(where))
+    ct = key.cipher.encrypt(iv, plaintext, aad)
     return {
         "v": VERSION,
         "kid": key.kid,
         "wrap": key.wrap_algorithm,
-        "dek": b64encode(key.wrapped),
+        "dek": key.wrapped_text,
         "alg": CONTENT_ALGORITHM,
         "iv": b64encode(iv),
         "ct": b64encode(ct),
@@ -222,10 +243,10 @@ def _unwrap(parsed: _Parsed, keyring: Keyring) -> bytes:
     return dek
 
 
-def _open(parsed: _Parsed, where: Location, keyring: Keyring) -> bytes:
+def _open(parsed: _Parsed, where: Location, aad: bytes, keyring: Keyring) -> bytes:
     dek = _unwrap(parsed, keyring)
     try:
-        return AESGCM(dek).decrypt(parsed.iv, parsed.ct, associated_data(where))
+        return AESGCM(dek).decrypt(parsed.iv, parsed.ct, aad)
     except InvalidTag:
         raise EnvelopeError(
             "authentication_failed",
