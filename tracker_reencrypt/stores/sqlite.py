@@ -195,17 +195,21 @@ class SqliteStore:
         return StoredDocument(body, new_etag)
 
     def replace_many(self, writes: list[tuple[dict, str]]) -> list[StoredDocument | None]:
-        """All the conditional replaces in one short transaction: one write lock per page."""
+        """All the conditional replaces in one short transaction: one write lock per page.
+
+        The documents are serialised before the lock is taken, so other workers wait only
+        for the UPDATEs themselves.
+        """
+        rows = [(body, etag, self.partition_key_of(body), _dumps(body), _new_etag()) for body, etag in writes]
         results: list[StoredDocument | None] = []
         with self._transaction() as db:
-            for body, etag in writes:
-                text, new_etag = _dumps(body), _new_etag()
+            for body, etag, pk, text, new_etag in rows:
                 updated = db.execute(
                     "UPDATE documents SET body = ?, etag = ? WHERE pk = ? AND id = ? AND etag = ?",
-                    (text, new_etag, self.partition_key_of(body), body["id"], etag),
+                    (text, new_etag, pk, body["id"], etag),
                 ).rowcount
-                self.cost.request_units += estimated_request_units(len(text), write=True)
                 results.append(StoredDocument(body, new_etag) if updated else None)
+        self.cost.request_units += sum(estimated_request_units(len(text), write=True) for _, _, _, text, _ in rows)
         return results
 
     def count(self) -> int:
