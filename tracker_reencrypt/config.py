@@ -7,7 +7,7 @@ and passes it down; nothing else reads ``os.environ``. Variables:
 ``REENCRYPT_STORE``                        store URL (``sqlite:///...`` or ``cosmos://...``)
 ``REENCRYPT_KEYS``                         key provider URL (``local:...`` or a vault key URL)
 ``REDIS_URL``                              broker; unset means an embedded Redis server
-``REENCRYPT_BATCH_DOCUMENTS``              documents one task handles at most (default 500)
+``REENCRYPT_BATCH_DOCUMENTS``              documents one task handles at most (default 2000)
 ``REENCRYPT_BATCH_SECONDS``                seconds one task works at most (default 10)
 ``REENCRYPT_LEASE_SECONDS``                slice lease; a dead worker's slice is free after it
 ``REENCRYPT_VISIBILITY_TIMEOUT_SECONDS``   Redis redelivery of unacknowledged tasks
@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "redis_url"))
     partition_key_field: str = "productId"
 
-    batch_documents: int = Field(500, ge=1)
+    batch_documents: int = Field(2000, ge=1)
     batch_seconds: float = Field(10.0, gt=0)
     page_size: int = Field(100, ge=1, le=1000)
     lease_seconds: float = Field(60.0, gt=0)
