@@ -40,7 +40,8 @@ import sqlite3
 import time
 import urllib.request
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -60,7 +61,7 @@ from tracker_reencrypt.keys import open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.seed import seed_store, seeding_keyring
-from tracker_reencrypt.stores import DocumentStore, open_store
+from tracker_reencrypt.stores import DocumentStore, StoredDocument, open_store
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep.state import COMPLETED, FINISHED
 
@@ -165,6 +166,7 @@ class InProcessRun:
     request_units: float = 0.0
     cold_docs_per_s: float | None = None  # bound only: its first pass, each DEK unwrapped once
     other_cores: float = 0.0  # CPU used meanwhile by other processes on the machine
+    span_docs_per_s: list[float] = field(default_factory=list)  # each span's own rate: how much the machine drifted
 
     @property
     def docs_per_s(self) -> float:
@@ -259,29 +261,18 @@ class _Bench:
         target_kid = self._target(provider, container.source_kid)
         self.say(f"sweeping {container.source_kid} -> {target_kid}")
 
+        # The in-process references run in spans around the fleets (before W=1, between, after
+        # W=2): this machine's speed drifts, and each reference should see it as the fleets did.
+        counts = WORKER_COUNTS[-1:] if self.remote_store else WORKER_COUNTS
         work = self._working_store(store_url, "in-process")
-        sample = _load_sample(work, options.sample)
-        watch = _CpuWatch([])
-        bound = _bound(sample, Keyring(provider, dek_max_uses=self.parent.settings.dek_max_uses,
-                                       dek_max_age_s=self.parent.settings.dek_max_age_s), target_kid)
-        bound.other_cores = watch.cores()[1]
-        self.say(f"bound: {bound.docs_per_s:,.0f} docs/s on {bound.documents} documents in memory")
-        watch = _CpuWatch([])
-        store_only = _store_only(work, options.sample)
-        store_only.other_cores = watch.cores()[1]
-        self.say(f"store only: {store_only.docs_per_s:,.0f} docs/s on {store_only.documents} documents")
-        watch = _CpuWatch([])
-        naive = _naive(work, Keyring(provider, unwrap_cache_entries=0, dek_max_uses=1), target_kid, options.sample)
-        naive.other_cores = watch.cores()[1]
-        work.close()
-        self._drop_working_copy("in-process")
-        self.say(f"naive: {naive.docs_per_s:,.0f} docs/s on {naive.documents} documents")
+        references = _References(work, _load_sample(work, options.sample), provider, target_kid, self.parent.settings,
+                                 spans=1 if self.remote_store else len(counts) + 1)
+        references.measure_span(self.say)
         if self.remote_store:
-            self.notes.append(f"store only and naive ran first on the same container: the {naive.documents} sample documents "
+            self.notes.append(f"store only and naive ran first on the same container: the {options.sample} sample documents "
                               f"were already on {target_kid} when the fleet scanned them (skipped, counted as scanned)")
 
         fleets: dict[int, FleetRun] = {}
-        counts = WORKER_COUNTS[-1:] if self.remote_store else WORKER_COUNTS
         for workers in counts:
             name = f"fleet-w{workers}"
             ctx = Context(load_settings(store=store_url or self._working_copy(name), keys=keys_url,
@@ -290,6 +281,11 @@ class _Bench:
             ctx.store.close()
             self._drop_working_copy(name)
             self.say(f"fleet W={workers}: {fleets[workers].docs_per_s:,.0f} docs/s")
+            if not references.done:
+                references.measure_span(self.say)
+        work.close()
+        self._drop_working_copy("in-process")
+        bound, store_only, naive = references.results()
         if self.remote_store:
             self.notes.append(f"only W={counts[0]} measured: the container was swept once ({container.source_kid} -> "
                               f"{target_kid}); a rerun needs a fresh, empty container")
@@ -586,22 +582,35 @@ def _bound(sample: list[tuple[dict, str, int]], keyring: Keyring, target_kid: st
     )
 
 
-def _store_only(store: DocumentStore, count: int) -> InProcessRun:
-    """Scan the first ``count`` documents and write each back unchanged: the store's own cost."""
+class _SampleCursor:
+    """Where a reference run stopped in the sample, so that its next span goes on from there."""
+
+    def __init__(self, store: DocumentStore) -> None:
+        self.store = store
+        self.feed_range = store.feed_ranges(1)[0]
+        self.continuation: str | None = None
+        self.exhausted = False
+
+    def pages(self, count: int) -> Iterator[list[StoredDocument]]:
+        """The next ``count`` documents (fewer at the container's end), a page at a time."""
+        taken = 0
+        while taken < count and not self.exhausted:
+            page = self.store.scan(self.feed_range, self.continuation, min(SCAN_PAGE, count - taken))
+            self.continuation, self.exhausted = page.continuation, page.continuation is None
+            taken += len(page.documents)
+            yield page.documents
+
+
+def _store_only(store: DocumentStore, cursor: _SampleCursor, count: int) -> InProcessRun:
+    """Scan the next ``count`` documents and write each back unchanged: the store's own cost."""
     documents = size = 0
     units_before = store.cost.request_units
     started, cpu = time.perf_counter(), time.process_time()
-    for feed_range in store.feed_ranges(1):
-        continuation = None
-        while documents < count:
-            page = store.scan(feed_range, continuation, min(SCAN_PAGE, count - documents))
-            for document in page.documents:
-                store.replace(document.body, document.etag)
-                documents += 1
-                size += len(json.dumps(document.body, separators=(",", ":"), ensure_ascii=False))
-            continuation = page.continuation
-            if continuation is None:
-                break
+    for page in cursor.pages(count):
+        for document in page:
+            store.replace(document.body, document.etag)
+            documents += 1
+            size += len(json.dumps(document.body, separators=(",", ":"), ensure_ascii=False))
     elapsed = time.perf_counter() - started
     return InProcessRun(
         name="store_only", documents=documents, fields=0, document_bytes=size, seconds=round(elapsed, 4),
@@ -610,38 +619,88 @@ def _store_only(store: DocumentStore, count: int) -> InProcessRun:
     )
 
 
-def _naive(store: DocumentStore, keyring: Keyring, target_kid: str, count: int) -> InProcessRun:
+def _naive(store: DocumentStore, cursor: _SampleCursor, keyring: Keyring, target_kid: str, count: int) -> InProcessRun:
     """One document at a time: unwrap per field (no cache), a fresh DEK per field, replace each."""
     documents = fields = size = 0
     store_s = 0.0
-    units_before = store.cost.request_units
+    units_before, unwraps_before = store.cost.request_units, keyring.stats.provider_unwraps
     started, cpu = time.perf_counter(), time.process_time()
-    for feed_range in store.feed_ranges(1):
-        continuation = None
-        while documents < count:
-            clock = time.perf_counter()
-            page = store.scan(feed_range, continuation, min(SCAN_PAGE, count - documents))
-            store_s += time.perf_counter() - clock
-            for document in page.documents:
-                plan = rekey_document(document.body, store.partition_key_of(document.body), target_kid=target_kid,
-                                      keyring=keyring)
-                if plan.new_body is not None:
-                    clock = time.perf_counter()
-                    store.replace(plan.new_body, document.etag)
-                    store_s += time.perf_counter() - clock
-                documents += 1
-                fields += plan.count("reencrypted")
-                size += len(json.dumps(document.body, separators=(",", ":"), ensure_ascii=False))
-            continuation = page.continuation
-            if continuation is None:
-                break
+    pages = cursor.pages(count)
+    while True:
+        clock = time.perf_counter()
+        page = next(pages, None)
+        store_s += time.perf_counter() - clock
+        if page is None:
+            break
+        for document in page:
+            plan = rekey_document(document.body, store.partition_key_of(document.body), target_kid=target_kid,
+                                  keyring=keyring)
+            if plan.new_body is not None:
+                clock = time.perf_counter()
+                store.replace(plan.new_body, document.etag)
+                store_s += time.perf_counter() - clock
+            documents += 1
+            fields += plan.count("reencrypted")
+            size += len(json.dumps(document.body, separators=(",", ":"), ensure_ascii=False))
     elapsed = time.perf_counter() - started
     return InProcessRun(
         name="naive", documents=documents, fields=fields, document_bytes=size, seconds=round(elapsed, 4),
         cpu_seconds=round(time.process_time() - cpu, 4),
-        unwraps=keyring.stats.provider_unwraps, store_seconds=round(store_s, 4),
+        unwraps=keyring.stats.provider_unwraps - unwraps_before, store_seconds=round(store_s, 4),
         request_units=store.cost.request_units - units_before,
     )
+
+
+def _combined(parts: list[InProcessRun]) -> InProcessRun:
+    """One reference from its spans: totals over all of them, so the rate is their time-weighted mean."""
+    def total(name: str) -> float:
+        return sum(getattr(part, name) for part in parts)
+
+    seconds = total("seconds")
+    return InProcessRun(
+        name=parts[0].name, documents=int(total("documents")), fields=int(total("fields")),
+        document_bytes=int(total("document_bytes")), seconds=round(seconds, 4), cpu_seconds=round(total("cpu_seconds"), 4),
+        unwraps=int(total("unwraps")), store_seconds=round(total("store_seconds"), 4), request_units=total("request_units"),
+        cold_docs_per_s=parts[0].cold_docs_per_s,
+        other_cores=round(sum(part.other_cores * part.seconds for part in parts) / max(1e-9, seconds), 2),
+        span_docs_per_s=[round(part.docs_per_s, 1) for part in parts],
+    )
+
+
+class _References:
+    """Bound, store only and naive, each measured in ``spans`` parts spread around the fleets.
+
+    The bound repeats over the whole sample in every span; store only and naive each take the
+    next slice of the sample (their own cursor), so every sample document is written once by each.
+    """
+
+    def __init__(self, store: DocumentStore, sample: list[tuple[dict, str, int]], provider, target_kid: str,
+                 settings, spans: int) -> None:
+        self.store, self.sample, self.target_kid, self.spans = store, sample, target_kid, spans
+        self.warm = Keyring(provider, dek_max_uses=settings.dek_max_uses, dek_max_age_s=settings.dek_max_age_s)
+        self.uncached = Keyring(provider, unwrap_cache_entries=0, dek_max_uses=1)
+        self.store_cursor, self.naive_cursor = _SampleCursor(store), _SampleCursor(store)
+        self.parts: dict[str, list[InProcessRun]] = {"bound": [], "store_only": [], "naive": []}
+
+    @property
+    def done(self) -> bool:
+        return len(self.parts["bound"]) >= self.spans
+
+    def measure_span(self, say) -> None:
+        span = len(self.parts["bound"])
+        share = len(self.sample) // self.spans + (len(self.sample) % self.spans if span == self.spans - 1 else 0)
+        for name, measure in (("bound", lambda: _bound(self.sample, self.warm, self.target_kid)),
+                              ("store_only", lambda: _store_only(self.store, self.store_cursor, share)),
+                              ("naive", lambda: _naive(self.store, self.naive_cursor, self.uncached, self.target_kid, share))):
+            watch = _CpuWatch([])
+            run = measure()
+            run.other_cores = watch.cores()[1]
+            self.parts[name].append(run)
+            say(f"{name.replace('_', ' ')} (span {span + 1} of {self.spans}): {run.docs_per_s:,.0f} docs/s "
+                f"on {run.documents:,} documents")
+
+    def results(self) -> tuple[InProcessRun, InProcessRun, InProcessRun]:
+        return tuple(_combined(self.parts[name]) for name in ("bound", "store_only", "naive"))
 
 
 # -- worker processes -----------------------------------------------------------------------
@@ -834,6 +893,9 @@ def _standing_notes(remote_store: bool, sample: int, documents: int) -> list[str
     notes = [
         f"naive and bound are measured on a sample: the first {sample:,} of {documents:,} documents in scan order; "
         "the fleet sweeps all of them",
+        "on SQLite the references run in spans before, between and after the fleets (store only and naive each on "
+        "the next part of the sample) and each rate is the total over its spans: the machine's speed drifts, and "
+        "the references then see it as the fleets did",
         "naive: one process, one document at a time, an MEK unwrap for every field (no cache), a fresh data key per "
         "field, store.replace per document",
         "bound: rekey_document over documents already in memory with a warm keyring (every DEK already unwrapped); "
@@ -892,6 +954,11 @@ def render_report(console: Console, report: dict) -> None:
                       cache, "-", f"{run['request_units_per_doc']:.1f}" if name != "bound" else "-", "1 (in process)",
                       f"{run['other_cores']:.2f}", f"{run['docs_per_s'] / fleet_rate:.3f}")
     console.print(table)
+    spans = {name: report["runs"][name]["span_docs_per_s"] for name in ("bound", "store_only", "naive")}
+    if len(spans["bound"]) > 1:
+        line(f"the references ran in {len(spans['bound'])} spans around the fleets (before W=1, between, after W=2), "
+             "docs/s: " + "; ".join(f"{name.replace('_', ' ')} " + " / ".join(f"{rate:,.0f}" for rate in rates)
+                                   for name, rates in spans.items()))
     if report["bound_cold_docs_per_s"]:
         line(f"bound, first (cold) pass: {report['bound_cold_docs_per_s']:,.0f} docs/s (each distinct DEK of the sample unwrapped once)")
     line(f"key provider calls per document (fleet W={report['fleet_workers']}): {report['key_calls_per_doc']:.4f} "
