@@ -460,6 +460,14 @@ def test_calm_climbs_back_additively_to_the_budget_and_never_past_it(client, mon
     assert climb[-1] == 1.0
 
 
+def test_a_calm_worker_learns_the_fleets_factor_within_the_sync_interval(client, monkeypatch):
+    calm_worker = AdaptiveBudget(client, "sw-unit", "kv_ops")
+    AdaptiveBudget(client, "sw-unit", "kv_ops").throttled()  # another worker saw a 429
+    assert calm_worker.calm() == 1.0  # synced less than CALM_SYNC_S ago: no Redis round trip yet
+    monkeypatch.setattr(budget_module, "CALM_SYNC_S", 0.0)
+    assert calm_worker.calm() == 0.5  # synced: it slows down with the fleet
+
+
 def test_a_budget_spends_at_budget_times_the_fleets_factor(client):
     kv = AdaptiveBudget(client, "sw-unit", "kv_ops")
     assert kv.spend(5, None) == 0  # no budget set: no limit

@@ -14,6 +14,8 @@ The factor lives in Redis too, so every process slows down together.
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from tracker_reencrypt.errors import ReencryptError
@@ -24,6 +26,10 @@ DECREASE = 0.5
 DECREASE_COOLDOWN_S = 1.0
 INCREASE_STEP = 0.05
 INCREASE_EVERY_S = 5.0
+#: A calm worker (no 429) reads the fleet's factor at most this often. Once per page it was a
+#: Redis round trip per 100 documents, 5% of a worker's time; a 429 elsewhere in the fleet
+#: still reaches every worker within this long.
+CALM_SYNC_S = 1.0
 
 # KEYS[1]: factor hash. ARGV: "down" or "up", then the constants. Returns the new factor.
 _ADJUST = """
@@ -59,6 +65,7 @@ class AdaptiveBudget:
         # Workers build a budget per batch: it must start at the fleet's factor, not at 1,
         # or every batch's first page would spend the whole budget after a 429.
         self.factor = self._stored_factor()
+        self._synced_at = time.monotonic()
 
     def spend(self, amount: float, budget: float | None) -> float:
         """Block until ``amount`` fits the budget at the current factor; returns the wait."""
@@ -72,6 +79,8 @@ class AdaptiveBudget:
 
     def calm(self) -> float:
         """No 429 lately: the whole fleet speeds up a little (never past the budget)."""
+        if time.monotonic() - self._synced_at < min(CALM_SYNC_S, INCREASE_EVERY_S):
+            return self.factor
         return self._set("up")
 
     def _stored_factor(self) -> float:
@@ -89,4 +98,5 @@ class AdaptiveBudget:
             ))
         except redis.RedisError as exc:
             raise ReencryptError(f"budget state in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
+        self._synced_at = time.monotonic()
         return self.factor
