@@ -85,14 +85,24 @@ def label_variable(name: str, label: str, metric: str, *, include_all: bool) -> 
     return variable.include_all(True).all_value(".*").multi(True) if include_all else variable
 
 
-def rotation_overview() -> dashboard.Dashboard:
+def reencrypt_dashboard(title: str, uid: str, description: str, *, since: str,
+                        variable: dashboard.QueryVariable) -> dashboard.Dashboard:
+    """What both dashboards share: tags, refresh, time zone, cursor sync, the data source and one label variable."""
     return (
-        dashboard.Dashboard("Re-encryption: rotation overview").uid("reencrypt-rotation")
-        .description("One MEK rotation sweep from the durable sweep state (reencrypt exporter): never resets with workers.")
-        .tags(["reencrypt", "mek-rotation"]).refresh("10s").time("now-6h", "now").timezone("browser")
+        dashboard.Dashboard(title).uid(uid).description(description)
+        .tags(["reencrypt", "mek-rotation"]).refresh("10s").time(since, "now").timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR).editable()
         .with_variable(datasource_variable())
-        .with_variable(label_variable("sweep", "Sweep", "reencrypt_sweep_info", include_all=False))
+        .with_variable(variable)
+    )
+
+
+def rotation_overview() -> dashboard.Dashboard:
+    return (
+        reencrypt_dashboard(
+            "Re-encryption: rotation overview", "reencrypt-rotation",
+            "One MEK rotation sweep from the durable sweep state (reencrypt exporter): never resets with workers.",
+            since="now-6h", variable=label_variable("sweep", "Sweep", "reencrypt_sweep_info", include_all=False))
         .with_row(dashboard.Row("Sweep"))
         .with_panel(stat_panel("Status", f"reencrypt_sweep_status{{{SWEEP}}} == 1", legend="{{status}}",
                                text_mode=common.BigValueTextMode.NAME, span=4,
@@ -177,12 +187,10 @@ def rotation_overview() -> dashboard.Dashboard:
 
 def fleet_view() -> dashboard.Dashboard:
     return (
-        dashboard.Dashboard("Re-encryption: fleet view").uid("reencrypt-fleet")
-        .description("The worker fleet's own metrics (worker/metrics.py): one series set per worker container.")
-        .tags(["reencrypt", "mek-rotation"]).refresh("10s").time("now-1h", "now").timezone("browser")
-        .tooltip(DashboardCursorSync.CROSSHAIR).editable()
-        .with_variable(datasource_variable())
-        .with_variable(label_variable("instance", "Worker", "reencrypt_batches_total", include_all=True))
+        reencrypt_dashboard(
+            "Re-encryption: fleet view", "reencrypt-fleet",
+            "The worker fleet's own metrics (worker/metrics.py): one series set per worker container.",
+            since="now-1h", variable=label_variable("instance", "Worker", "reencrypt_batches_total", include_all=True))
         .with_row(dashboard.Row("Workers"))
         .with_panel(stat_panel("Workers up", 'sum(up{job="reencrypt-worker"})', span=6, steps=((None, "red"), (1, "green"))))
         .with_panel(stat_panel("Queue depth", 'sum(reencrypt_queue_messages{queue="reencrypt"})', span=6))
