@@ -393,12 +393,18 @@ def test_flushed_redis_stalls_the_sweep_and_resume_finishes_it_from_checkpoints(
 
 # -- 7. pause, resume, cancel ----------------------------------------------------------------
 
-def test_pause_stops_progress_and_resume_finishes(rotation, fleet):
-    originals = read_fields(rotation)
+def _slow_sweep_under_way(rotation, fleet) -> tuple[str, Durable]:
+    """Two workers on a sweep held to 60 documents/s, once its first batch is committed."""
     fleet.start(count=2)
     sweep_id = start_sweep(rotation, "--slices", "4", "--rate", "60")
     durable = Durable(rotation, sweep_id)
     wait_for(lambda: durable.scanned() > 0, 20, message="first batch committed")
+    return sweep_id, durable
+
+
+def test_pause_stops_progress_and_resume_finishes(rotation, fleet):
+    originals = read_fields(rotation)
+    sweep_id, durable = _slow_sweep_under_way(rotation, fleet)
 
     paused = cli_json(rotation, "sweep", "pause", sweep_id, "--json")
     assert paused["status"] == "paused"
@@ -424,10 +430,7 @@ def test_pause_stops_progress_and_resume_finishes(rotation, fleet):
 
 def test_cancel_leaves_a_readable_container_and_a_new_sweep_can_start(rotation, fleet):
     originals = read_fields(rotation)
-    fleet.start(count=2)
-    sweep_id = start_sweep(rotation, "--slices", "4", "--rate", "60")
-    durable = Durable(rotation, sweep_id)
-    wait_for(lambda: durable.scanned() > 0, 20, message="first batch committed")
+    sweep_id, durable = _slow_sweep_under_way(rotation, fleet)
 
     cancelled = cli_json(rotation, "sweep", "cancel", sweep_id, "--json")
     assert cancelled["status"] in ("cancelling", "cancelled")
