@@ -549,17 +549,8 @@ def _existing_key(provider):
 
 def _load_sample(store: DocumentStore, count: int) -> list[tuple[dict, str, int]]:
     """The first ``count`` documents in scan order: (body, partition key, JSON size)."""
-    sample: list[tuple[dict, str, int]] = []
-    for feed_range in store.feed_ranges(1):
-        continuation = None
-        while len(sample) < count:
-            page = store.scan(feed_range, continuation, min(SCAN_PAGE, count - len(sample)))
-            for document in page.documents:
-                sample.append((document.body, store.partition_key_of(document.body), _json_bytes([document.body])))
-            continuation = page.continuation
-            if continuation is None:
-                break
-    return sample
+    return [(document.body, store.partition_key_of(document.body), _json_bytes([document.body]))
+            for page in _SampleCursor(store).pages(count) for document in page]
 
 
 def _bound(sample: list[tuple[dict, str, int]], keyring: Keyring, target_kid: str) -> InProcessRun:
