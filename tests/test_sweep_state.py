@@ -8,6 +8,7 @@ import pytest
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, SweepError, UnknownNameError
 from tracker_reencrypt.stores.sqlite import SqliteStore
+from tracker_reencrypt.sweep import state as state_module
 from tracker_reencrypt.sweep.state import (
     CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, RUNNING, BatchResult, SweepState, zero_counts,
 )
@@ -84,6 +85,19 @@ def test_one_active_sweep_per_container_until_it_finishes(state):
     assert state.settle_cancel("sw-1")
     assert state.get_sweep("sw-1")["status"] == CANCELLED
     assert start(state, "sw-2")["status"] == RUNNING
+
+
+def test_a_lock_whose_sweep_was_never_written_blocks_only_for_the_grace_period(state, monkeypatch):
+    # A start that took the lock and is still writing its sweep record: nobody else may start.
+    state.records.create(state_module.LOCK, state_module.ACTIVE_LOCK_ID, {"sweep_id": "sw-writing", "taken_at": time.time()})
+    assert state.active_sweep_id() == "sw-writing"
+    with pytest.raises(SweepError, match="sw-writing is still active"):
+        start(state, "sw-2")
+    # The same lock, LOCK_GRACE_S later: that start crashed; the container is free again.
+    monkeypatch.setattr(state_module, "LOCK_GRACE_S", 0.0)
+    assert state.active_sweep_id() is None
+    assert start(state, "sw-2")["status"] == RUNNING
+    assert state.active_sweep_id() == "sw-2"
 
 
 def test_cancel_waits_for_live_leases(state):

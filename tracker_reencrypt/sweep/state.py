@@ -35,6 +35,9 @@ from tracker_reencrypt.stores import FeedRange, RecordStore
 
 SWEEP, SLICE, FAILURE, LOCK = "sweep", "slice", "failure", "lock"
 ACTIVE_LOCK_ID = "active-sweep"
+#: A lock naming a sweep with no record yet is a start still writing it, for this long; after
+#: that, a start that crashed before writing it, and no longer blocks the container.
+LOCK_GRACE_S = 60.0
 
 #: Statuses; a sweep in one of FINISHED never changes again.
 PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED = (
@@ -99,8 +102,9 @@ class SweepState:
     def create_sweep(self, sweep: dict, feed_ranges: list[FeedRange]) -> dict:
         """Record a sweep and its slices, holding the container's one active-sweep lock.
 
-        The sweep record is written first as ``planned`` so the lock always names a record;
-        it takes its requested status only once every slice exists.
+        The lock is taken first, then the sweep record is written as ``planned`` (until it
+        exists the lock counts as live for LOCK_GRACE_S, so a concurrent start cannot take it
+        meanwhile); the sweep takes its requested status only once every slice exists.
         """
         self._take_active_lock(sweep["id"])
         status = sweep["status"]
@@ -130,11 +134,12 @@ class SweepState:
         return sweeps[-1]
 
     def active_sweep_id(self) -> str | None:
+        """The sweep holding the container's lock, if it is live (see :meth:`_live_holder`)."""
         try:
             body, _ = self.records.get(LOCK, ACTIVE_LOCK_ID)
         except NotFoundError:
             return None
-        return body.get("sweep_id")
+        return self._live_holder(body)
 
     def update_sweep(self, sweep_id: str, change, *, only_if=None) -> dict:
         """Apply ``change(body) -> dict`` conditionally; ``only_if(body)`` False refuses."""
@@ -165,31 +170,37 @@ class SweepState:
                                  only_if=lambda body: body["status"] in allowed_from)
 
     def _take_active_lock(self, sweep_id: str) -> None:
+        mine = {"sweep_id": sweep_id, "taken_at": time.time()}
         try:
             body, etag = self.records.get(LOCK, ACTIVE_LOCK_ID)
         except NotFoundError:
             try:
-                self.records.create(LOCK, ACTIVE_LOCK_ID, {"sweep_id": sweep_id})
+                self.records.create(LOCK, ACTIVE_LOCK_ID, mine)
                 return
             except ConflictError:
                 body, etag = self.records.get(LOCK, ACTIVE_LOCK_ID)
-        holder = body.get("sweep_id")
-        if holder and self._holds_on(holder):
+        holder = self._live_holder(body)
+        if holder:
             raise SweepError(
                 f"sweep {holder} is still active on this container: wait for it, or 'reencrypt sweep cancel {holder}'"
             )
         try:
-            self.records.replace(LOCK, ACTIVE_LOCK_ID, {"sweep_id": sweep_id}, etag)
+            self.records.replace(LOCK, ACTIVE_LOCK_ID, mine, etag)
         except ConflictError:
             raise SweepError("another sweep started on this container at the same moment: check 'reencrypt sweep status'") from None
 
-    def _holds_on(self, sweep_id: str) -> bool:
-        """Whether a lock holder is a live sweep. A start that crashed before writing its sweep
-        record, or a sweep that finished without releasing, must not block the container."""
+    def _live_holder(self, lock: dict) -> str | None:
+        """The lock's sweep while it is live: not finished, or with no record yet but taken less
+        than LOCK_GRACE_S ago (a start still writing it). A start that crashed before writing
+        its record, or a sweep that finished without releasing, must not block the container."""
+        holder = lock.get("sweep_id")
+        if not holder:
+            return None
         try:
-            return self.records.get(SWEEP, sweep_id)[0]["status"] not in FINISHED
+            live = self.records.get(SWEEP, holder)[0]["status"] not in FINISHED
         except NotFoundError:
-            return False
+            live = time.time() - lock.get("taken_at", 0.0) < LOCK_GRACE_S
+        return holder if live else None
 
     def _release_active_lock(self, sweep_id: str) -> None:
         try:
