@@ -11,8 +11,8 @@ import redis
 
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.audit import AuditTrail
-from tracker_reencrypt.config import Settings, redact_url
-from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.config import Settings
+from tracker_reencrypt.errors import ConfigError, redact_url
 from tracker_reencrypt.fleet import make_celery
 from tracker_reencrypt.keys import open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring

@@ -603,6 +603,9 @@ def test_audit_trail_records_who_did_what_and_detects_tampering(tmp_path, redis_
 
 # -- configuration errors ----------------------------------------------------------------------
 
+SECRET = "S3cr3tAccountKey"
+
+
 def _config_cases(rotation: Rotation, tmp_path: Path):
     """(name, args, env changes, fragments the one error line must contain)."""
     open_keyring = tmp_path / "open-keyring.json"
@@ -617,6 +620,11 @@ def _config_cases(rotation: Rotation, tmp_path: Path):
         "mongodb store": (("sweep", "status"), {"REENCRYPT_STORE": "mongodb://x"}, ["store URL 'mongodb://x' is not understood"]),
         "relative sqlite url": (("sweep", "status"), {"REENCRYPT_STORE": "sqlite://relative"}, ["'sqlite://relative' is not a SQLite file URL"]),
         "bad keys url": (("keys", "list"), {"REENCRYPT_KEYS": "foo:bar"}, ["key provider URL 'foo:bar' is not understood"]),
+        # A credential pasted into a URL is never echoed back (SECRET is checked absent below).
+        "cosmos url with a key": (("sweep", "status"), {"REENCRYPT_STORE": f"cosmos://acct:{SECRET}@host/db/c"},
+                                  ["'cosmos://***@host/db/c' must name"]),
+        "store url with a query": (("sweep", "status"), {"REENCRYPT_STORE": f"cosmos://host/db/c?key={SECRET}"},
+                                   ["'cosmos://host/db/c?***' must name"]),
         "missing keyring": (("keys", "rotate"), {"REENCRYPT_KEYS": f"local:{tmp_path / 'absent.json'}"},
                             ["absent.json does not exist", "keys init"]),
         "missing keyring (sweep)": (to, {"REENCRYPT_KEYS": f"local:{tmp_path / 'absent.json'}"}, ["does not exist"]),
@@ -651,6 +659,8 @@ def test_configuration_errors_are_one_line_exit_2_and_write_nothing(seeded, tmp_
             problems.append(f"{name}: exit {result.returncode}, stderr:\n{result.stderr}")
         elif missing := [f for f in cases[name][2] if f not in lines[0]]:
             problems.append(f"{name}: {missing} not in {lines[0]!r}")
+        if SECRET in result.stdout + result.stderr:
+            problems.append(f"{name}: a credential from the URL was printed")
     assert not problems, "\n".join(problems)
     assert_unchanged(before, seeded.home, "a command refused for its configuration")
     assert_unchanged(side, tmp_path, "a command refused for its configuration")

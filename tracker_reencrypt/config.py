@@ -76,14 +76,3 @@ def load_settings(**overrides) -> Settings:
         raise ConfigError(f"setting {name} is invalid: {first['msg']}") from None
 
 
-def redact_url(url: str) -> str:
-    """A URL fit for messages: any user:password part replaced."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))

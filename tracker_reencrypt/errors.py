@@ -7,6 +7,8 @@ data keys or key material: only ids, paths and reasons.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 
 class ReencryptError(Exception):
     """Root of every error this project raises on purpose."""
@@ -80,3 +82,15 @@ class SweepError(ReencryptError):
 
 class LeaseLostError(SweepError):
     """Another worker holds the slice now: the fencing counter moved past ours."""
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+def redact_url(url: str) -> str:
+    """A URL fit for messages: a user:password part and a query string (where credentials
+    travel) replaced by ``***``. Every error that echoes a URL passes it through here."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None and not parts.query:
+        return url
+    netloc = parts.netloc if parts.username is None and parts.password is None else "***@" + parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 from urllib.parse import urlparse
 
-from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.errors import ConfigError, redact_url
 
 WRAP_ALGORITHM = "RSA-OAEP-256"
 
@@ -77,5 +77,5 @@ def open_key_provider(url: str) -> KeyProvider:
 
         return AzureKeyVaultProvider(vault_url=f"https://{parsed.netloc}", key_name=parsed.path.split("/")[2])
     raise ConfigError(
-        f"key provider URL {url!r} is not understood: use local:<path> or https://<vault>.vault.azure.net/keys/<name>"
+        f"key provider URL {redact_url(url)!r} is not understood: use local:<path> or https://<vault>.vault.azure.net/keys/<name>"
     )

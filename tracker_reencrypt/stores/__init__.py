@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.errors import ConfigError, redact_url
 
 #: A feed range: a JSON-serialisable dict, opaque to callers. It travels in Celery messages
 #: and is stored in slice checkpoints, so it must round-trip through JSON unchanged.
@@ -135,5 +135,5 @@ def open_store(url: str, *, partition_key_field: str = "productId") -> DocumentS
 
         return CosmosStore.from_url(url, partition_key_field=partition_key_field)
     raise ConfigError(
-        f"store URL {url!r} is not understood: use sqlite:///<path> or cosmos://<account host>/<database>/<container>"
+        f"store URL {redact_url(url)!r} is not understood: use sqlite:///<path> or cosmos://<account host>/<database>/<container>"
     )

@@ -45,7 +45,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration, exceptions
 
-from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError
+from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, redact_url
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,15 @@ def parse_url(url: str) -> tuple[str, str, str]:
     """``cosmos://host[:port]/database/container`` -> (host[:port], database, container)."""
     example = "cosmos://<account>.documents.azure.com/<database>/<container>"
     if not url.startswith("cosmos://"):
-        raise ConfigError(f"store URL {url!r} is not a Cosmos URL: use {example}")
+        raise ConfigError(f"store URL {redact_url(url)!r} is not a Cosmos URL: use {example}")
     parts = urlsplit(url)
     names = [name for name in parts.path.split("/") if name]
     if not parts.hostname or len(names) != 2 or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"Cosmos store URL {url!r} must name an account host, a database and a container: use {example}")
+        raise ConfigError(f"Cosmos store URL {redact_url(url)!r} must name an account host, a database and a container: use {example}")
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"Cosmos store URL {url!r} has a bad port: use {example}") from None
+        raise ConfigError(f"Cosmos store URL {redact_url(url)!r} has a bad port: use {example}") from None
     host = parts.hostname if port is None else f"{parts.hostname}:{port}"
     return host, names[0], names[1]
 

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError
+from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, redact_url
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument, estimated_request_units
 
 EPK_SPACE = 2**32
@@ -53,7 +53,7 @@ def path_from_url(url: str) -> Path:
     """``sqlite:///relative.db`` -> relative.db; ``sqlite:////abs/x.db`` -> /abs/x.db."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"store URL {url!r} is not a SQLite file URL: use sqlite:///relative.db or sqlite:////absolute/path.db")
+        raise ConfigError(f"store URL {redact_url(url)!r} is not a SQLite file URL: use sqlite:///relative.db or sqlite:////absolute/path.db")
     return Path(url[len(prefix):])
 
 
