@@ -114,10 +114,12 @@ def _sample(ctx: Context, feed_ranges) -> dict:
             "deks_per_document": sum(len(deks) for deks in report.deks_by_kid.values()) / count}
 
 
-def budget_estimate(sweep: dict, remaining_documents: int):
-    """Time left for ``remaining_documents`` under the sweep's budgets (None without budgets)."""
-    sample = sweep.get("sample") or {"average_bytes": 2048, "deks_per_document": 1.0}
+def budget_estimate(sweep: dict, remaining_documents: int) -> str:
+    """Time left for ``remaining_documents`` under the sweep's budgets ("" without budgets)."""
     limits = {name: sweep.get(name) for name in Limits.FLAGS if sweep.get(name)}
+    if not limits:
+        return ""
+    sample = sweep.get("sample") or {"average_bytes": 2048, "deks_per_document": 1.0}
     return estimate(
         documents=remaining_documents, documents_to_write=remaining_documents,
         document_bytes=remaining_documents * sample["average_bytes"],

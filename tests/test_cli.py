@@ -451,6 +451,7 @@ def test_sweep_status_pause_resume_throttle_cancel(rotation):
     shown = json.loads(looks["by id"].stdout)
     assert (shown["sweep"]["id"], shown["sweep"]["status"], shown["sweep"]["rate"]) == (sweep_id, "running", 40)
     assert len(shown["slices"]) == 3 and shown["totals"]["documents_scanned"] == 0 and shown["active_leases"] == 0
+    assert shown["budget_estimate"].startswith("at 40 docs/s: ~")  # time left under the sweep's budget
     assert json.loads(looks["latest"].stdout)["sweep"]["id"] == sweep_id  # the latest by default
     assert sweep_id in looks["human"].stdout and "running" in looks["human"].stdout
     assert "no sweep 'sw-19990101-000000-abcdef'" in one_error_line(looks["unknown"]) and "--all" in looks["unknown"].stderr
@@ -468,8 +469,9 @@ def test_sweep_status_pause_resume_throttle_cancel(rotation):
 
     resumed = cli_json("sweep", "resume", sweep_id, env=env)
     assert resumed == {"sweep_id": sweep_id, "status": "running", "slices_queued": 3}
-    shown = status()["sweep"]
-    assert (shown["status"], shown["rate"]) == ("running", None)  # --unlimited held through pause and resume
+    unlimited = status()
+    assert (unlimited["sweep"]["status"], unlimited["sweep"]["rate"]) == ("running", None)  # --unlimited held through pause and resume
+    assert unlimited["budget_estimate"] == ""  # no budget, no estimate under one
 
     assert cli_json("sweep", "cancel", sweep_id, env=env)["status"] == "cancelled"
     assert status()["sweep"]["status"] == "cancelled"
