@@ -35,14 +35,15 @@ def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) 
     if claim.action == "drop":
         return f"dropped: {claim.why}"
 
-    pacer = runtime.pacer(sweep)
-    batch = SliceBatch(
-        runtime.store, state, runtime.keyring, sweep,
-        BatchLimits(settings.batch_documents, settings.batch_seconds, settings.page_size, settings.conflict_retries),
-        pacer,
-    )
     started = time.perf_counter()
     try:
+        # Built inside the try: it reads the budget state from Redis, and an outage there must
+        # give the claimed slice back like any other, not leave it leased until expiry.
+        batch = SliceBatch(
+            runtime.store, state, runtime.keyring, sweep,
+            BatchLimits(settings.batch_documents, settings.batch_seconds, settings.page_size, settings.conflict_retries),
+            runtime.pacer(sweep),
+        )
         report = batch.run(claim.slice)
         state.commit_slice(sweep_id, index, claim.fence, report.result)
     except LeaseLostError as exc:
