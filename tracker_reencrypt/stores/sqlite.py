@@ -182,17 +182,11 @@ class SqliteStore:
         return created
 
     def replace(self, body: dict, etag: str) -> StoredDocument:
-        pk = self.partition_key_of(body)
-        text, new_etag = _dumps(body), _new_etag()
-        updated = self._db.execute(
-            "UPDATE documents SET body = ?, etag = ? WHERE pk = ? AND id = ? AND etag = ?",
-            (text, new_etag, pk, body["id"], etag),
-        ).rowcount
-        self.cost.request_units += estimated_request_units(len(text), write=True)
-        if updated == 0:
-            self.read(body["id"], pk)  # raises NotFoundError when it is gone
+        written = self.replace_many([(body, etag)])[0]
+        if written is None:
+            self.read(body["id"], self.partition_key_of(body))  # raises NotFoundError when it is gone
             raise ConflictError(f"document {body['id']!r} changed since it was read (ETag mismatch)")
-        return StoredDocument(body, new_etag)
+        return written
 
     def replace_many(self, writes: list[tuple[dict, str]]) -> list[StoredDocument | None]:
         """All the conditional replaces in one short transaction: one write lock per page.
