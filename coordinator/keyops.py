@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from coordinator.context import Context
-from coordinator.verify import scan_container
-from tracker_reencrypt.errors import KeyDisabledError, UnknownNameError
+from coordinator.verify import require_known_kid, scan_container
+from tracker_reencrypt.errors import KeyDisabledError
 from tracker_reencrypt.keys import KeyVersion
 
 
@@ -18,14 +18,9 @@ def rotate(ctx: Context) -> tuple[KeyVersion, bool]:
     return version, ctx.record("key rotated", kid=version.kid)
 
 
-def _known(ctx: Context, kid: str) -> None:
-    if kid not in {v.kid for v in ctx.provider.versions()}:
-        raise UnknownNameError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
-
-
 def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
     """Disable ``kid``; refused while any field in the store still uses it, unless forced."""
-    _known(ctx, kid)
+    require_known_kid(ctx, kid)
     if not force:
         in_use = scan_container(ctx.store, keyring=None).fields_by_kid.get(kid, 0)
         if in_use:
@@ -35,6 +30,6 @@ def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
 
 
 def enable(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
-    _known(ctx, kid)
+    require_known_kid(ctx, kid)
     version = ctx.provider.set_enabled(kid, True)
     return version, ctx.record("key enabled", kid=kid)

@@ -85,10 +85,14 @@ def count_document(report: ScanReport, body: dict, partition_key: str, keyring: 
                 )
 
 
+def require_known_kid(ctx, kid: str) -> None:
+    if kid not in {v.kid for v in ctx.provider.versions()}:
+        raise UnknownNameError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
+
+
 def verify_rotation(ctx, expect: str, progress: Callable[[int], None] | None = None) -> dict:
     """The gate before disabling a key: every field on ``expect`` and decrypting. Audited."""
-    if expect not in {v.kid for v in ctx.provider.versions()}:
-        raise UnknownNameError(f"key {expect!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
+    require_known_kid(ctx, expect)
     report = scan_container(ctx.store, ctx.keyring, progress=progress)
     off_target = report.fields - report.fields_by_kid.get(expect, 0)
     ok = off_target == 0 and report.undecryptable == 0
