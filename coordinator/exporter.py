@@ -32,7 +32,7 @@ from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.fleet import QUEUE
 from tracker_reencrypt.sweep.state import (
-    CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, FINISHED, PAUSED, PLANNED, RUNNING, parse_utc, zero_counts,
+    CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, parse_utc,
 )
 
 log = logging.getLogger("reencrypt.exporter")
@@ -83,9 +83,9 @@ class SweepView:
 
     @classmethod
     def of(cls, progress: sweeps.Progress, now: float) -> "SweepView":
-        live_owners = {s["lease_owner"] for s in progress.slices if s["lease_owner"] and s["lease_expires"] > now}
+        live_owners = {s["lease_owner"] for s in progress.slices if lease_is_live(s, now)}
         return cls(
-            sweep=progress.sweep, totals={**zero_counts(), **progress.totals},
+            sweep=progress.sweep, totals=progress.totals,
             slices=[{"index": s["index"], "done": s["done"], "documents_scanned": s["counts"].get("documents_scanned", 0)}
                     for s in progress.slices],
             docs_per_s=progress.docs_per_s, eta_s=progress.eta_s, elapsed_s=progress.elapsed_s,

@@ -13,7 +13,7 @@ from tracker_reencrypt.documents import MODES
 from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.sweep.state import (
-    CANCELLING, FINISHED, PAUSED, PLANNED, RUNNING, new_sweep_id, parse_utc, utc_now,
+    CANCELLING, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, new_sweep_id, parse_utc, sum_counts, utc_now,
 )
 from coordinator.context import Context
 from coordinator.estimate import estimate
@@ -159,7 +159,7 @@ def kick(ctx: Context, sweep_id: str, celery=None) -> int:
     celery = celery or ctx.celery
     now, queued = time.time(), 0
     for body in ctx.state.slices(sweep_id):
-        if body["done"] or (body["lease_owner"] and body["lease_expires"] > now):
+        if body["done"] or lease_is_live(body, now):
             continue
         enqueue_slice(celery, sweep_id, body["index"], body["fence"])
         queued += 1
@@ -212,7 +212,7 @@ class Progress:
 def progress(ctx: Context, sweep: dict, previous: "Progress | None" = None) -> Progress:
     """Counts from the durable state; the rate from two samples when given, else since start."""
     slices = ctx.state.slices(sweep["id"])
-    totals = {name: sum(s["counts"][name] for s in slices) for name in slices[0]["counts"]} if slices else {}
+    totals = sum_counts(slices)
     started = parse_utc(sweep["started_at"])
     end = parse_utc(sweep["finished_at"]) if sweep["status"] in FINISHED and sweep.get("finished_at") else time.time()
     elapsed = max(0.001, end - started)
@@ -225,5 +225,5 @@ def progress(ctx: Context, sweep: dict, previous: "Progress | None" = None) -> P
     remaining = max(0, sweep.get("documents_estimate", 0) - scanned)
     eta = remaining / rate if rate > 0 and sweep["status"] == RUNNING else None
     now = time.time()
-    leases = sum(1 for s in slices if s["lease_owner"] and s["lease_expires"] > now)
+    leases = sum(1 for s in slices if lease_is_live(s, now))
     return Progress(sweep, slices, totals, elapsed, rate, eta, leases, budget_estimate(sweep, remaining))

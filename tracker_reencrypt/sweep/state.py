@@ -71,6 +71,20 @@ def zero_counts() -> dict[str, int]:
     return dict.fromkeys(COUNTERS, 0)
 
 
+def sum_counts(slices: list[dict]) -> dict[str, int]:
+    """A sweep's totals: every counter summed over its slice records."""
+    totals = zero_counts()
+    for body in slices:
+        for name in COUNTERS:
+            totals[name] += body["counts"].get(name, 0)
+    return totals
+
+
+def lease_is_live(body: dict, now: float) -> bool:
+    """Whether a slice record is held by a worker whose lease has not expired."""
+    return bool(body["lease_owner"]) and body["lease_expires"] > now
+
+
 @dataclass(frozen=True)
 class Claim:
     """The outcome of trying to take a slice: work it, wait and retry, or drop the message."""
@@ -222,7 +236,7 @@ class SweepState:
             now = time.time()
             if body["done"]:
                 return Claim("drop", why="slice already done")
-            if body["lease_owner"] and body["lease_expires"] > now:
+            if lease_is_live(body, now):
                 return Claim("retry", retry_after=body["lease_expires"] - now, why=f"leased by {body['lease_owner']}")
             if not body["lease_owner"] and body["fence"] != expected_fence:
                 return Claim("drop", why="stale message: the slice moved on")
@@ -260,18 +274,14 @@ class SweepState:
         return self.records.get(SLICE, slice_id(sweep_id, index))[0]["continuation"]
 
     def totals(self, sweep_id: str) -> dict[str, int]:
-        totals = zero_counts()
-        for body in self.slices(sweep_id):
-            for name in COUNTERS:
-                totals[name] += body["counts"].get(name, 0)
-        return totals
+        return sum_counts(self.slices(sweep_id))
 
     def finish_if_done(self, sweep_id: str) -> dict | None:
         """Mark the sweep completed (or failed, with failures) once every slice is done."""
         slices = self.slices(sweep_id)
         if not slices or not all(body["done"] for body in slices):
             return None
-        totals = self.totals(sweep_id)
+        totals = sum_counts(slices)
         status = FAILED if totals["failures"] else COMPLETED
         before = self.get_sweep(sweep_id)["status"]
         after = self.update_sweep(
@@ -283,7 +293,7 @@ class SweepState:
     def settle_cancel(self, sweep_id: str) -> bool:
         """Cancelling becomes cancelled once no slice holds a live lease."""
         now = time.time()
-        if any(body["lease_owner"] and body["lease_expires"] > now for body in self.slices(sweep_id)):
+        if any(lease_is_live(body, now) for body in self.slices(sweep_id)):
             return False
         after = self.update_sweep(sweep_id, lambda body: {**body, "status": CANCELLED, "finished_at": utc_now()},
                                   only_if=lambda body: body["status"] == CANCELLING)
