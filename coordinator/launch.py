@@ -22,9 +22,7 @@ def worker_environment(ctx: Context, metrics_port: int = 0) -> dict[str, str]:
                REENCRYPT_METRICS_PORT=str(metrics_port))
     # prometheus_client reads this when it is imported, so it must be set before Python starts.
     # A fresh directory per worker: stale files from an earlier run would be counted again.
-    multiproc_dir = Path(tempfile.gettempdir()) / f"reencrypt-metrics-{uuid.uuid4().hex[:8]}"
-    shutil.rmtree(multiproc_dir, ignore_errors=True)
-    multiproc_dir.mkdir(parents=True)
+    multiproc_dir = Path(tempfile.mkdtemp(prefix="reencrypt-metrics-"))
     env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
     return env
 
