@@ -86,14 +86,15 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: Limits) -> dic
     report = scan_container(ctx.store, keyring=None)
     moving = [kid for kid in report.kinds_by_kid if kid != to and (not sources or kid in sources)]
     would = {kid: dict(report.kinds_by_kid[kid]) for kid in moving}
+    distinct = report.distinct_deks(moving)
     guess = estimate(
         documents=report.documents, documents_to_write=report.documents_with_kids(moving),
-        document_bytes=report.document_bytes, distinct_source_deks=report.distinct_deks(moving), limits=given,
+        document_bytes=report.document_bytes, distinct_source_deks=distinct, limits=given,
     )
     return {
         "dry_run": True, "target_kid": to, "documents": report.documents, "fields_by_kid": dict(report.fields_by_kid),
         "would_move": would, "fields_to_move": sum(sum(kinds.values()) for kinds in would.values()),
-        "distinct_source_deks": report.distinct_deks(moving), "limits": given,
+        "distinct_source_deks": distinct, "limits": given,
         "estimate": {"seconds": guess.seconds, "bound_by": guess.bound_by, "request_units": round(guess.request_units),
                      "kv_ops": guess.kv_ops, "text": guess.text(given)},
     }
