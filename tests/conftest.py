@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tracker_reencrypt.documents import check_document
+from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.seed import seed_store, seeding_keyring
 from tracker_reencrypt.stores.sqlite import SqliteStore
@@ -185,6 +187,19 @@ def fleet(rotation, tmp_path):
     running.log_dir.mkdir()
     yield running
     running.stop()
+
+
+def assert_every_field_on(rotation: Rotation, kid: str) -> int:
+    """Every document of the container read back: each field on ``kid`` and decrypting where
+    it is. Returns the number of fields (and checks no document went missing)."""
+    keyring, documents, fields = Keyring(rotation.provider()), 0, 0
+    for document in rotation.store().scan({"epk_min": 0, "epk_max": 2**32}, None, 10_000).documents:
+        documents += 1
+        for check in check_document(document.body, document.body["productId"], keyring):
+            fields += 1
+            assert check.kid == kid and check.decrypts, (document.id, check)
+    assert documents == rotation.documents and fields > 0
+    return fields
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:

@@ -92,10 +92,9 @@ def test_bench_json_reports_every_figure_with_sane_values(tmp_path, redis_url):
         assert len(run["span_docs_per_s"]) == 3 and all(rate > 0 for rate in run["span_docs_per_s"])
     assert naive["fields"] == _fields_of_first(seeded, SAMPLE)
 
-    # Re-keying plus the store, serially: slower than either alone.
+    # Re-keying plus the store, serially: the two single-process costs per document added up.
     assert report["rekey_and_store_docs_per_s"] == pytest.approx(
         1 / (1 / bound["docs_per_s"] + 1 / store_only["docs_per_s"]), rel=0.01)
-    assert report["rekey_and_store_docs_per_s"] < min(bound["docs_per_s"], store_only["docs_per_s"])
 
     assert {t["result"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
     assert len(report["targets"]) == 6

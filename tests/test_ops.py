@@ -156,7 +156,7 @@ def test_alerts_use_only_exported_metrics_and_link_the_runbook():
 
 def test_file_sd_example_is_a_target_list():
     targets = yaml.safe_load((PROMETHEUS_DIR / "targets" / "workers.yml.example").read_text())
-    assert all(group["targets"] and all(":" in t for t in group["targets"]) for group in targets)
+    assert targets and all(group["targets"] and all(":" in t for t in group["targets"]) for group in targets)
 
 
 # -- Grafana ------------------------------------------------------------------------------------

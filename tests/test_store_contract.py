@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration, exceptions
 from azure.cosmos.partition_key import PartitionKey as SdkPartitionKey
 
+from conftest import free_port
 from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError
 from tracker_reencrypt.stores import open_store
@@ -418,16 +418,10 @@ def test_cosmos_settings_are_checked_before_connecting():
 # -- Cosmos only: credentials, TLS, priority, throttling ------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.cosmos
 def test_cosmos_unreachable_endpoint_is_a_store_error_naming_it(cosmos_server):  # noqa: F811
     # The test server accepts any key, so a wrong key cannot be shown; a dead endpoint can.
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(StoreError) as caught:
         CosmosStore.from_url(f"cosmos://127.0.0.1:{port}/db/container", environ=cosmos_server.env())

@@ -3,9 +3,7 @@ the sweep finishes once the key works again, with nothing lost."""
 
 import json
 
-from conftest import run_cli, wait_for
-from tracker_reencrypt.documents import check_document
-from tracker_reencrypt.keys.keyring import Keyring
+from conftest import assert_every_field_on, run_cli, wait_for
 
 
 def status(rotation, sweep_id):
@@ -35,7 +33,6 @@ def test_a_target_key_disabled_mid_sweep_pauses_progress_until_it_is_enabled(rot
     assert final["sweep"]["status"] == "completed" and final["totals"]["failures"] == 0, final["totals"]
     assert final["totals"]["documents_scanned"] == rotation.documents
 
-    keyring = Keyring(rotation.provider())
-    for document in rotation.store().scan({"epk_min": 0, "epk_max": 2**32}, None, 10_000).documents:
-        for check in check_document(document.body, document.body["productId"], keyring):
-            assert check.kid == rotation.v2 and check.decrypts, (document.id, check)
+    fields = assert_every_field_on(rotation, rotation.v2)
+    # A batch given back mid-page had already written some documents: the rerun finds them on target.
+    assert final["totals"]["fields_reencrypted"] + final["totals"]["fields_on_target"] == fields
