@@ -380,6 +380,35 @@ def test_sqlite_concurrent_writers_lose_no_update_and_keep_the_file_sound(tmp_pa
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_sqlite_a_scan_page_costs_the_same_wherever_the_scan_has_got_to(tmp_path):
+    """A slice of a million documents must not take a thousand times longer per page at its end
+    than at its start. Counted in SQLite virtual-machine steps, not seconds, so the machine's
+    speed cannot make this pass or fail."""
+    from tracker_reencrypt.stores.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "tracker.db", partition_key_field=PARTITION_KEY_FIELD)
+    store.create_many([{"id": f"doc-{n:05}", PARTITION_KEY_FIELD: f"product-{n % 40}"} for n in range(4_000)])
+    feed_range = store.feed_ranges(1)[0]
+    steps = [0]
+
+    def count_step() -> int:
+        steps[0] += 1
+        return 0  # 0: carry on
+
+    store._db.set_progress_handler(count_step, 10)
+    page_steps, continuation = [], None
+    while True:
+        steps[0] = 0
+        page = store.scan(feed_range, continuation, 50)
+        page_steps.append(steps[0])
+        continuation = page.continuation
+        if continuation is None:
+            break
+    assert len(page_steps) == 4_000 // 50 + 1
+    resumed = page_steps[1:-1]  # the first page runs another query; the last finds nothing
+    assert max(resumed) < 2 * min(resumed), f"VM steps per page from second to last: {resumed[0]} ... {resumed[-1]}"
+
+
 # -- configuration ---------------------------------------------------------------------------
 
 

@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS records (
 """
 
 
+_SCAN_COLUMNS = "SELECT epk, pk, id, etag, body FROM documents"
+_SCAN_FIRST = f"{_SCAN_COLUMNS} WHERE epk >= ? AND epk < ? ORDER BY epk, pk, id LIMIT ?"
+_SCAN_AFTER = f"{_SCAN_COLUMNS} WHERE (epk, pk, id) > (?, ?, ?) AND epk < ? ORDER BY epk, pk, id LIMIT ?"
+
+
 def path_from_url(url: str) -> Path:
     """``sqlite:///relative.db`` -> relative.db; ``sqlite:////abs/x.db`` -> /abs/x.db."""
     prefix = "sqlite:///"
@@ -139,13 +144,14 @@ class SqliteStore:
             low, high = int(feed_range["epk_min"]), int(feed_range["epk_max"])
         except (KeyError, TypeError, ValueError):
             raise StoreError(f"feed range {feed_range!r} is not a SQLite EPK range") from None
-        after = json.loads(continuation) if continuation else [low - 1, "", ""]
-        rows = self._db.execute(
-            "SELECT epk, pk, id, etag, body FROM documents"
-            " WHERE epk >= ? AND epk < ? AND (epk, pk, id) > (?, ?, ?)"
-            " ORDER BY epk, pk, id LIMIT ?",
-            (low, high, after[0], after[1], after[2], page_size),
-        ).fetchall()
+        if continuation:
+            # The row value alone must bound the index search: beside "epk >= low" SQLite
+            # seeks to the range's start and filters, so every page re-read the pages before
+            # it and a slice's scan grew with the square of its length.
+            epk, pk, document_id = json.loads(continuation)
+            rows = self._db.execute(_SCAN_AFTER, (epk, pk, document_id, high, page_size)).fetchall()
+        else:
+            rows = self._db.execute(_SCAN_FIRST, (low, high, page_size)).fetchall()
         self.cost.request_units += 2.5 + sum(estimated_request_units(len(row[4]), write=False) for row in rows)
         documents = [StoredDocument(json.loads(body), etag) for _, _, _, etag, body in rows]
         next_continuation = json.dumps(list(rows[-1][:3])) if len(rows) == page_size else None
