@@ -323,6 +323,7 @@ class _Bench:
         meta = cache / "container.json"
         if meta.exists():
             self.say(f"reusing the seeded container in {cache}")
+            _settled_file(cache / "tracker.db")  # a cache from an older layout is migrated once, not in every copy
             return cache, Container(**json.loads(meta.read_text()))
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
@@ -334,8 +335,7 @@ class _Bench:
         store = SqliteStore(cache / "tracker.db")
         container = self._seed(store, provider)
         store.close()
-        with closing(sqlite3.connect(cache / "tracker.db")) as db:  # fold the WAL in: the file alone is the copy
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _settled_file(cache / "tracker.db")
         meta.write_text(json.dumps(asdict(container)))
         return cache, container
 
@@ -550,6 +550,13 @@ class _Bench:
         }
         report["targets"] = [asdict(t) for t in _targets(report, fleets, refs, cores)]
         return report
+
+
+def _settled_file(path: Path) -> None:
+    """The SQLite file in the current layout with its WAL folded in: the file alone is the copy."""
+    SqliteStore(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _existing_key(provider):

@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,11 @@ from tracker_reencrypt.stores.cosmos import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def closing_sqlite(path: Path):
+    """A plain sqlite3 connection, closed on leaving the block (sqlite3's own only commits)."""
+    return closing(sqlite3.connect(path))
 PARTITION_KEY_FIELD = "productId"
 BACKENDS = ["sqlite", pytest.param("cosmos", marks=pytest.mark.cosmos)]
 SEED_DOCUMENTS = 300
@@ -407,6 +413,56 @@ def test_sqlite_a_scan_page_costs_the_same_wherever_the_scan_has_got_to(tmp_path
     assert len(page_steps) == 4_000 // 50 + 1
     resumed = page_steps[1:-1]  # the first page runs another query; the last finds nothing
     assert max(resumed) < 2 * min(resumed), f"VM steps per page from second to last: {resumed[0]} ... {resumed[-1]}"
+
+
+_LAYOUT_0 = """
+CREATE TABLE documents (pk TEXT NOT NULL, id TEXT NOT NULL, epk INTEGER NOT NULL, etag TEXT NOT NULL,
+                        body TEXT NOT NULL, PRIMARY KEY (pk, id));
+CREATE INDEX documents_in_epk_order ON documents (epk, pk, id);
+CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
+                      PRIMARY KEY (kind, id));
+"""
+
+
+def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_nothing(tmp_path):
+    """Files made before the clustered layout (demo stores, bench caches) open as they were."""
+    from tracker_reencrypt.stores.sqlite import LAYOUT_VERSION, SqliteStore, effective_partition_key
+
+    path = tmp_path / "old.db"
+    with closing_sqlite(path) as db:
+        db.executescript(_LAYOUT_0)
+        rows = [(f"product-{n % 7}", f"doc-{n:03}", f'"etag-{n}"', json.dumps({"id": f"doc-{n:03}", "n": n}))
+                for n in range(120)]
+        db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
+                       [(pk, doc_id, effective_partition_key(pk), etag, body) for pk, doc_id, etag, body in rows])
+        db.execute("""INSERT INTO records VALUES ('sweep', 's-1', '"r1"', '{"status": "running"}')""")
+        db.commit()
+
+    store = SqliteStore(path, partition_key_field=PARTITION_KEY_FIELD)
+    for pk, doc_id, etag, body in rows:
+        found = store.read(doc_id, pk)
+        assert (found.body, found.etag) == (json.loads(body), etag)
+    scanned = [(d.id, d.etag) for d in store.scan(store.feed_ranges(1)[0], None, 1_000).documents]
+    in_order = sorted(rows, key=lambda row: (effective_partition_key(row[0]), row[0], row[1]))
+    assert scanned == [(doc_id, etag) for _, doc_id, etag, _ in in_order]
+    assert store.records().get("sweep", "s-1") == ({"status": "running"}, '"r1"')
+    store.close()
+    with closing_sqlite(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'documents_in_epk_order'").fetchall() == []
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sqlite_a_file_from_a_newer_reencrypt_is_refused_untouched(tmp_path):
+    from tracker_reencrypt.stores.sqlite import LAYOUT_VERSION, SqliteStore
+
+    path = tmp_path / "newer.db"
+    with closing_sqlite(path) as db:
+        db.execute(f"PRAGMA user_version = {LAYOUT_VERSION + 1}")
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=f"layout {LAYOUT_VERSION + 1}, newer .*: upgrade reencrypt"):
+        SqliteStore(path)
+    assert path.read_bytes() == before
 
 
 # -- configuration ---------------------------------------------------------------------------

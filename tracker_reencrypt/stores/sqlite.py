@@ -8,6 +8,11 @@ Laid out to behave like a Cosmos container where the sweep can tell the differen
 - scans page in (EPK, partition key, id) order with a keyset continuation, so a scan resumed
   from a stored continuation neither skips nor repeats a document that existed throughout.
 
+Documents are stored clustered in that scan order (a ``WITHOUT ROWID`` table keyed by EPK,
+partition key and id), so a page of a scan, and the page of writes that follows it, touch a
+few neighbouring table pages rather than a hundred scattered ones. The partition key
+determines the EPK, so that key is also unique per (partition key, id).
+
 WAL mode and short transactions make it safe for several worker processes on one machine.
 Each process opens its own connection lazily (Celery's prefork pool forks after start-up,
 and a SQLite connection must not cross a fork).
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -26,26 +32,33 @@ from pathlib import Path
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, redact_url
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument, estimated_request_units
 
+log = logging.getLogger("reencrypt.store")
+
 EPK_SPACE = 2**32
 BUSY_TIMEOUT_MS = 30_000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
+#: The file layout this code writes, kept in SQLite's ``user_version``. 0: documents keyed by
+#: (partition key, id) with an EPK-order index beside them (files made before layout 1).
+LAYOUT_VERSION = 1
+
+_DOCUMENTS_TABLE = """
+CREATE TABLE {name} (
+    epk  INTEGER NOT NULL,
     pk   TEXT NOT NULL,
     id   TEXT NOT NULL,
-    epk  INTEGER NOT NULL,
     etag TEXT NOT NULL,
     body TEXT NOT NULL,
-    PRIMARY KEY (pk, id)
-);
-CREATE INDEX IF NOT EXISTS documents_in_epk_order ON documents (epk, pk, id);
+    PRIMARY KEY (epk, pk, id)
+) WITHOUT ROWID
+"""
+_RECORDS_TABLE = """
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
     id   TEXT NOT NULL,
     etag TEXT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (kind, id)
-);
+)
 """
 
 
@@ -65,6 +78,15 @@ def path_from_url(url: str) -> Path:
 def effective_partition_key(partition_key: str) -> int:
     """Where a partition key falls in the EPK space; stable across processes and versions."""
     return int.from_bytes(hashlib.blake2b(str(partition_key).encode("utf-8"), digest_size=4).digest(), "big")
+
+
+def _layout_of(connection: sqlite3.Connection) -> int:
+    return connection.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _scan_order(row: tuple) -> tuple:
+    """(pk, id, epk, ...) insert rows in the table's key order: a bulk insert appends, not splits."""
+    return row[2], row[0], row[1]
 
 
 def _new_etag() -> str:
@@ -94,13 +116,45 @@ class _Connections:
             raise ConfigError(f"directory {self.path.parent} for SQLite store {self.path} does not exist: create it first")
         try:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self._refuse_newer(_layout_of(connection))  # before anything below writes to the file
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            connection.executescript(_SCHEMA)
+            if _layout_of(connection) != LAYOUT_VERSION:
+                self._lay_out(connection)
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"SQLite store {self.path} cannot be opened ({exc}): is it a SQLite database?") from None
         return connection
+
+    def _lay_out(self, connection: sqlite3.Connection) -> None:
+        """Create the tables in a new file, or bring a layout-0 file to the current layout.
+
+        Under the write lock, re-reading the version inside it: several workers may open an
+        old file at once, and only the first may copy it.
+        """
+        with _Transaction(connection):
+            version = _layout_of(connection)
+            if version == LAYOUT_VERSION:
+                return
+            self._refuse_newer(version)
+            had_documents = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'").fetchone()
+            if had_documents:
+                log.info("SQLite store %s: rewriting its documents in scan order (layout 0 -> %d)", self.path, LAYOUT_VERSION)
+                connection.execute(_DOCUMENTS_TABLE.format(name="documents_clustered"))
+                connection.execute("INSERT INTO documents_clustered (epk, pk, id, etag, body)"
+                                   " SELECT epk, pk, id, etag, body FROM documents ORDER BY epk, pk, id")
+                connection.execute("DROP TABLE documents")  # and its EPK-order index
+                connection.execute("ALTER TABLE documents_clustered RENAME TO documents")
+            else:
+                connection.execute(_DOCUMENTS_TABLE.format(name="documents"))
+            connection.execute(_RECORDS_TABLE)
+            connection.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > LAYOUT_VERSION:
+            raise ConfigError(f"SQLite store {self.path} has layout {version}, newer than this reencrypt's "
+                              f"({LAYOUT_VERSION}): upgrade reencrypt")
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -160,8 +214,10 @@ class SqliteStore:
     # -- point operations --------------------------------------------------------------------
 
     def read(self, document_id: str, partition_key: str) -> StoredDocument:
+        pk = str(partition_key)
         row = self._db.execute(
-            "SELECT etag, body FROM documents WHERE pk = ? AND id = ?", (str(partition_key), document_id)
+            "SELECT etag, body FROM documents WHERE epk = ? AND pk = ? AND id = ?",
+            (effective_partition_key(pk), pk, document_id),
         ).fetchone()
         if row is None:
             raise NotFoundError(f"document {document_id!r} (partition {partition_key!r}) not found in {self.describe()}")
@@ -182,7 +238,7 @@ class SqliteStore:
             self.cost.request_units += estimated_request_units(len(text), write=True)
         try:
             with self._transaction() as db:
-                db.executemany("INSERT INTO documents (pk, id, epk, etag, body) VALUES (?, ?, ?, ?, ?)", rows)
+                db.executemany("INSERT INTO documents (pk, id, epk, etag, body) VALUES (?, ?, ?, ?, ?)", sorted(rows, key=_scan_order))
         except sqlite3.IntegrityError:
             raise ConflictError(f"a document with one of these ids already exists in {self.describe()}") from None
         return created
@@ -200,16 +256,19 @@ class SqliteStore:
         The documents are serialised before the lock is taken, so other workers wait only
         for the UPDATEs themselves.
         """
-        rows = [(body, etag, self.partition_key_of(body), _dumps(body), _new_etag()) for body, etag in writes]
+        rows = []
+        for body, etag in writes:
+            pk = self.partition_key_of(body)
+            rows.append((body, etag, pk, effective_partition_key(pk), _dumps(body), _new_etag()))
         results: list[StoredDocument | None] = []
         with self._transaction() as db:
-            for body, etag, pk, text, new_etag in rows:
+            for body, etag, pk, epk, text, new_etag in rows:
                 updated = db.execute(
-                    "UPDATE documents SET body = ?, etag = ? WHERE pk = ? AND id = ? AND etag = ?",
-                    (text, new_etag, pk, body["id"], etag),
+                    "UPDATE documents SET body = ?, etag = ? WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
+                    (text, new_etag, epk, pk, body["id"], etag),
                 ).rowcount
                 results.append(StoredDocument(body, new_etag) if updated else None)
-        self.cost.request_units += sum(estimated_request_units(len(text), write=True) for _, _, _, text, _ in rows)
+        self.cost.request_units += sum(estimated_request_units(len(row[4]), write=True) for row in rows)
         return results
 
     def count(self) -> int:
