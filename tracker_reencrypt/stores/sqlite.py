@@ -29,6 +29,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from tracker_reencrypt import jsontext
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, redact_url
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument, estimated_request_units
 
@@ -91,10 +92,6 @@ def _scan_order(row: tuple) -> tuple:
 
 def _new_etag() -> str:
     return f'"{secrets.token_hex(8)}"'
-
-
-def _dumps(body: dict) -> str:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Connections:
@@ -207,7 +204,7 @@ class SqliteStore:
         else:
             rows = self._db.execute(_SCAN_FIRST, (low, high, page_size)).fetchall()
         self.cost.request_units += 2.5 + sum(estimated_request_units(len(row[4]), write=False) for row in rows)
-        documents = [StoredDocument(json.loads(body), etag) for _, _, _, etag, body in rows]
+        documents = [StoredDocument(jsontext.loads(body), etag) for _, _, _, etag, body in rows]
         next_continuation = json.dumps(list(rows[-1][:3])) if len(rows) == page_size else None
         return ScanPage(documents, next_continuation)
 
@@ -222,7 +219,7 @@ class SqliteStore:
         if row is None:
             raise NotFoundError(f"document {document_id!r} (partition {partition_key!r}) not found in {self.describe()}")
         self.cost.request_units += estimated_request_units(len(row[1]), write=False)
-        return StoredDocument(json.loads(row[1]), row[0])
+        return StoredDocument(jsontext.loads(row[1]), row[0])
 
     def create(self, body: dict) -> StoredDocument:
         return self.create_many([body])[0]
@@ -233,7 +230,7 @@ class SqliteStore:
         rows = []
         for document in created:
             pk = self.partition_key_of(document.body)
-            text = _dumps(document.body)
+            text = jsontext.dumps(document.body)
             rows.append((pk, document.id, effective_partition_key(pk), document.etag, text))
             self.cost.request_units += estimated_request_units(len(text), write=True)
         try:
@@ -259,7 +256,7 @@ class SqliteStore:
         rows = []
         for body, etag in writes:
             pk = self.partition_key_of(body)
-            rows.append((body, etag, pk, effective_partition_key(pk), _dumps(body), _new_etag()))
+            rows.append((body, etag, pk, effective_partition_key(pk), jsontext.dumps(body), _new_etag()))
         results: list[StoredDocument | None] = []
         with self._transaction() as db:
             for body, etag, pk, epk, text, new_etag in rows:
@@ -311,13 +308,13 @@ class SqliteRecordStore:
         ).fetchone()
         if row is None:
             raise NotFoundError(f"{kind} {record_id!r} not found in {self._where}")
-        return json.loads(row[0]), row[1]
+        return jsontext.loads(row[0]), row[1]
 
     def create(self, kind: str, record_id: str, body: dict) -> str:
         etag = _new_etag()
         try:
             self._connections.get().execute(
-                "INSERT INTO records (kind, id, etag, body) VALUES (?, ?, ?, ?)", (kind, record_id, etag, _dumps(body))
+                "INSERT INTO records (kind, id, etag, body) VALUES (?, ?, ?, ?)", (kind, record_id, etag, jsontext.dumps(body))
             )
         except sqlite3.IntegrityError:
             raise ConflictError(f"{kind} {record_id!r} already exists in {self._where}") from None
@@ -327,7 +324,7 @@ class SqliteRecordStore:
         new_etag = _new_etag()
         updated = self._connections.get().execute(
             "UPDATE records SET body = ?, etag = ? WHERE kind = ? AND id = ? AND etag = ?",
-            (_dumps(body), new_etag, kind, record_id, etag),
+            (jsontext.dumps(body), new_etag, kind, record_id, etag),
         ).rowcount
         if updated == 0:
             self.get(kind, record_id)  # raises NotFoundError when it is gone
@@ -339,4 +336,4 @@ class SqliteRecordStore:
             "SELECT id, body, etag FROM records WHERE kind = ? AND substr(id, 1, ?) = ? ORDER BY id",
             (kind, len(prefix), prefix),
         ).fetchall()
-        return [(record_id, json.loads(body), etag) for record_id, body, etag in rows]
+        return [(record_id, jsontext.loads(body), etag) for record_id, body, etag in rows]

@@ -1,0 +1,56 @@
+"""The SQLite store's JSON: whatever msgspec does, a document must read and write back as the
+standard library's ``json`` would have it, or the sweep would change bytes it has no business
+changing (tracker_reencrypt/jsontext.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracker_reencrypt import jsontext
+
+
+def stdlib_dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# Every value JSON text can hold, and some only Python's json writes: NaN, infinities, lone
+# surrogates, integers far beyond 64 bits.
+scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**40), max_value=10**40)
+           | st.floats() | st.text())
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+no_floats = st.recursive(st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40) | st.text(),
+                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                         max_leaves=20)
+
+
+@settings(max_examples=400)
+@given(json_values)
+def test_written_text_reads_back_as_the_value_json_would_have_written(value):
+    # Compared through json's own text, which is exact for floats and spells NaN.
+    assert stdlib_dumps(json.loads(jsontext.dumps(value))) == stdlib_dumps(value)
+
+
+@settings(max_examples=400)
+@given(json_values)
+def test_any_text_json_writes_reads_as_json_reads_it(value):
+    text = stdlib_dumps(value)
+    assert stdlib_dumps(jsontext.loads(text)) == stdlib_dumps(json.loads(text))
+
+
+@settings(max_examples=400)
+@given(no_floats)
+def test_without_floats_the_text_is_byte_for_byte_json_s(value):
+    assert jsontext.dumps(value) == stdlib_dumps(value)
+
+
+def test_what_msgspec_alone_would_get_wrong_is_kept():
+    assert jsontext.dumps({"ratio": math.nan, "max": math.inf}) == '{"ratio":NaN,"max":Infinity}'
+    assert math.isinf(jsontext.loads('{"x": 1e400}')["x"])
+    assert jsontext.loads('"\\ud800"') == "\ud800"
+    big = 2**200 + 1
+    assert jsontext.loads(jsontext.dumps({"n": big}))["n"] == big
