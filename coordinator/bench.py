@@ -75,7 +75,7 @@ DEFAULT_SAMPLE = 2_000
 #: The container size the targets are stated for.
 TARGET_DOCS = 100_000
 SCAN_PAGE = 100
-POLL_S = 0.1  # sweep status (SQLite: a one-row read)
+POLL_S = 0.02  # sweep status (SQLite: a one-row read); the fleet's end is seen at most this late
 REMOTE_POLL_S = 1.0  # sweep status on a billed store
 SAMPLE_RSS_S = 0.5
 READY_TIMEOUT_S = 60.0
