@@ -94,3 +94,12 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc if parts.username is None and parts.password is None else "***@" + parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))
+
+
+def first_line(message: object, limit: int = 200) -> str:
+    """An SDK error's first non-empty line, shortened: our errors are one line, and the SDKs'
+    messages run on for pages (headers, request ids, JSON bodies)."""
+    line = next((part.strip() for part in str(message).splitlines() if part.strip()), "")
+    if not line and isinstance(message, BaseException):
+        return type(message).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -32,7 +32,9 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tracker_reencrypt.errors import ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError
+from tracker_reencrypt.errors import (
+    ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError, first_line,
+)
 from tracker_reencrypt.keys import WRAP_ALGORITHM, KeyVersion
 
 RSA_BITS = 2048
@@ -98,7 +100,7 @@ class AzureKeyVaultProvider:
         try:
             self._keys = KeyClient(self.vault_url, self._credential, **self._sdk_kwargs())
         except ValueError as error:  # the SDK's own argument checks (an empty vault URL)
-            raise ConfigError(f"cannot open {self.describe()}: {_first_line(error)}") from None
+            raise ConfigError(f"cannot open {self.describe()}: {first_line(error)}") from None
         self._lock = threading.Lock()  # guards the per-kid cache; held while a kid is fetched
         self._counter_lock = threading.Lock()
         self._versions: dict[str, _Version] = {}
@@ -278,7 +280,7 @@ class AzureKeyVaultProvider:
             )
         if isinstance(error, ClientAuthenticationError):
             return KeyProviderError(
-                f"no token for {self.vault_url}: {_first_line(error)}; sign in (az login) or configure a managed identity"
+                f"no token for {self.vault_url}: {first_line(error)}; sign in (az login) or configure a managed identity"
             )
         if status == 404:
             return KeyNotFoundError(
@@ -293,10 +295,10 @@ class AzureKeyVaultProvider:
                 f"{self.vault_url} still throttled {operation} (429) after bounded retries: lower the fleet's Key Vault budget"
             )
         if isinstance(error, ServiceRequestError):
-            return KeyProviderError(f"cannot reach {self.vault_url} for {operation}: {_first_line(error)}")
+            return KeyProviderError(f"cannot reach {self.vault_url} for {operation}: {first_line(error)}")
         if isinstance(error, HttpResponseError):
             return KeyProviderError(f"{self.vault_url} failed {operation} on {target}: {status} {code}: {message}")
-        return KeyProviderError(f"{operation} on {target} failed: {_first_line(error)}")
+        return KeyProviderError(f"{operation} on {target} failed: {first_line(error)}")
 
 
 def _key_version(properties, current_kid: str | None) -> KeyVersion:
@@ -326,8 +328,3 @@ def _is_disabled(error: Exception) -> bool:
     """Key Vault refuses a disabled version with 403 Forbidden, inner code KeyDisabled."""
     code, message = _service_error(error)
     return "KeyDisabled" in code or "disabled key" in message.lower()
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -45,7 +45,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration, exceptions
 
-from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, redact_url
+from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, first_line, redact_url
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,6 @@ def split_feed_range(feed_range: FeedRange, parts: int) -> list[FeedRange]:
 # -- errors ----------------------------------------------------------------------------------
 
 
-def _first_line(text: object, limit: int = 200) -> str:
-    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def store_error_for(exc: Exception, doing: str, account: str, credential_kind: str) -> StoreError:
     """Our error for an azure exception raised while ``doing`` something on ``account``."""
     if isinstance(exc, exceptions.CosmosAccessConditionFailedError):
@@ -205,25 +200,25 @@ def store_error_for(exc: Exception, doing: str, account: str, credential_kind: s
                 else "grant this identity the Cosmos DB Built-in Data Contributor role on the account "
                 "(az cosmosdb sql role assignment create) and check the account's firewall"
             )
-            return StoreError(f"Cosmos account {account} refused access (403: {_first_line(exc.message)}) {doing}: {fix}")
+            return StoreError(f"Cosmos account {account} refused access (403: {first_line(exc.message)}) {doing}: {fix}")
         if status == 429:
             return StoreError(
                 f"Cosmos account {account} kept throttling (429) {doing} after the SDK's retries: "
                 "lower the sweep's rate or give the container more RU/s"
             )
-        return StoreError(f"Cosmos account {account} answered {status} {doing}: {_first_line(exc.message)}")
+        return StoreError(f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}")
     if isinstance(exc, ClientAuthenticationError):
         return StoreError(
-            f"no Entra ID token for Cosmos account {account} ({_first_line(exc.message)}): "
+            f"no Entra ID token for Cosmos account {account} ({first_line(exc.message)}): "
             f"sign in (managed identity, az login) or set {ENV_KEY}"
         )
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-        return StoreError(f"cannot reach Cosmos endpoint https://{account}/ {doing}: {_first_line(exc.message)}")
+        return StoreError(f"cannot reach Cosmos endpoint https://{account}/ {doing}: {first_line(exc.message)}")
     if isinstance(exc, exceptions.CosmosClientTimeoutError):
         return StoreError(f"Cosmos account {account} timed out {doing}")
     if isinstance(exc, AzureError):
-        return StoreError(f"Cosmos request {doing} on account {account} failed: {_first_line(exc.message)}")
-    return StoreError(f"Cosmos request {doing} on account {account} failed: {type(exc).__name__}: {_first_line(exc)}")
+        return StoreError(f"Cosmos request {doing} on account {account} failed: {first_line(exc.message)}")
+    return StoreError(f"Cosmos request {doing} on account {account} failed: {type(exc).__name__}: {first_line(exc)}")
 
 
 def _strip_system_properties(document: Mapping[str, Any]) -> dict:
@@ -421,7 +416,7 @@ class CosmosStore:
                 if exc.status_code != 400:
                     raise store_error_for(exc, "probing feed-range queries", self.account, self._credential_kind) from None
                 log.warning("%s refuses queries scoped to part of a partition (%s); feed ranges stay one per "
-                            "physical partition", self.describe(), _first_line(exc.message))
+                            "physical partition", self.describe(), first_line(exc.message))
                 self._sub_ranges_work = False
             except AzureError as exc:
                 raise store_error_for(exc, "probing feed-range queries", self.account, self._credential_kind) from None
@@ -442,7 +437,7 @@ class CosmosStore:
                 documents = [_stored(document) for document in page] if page is not None else []
             except ValueError as exc:
                 raise StoreError(f"continuation {continuation!r} does not fit this range of {self.describe()}: "
-                                 f"{_first_line(exc)}") from None
+                                 f"{first_line(exc)}") from None
             return ScanPage(documents, (pages.continuation_token or None) if page is not None else None)
 
     # -- point operations --------------------------------------------------------------------
