@@ -17,12 +17,12 @@ Every figure comes from one invocation, on one data set:
   worker; what one core can do at best with this data.
 - **re-keying, keys warm**: the same function over the sample with every DEK already
   unwrapped; the pure CPU cost of re-keying (used to split the fleet's time).
-- **store only**: the same documents scanned and written back unchanged, one process: what
-  the store alone costs per document (used to split the fleet's time).
+- **store only**: the container's documents scanned and written back unchanged, one process:
+  what the store alone costs per document (used to split the fleet's time).
 
-Naive, re-keying with warm keys and store only run on the first ``--sample`` documents (the
-naive way over 100k documents would take minutes on its own); the output says so. The bound
-runs over the whole container on SQLite and over the sample on a remote store.
+Naive and re-keying with warm keys run on the first ``--sample`` documents (the naive way
+over 100k documents would take minutes on its own); the output says so. The bound and store
+only run over the whole container on SQLite and over the sample on a remote store.
 
 Data. On SQLite (the default) a container of N documents is seeded once under a local MEK v1
 and cached under ``$REENCRYPT_HOME/bench/cache`` keyed by (docs, dek-share, seed); every
@@ -283,7 +283,7 @@ class _Bench:
         work = self._working_store(store_url, "in-process")
         references = _References(work, _load_sample(work, options.sample), provider, target_kid, self.parent.settings,
                                  spans=1 if self.remote_store else len(counts) + 1,
-                                 bound_documents=options.sample if self.remote_store else container.documents)
+                                 container_documents=options.sample if self.remote_store else container.documents)
         references.measure_span(self.say)
         if self.remote_store:
             self.notes.append(f"store only and naive ran first on the same container: the {options.sample} sample documents "
@@ -641,16 +641,24 @@ class _ScanCursor:
 
 def _store_only(store: DocumentStore, cursor: _ScanCursor, count: int) -> InProcessRun:
     """Scan the next ``count`` documents and write them back unchanged, a page at a time with
-    conditional writes as the sweep does (``replace_many``): the store's own cost."""
-    written: list[dict] = []
+    conditional writes as the sweep does (``replace_many``): the store's own cost. Only the
+    documents' sizes are counted outside the clock."""
+    documents = size = 0
+    elapsed = cpu_s = 0.0
     units_before = store.cost.request_units
-    started, cpu = time.perf_counter(), time.process_time()
-    for page in cursor.pages(count):
-        store.replace_many([(document.body, document.etag) for document in page])
-        written.extend(document.body for document in page)
-    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    pages = cursor.pages(count)
+    while True:
+        started, cpu = time.perf_counter(), time.process_time()
+        page = next(pages, None)
+        if page is not None:
+            store.replace_many([(document.body, document.etag) for document in page])
+        elapsed, cpu_s = elapsed + time.perf_counter() - started, cpu_s + time.process_time() - cpu
+        if page is None:
+            break
+        documents += len(page)
+        size += _json_bytes([document.body for document in page])
     return InProcessRun(
-        name="store_only", documents=len(written), fields=0, document_bytes=_json_bytes(written), seconds=round(elapsed, 4),
+        name="store_only", documents=documents, fields=0, document_bytes=size, seconds=round(elapsed, 4),
         cpu_seconds=round(cpu_s, 4), unwraps=0, store_seconds=round(elapsed, 4),
         request_units=store.cost.request_units - units_before,
     )
@@ -710,16 +718,17 @@ def _combined(parts: list[InProcessRun]) -> InProcessRun:
 class _References:
     """The in-process runs, each measured in ``spans`` parts spread around the fleets.
 
-    The bound takes the next part of ``bound_documents`` (the container, on SQLite) in each
-    span; warm re-keying repeats over the whole sample in every span; store only and naive each
-    take the next part of the sample (their own cursors), so every sample document is written
-    once by each. The bound reads before store only and naive write, so it meets v1 throughout.
+    The bound and store only each take the next part of ``container_documents`` (the whole
+    container, on SQLite) in each span; warm re-keying repeats over the whole sample in every
+    span; naive takes the next part of the sample. Each has its own cursor, so every document
+    is covered once by each. In a span the bound reads before store only and naive write, so it
+    meets v1 throughout (store only writes bodies back unchanged).
     """
 
     def __init__(self, store: DocumentStore, sample: list[tuple[dict, str, int]], provider, target_kid: str,
-                 settings, spans: int, bound_documents: int) -> None:
+                 settings, spans: int, container_documents: int) -> None:
         self.store, self.sample, self.target_kid, self.spans = store, sample, target_kid, spans
-        self.bound_documents = bound_documents
+        self.container_documents = container_documents
 
         def worker_like() -> Keyring:
             return Keyring(provider, dek_max_uses=settings.dek_max_uses, dek_max_age_s=settings.dek_max_age_s)
@@ -739,10 +748,10 @@ class _References:
     def measure_span(self, say) -> None:
         span = len(self.parts["bound"])
         share = self._share(len(self.sample), span)
-        bound_share = self._share(self.bound_documents, span)
-        for name, measure in (("bound", lambda: _bound(self.store, self.bound_cursor, self.cold, self.target_kid, bound_share)),
+        container_share = self._share(self.container_documents, span)
+        for name, measure in (("bound", lambda: _bound(self.store, self.bound_cursor, self.cold, self.target_kid, container_share)),
                               ("rekey_warm", lambda: _rekey_warm(self.sample, self.warm, self.target_kid)),
-                              ("store_only", lambda: _store_only(self.store, self.store_cursor, share)),
+                              ("store_only", lambda: _store_only(self.store, self.store_cursor, container_share)),
                               ("naive", lambda: _naive(self.store, self.naive_cursor, self.uncached, self.target_kid, share))):
             watch = _CpuWatch([])
             run = measure()
@@ -948,13 +957,13 @@ def _busy_notes(fleets: dict[int, FleetRun], refs: References) -> list[str]:
             "these figures are disturbed: rerun when it is idle"]
 
 
-def _standing_notes(remote_store: bool, sample: int, bound_documents: int, documents: int) -> list[str]:
+def _standing_notes(remote_store: bool, sample: int, container_documents: int, documents: int) -> list[str]:
     notes = [
-        f"naive, warm re-keying and store only are measured on a sample: the first {sample:,} of {documents:,} "
-        f"documents in scan order; the bound on the first {bound_documents:,}; the fleet sweeps all of them",
-        "on SQLite the references run in spans before, between and after the fleets (the bound on the next third of "
-        "the container, store only and naive each on the next part of the sample) and each rate is the total over "
-        "its spans: the machine's speed drifts, and the references then see it as the fleets did",
+        f"naive and warm re-keying are measured on a sample: the first {sample:,} of {documents:,} documents in scan "
+        f"order; the bound and store only on the first {container_documents:,}; the fleet sweeps all of them",
+        "on SQLite the references run in spans before, between and after the fleets (the bound and store only each on "
+        "the next third of the container, naive on the next third of the sample) and each rate is the total over its "
+        "spans: the machine's speed drifts, and the references then see it as the fleets did",
         "naive: one process, one document at a time, an MEK unwrap for every field (no cache), a fresh data key per "
         "field, store.replace per document",
         "bound: rekey_document over the documents already loaded (scanning and parsing untimed), with a keyring "
@@ -963,10 +972,10 @@ def _standing_notes(remote_store: bool, sample: int, bound_documents: int, docum
         "fleet time runs from 'sweep start' (plan, records, enqueue) until the sweep record is completed; workers "
         "are started and ready before the clock starts",
         "peak RSS is the sum over each worker's process tree (Celery main process + pool child)",
-        "store only: the sample scanned and written back unchanged a page at a time with conditional writes "
+        "store only: the documents scanned and written back unchanged a page at a time with conditional writes "
         "(replace_many, as the sweep writes), one process: the store's own cost per document",
         "time shares: in_batches and key_provider are measured (the workers' histograms); rekey_cpu_estimate = "
-        "documents / warm re-keying rate and store_estimate = documents / store-only rate (single-process costs); "
+        "documents / warm re-keying rate (on the sample) and store_estimate = documents / store-only rate (single-process costs); "
         "batch_rest = what is left of batch time (contention: SQLite write-lock waits, CPU shared with Redis and "
         "the Celery main processes; checkpoint commits); outside_batches = Celery/Redis dispatch, slice claims and "
         "idle tail; Redis alone is not measurable here",
@@ -1007,7 +1016,7 @@ def render_report(console: Console, report: dict) -> None:
                       f"{run['request_units_per_doc']:.1f}", f"{run['worker_cores']:.2f}", f"{run['other_cores']:.2f}",
                       f"{run['docs_per_s'] / fleet_rate:.2f}")
     rows = (("naive (sample)", "naive", "none"), ("bound", "bound", "cold start"),
-            ("re-keying, keys warm (sample)", "rekey_warm", "warm"), ("store only (sample)", "store_only", "-"))
+            ("re-keying, keys warm (sample)", "rekey_warm", "warm"), ("store only", "store_only", "-"))
     for label, name, cache in rows:
         run = report["runs"][name]
         table.add_row(label, f"{run['documents']:,}", f"{run['seconds']:.2f}", f"{run['docs_per_s']:,.0f}",
