@@ -484,6 +484,8 @@ class _Bench:
             "rekey_and_store_vs_bound": round(rekey_and_store / bound.docs_per_s, 3),
             "fleet_per_core_vs_rekey_and_store": round(per_core / rekey_and_store, 3),
             "w2_vs_w1": round(fleet.docs_per_s / w1.docs_per_s, 3) if w1 and fleet is not w1 else None,
+            # One worker on one core: the bound plus the queue, checkpoint and store, nothing else.
+            "w1_per_core_vs_bound": round(w1.docs_per_s / bound.docs_per_s, 3) if w1 and fleet is not w1 else None,
         }
         # Where the largest fleet's worker time went. Batch and key provider time are measured
         # by the workers themselves; re-keying and store time are estimated from the in-process
@@ -910,7 +912,7 @@ def _targets(report: dict, fleets: dict[int, FleetRun], refs: References, cores:
     targets = [
         Target(f"fleet W={fleet.workers} >= 10x naive", f"{report['fleet_vs_naive']:.1f}x", ">= 10x",
                _verdict(report["fleet_vs_naive"] >= 10), scale),
-        Target("fleet per core >= 1/2 in-process bound", f"{report['fleet_per_core_vs_bound']:.2f}",
+        Target(f"fleet per core >= 1/2 in-process bound (W={fleet.workers})", f"{report['fleet_per_core_vs_bound']:.2f}",
                ">= 0.50", _verdict(report["fleet_per_core_vs_bound"] >= 0.5),
                f"{report['fleet_docs_per_s'] / min(fleet.workers, cores):,.0f} docs/s per core vs bound {bound.docs_per_s:,.0f}; "
                f"per CPU-second used: {fleet.docs_per_cpu_s:,.0f} vs {bound.docs_per_cpu_s:,.0f} "
@@ -920,6 +922,14 @@ def _targets(report: dict, fleets: dict[int, FleetRun], refs: References, cores:
                f"the store alone, no queue: {report['rekey_and_store_docs_per_s']:,.0f} docs/s "
                f"({report['rekey_and_store_vs_bound']:.2f} of the bound), of which the fleet reaches "
                f"{report['fleet_per_core_vs_rekey_and_store']:.2f}"),
+    ]
+    if report["w1_per_core_vs_bound"] is not None:
+        targets.append(Target(
+            "fleet per core >= 1/2 in-process bound (W=1)", f"{report['w1_per_core_vs_bound']:.2f}", ">= 0.50",
+            _verdict(report["w1_per_core_vs_bound"] >= 0.5),
+            "one worker process on one core: the bound's work plus the queue, checkpoint and store; at W=2 each "
+            "process also unwraps every DEK it meets (one cache each) and the idle tail of the last batches counts"))
+    targets += [
         Target("W=2 >= 1.7x W=1", f"{report['w2_vs_w1']:.2f}x" if report["w2_vs_w1"] else "not measured", ">= 1.7x",
                _verdict(report["w2_vs_w1"] >= 1.7 if report["w2_vs_w1"] else None),
                f"{cores} CPUs; worker processes used " + ", ".join(
@@ -1037,7 +1047,8 @@ def render_report(console: Console, report: dict) -> None:
     line(f"fleet W={report['fleet_workers']}: {report['fleet_vs_naive']:.1f}x naive; per core "
          f"{report['fleet_per_core_vs_bound']:.2f}x the in-process bound ({report['fleet_per_core_vs_rekey_and_store']:.2f}x "
          "re-keying plus the store alone)"
-         + (f"; {report['w2_vs_w1']:.2f}x W=1" if report["w2_vs_w1"] else ""))
+         + (f"; {report['w2_vs_w1']:.2f}x W=1, which is {report['w1_per_core_vs_bound']:.2f}x the bound per core"
+            if report["w2_vs_w1"] else ""))
 
     s = report["time_shares"]
     line(f"where the W={report['fleet_workers']} fleet's {s['worker_seconds']:.1f} worker-seconds went: "

@@ -104,4 +104,5 @@ def test_bench_json_reports_every_figure_with_sane_values(tmp_path, redis_url):
         1 / (1 / bound["docs_per_s"] + 1 / store_only["docs_per_s"]), rel=0.01)
 
     assert {t["result"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
-    assert len(report["targets"]) == 6
+    assert len(report["targets"]) == 7
+    assert report["w1_per_core_vs_bound"] == pytest.approx(report["w1_docs_per_s"] / report["bound_docs_per_s"], rel=0.01)
