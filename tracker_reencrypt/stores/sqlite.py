@@ -20,6 +20,7 @@ and a SQLite connection must not cross a fork).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -79,6 +80,24 @@ def path_from_url(url: str) -> Path:
 def effective_partition_key(partition_key: str) -> int:
     """Where a partition key falls in the EPK space; stable across processes and versions."""
     return int.from_bytes(hashlib.blake2b(str(partition_key).encode("utf-8"), digest_size=4).digest(), "big")
+
+
+def _balanced_bounds(documents_at: list[tuple[int, int]], count: int) -> set[int]:
+    """Range starts that cut ``documents_at`` ((EPK, documents) in EPK order) into ``count``
+    runs of about equal documents: for each multiple of total / count, the EPK whose documents
+    before it come nearest to that multiple."""
+    before, running = [], 0
+    for _, documents in documents_at:
+        before.append(running)
+        running += documents
+    starts = set()
+    for cut in range(1, count):
+        wanted = running * cut / count
+        at = bisect.bisect_left(before, wanted)
+        nearest = min((i for i in (at - 1, at) if 0 <= i < len(before)), key=lambda i: abs(before[i] - wanted), default=None)
+        if nearest:  # index 0 is the first EPK: a range starting there is the first range
+            starts.add(documents_at[nearest][0])
+    return starts
 
 
 def _layout_of(connection: sqlite3.Connection) -> int:
@@ -186,9 +205,23 @@ class SqliteStore:
     # -- ranges and scans --------------------------------------------------------------------
 
     def feed_ranges(self, min_count: int = 1) -> list[FeedRange]:
+        """``min_count`` ranges holding about as many documents each, as far as partition keys
+        allow (a partition key's documents share one EPK and so one range).
+
+        Equal EPK widths would not do: with tens of partition keys, ranges of equal width held
+        from none to 2.5 times the average, and the sweep waited at its end on the largest.
+        """
         count = max(1, min_count)
-        bounds = [EPK_SPACE * i // count for i in range(count + 1)]
-        return [{"epk_min": low, "epk_max": high} for low, high in zip(bounds, bounds[1:])]
+        documents_at = self._db.execute("SELECT epk, COUNT(*) FROM documents GROUP BY epk ORDER BY epk").fetchall()
+        bounds = {0, EPK_SPACE} | _balanced_bounds(documents_at, count)
+        while len(bounds) < count + 1:  # fewer partition keys than ranges: halve the widest
+            ordered = sorted(bounds)
+            low, high = max(zip(ordered, ordered[1:]), key=lambda pair: pair[1] - pair[0])
+            if high - low < 2:
+                break
+            bounds.add((low + high) // 2)
+        ordered = sorted(bounds)
+        return [{"epk_min": low, "epk_max": high} for low, high in zip(ordered, ordered[1:])]
 
     def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage:
         try:
