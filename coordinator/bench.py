@@ -912,7 +912,7 @@ def _targets(report: dict, fleets: dict[int, FleetRun], refs: References, cores:
     targets = [
         Target(f"fleet W={fleet.workers} >= 10x naive", f"{report['fleet_vs_naive']:.1f}x", ">= 10x",
                _verdict(report["fleet_vs_naive"] >= 10), scale),
-        Target(f"fleet per core >= 1/2 in-process bound (W={fleet.workers})", f"{report['fleet_per_core_vs_bound']:.2f}",
+        Target(f"fleet per core >= 1/2 in-process bound (W={fleet.workers})", f"{report['fleet_per_core_vs_bound']:.3f}",
                ">= 0.50", _verdict(report["fleet_per_core_vs_bound"] >= 0.5),
                f"{report['fleet_docs_per_s'] / min(fleet.workers, cores):,.0f} docs/s per core vs bound {bound.docs_per_s:,.0f}; "
                f"per CPU-second used: {fleet.docs_per_cpu_s:,.0f} vs {bound.docs_per_cpu_s:,.0f} "
@@ -925,7 +925,7 @@ def _targets(report: dict, fleets: dict[int, FleetRun], refs: References, cores:
     ]
     if report["w1_per_core_vs_bound"] is not None:
         targets.append(Target(
-            "fleet per core >= 1/2 in-process bound (W=1)", f"{report['w1_per_core_vs_bound']:.2f}", ">= 0.50",
+            "fleet per core >= 1/2 in-process bound (W=1)", f"{report['w1_per_core_vs_bound']:.3f}", ">= 0.50",
             _verdict(report["w1_per_core_vs_bound"] >= 0.5),
             "one worker process on one core: the bound's work plus the queue, checkpoint and store; at W=2 each "
             "process also unwraps every DEK it meets (one cache each) and the idle tail of the last batches counts"))
