@@ -361,7 +361,7 @@ class _Bench:
             seed_store(store, keyring, o.docs, seed=o.seed, dek_share=o.dek_share, progress=advance)
         seconds = time.perf_counter() - started
         source_kid = keyring.current_kid()
-        report = scan_container(store, keyring=None)
+        report = scan_container(store, keyring=None, sizing=True)
         return Container(documents=report.documents, fields=report.fields, document_bytes=report.document_bytes,
                          distinct_source_deks=report.distinct_deks([source_kid]), source_kid=source_kid,
                          seed_seconds=round(seconds, 1))

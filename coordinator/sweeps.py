@@ -83,7 +83,7 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: Limits) -> dic
     """What a sweep would change, and how long it would take under ``limits``; writes nothing."""
     given = limits.given()
     check_target(ctx, to, sources)
-    report = scan_container(ctx.store, keyring=None)
+    report = scan_container(ctx.store, keyring=None, sizing=True)
     moving = [kid for kid in report.kinds_by_kid if kid != to and (not sources or kid in sources)]
     would = {kid: dict(report.kinds_by_kid[kid]) for kid in moving}
     distinct = report.distinct_deks(moving)
@@ -107,7 +107,7 @@ def _sample(ctx: Context, feed_ranges) -> dict:
     """Average document size and DEKs per document from one page: what the status estimate
     under budgets needs, for the price of one page instead of a full scan."""
     documents = [doc.body for rng in feed_ranges[:4] for doc in ctx.store.scan(rng, None, SAMPLE_DOCUMENTS // 4).documents]
-    report = ScanReport()
+    report = ScanReport(sizing=True)
     for body in documents:
         count_document(report, body, ctx.store.partition_key_of(body), None)
     count = max(1, report.documents)

@@ -19,6 +19,10 @@ EXAMPLES = 20
 
 @dataclass
 class ScanReport:
+    #: Also measure document sizes and collect each kid's distinct DEKs: what the dry run's
+    #: estimate and the bench need. Off for verify and keys disable, whose memory would
+    #: otherwise grow with every distinct data key in the container.
+    sizing: bool = False
     documents: int = 0
     fields: int = 0
     fields_by_kid: Counter = field(default_factory=Counter)
@@ -38,19 +42,21 @@ class ScanReport:
         return sum(len(self.deks_by_kid.get(kid, ())) for kid in kids)
 
     def as_json(self) -> dict:
+        sizes = {"document_bytes": self.document_bytes,
+                 "distinct_deks_by_kid": {kid: len(deks) for kid, deks in self.deks_by_kid.items()}}
         return {
             "documents": self.documents, "fields": self.fields,
             "fields_by_kid": dict(self.fields_by_kid), "fields_by_kind": dict(self.fields_by_kind),
             "kinds_by_kid": {kid: dict(kinds) for kid, kinds in self.kinds_by_kid.items()},
             "undecryptable": self.undecryptable, "undecryptable_examples": self.undecryptable_examples,
-            "document_bytes": self.document_bytes,
-            "distinct_deks_by_kid": {kid: len(deks) for kid, deks in self.deks_by_kid.items()},
+            **(sizes if self.sizing else {}),
         }
 
 
-def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Callable[[int], None] | None = None) -> ScanReport:
+def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Callable[[int], None] | None = None,
+                   *, sizing: bool = False) -> ScanReport:
     """Count every field by kid and kind; with a keyring, also check that each decrypts."""
-    report = ScanReport()
+    report = ScanReport(sizing=sizing)
     for feed_range in store.feed_ranges(1):
         continuation = None
         while True:
@@ -67,7 +73,8 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
 
 def count_document(report: ScanReport, body: dict, partition_key: str, keyring: Keyring | None) -> None:
     report.documents += 1
-    report.document_bytes += len(json.dumps(body, separators=(",", ":")))
+    if report.sizing:
+        report.document_bytes += len(json.dumps(body, separators=(",", ":")))
     checks = check_document(body, partition_key, keyring)
     for kid in {check.kid for check in checks}:
         report.documents_by_kid[kid] += 1
@@ -76,7 +83,8 @@ def count_document(report: ScanReport, body: dict, partition_key: str, keyring: 
         report.fields_by_kid[check.kid] += 1
         report.fields_by_kind[check.kind] += 1
         report.kinds_by_kid.setdefault(check.kid, Counter())[check.kind] += 1
-        report.deks_by_kid.setdefault(check.kid, set()).add(check.dek_id)
+        if report.sizing:
+            report.deks_by_kid.setdefault(check.kid, set()).add(check.dek_id)
         if not check.decrypts:
             report.undecryptable += 1
             if len(report.undecryptable_examples) < EXAMPLES:
