@@ -232,7 +232,7 @@ def test_reencrypt_under_a_new_kid_uses_a_fresh_dek(provider):
 def test_rewrap_wraps_each_source_dek_once_per_target(provider):
     sealed = seal_many(Keyring(provider, dek_max_uses=5), 10)
     keyring = Keyring(provider)
-    moved = [envelope.rewrap(s, keyring, V2) for s in sealed]
+    moved = [envelope.rewrap(s, where(i), keyring, V2) for i, s in enumerate(sealed)]
     assert len({dek_of(m) for m in moved}) == 2
     assert keyring.stats.provider_unwraps == 2 and keyring.stats.provider_wraps == 2
 

@@ -121,8 +121,8 @@ def rekey_document(
     ``source_kids`` None means every kid other than the target. If any field fails to
     decrypt, the document is left as it is (``new_body`` None) and the failures say why: a
     field we cannot read is never rewritten. A document already on target needs no write.
-    In ``rewrap`` mode the ciphertext is still authenticated (decrypted with the cached DEK)
-    before its data key is re-wrapped, so a tampered field is caught in both modes.
+    In ``rewrap`` mode the ciphertext is still authenticated against its location before its
+    data key is re-wrapped, so a tampered field is caught in both modes.
     """
     kind = field_kind(body)
     new_body = body
@@ -138,8 +138,7 @@ def rekey_document(
         where = location(body, partition_key, parts)
         try:
             if mode == "rewrap":
-                envelope.decrypt(sealed, where, keyring)
-                replacement = envelope.rewrap(sealed, keyring, target_kid)
+                replacement = envelope.rewrap(sealed, where, keyring, target_kid)
             else:
                 replacement = envelope.reencrypt(sealed, where, keyring, target_kid)
         except EnvelopeError as exc:

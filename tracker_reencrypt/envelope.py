@@ -171,17 +171,19 @@ def reencrypt(envelope: Any, where: Location, keyring: Keyring, target_kid: str)
     return _seal(plaintext, aad, keyring.data_key_for_encryption(target_kid))
 
 
-def rewrap(envelope: Any, keyring: Keyring, target_kid: str) -> dict:
+def rewrap(envelope: Any, where: Location, keyring: Keyring, target_kid: str) -> dict:
     """The same ciphertext with its data key re-wrapped under ``target_kid``.
 
     Only ``kid``, ``wrap`` and ``dek`` change. The associated data does not cover them, so
-    the AAD contract holds. The payload is not authenticated here (no location is given);
-    callers that must prove the field decrypts use :func:`decrypt` or :func:`reencrypt`.
+    the AAD contract holds. The payload is authenticated against ``where`` first (its
+    plaintext is not parsed), so a tampered field is refused, never laundered under the new
+    key; the envelope is parsed and its DEK unwrapped once for both.
     A target key the provider does not know or has disabled is not this envelope's fault:
     as in :func:`encrypt` and :func:`reencrypt`, that KeyProviderError propagates.
     """
     parsed = _parse(envelope)
     dek = _unwrap(parsed, keyring)
+    _authenticate(dek, parsed, where, associated_data(where))
     wrap_algorithm, wrapped = keyring.wrap(target_kid, dek)
     return {**parsed.raw, "kid": target_kid, "wrap": wrap_algorithm, "dek": b64encode(wrapped)}
 
@@ -244,7 +246,11 @@ def _unwrap(parsed: _Parsed, keyring: Keyring) -> bytes:
 
 
 def _open(parsed: _Parsed, where: Location, aad: bytes, keyring: Keyring) -> bytes:
-    dek = _unwrap(parsed, keyring)
+    return _authenticate(_unwrap(parsed, keyring), parsed, where, aad)
+
+
+def _authenticate(dek: bytes, parsed: _Parsed, where: Location, aad: bytes) -> bytes:
+    """The plaintext, once GCM has checked the tag over it and the location's AAD."""
     try:
         return AESGCM(dek).decrypt(parsed.iv, parsed.ct, aad)
     except InvalidTag:
