@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -76,15 +76,6 @@ _EPK_DIGITS = 32
 _HASH_V2_TOP = 0x40 << (8 * 15)
 
 Priority = Literal["Low", "High"]
-
-
-def _concurrently(operation, items: list) -> list:
-    """``operation`` over ``items`` on a few threads (gateway requests are I/O bound), in order."""
-    if len(items) <= 1:
-        return [operation(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(CONCURRENT_REQUESTS, len(items))) as pool:
-        futures = [pool.submit(operation, item) for item in items]
-    return [future.result() for future in futures]
 
 
 # -- URL and environment ---------------------------------------------------------------------
@@ -264,6 +255,8 @@ class CosmosStore:
         self._credential_kind = "key" if isinstance(credential, str) else "entra"
         self._records: CosmosRecordStore | None = None
         self._sub_ranges_work: bool | None = None
+        self._writers: ThreadPoolExecutor | None = None
+        self._writers_pid = 0
 
         # The SDK skips TLS verification for 127.0.0.1 and localhost (the emulator) unless an
         # SSLConfiguration is given: give one always, so verification is on everywhere.
@@ -454,12 +447,28 @@ class CosmosStore:
 
     def create_many(self, bodies: list[dict]) -> list[StoredDocument]:
         """Insert documents concurrently (not atomically: a failure leaves the others created)."""
-        return _concurrently(self.create, bodies)
+        return self._concurrently(self.create, bodies)
 
     def replace_many(self, writes: list[tuple[dict, str]]) -> list[StoredDocument | None]:
         """Conditional replaces sent concurrently (the sync SDK has no bulk executor, and a
         transactional batch is limited to one partition key value)."""
-        return _concurrently(lambda write: self._replace_or_none(*write), writes)
+        return self._concurrently(lambda write: self._replace_or_none(*write), writes)
+
+    def _concurrently(self, operation, items: list) -> list:
+        """``operation`` over ``items`` on a few threads (gateway requests are I/O bound), in
+        order, every one finished before the first error is raised."""
+        if len(items) <= 1:
+            return [operation(item) for item in items]
+        futures = [self._writer_pool().submit(operation, item) for item in items]
+        wait(futures)
+        return [future.result() for future in futures]
+
+    def _writer_pool(self) -> ThreadPoolExecutor:
+        """One pool per store and process, made on first use: threads do not survive Celery's fork."""
+        if self._writers is None or self._writers_pid != os.getpid():
+            self._writers = ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS, thread_name_prefix="cosmos-write")
+            self._writers_pid = os.getpid()
+        return self._writers
 
     def _replace_or_none(self, body: dict, etag: str) -> StoredDocument | None:
         try:
@@ -492,6 +501,9 @@ class CosmosStore:
         return self._records
 
     def close(self) -> None:
+        if self._writers is not None and self._writers_pid == os.getpid():
+            self._writers.shutdown()
+        self._writers = None
         self._client.close()
 
 
