@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracker_reencrypt.stores import estimated_request_units
+from tracker_reencrypt.sweep.limits import budgets_text
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,7 @@ class Estimate:
     kv_ops: int
 
     def text(self, limits: dict) -> str:
-        given = ", ".join(f"{value:g} {unit}" for key, unit in
-                          (("rate", "docs/s"), ("kv_ops_per_s", "KV ops/s"), ("ru_per_s", "RU/s")) if (value := limits.get(key)))
+        given = budgets_text(limits)
         if self.seconds is None:
             return f"~{self.request_units:,.0f} RU and ~{self.kv_ops:,} Key Vault calls; no budget given, so the fleet's speed bounds it"
         return f"at {given}: ~{_duration(self.seconds)}, bound by {self.bound_by}"

@@ -31,6 +31,7 @@ from coordinator import sweeps
 from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.fleet import QUEUE
+from tracker_reencrypt.sweep.limits import BUDGETS
 from tracker_reencrypt.sweep.state import (
     CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, parse_utc,
 )
@@ -42,7 +43,7 @@ DEFAULT_INTERVAL_S = 5.0
 
 STATUSES = (PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED)
 #: A sweep's limit fields, by the ``limit`` label the workers' rate-limit wait counter uses too.
-LIMITS = {"rate": "documents", "kv_ops_per_s": "kv_ops", "ru_per_s": "request_units"}
+LIMITS = {budget.key: budget.label for budget in BUDGETS}
 #: Kombu's Redis transport keeps one list per priority step: the queue's own name for
 #: priority 0 (every message we send) and ``<queue>\x06\x16<step>`` for the others.
 PRIORITY_SEPARATOR = "\x06\x16"

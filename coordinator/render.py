@@ -13,6 +13,7 @@ from rich.table import Column, Table
 
 from coordinator import sweeps
 from coordinator.context import Context
+from tracker_reencrypt.sweep.limits import budgets_text
 from tracker_reencrypt.sweep.state import FINISHED
 
 REFRESH_S = 1.0
@@ -56,9 +57,7 @@ def counter_progress(console: Console, label: str, total: int, *, enabled: bool 
 
 
 def limits_text(sweep: dict) -> str:
-    parts = [f"{sweep[name]:g} {unit}" for name, unit in
-             (("rate", "docs/s"), ("kv_ops_per_s", "KV ops/s"), ("ru_per_s", "RU/s")) if sweep.get(name)]
-    return ", ".join(parts) or "none"
+    return budgets_text(sweep) or "none"
 
 
 def _eta(seconds: float | None) -> str:

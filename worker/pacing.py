@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.stores import DocumentStore
+from tracker_reencrypt.sweep.limits import DOCUMENTS, KEY_VAULT, REQUEST_UNITS
 from tracker_reencrypt.sweep.budget import AdaptiveBudget
 from tracker_reencrypt.sweep.ratelimit import TokenBucket
 from worker import metrics
@@ -27,9 +28,9 @@ class Pacer:
         self.sweep, self.store, self.provider = sweep, store, provider
         self._reread_sweep = reread_sweep
         self._read_at = time.monotonic()
-        self.documents = TokenBucket(redis_client, f"reencrypt:bucket:{sweep['id']}:documents")
-        self.kv = AdaptiveBudget(redis_client, sweep["id"], "kv_ops")
-        self.ru = AdaptiveBudget(redis_client, sweep["id"], "request_units")
+        self.documents = TokenBucket(redis_client, f"reencrypt:bucket:{sweep['id']}:{DOCUMENTS.label}")
+        self.kv = AdaptiveBudget(redis_client, sweep["id"], KEY_VAULT.label)
+        self.ru = AdaptiveBudget(redis_client, sweep["id"], REQUEST_UNITS.label)
         self._request_units = store.cost.request_units
         self._store_throttles = store.cost.throttled
         self._kv_throttles = self._provider_throttles()
@@ -52,8 +53,8 @@ class Pacer:
 
     def before_page(self, documents: int) -> None:
         self._refresh_limits()
-        waited = self.documents.take(documents, self.sweep.get("rate"))
-        metrics.RATE_LIMIT_WAIT.labels("documents").inc(waited)
+        waited = self.documents.take(documents, self.sweep.get(DOCUMENTS.key))
+        metrics.RATE_LIMIT_WAIT.labels(DOCUMENTS.label).inc(waited)
 
     def before_key_call(self, operation: str) -> None:
         """Every unwrap reaches the vault: it takes its Key Vault token before the call. Whether
@@ -65,7 +66,7 @@ class Pacer:
     def _spend_kv(self, calls: int) -> None:
         if calls > 0:
             self._refresh_limits()
-            metrics.RATE_LIMIT_WAIT.labels("kv_ops").inc(self.kv.spend(calls, self.sweep.get("kv_ops_per_s")))
+            metrics.RATE_LIMIT_WAIT.labels(KEY_VAULT.label).inc(self.kv.spend(calls, self.sweep.get(KEY_VAULT.key)))
 
     def after_page(self) -> None:
         """Charge the page's real request units and its vault calls other than unwraps, and
@@ -75,7 +76,7 @@ class Pacer:
         self._other_vault_calls = other_vault_calls
         charged = self.store.cost.request_units - self._request_units
         self._request_units = self.store.cost.request_units
-        metrics.RATE_LIMIT_WAIT.labels("request_units").inc(self.ru.spend(charged, self.sweep.get("ru_per_s")))
+        metrics.RATE_LIMIT_WAIT.labels(REQUEST_UNITS.label).inc(self.ru.spend(charged, self.sweep.get(REQUEST_UNITS.key)))
         self._adapt(self.ru, self.store.cost.throttled - self._store_throttles)
         self._store_throttles = self.store.cost.throttled
         kv_throttles = self._provider_throttles()
