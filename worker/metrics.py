@@ -45,16 +45,22 @@ def observe_key_call(operation: str, seconds: float, succeeded: bool) -> None:
 
 
 class DeltaTracker:
-    """Turns monotonic totals kept elsewhere (keyring stats, store cost) into counter increments."""
+    """Turns monotonic totals kept elsewhere (keyring stats, store cost, provider calls) into
+    increments: counters, or the pacer's charges. Totals not given at the start count from 0."""
 
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
+    def __init__(self, **start: float) -> None:
+        self._last: dict[str, float] = dict(start)
+
+    def since(self, name: str, total: float) -> float:
+        """How much ``total`` grew since the last call for ``name``."""
+        delta = total - self._last.get(name, 0.0)
+        self._last[name] = total
+        return delta
 
     def add(self, counter, name: str, total: float) -> None:
-        delta = total - self._last.get(name, 0.0)
+        delta = self.since(name, total)
         if delta > 0:
             counter.inc(delta)
-        self._last[name] = total
 
 
 def serve(port: int) -> None:

@@ -31,10 +31,10 @@ class Pacer:
         self.documents = TokenBucket(redis_client, f"reencrypt:bucket:{sweep['id']}:{DOCUMENTS.label}")
         self.kv = AdaptiveBudget(redis_client, sweep["id"], KEY_VAULT.label)
         self.ru = AdaptiveBudget(redis_client, sweep["id"], REQUEST_UNITS.label)
-        self._request_units = store.cost.request_units
-        self._store_throttles = store.cost.throttled
-        self._kv_throttles = self._provider_throttles()
-        self._other_vault_calls = self._provider_other_vault_calls()
+        self._totals = metrics.DeltaTracker(
+            request_units=store.cost.request_units, store_throttles=store.cost.throttled,
+            kv_throttles=self._provider_throttles(), other_vault_calls=self._provider_other_vault_calls(),
+        )
 
     def _provider_throttles(self) -> int:
         return getattr(self.provider, "throttled", 0)
@@ -71,17 +71,11 @@ class Pacer:
     def after_page(self) -> None:
         """Charge the page's real request units and its vault calls other than unwraps, and
         adapt both budgets to any 429s seen."""
-        other_vault_calls = self._provider_other_vault_calls()
-        self._spend_kv(other_vault_calls - self._other_vault_calls)
-        self._other_vault_calls = other_vault_calls
-        charged = self.store.cost.request_units - self._request_units
-        self._request_units = self.store.cost.request_units
+        self._spend_kv(self._totals.since("other_vault_calls", self._provider_other_vault_calls()))
+        charged = self._totals.since("request_units", self.store.cost.request_units)
         metrics.RATE_LIMIT_WAIT.labels(REQUEST_UNITS.label).inc(self.ru.spend(charged, self.sweep.get(REQUEST_UNITS.key)))
-        self._adapt(self.ru, self.store.cost.throttled - self._store_throttles)
-        self._store_throttles = self.store.cost.throttled
-        kv_throttles = self._provider_throttles()
-        self._adapt(self.kv, kv_throttles - self._kv_throttles)
-        self._kv_throttles = kv_throttles
+        self._adapt(self.ru, self._totals.since("store_throttles", self.store.cost.throttled))
+        self._adapt(self.kv, self._totals.since("kv_throttles", self._provider_throttles()))
 
     def _adapt(self, budget: AdaptiveBudget, new_throttles: int) -> None:
         factor = budget.throttled() if new_throttles > 0 else budget.calm()
