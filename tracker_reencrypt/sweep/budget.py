@@ -18,8 +18,7 @@ import time
 
 import redis
 
-from tracker_reencrypt.errors import ReencryptError
-from tracker_reencrypt.sweep.ratelimit import TokenBucket
+from tracker_reencrypt.sweep.ratelimit import TokenBucket, reaching_redis
 
 MIN_FACTOR = 0.05
 DECREASE = 0.5
@@ -84,19 +83,15 @@ class AdaptiveBudget:
         return self._set("up")
 
     def _stored_factor(self) -> float:
-        try:
+        with reaching_redis("budget state"):
             stored = self._client.hget(self._factor_key, "factor")
-        except redis.RedisError as exc:
-            raise ReencryptError(f"budget state in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
         return 1.0 if stored is None else float(stored)
 
     def _set(self, direction: str) -> float:
-        try:
+        with reaching_redis("budget state"):
             self.factor = float(self._adjust(
                 keys=[self._factor_key],
                 args=[direction, MIN_FACTOR, DECREASE_COOLDOWN_S, DECREASE, INCREASE_EVERY_S, INCREASE_STEP],
             ))
-        except redis.RedisError as exc:
-            raise ReencryptError(f"budget state in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
         self._synced_at = time.monotonic()
         return self.factor

@@ -10,6 +10,7 @@ served, and a large request cannot starve behind small ones.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import redis
 
@@ -32,6 +33,16 @@ return tostring(-tokens / rate)
 """
 
 
+@contextmanager
+def reaching_redis(what: str):
+    """Redis failures as our one-line error naming what the worker was reaching for: the batch
+    gives its slice back and tries later, as for any other outage."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise ReencryptError(f"{what} in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
+
+
 class TokenBucket:
     """``take(n)`` blocks until ``n`` tokens may be spent at ``rate`` per second."""
 
@@ -45,10 +56,8 @@ class TokenBucket:
         if rate <= 0:
             raise ReencryptError(f"rate for {self.key} must be positive, got {rate}")
         burst = max(rate * self.burst_seconds, tokens)
-        try:
+        with reaching_redis("rate limiter"):
             return float(self._script(keys=[self.key], args=[rate, burst, tokens]))
-        except redis.RedisError as exc:
-            raise ReencryptError(f"rate limiter in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
 
     def take(self, tokens: float, rate: float | None) -> float:
         """Block until ``tokens`` are ours; no limit when ``rate`` is None. Returns the wait."""
