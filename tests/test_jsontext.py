@@ -4,9 +4,11 @@ changing (tracker_reencrypt/jsontext.py)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +48,20 @@ def test_any_text_json_writes_reads_as_json_reads_it(value):
 @given(no_floats)
 def test_without_floats_the_text_is_byte_for_byte_json_s(value):
     assert jsontext.dumps(value) == stdlib_dumps(value)
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.integers() | st.floats() | st.booleans() | st.none(), scalars, max_size=4))
+def test_keys_that_are_not_strings_are_written_as_json_writes_them(value):
+    assert jsontext.dumps(value) == stdlib_dumps(value)
+
+
+def test_what_json_refuses_is_still_refused_not_quietly_converted():
+    for value in ({"raw": b"bytes"}, {"tags": {"a", "b"}}, [bytearray(b"x")], {"when": datetime.date(2026, 11, 29)}):
+        with pytest.raises(TypeError):
+            stdlib_dumps(value)
+        with pytest.raises(TypeError):
+            jsontext.dumps(value)
 
 
 def test_what_msgspec_alone_would_get_wrong_is_kept():
