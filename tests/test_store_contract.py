@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from contextlib import closing
@@ -464,6 +465,51 @@ def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_not
         assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
         assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'documents_in_epk_order'").fetchall() == []
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _old_file_held_by_another_writer(path: Path, seconds: float) -> threading.Thread:
+    """A layout-0 file in WAL mode whose write lock another connection holds for ``seconds``,
+    as while another process rewrites it."""
+    with closing_sqlite(path) as db:
+        db.executescript(_LAYOUT_0)
+        db.execute("PRAGMA journal_mode=WAL")
+    locked = threading.Event()
+
+    def hold() -> None:
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            locked.set()
+            time.sleep(seconds)
+            db.execute("ROLLBACK")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait()
+    return holder
+
+
+def test_sqlite_opening_an_old_file_waits_while_another_process_lays_it_out(tmp_path, monkeypatch):
+    from tracker_reencrypt.stores import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)  # shorter than the hold: the layout wait must apply
+    monkeypatch.setattr(sqlite_store, "LAYOUT_WAIT_MS", 10_000)
+    holder = _old_file_held_by_another_writer(tmp_path / "old.db", seconds=1.0)
+    store = sqlite_store.SqliteStore(tmp_path / "old.db")
+    holder.join()
+    assert store.count() == 0
+    with closing_sqlite(tmp_path / "old.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.LAYOUT_VERSION
+
+
+def test_sqlite_an_old_file_locked_too_long_says_so_and_to_retry(tmp_path, monkeypatch):
+    from tracker_reencrypt.stores import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(sqlite_store, "LAYOUT_WAIT_MS", 200)
+    holder = _old_file_held_by_another_writer(tmp_path / "old.db", seconds=1.5)
+    with pytest.raises(StoreError, match="stayed locked .* retry when that is done"):
+        sqlite_store.SqliteStore(tmp_path / "old.db")
+    holder.join()
 
 
 def test_sqlite_a_file_from_a_newer_reencrypt_is_refused_untouched(tmp_path):

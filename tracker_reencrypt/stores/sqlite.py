@@ -38,6 +38,8 @@ log = logging.getLogger("reencrypt.store")
 
 EPK_SPACE = 2**32
 BUSY_TIMEOUT_MS = 30_000
+#: How long opening a file waits while another process lays it out (~1 s per 100k documents).
+LAYOUT_WAIT_MS = 600_000
 
 #: The file layout this code writes, kept in SQLite's ``user_version``. 0: documents keyed by
 #: (partition key, id) with an EPK-order index beside them (files made before layout 1).
@@ -132,15 +134,27 @@ class _Connections:
             raise ConfigError(f"directory {self.path.parent} for SQLite store {self.path} does not exist: create it first")
         try:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            self._refuse_newer(_layout_of(connection))  # before anything below writes to the file
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if _layout_of(connection) != LAYOUT_VERSION:
-                self._lay_out(connection)
+            try:
+                self._prepare(connection)
+            except BaseException:
+                connection.close()
+                raise
         except sqlite3.DatabaseError as exc:
+            if "locked" in str(exc):
+                raise StoreError(f"SQLite store {self.path} stayed locked for {LAYOUT_WAIT_MS / 1000:.0f} s while it was "
+                                 f"opened (another process rewriting it to layout {LAYOUT_VERSION}?): retry when that is done") from None
             raise ConfigError(f"SQLite store {self.path} cannot be opened ({exc}): is it a SQLite database?") from None
         return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        self._refuse_newer(_layout_of(connection))  # before anything below writes to the file
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        if _layout_of(connection) != LAYOUT_VERSION:
+            # Another process may be rewriting a large old file: wait for it, not the usual 30 s.
+            connection.execute(f"PRAGMA busy_timeout={LAYOUT_WAIT_MS}")
+            self._lay_out(connection)
+        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _lay_out(self, connection: sqlite3.Connection) -> None:
         """Create the tables in a new file, or bring a layout-0 file to the current layout.
