@@ -304,14 +304,18 @@ class SqliteStore:
         for body, etag in writes:
             pk = self.partition_key_of(body)
             rows.append((body, etag, pk, effective_partition_key(pk), jsontext.dumps(body), _new_etag()))
-        results: list[StoredDocument | None] = []
         with self._transaction() as db:
-            for body, etag, pk, epk, text, new_etag in rows:
-                updated = db.execute(
-                    "UPDATE documents SET body = ?, etag = ? WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
-                    (text, new_etag, epk, pk, body["id"], etag),
-                ).rowcount
-                results.append(StoredDocument(body, new_etag) if updated else None)
+            updated = db.executemany(
+                "UPDATE documents SET body = ?, etag = ? WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
+                [(text, new_etag, epk, pk, body["id"], etag) for body, etag, pk, epk, text, new_etag in rows],
+            ).rowcount
+            if updated == len(rows):  # the usual case: nobody wrote these documents meanwhile
+                landed = [True] * len(rows)
+            else:  # ours are the rows now holding the ETag we gave them (fresh random ones)
+                landed = [db.execute("SELECT 1 FROM documents WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
+                                     (epk, pk, body["id"], new_etag)).fetchone() is not None
+                          for body, _, pk, epk, _, new_etag in rows]
+        results = [StoredDocument(row[0], row[5]) if ok else None for row, ok in zip(rows, landed)]
         self.cost.request_units += sum(estimated_request_units(len(row[4]), write=True) for row in rows)
         return results
 
