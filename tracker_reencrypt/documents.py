@@ -8,8 +8,10 @@ write a store, so they can be tested exhaustively and benchmarked alone.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from tracker_reencrypt import envelope
@@ -99,12 +101,16 @@ class DocumentPlan:
     new_body: dict | None
     fields: list[FieldOutcome] = field(default_factory=list)
 
+    @cached_property
+    def _actions(self) -> Counter:
+        return Counter(f.action for f in self.fields)  # fields are complete once a plan is made
+
     @property
     def failures(self) -> list[FieldOutcome]:
-        return [f for f in self.fields if f.action == "failed"]
+        return [f for f in self.fields if f.action == "failed"] if self._actions["failed"] else []
 
     def count(self, action: FieldAction) -> int:
-        return sum(1 for f in self.fields if f.action == action)
+        return self._actions[action]
 
 
 def rekey_document(
