@@ -459,7 +459,8 @@ class CosmosStore:
         order, every one finished before the first error is raised."""
         if len(items) <= 1:
             return [operation(item) for item in items]
-        futures = [self._writer_pool().submit(operation, item) for item in items]
+        pool = self._writer_pool()
+        futures = [pool.submit(operation, item) for item in items]
         wait(futures)
         return [future.result() for future in futures]
 

@@ -106,11 +106,6 @@ def _layout_of(connection: sqlite3.Connection) -> int:
     return connection.execute("PRAGMA user_version").fetchone()[0]
 
 
-def _scan_order(row: tuple) -> tuple:
-    """(pk, id, epk, ...) insert rows in the table's key order: a bulk insert appends, not splits."""
-    return row[2], row[0], row[1]
-
-
 def _new_etag() -> str:
     return f'"{secrets.token_hex(8)}"'
 
@@ -147,10 +142,11 @@ class _Connections:
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
-        self._refuse_newer(_layout_of(connection))  # before anything below writes to the file
+        layout = _layout_of(connection)
+        self._refuse_newer(layout)  # before anything below writes to the file
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        if _layout_of(connection) != LAYOUT_VERSION:
+        if layout != LAYOUT_VERSION:
             # Another process may be rewriting a large old file: wait for it, not the usual 30 s.
             connection.execute(f"PRAGMA busy_timeout={LAYOUT_WAIT_MS}")
             self._lay_out(connection)
@@ -278,11 +274,12 @@ class SqliteStore:
         for document in created:
             pk = self.partition_key_of(document.body)
             text = jsontext.dumps(document.body)
-            rows.append((pk, document.id, effective_partition_key(pk), document.etag, text))
+            rows.append((effective_partition_key(pk), pk, document.id, document.etag, text))
             self.cost.request_units += estimated_request_units(len(text), write=True)
+        rows.sort()  # in the table's key order (epk, pk, id): a bulk insert appends rather than splits
         try:
             with self._transaction() as db:
-                db.executemany("INSERT INTO documents (pk, id, epk, etag, body) VALUES (?, ?, ?, ?, ?)", sorted(rows, key=_scan_order))
+                db.executemany("INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             raise ConflictError(f"a document with one of these ids already exists in {self.describe()}") from None
         return created
