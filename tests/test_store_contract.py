@@ -33,6 +33,7 @@ from tracker_reencrypt.stores.cosmos import (
     ENV_CA_BUNDLE,
     ENV_KEY,
     ENV_PRIORITY,
+    STATE_CONTAINER_SUFFIX,
     CosmosStore,
     covers_whole_container,
     record_item_id,
@@ -56,14 +57,19 @@ SEED_PARTITIONS = 10
 
 
 @pytest.fixture(scope="module")
-def cosmos_database(cosmos_server):  # noqa: F811
-    """A database on the test server, reached with the SDK directly (to make containers)."""
+def cosmos_client(cosmos_server):  # noqa: F811
+    """The test server, reached with the SDK directly (to make and inspect databases and containers)."""
     tls = SSLConfiguration()
     tls.SSLCaCerts = str(cosmos_server.ca_bundle)
     client = CosmosClient(cosmos_server.endpoint, credential=cosmos_server.key, ssl_config=tls,
                           connection_verify=str(cosmos_server.ca_bundle))
-    yield client.create_database_if_not_exists("contract")
+    yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def cosmos_database(cosmos_client):
+    return cosmos_client.create_database_if_not_exists("contract")
 
 
 class Backend:
@@ -91,6 +97,7 @@ class Backend:
 def backend(request, tmp_path, monkeypatch):
     if request.param == "sqlite":
         located = Backend("sqlite", f"sqlite:///{tmp_path / 'tracker.db'}")
+        open_store(located.url, create=True).close()  # as seed does; other commands open existing stores only
     else:
         server = request.getfixturevalue("cosmos_server")
         database = request.getfixturevalue("cosmos_database")
@@ -513,10 +520,11 @@ def test_sqlite_an_old_file_locked_too_long_says_so_and_to_retry(tmp_path, monke
 
 
 def test_sqlite_a_file_from_a_newer_reencrypt_is_refused_untouched(tmp_path):
-    from tracker_reencrypt.stores.sqlite import LAYOUT_VERSION, SqliteStore
+    from tracker_reencrypt.stores.sqlite import APPLICATION_ID, LAYOUT_VERSION, SqliteStore
 
     path = tmp_path / "newer.db"
     with closing_sqlite(path) as db:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # ours, whatever its tables
         db.execute(f"PRAGMA user_version = {LAYOUT_VERSION + 1}")
     before = path.read_bytes()
     with pytest.raises(ConfigError, match=f"layout {LAYOUT_VERSION + 1}, newer .*: upgrade reencrypt"):
@@ -584,7 +592,7 @@ def test_cosmos_verifies_tls_even_on_loopback(cosmos_server):  # noqa: F811
 
 @pytest.mark.cosmos
 def test_cosmos_missing_container_names_it_and_the_fix(cosmos_server, cosmos_database):  # noqa: F811
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(ConfigError) as caught:
         CosmosStore.from_url(cosmos_server.url(cosmos_database.id, "no-such-container"), environ=cosmos_server.env())
     assert "no-such-container" in str(caught.value) and "/productId" in str(caught.value)
 
@@ -595,6 +603,60 @@ def test_cosmos_partition_key_must_match_the_container(cosmos_server, cosmos_dat
     cosmos_database.create_container(name, partition_key=PartitionKey(path="/tenant"))
     with pytest.raises(ConfigError, match="/tenant"):
         CosmosStore.from_url(cosmos_server.url(cosmos_database.id, name), environ=cosmos_server.env())
+
+
+@pytest.mark.cosmos
+@pytest.mark.parametrize("create", [False, True])
+def test_cosmos_missing_database_is_refused_and_not_created(cosmos_server, cosmos_client, monkeypatch,  # noqa: F811
+                                                            create):
+    for variable, value in cosmos_server.env().items():
+        monkeypatch.setenv(variable, value)
+    name = f"mistyped-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ConfigError) as caught:
+        open_store(cosmos_server.url(name, "tracker"), create=create)
+    message = str(caught.value)
+    assert f"database {name} of store {cosmos_server.url(name, 'tracker')} does not exist" in message
+    assert "check the database in the store URL" in message and "\n" not in message
+    assert name not in {database["id"] for database in cosmos_client.list_databases()}
+
+
+def _containers(database) -> set[str]:
+    return {container["id"] for container in database.list_containers()}
+
+
+@pytest.mark.cosmos
+@pytest.mark.parametrize("backend", [pytest.param("cosmos", marks=pytest.mark.cosmos)], indirect=True)
+def test_cosmos_reading_records_never_creates_the_state_container(backend, cosmos_database):
+    state = backend.url.rsplit("/", 1)[1] + STATE_CONTAINER_SUFFIX
+    reader = backend.open().records()  # as open_store gives every command but seed and keys init
+    assert reader.list("sweep") == []
+    with pytest.raises(NotFoundError):
+        reader.get("sweep", "s-1")
+    with pytest.raises(NotFoundError):
+        reader.replace("sweep", "s-1", {"state": "running"}, '"any"')
+    assert state not in _containers(cosmos_database)
+
+    backend.open().records().create("sweep", "s-1", {"state": "new"})  # a sweep starting elsewhere
+
+    assert state in _containers(cosmos_database)
+    assert reader.get("sweep", "s-1")[0] == {"state": "new"}  # the reader opened before sees it now
+    assert [record_id for record_id, _, _ in reader.list("sweep")] == ["s-1"]
+
+
+@pytest.mark.cosmos
+@pytest.mark.parametrize("backend", [pytest.param("cosmos", marks=pytest.mark.cosmos)], indirect=True)
+def test_cosmos_first_record_written_makes_the_state_container(backend, cosmos_database):
+    records = backend.open().records()
+    etag = records.create("audit", "a-1", {"event": "keys disable"})
+    assert records.get("audit", "a-1") == ({"event": "keys disable"}, etag)
+    assert backend.url.rsplit("/", 1)[1] + STATE_CONTAINER_SUFFIX in _containers(cosmos_database)
+
+
+@pytest.mark.cosmos
+@pytest.mark.parametrize("backend", [pytest.param("cosmos", marks=pytest.mark.cosmos)], indirect=True)
+def test_cosmos_create_makes_the_state_container_on_opening_records(backend, cosmos_database):
+    backend.open(create=True).records()
+    assert backend.url.rsplit("/", 1)[1] + STATE_CONTAINER_SUFFIX in _containers(cosmos_database)
 
 
 @pytest.mark.cosmos

@@ -122,18 +122,23 @@ class RecordStore(Protocol):
         ``prefix``, ordered by id."""
 
 
-def open_store(url: str, *, partition_key_field: str = "productId") -> DocumentStore:
-    """Build the document store a URL names, or raise ConfigError saying what is wrong."""
+def open_store(url: str, *, partition_key_field: str = "productId", create: bool = False) -> DocumentStore:
+    """Build the document store a URL names, or raise ConfigError saying what is wrong.
+
+    Only commands that make a store (``seed``, ``keys init``) pass ``create=True``: every other
+    command must find an existing store of ours, so a mistyped URL is refused rather than
+    opened as a new, empty container (see the backends for what each may create).
+    """
     if not url:
         raise ConfigError("no store given: set REENCRYPT_STORE or --store (e.g. sqlite:///tracker.db)")
     if url.startswith("sqlite:"):
         from tracker_reencrypt.stores.sqlite import SqliteStore, path_from_url
 
-        return SqliteStore(path_from_url(url), partition_key_field=partition_key_field)
+        return SqliteStore(path_from_url(url), partition_key_field=partition_key_field, create=create)
     if url.startswith("cosmos://"):
         from tracker_reencrypt.stores.cosmos import CosmosStore
 
-        return CosmosStore.from_url(url, partition_key_field=partition_key_field)
+        return CosmosStore.from_url(url, partition_key_field=partition_key_field, create=create)
     raise ConfigError(
         f"store URL {redact_url(url)!r} is not understood: use sqlite:///<path> or cosmos://<account host>/<database>/<container>"
     )

@@ -22,9 +22,13 @@ How the protocol maps onto Cosmos DB:
   so a replace writes back exactly the user's fields.
 - Request charges: every HTTP response's ``x-ms-request-charge`` goes into ``cost``, failed and
   retried ones included, and so does every 429 the SDK retried by itself.
+- The database and the tracker container are never created here: a missing one is a mistyped
+  URL, refused with a ConfigError.
 - The sweep's records live in a second container of the same database,
-  ``<container>-reencrypt-state`` (partition key ``/kind``), created if missing; records are
-  always sent at the default priority so leases and checkpoints do not starve.
+  ``<container>-reencrypt-state`` (partition key ``/kind``). It is created on opening only with
+  ``create=True``; otherwise on the first record written, never by a read, so a command that only
+  reads leaves the database as it found it (reads of a missing state container find nothing).
+  Records are always sent at the default priority so leases and checkpoints do not starve.
 - No azure exception leaves this module: they become the errors of tracker_reencrypt.errors.
 """
 
@@ -238,10 +242,14 @@ class CosmosStore:
         priority: Priority | None = None,
         state_container: str | None = None,
         client_options: Mapping[str, Any] | None = None,
+        create: bool = True,
     ) -> None:
         """``account`` is ``host[:port]``; ``credential`` an account key or a TokenCredential.
 
         ``client_options`` go to CosmosClient as they are, over our defaults (retry_* etc.).
+        ``create``: make the state container as soon as :meth:`records` is opened, not only on
+        the first record written (the default here, as before; open_store passes False unless
+        the command creates stores). The database and the tracker container must exist either way.
         """
         self.account = account
         self.endpoint = f"https://{account}/"
@@ -254,6 +262,7 @@ class CosmosStore:
         self._cost_lock = threading.Lock()
         self._credential_kind = "key" if isinstance(credential, str) else "entra"
         self._records: CosmosRecordStore | None = None
+        self._create = create
         self._sub_ranges_work: bool | None = None
         self._writers: ThreadPoolExecutor | None = None
         self._writers_pid = 0
@@ -298,9 +307,10 @@ class CosmosStore:
             with self._translated(f"reading container {database}/{container}"):
                 properties = self._container.read()
         except NotFoundError:
-            raise StoreError(
-                f"container {database}/{container} does not exist on Cosmos account {self.account}: "
-                f"create it with partition key /{partition_key_field}"
+            self._refuse_missing_database(database, container)
+            raise ConfigError(
+                f"container {database}/{container} does not exist on Cosmos account {self.account}: check the "
+                f"container in the store URL, or create it with partition key /{partition_key_field}"
             ) from None
         paths = (properties.get("partitionKey") or {}).get("paths")
         if paths != [f"/{partition_key_field}"]:
@@ -309,6 +319,16 @@ class CosmosStore:
                 f"not /{partition_key_field}: set the partition key field to match"
             )
         return properties
+
+    def _refuse_missing_database(self, database: str, container: str) -> None:
+        """Asked only once the container is missing: which of the two the URL got wrong."""
+        try:
+            with self._translated(f"reading database {database}"):
+                self._database.read()
+        except NotFoundError:
+            url = redact_url(f"cosmos://{self.account}/{database}/{container}")
+            raise ConfigError(f"database {database} of store {url} does not exist on Cosmos account {self.account}: "
+                              "check the database in the store URL; reencrypt never creates databases") from None
 
     @classmethod
     def from_url(
@@ -498,7 +518,7 @@ class CosmosStore:
 
     def records(self) -> "CosmosRecordStore":
         if self._records is None:
-            self._records = CosmosRecordStore(self)
+            self._records = CosmosRecordStore(self, create=self._create)
         return self._records
 
     def close(self) -> None:
@@ -523,34 +543,44 @@ class CosmosRecordStore:
 
     An item is ``{"id": <escaped record id>, "kind", "recordId", "body"}``: the record's body
     sits in its own property so its fields never clash with Cosmos's.
+
+    A missing state container is made here with ``create=True``, else by the first
+    :meth:`create` (a sweep starting, an audit entry): until then every read finds nothing, as
+    in an empty one, and a replace finds no record. A read never creates it.
     """
 
-    def __init__(self, store: CosmosStore) -> None:
+    def __init__(self, store: CosmosStore, *, create: bool) -> None:
         self._store = store
         self._translated = store._translated
-        name = store.state_container_name
-        self._where = f"Cosmos container {store.database_name}/{name} on {store.account}"
-        self._container = store._database.get_container_client(name)
+        self._name = store.state_container_name
+        self._where = f"Cosmos container {store.database_name}/{self._name} on {store.account}"
+        self._container = store._database.get_container_client(self._name)
         try:
-            with self._translated(f"reading container {store.database_name}/{name}"):
-                properties = self._container.read()
+            with self._translated(f"reading container {store.database_name}/{self._name}"):
+                self._check_partitioning(self._container.read())
         except NotFoundError:
-            properties = self._create_container(name)
+            if create:
+                self._create_container()
+
+    def _check_partitioning(self, properties: dict) -> None:
         if (properties.get("partitionKey") or {}).get("paths") != ["/kind"]:
             raise StoreError(f"{self._where} is not partitioned by /kind: give the sweep's state its own container")
 
-    def _create_container(self, name: str) -> dict:
+    def _create_container(self) -> None:
+        database = self._store.database_name
         try:
-            with self._translated(f"creating container {self._store.database_name}/{name}"):
-                return self._store._database.create_container(name, partition_key=PartitionKey(path="/kind")).read()
+            with self._translated(f"creating container {database}/{self._name}"):
+                made = self._store._database.create_container(self._name, partition_key=PartitionKey(path="/kind"))
+                properties = made.read()
         except ConflictError:  # another process created it first
-            with self._translated(f"reading container {self._store.database_name}/{name}"):
-                return self._container.read()
+            with self._translated(f"reading container {database}/{self._name}"):
+                properties = self._container.read()
         except StoreError as exc:
             raise StoreError(
                 f"cannot create {self._where} ({exc}): create it with partition key /kind "
                 "(Entra ID data-plane roles cannot create containers)"
             ) from None
+        self._check_partitioning(properties)
 
     def get(self, kind: str, record_id: str) -> tuple[dict, str]:
         with self._translated(f"reading {kind} {record_id!r}"):
@@ -559,7 +589,14 @@ class CosmosRecordStore:
 
     def create(self, kind: str, record_id: str, body: dict) -> str:
         item = {"id": record_item_id(record_id), "kind": kind, "recordId": record_id, "body": body}
-        with self._translated(f"creating {kind} {record_id!r}"):
+        try:
+            return self._create_item(item)
+        except NotFoundError:  # the first record written: the state container is made now
+            self._create_container()
+            return self._create_item(item)
+
+    def _create_item(self, item: dict) -> str:
+        with self._translated(f"creating {item['kind']} {item['recordId']!r}"):
             return self._container.create_item(item)["_etag"]
 
     def replace(self, kind: str, record_id: str, body: dict, etag: str) -> str:
@@ -572,8 +609,11 @@ class CosmosRecordStore:
     def list(self, kind: str, prefix: str = "") -> list[tuple[str, dict, str]]:
         query = "SELECT * FROM c WHERE c.kind = @kind AND STARTSWITH(c.recordId, @prefix)"
         parameters = [{"name": "@kind", "value": kind}, {"name": "@prefix", "value": prefix}]
-        with self._translated(f"listing {kind} records"):
-            items = list(self._container.query_items(query, parameters=parameters, partition_key=kind))
+        try:
+            with self._translated(f"listing {kind} records"):
+                items = list(self._container.query_items(query, parameters=parameters, partition_key=kind))
+        except NotFoundError:  # no state container yet: no record was ever written
+            return []
         return sorted(((item["recordId"], item["body"], item["_etag"]) for item in items), key=lambda row: row[0])
 
 

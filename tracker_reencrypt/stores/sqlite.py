@@ -16,6 +16,10 @@ determines the EPK, so that key is also unique per (partition key, id).
 WAL mode and short transactions make it safe for several worker processes on one machine.
 Each process opens its own connection lazily (Celery's prefork pool forks after start-up,
 and a SQLite connection must not cross a fork).
+
+A store is made only when asked to (``create=True``: ``reencrypt seed`` and ``keys init``);
+otherwise a path naming no file, or a file this tool did not make, is refused untouched, so a
+mistyped path can neither look like an empty container nor get our tables added to it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import secrets
 import sqlite3
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 from tracker_reencrypt import jsontext
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, redact_url
@@ -44,6 +49,12 @@ LAYOUT_WAIT_MS = 600_000
 #: The file layout this code writes, kept in SQLite's ``user_version``. 0: documents keyed by
 #: (partition key, id) with an EPK-order index beside them (files made before layout 1).
 LAYOUT_VERSION = 1
+#: SQLite's header field for "which application's file is this" (``PRAGMA application_id``),
+#: set in every file this code lays out: "MEKR". Files laid out before it are recognised by
+#: their tables (see :func:`_has_our_tables`).
+APPLICATION_ID = int.from_bytes(b"MEKR", "big")
+#: Our tables and their columns, the same names in every layout so far.
+_OUR_COLUMNS = {"documents": {"epk", "pk", "id", "etag", "body"}, "records": {"kind", "id", "etag", "body"}}
 
 _DOCUMENTS_TABLE = """
 CREATE TABLE {name} (
@@ -106,15 +117,47 @@ def _layout_of(connection: sqlite3.Connection) -> int:
     return connection.execute("PRAGMA user_version").fetchone()[0]
 
 
+def _has_our_tables(connection: sqlite3.Connection) -> bool:
+    return all(
+        {row[0] for row in connection.execute("SELECT name FROM pragma_table_info(?)", (table,))} == columns
+        for table, columns in _OUR_COLUMNS.items()
+    )
+
+
+def _is_blank(connection: sqlite3.Connection) -> bool:
+    """A database nobody has written anything into (what connecting to a new path makes)."""
+    return (_layout_of(connection) == 0 and connection.execute("PRAGMA application_id").fetchone()[0] == 0
+            and connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0)
+
+
+def _is_ours(connection: sqlite3.Connection) -> bool:
+    """Laid out by this tool: our marker, or (files from before the marker) our tables in a layout we know.
+    Another application's marker, or its own user_version beyond ours, is never ours."""
+    marker = connection.execute("PRAGMA application_id").fetchone()[0]
+    if marker:
+        return marker == APPLICATION_ID
+    return _layout_of(connection) <= LAYOUT_VERSION and _has_our_tables(connection)
+
+
+def _url_of(path: Path) -> str:
+    """The store URL naming ``path`` (the inverse of :func:`path_from_url`), fit for messages."""
+    return redact_url(f"sqlite:///{path}")
+
+
 def _new_etag() -> str:
     return f'"{secrets.token_hex(8)}"'
 
 
 class _Connections:
-    """One connection per process and thread, opened on first use."""
+    """One connection per process and thread, opened on first use.
 
-    def __init__(self, path: Path) -> None:
+    ``create``: a missing file, or a blank database, is laid out as a new store; without it
+    both are refused, like any file this tool did not make.
+    """
+
+    def __init__(self, path: Path, create: bool) -> None:
         self.path = path
+        self.create = create
         self._local = threading.local()
 
     def get(self) -> sqlite3.Connection:
@@ -125,10 +168,15 @@ class _Connections:
         return connection
 
     def _open(self) -> sqlite3.Connection:
+        if not self.create and not self.path.exists():
+            raise ConfigError(f"store {_url_of(self.path)} does not exist (no file {self.path.absolute()}): check the "
+                              f"path; only 'reencrypt seed' and 'reencrypt keys init' create a store")
         if not self.path.parent.exists():
             raise ConfigError(f"directory {self.path.parent} for SQLite store {self.path} does not exist: create it first")
+        # mode=rw: a file removed since the check above must not be made again, empty.
+        location = f"file:{quote(str(self.path.absolute()))}?mode={'rwc' if self.create else 'rw'}"
         try:
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            connection = sqlite3.connect(location, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             try:
                 self._prepare(connection)
             except BaseException:
@@ -138,12 +186,14 @@ class _Connections:
             if "locked" in str(exc):
                 raise StoreError(f"SQLite store {self.path} stayed locked for {LAYOUT_WAIT_MS / 1000:.0f} s while it was "
                                  f"opened (another process rewriting it to layout {LAYOUT_VERSION}?): retry when that is done") from None
-            raise ConfigError(f"SQLite store {self.path} cannot be opened ({exc}): is it a SQLite database?") from None
+            raise ConfigError(f"store {_url_of(self.path)} cannot be opened ({exc}): check the path names a store "
+                              f"made by 'reencrypt seed' or 'reencrypt keys init'") from None
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         layout = _layout_of(connection)
-        self._refuse_newer(layout)  # before anything below writes to the file
+        self._refuse_foreign(connection)  # before anything below writes to the file
+        self._refuse_newer(layout)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         if layout != LAYOUT_VERSION:
@@ -175,7 +225,21 @@ class _Connections:
             else:
                 connection.execute(_DOCUMENTS_TABLE.format(name="documents"))
             connection.execute(_RECORDS_TABLE)
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             connection.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+
+    def _refuse_foreign(self, connection: sqlite3.Connection) -> None:
+        """Only read here: a refused file is left byte for byte as it was."""
+        if _is_ours(connection):
+            return
+        if _is_blank(connection):
+            if self.create:
+                return
+            raise ConfigError(f"store {_url_of(self.path)} is an empty SQLite file, not a reencrypt store: check the "
+                              f"path; only 'reencrypt seed' and 'reencrypt keys init' create a store")
+        raise ConfigError(f"store {_url_of(self.path)} is a SQLite database reencrypt did not make (no tracker "
+                          f"documents and records tables): check the path; reencrypt never adds its tables to "
+                          f"another application's database")
 
     def _refuse_newer(self, version: int) -> None:
         if version > LAYOUT_VERSION:
@@ -190,13 +254,18 @@ class _Connections:
 
 
 class SqliteStore:
-    """DocumentStore on a SQLite file."""
+    """DocumentStore on a SQLite file.
 
-    def __init__(self, path: str | os.PathLike, *, partition_key_field: str = "productId") -> None:
+    ``create=True`` (the default here, for tools and tests that build their own files) makes the
+    file and its tables if missing. With False, as :func:`tracker_reencrypt.stores.open_store`
+    passes unless the command creates stores, only an existing store of ours opens.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, partition_key_field: str = "productId", create: bool = True) -> None:
         self.path = Path(path)
         self.partition_key_field = partition_key_field
         self.cost = RequestCost()
-        self._connections = _Connections(self.path)
+        self._connections = _Connections(self.path, create)
         self._connections.get()
 
     def describe(self) -> str:
