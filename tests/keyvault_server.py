@@ -12,6 +12,10 @@ the service's public REST reference:
 - Errors are ``{"error": {"code", "message", "innererror": {"code"}}}``. A disabled version
   refuses get and unwrapKey with 403 Forbidden / KeyDisabled, as the service does; wrapKey
   is a public-key operation the service still allows on a disabled key.
+- Tags belong to one version: set by create's body ``"tags"``, replaced whole by a PATCH that
+  carries ``"tags"``, returned at the top level of a KeyBundle and of each listed KeyItem
+  (absent when there are none). More than 15 tags, a name over 512 or a value over 256
+  characters is refused with 400 BadParameter.
 
 Real RSA-2048 keys live in memory; wrapKey/unwrapKey do RSA-OAEP-256 with them.
 Test controls: per-operation counters, 429 injection (a fraction of calls or the next N,
@@ -48,6 +52,7 @@ RBAC_DENIED = (
     "If role assignments were recently changed, please wait several minutes for role assignments to become effective."
 )
 ALL_KEY_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
+MAX_TAGS, MAX_TAG_NAME_CHARS, MAX_TAG_VALUE_CHARS = 15, 512, 256
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 _OAEP_256 = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
@@ -85,6 +90,7 @@ class KeyVersion:
     private_key: rsa.RSAPrivateKey
     key_ops: list[str]
     enabled: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     updated: int = field(default_factory=lambda: int(time.time()))
 
@@ -250,7 +256,8 @@ class KeyVaultServer:
         if start + size < len(versions):
             params = urlencode({"api-version": query["api-version"][0], "$skiptoken": start + size, "maxresults": size})
             next_link = f"{self.url}/keys/{name}/versions?{params}"
-        return {"value": [{"kid": self.kid(name, v.version), "attributes": _attributes(v)} for v in page], "nextLink": next_link}
+        items = [{"kid": self.kid(name, v.version), "attributes": _attributes(v), **_tags(v)} for v in page]
+        return {"value": items, "nextLink": next_link}
 
     def _create(self, name: str, body: dict) -> dict:
         if body.get("kty") not in ("RSA", "RSA-HSM"):
@@ -258,6 +265,7 @@ class KeyVaultServer:
         private_key = rsa.generate_private_key(public_exponent=65537, key_size=int(body.get("key_size") or 2048))
         version = KeyVersion(uuid.uuid4().hex, private_key, body.get("key_ops") or list(ALL_KEY_OPS))
         version.enabled = body.get("attributes", {}).get("enabled", True)
+        version.tags = _checked_tags(body.get("tags") or {})
         with self._lock:
             self.keys.setdefault(name, []).append(version)
         return self._bundle(name, version)
@@ -268,6 +276,8 @@ class KeyVaultServer:
             found.enabled = bool(body["attributes"]["enabled"])
         if body.get("key_ops"):
             found.key_ops = list(body["key_ops"])
+        if "tags" in body:
+            found.tags = _checked_tags(body["tags"] or {})
         found.updated = int(time.time())
         return self._bundle(name, found)
 
@@ -296,7 +306,7 @@ class KeyVaultServer:
             "n": b64url(_int_bytes(public.n)),
             "e": b64url(_int_bytes(public.e)),
         }
-        return {"key": jwk, "attributes": _attributes(version)}
+        return {"key": jwk, "attributes": _attributes(version), **_tags(version)}
 
 
 def _attributes(version: KeyVersion) -> dict:
@@ -308,6 +318,18 @@ def _attributes(version: KeyVersion) -> dict:
         "recoverableDays": 90,
         "exportable": False,
     }
+
+
+def _tags(version: KeyVersion) -> dict:
+    return {"tags": dict(version.tags)} if version.tags else {}
+
+
+def _checked_tags(tags: dict) -> dict[str, str]:
+    too_long = [n for n, v in tags.items() if len(n) > MAX_TAG_NAME_CHARS or len(str(v)) > MAX_TAG_VALUE_CHARS]
+    if len(tags) > MAX_TAGS or too_long:
+        limits = f"{MAX_TAGS} tags, names of {MAX_TAG_NAME_CHARS} and values of {MAX_TAG_VALUE_CHARS} characters"
+        raise VaultError(400, "BadParameter", f"Tags exceed the limits: at most {limits}.")
+    return {str(n): str(v) for n, v in tags.items()}
 
 
 def _refuse_if_disabled(version: KeyVersion, operation: str) -> None:

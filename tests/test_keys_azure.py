@@ -142,6 +142,162 @@ def test_factory_builds_the_azure_provider_from_a_vault_url():
         provider.close()
 
 
+# -- promote (rollback to an older version) -----------------------------------------------
+
+
+def newest_tags(vault) -> dict:
+    """What the vault itself holds on the newest version (no provider in between)."""
+    return vault.keys[KEY_NAME][-1].tags
+
+
+def test_promote_rolls_new_writes_back_to_an_older_version(vault, open_provider, provider):
+    first = provider.current_kid()
+    second = provider.rotate().kid
+    version = provider.promote(first)
+    assert (version.kid, version.current, version.enabled) == (first, True, True)
+    assert provider.current_kid() == first
+    assert [(v.kid, v.current) for v in provider.versions()] == [(first, True), (second, False)]
+    sealed, where, value = write_fields(Keyring(provider), 1)[0]
+    assert sealed["kid"] == first
+    assert open_provider().current_kid() == first  # recorded in the vault, for every process
+
+    # The abandoned newer version may now be disabled; the promoted one may not.
+    assert not provider.set_enabled(second, False).enabled
+    with pytest.raises(KeyDisabledError, match="current version"):
+        provider.set_enabled(first, False)
+    # The newest version is disabled now, so the vault refuses to get it: still the promoted one.
+    other = open_provider()
+    assert other.current_kid() == first
+    assert [(v.kid, v.current, v.enabled) for v in other.versions()] == [(first, True, True), (second, False, False)]
+    assert envelope.decrypt(sealed, where, Keyring(other)) == value
+
+    # A later rotation takes over as usual and leaves the promotion behind.
+    third = provider.rotate().kid
+    assert provider.current_kid() == third and open_provider().current_kid() == third
+    assert "current-version" not in newest_tags(vault)
+    assert write_fields(Keyring(provider), 1)[0][0]["kid"] == third
+
+
+def test_promoting_the_newest_again_undoes_a_promotion(vault, open_provider, provider):
+    first = provider.current_kid()
+    second = provider.rotate().kid
+    provider.promote(first)
+    assert provider.promote(second).current
+    assert open_provider().current_kid() == second
+    assert newest_tags(vault) == {}
+
+
+def test_promoting_the_current_version_changes_nothing(vault, provider):
+    kid = provider.current_kid()
+    version = provider.promote(kid)
+    assert (version.kid, version.current) == (kid, True)
+    assert vault.counts["update_key"] == 0 and newest_tags(vault) == {}
+
+
+def test_promote_refuses_a_disabled_or_unknown_version(vault, provider):
+    first = provider.current_kid()
+    second = provider.rotate().kid
+    provider.set_enabled(first, False)
+    with pytest.raises(KeyDisabledError, match=f"enable it first with 'reencrypt keys enable {first}'") as disabled:
+        provider.promote(first)
+    assert "\n" not in str(disabled.value)
+    for unknown in (vault.kid(KEY_NAME, "0" * 32), f"{vault.url}/keys/other/{'0' * 32}", "not a url"):
+        with pytest.raises(KeyNotFoundError, match="'reencrypt keys list'"):
+            provider.promote(unknown)
+    assert vault.counts["update_key"] == 1  # the disable only
+    assert provider.current_kid(refresh=True) == second
+
+
+def test_a_promoted_version_disabled_elsewhere_hands_back_to_the_newest(vault, open_provider, provider):
+    first = provider.current_kid()
+    second = provider.rotate().kid
+    provider.promote(first)
+    vault.set_enabled(first, False)  # an operator in the portal
+    assert open_provider().current_kid() == second
+    assert provider.current_kid(refresh=True) == second
+
+
+def test_promote_rescues_a_key_whose_newest_version_was_disabled_elsewhere(vault, open_provider, provider):
+    first = provider.current_kid()
+    second = provider.rotate().kid
+    vault.set_enabled(second, False)  # an operator in the portal: no version is current
+    with pytest.raises(KeyDisabledError):
+        provider.current_kid(refresh=True)
+    assert provider.promote(first).current
+    assert open_provider().current_kid() == first
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+STORE_ENTRY = "store-3f9a0c12ab45"
+STORE_VALUE = "12:" + "ab34" * 16 + "|sqlite:/abs/path/tracker.db"
+
+
+def test_metadata_set_get_and_delete_in_the_newest_versions_tags(vault, open_provider, provider):
+    assert provider.metadata() == {}
+    both = {STORE_ENTRY: STORE_VALUE, "owner": "team-a"}
+    assert provider.set_metadata(both) == both
+    assert newest_tags(vault) == both
+    assert provider.set_metadata({"owner": None, "absent": None}) == {STORE_ENTRY: STORE_VALUE}
+    assert open_provider().metadata() == {STORE_ENTRY: STORE_VALUE}
+    assert provider.set_metadata({STORE_ENTRY: None}) == {}
+    assert newest_tags(vault) == {}
+
+
+def test_metadata_survives_rotate_promote_and_a_new_provider(vault, open_provider, provider):
+    first = provider.current_kid()
+    provider.set_metadata({STORE_ENTRY: STORE_VALUE})
+    second = provider.rotate().kid
+    assert newest_tags(vault) == {STORE_ENTRY: STORE_VALUE}  # carried onto the new version
+    provider.promote(first)
+    assert provider.metadata() == {STORE_ENTRY: STORE_VALUE}  # the promotion record is not metadata
+    assert provider.set_metadata({"owner": "team-a"}) == {STORE_ENTRY: STORE_VALUE, "owner": "team-a"}
+    assert open_provider().current_kid() == first  # and writing metadata kept the promotion
+    provider.set_enabled(second, False)  # the vault refuses get on it now; its tags are still read
+    fresh = open_provider()
+    assert fresh.metadata() == {STORE_ENTRY: STORE_VALUE, "owner": "team-a"}
+    assert fresh.set_metadata({"owner": None}) == {STORE_ENTRY: STORE_VALUE}
+    fresh.rotate()
+    assert open_provider().metadata() == {STORE_ENTRY: STORE_VALUE}
+
+
+def entries(count: int) -> dict[str, str]:
+    return {f"store-{i:012x}": STORE_VALUE for i in range(count)}
+
+
+@pytest.mark.parametrize(
+    "changes, limit",
+    [
+        ({"extra-1": "x", "extra-2": "x"}, "16 tags but Key Vault allows at most 15 per key version"),
+        ({"n" * 513: "x"}, "513 characters but Key Vault allows at most 512 per tag name"),
+        ({"store-000000000000": "v" * 257}, "257-character value but Key Vault allows at most 256 per tag value"),
+    ],
+)
+def test_a_change_beyond_key_vaults_tag_limits_is_refused_and_writes_nothing(vault, provider, changes, limit):
+    assert provider.set_metadata(entries(15)) == entries(15)  # exactly at the limit is fine
+    updates = vault.counts["update_key"]
+    with pytest.raises(KeyProviderError, match=limit) as refused:
+        provider.set_metadata({**changes, "store-000000000001": None})  # the deletion is not written either
+    assert "\n" not in str(refused.value) and "v" * 257 not in str(refused.value)
+    assert vault.counts["update_key"] == updates
+    assert provider.metadata() == entries(15) == newest_tags(vault)
+
+
+def test_a_promotion_that_would_need_a_sixteenth_tag_is_refused(vault, provider):
+    first = provider.current_kid()
+    second = provider.rotate().kid
+    provider.set_metadata(entries(15))
+    with pytest.raises(KeyProviderError, match="16 tags .*at most 15"):
+        provider.promote(first)
+    assert provider.current_kid(refresh=True) == second and newest_tags(vault) == entries(15)
+
+
+def test_the_promotion_record_is_not_settable_as_metadata(vault, provider):
+    with pytest.raises(KeyProviderError, match="reserved"):
+        provider.set_metadata({"current-version": "0" * 32})
+    assert vault.counts["update_key"] == 0
+
+
 # -- wrap locally, unwrap in the vault -----------------------------------------------------
 
 

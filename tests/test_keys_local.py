@@ -19,15 +19,19 @@ from pathlib import Path
 
 import pytest
 
+from tracker_reencrypt import envelope
+from tracker_reencrypt.envelope import Location
 from tracker_reencrypt.errors import (
     ConfigError,
     KeyDisabledError,
     KeyNotFoundError,
+    KeyProviderError,
     KeyringFileError,
     UnwrapError,
 )
 from tracker_reencrypt.keys import WRAP_ALGORITHM, open_key_provider
 from tracker_reencrypt.keys import local
+from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +182,111 @@ def test_disabling_the_current_version_is_refused(keyring_path):
 def test_enabling_an_unknown_version_is_refused(keyring_path):
     with pytest.raises(KeyNotFoundError):
         LocalKeyProvider(keyring_path).set_enabled("tracker-mek/v9", True)
+
+
+# -- promote (rollback to an older version) ---------------------------------------------------
+
+WHERE = Location(document_id="issue-1", partition_key="project-1", field_path="/reporter/email")
+
+
+def test_promote_rolls_new_writes_back_to_an_older_version(keyring_path):
+    provider = LocalKeyProvider(keyring_path)
+    version = provider.promote(V1)
+    assert (version.kid, version.current, version.enabled) == (V1, True, True)
+    assert provider.current_kid() == V1
+    assert [(v.kid, v.current) for v in provider.versions()] == [(V1, True), (V2, False)]
+    sealed = envelope.encrypt({"email": "a@example.com"}, WHERE, Keyring(provider))
+    assert sealed["kid"] == V1
+    assert envelope.decrypt(sealed, WHERE, Keyring(LocalKeyProvider(keyring_path))) == {"email": "a@example.com"}
+    # The abandoned newer version may now be disabled; the promoted one may not.
+    assert not provider.set_enabled(V2, False).enabled
+    with pytest.raises(KeyDisabledError, match="current version"):
+        provider.set_enabled(V1, False)
+    assert LocalKeyProvider(keyring_path).current_kid() == V1  # on disk, for every process
+    assert mode_of(keyring_path) == 0o600
+    # A later rotation takes over as usual.
+    assert provider.rotate().kid == V3
+    assert [(v.kid, v.current) for v in provider.versions()] == [(V1, False), (V2, False), (V3, True)]
+
+
+def test_promoting_the_current_version_changes_nothing(keyring_path):
+    before = keyring_path.read_bytes()
+    version = LocalKeyProvider(keyring_path).promote(V2)
+    assert (version.kid, version.current) == (V2, True)
+    assert keyring_path.read_bytes() == before
+
+
+def test_promote_refuses_a_disabled_or_unknown_version(keyring_path):
+    provider = LocalKeyProvider(keyring_path)
+    provider.set_enabled(V1, False)
+    before = keyring_path.read_bytes()
+    with pytest.raises(KeyDisabledError, match=f"enable it first with 'reencrypt keys enable {V1}'") as disabled:
+        provider.promote(V1)
+    with pytest.raises(KeyNotFoundError, match="'reencrypt keys list'") as unknown:
+        provider.promote("tracker-mek/v9")
+    assert "\n" not in str(disabled.value) + str(unknown.value)
+    assert keyring_path.read_bytes() == before
+    assert provider.current_kid() == V2
+
+
+def test_a_running_provider_sees_another_process_promote(keyring_path, monkeypatch):
+    monkeypatch.setattr(local, "RELOAD_CHECK_SECONDS", 0.0)
+    provider = LocalKeyProvider(keyring_path)
+    assert provider.current_kid() == V2
+    LocalKeyProvider(keyring_path).promote(V1)
+    assert provider.current_kid() == V1
+
+
+# -- metadata ---------------------------------------------------------------------------------
+
+STORE_ENTRY = "store-3f9a0c12ab45"
+STORE_VALUE = "12:" + "ab34" * 16 + "|sqlite:/abs/path/tracker.db"
+
+
+def test_metadata_set_get_and_delete(keyring_path):
+    provider = LocalKeyProvider(keyring_path)
+    assert provider.metadata() == {}
+    both = {STORE_ENTRY: STORE_VALUE, "owner": "team-a"}
+    assert provider.set_metadata(both) == both
+    assert provider.set_metadata({"owner": None, "absent": None}) == {STORE_ENTRY: STORE_VALUE}
+    assert provider.metadata() == {STORE_ENTRY: STORE_VALUE}
+    assert json.loads(keyring_path.read_text())["metadata"] == {STORE_ENTRY: STORE_VALUE}
+    assert mode_of(keyring_path) == 0o600
+    assert list(keyring_path.parent.glob(".keyring.json.*")) == []
+
+
+def test_metadata_survives_rotate_promote_and_a_new_provider(keyring_path):
+    provider = LocalKeyProvider(keyring_path)
+    provider.set_metadata({STORE_ENTRY: STORE_VALUE})
+    provider.rotate()
+    provider.promote(V1)
+    assert provider.metadata() == {STORE_ENTRY: STORE_VALUE}
+    assert LocalKeyProvider(keyring_path).metadata() == {STORE_ENTRY: STORE_VALUE}
+
+
+def test_another_process_metadata_change_is_read_at_once(keyring_path):
+    provider = LocalKeyProvider(keyring_path)
+    assert provider.metadata() == {}
+    LocalKeyProvider(keyring_path).set_metadata({STORE_ENTRY: STORE_VALUE})
+    assert provider.metadata() == {STORE_ENTRY: STORE_VALUE}  # no wait for the reload interval
+
+
+@pytest.mark.parametrize("changes", [{"current-version": "v1"}, {"": "x"}, {"n": 3}, {7: "x"}])
+def test_bad_metadata_changes_are_refused_and_nothing_is_written(keyring_path, changes):
+    provider = LocalKeyProvider(keyring_path)
+    provider.set_metadata({"kept": "yes"})
+    before = keyring_path.read_bytes()
+    with pytest.raises(KeyProviderError):
+        provider.set_metadata({"other": "x", **changes})
+    assert keyring_path.read_bytes() == before
+
+
+def test_a_metadata_that_is_not_an_object_of_strings_is_refused(keyring_path):
+    document = json.loads(keyring_path.read_text())
+    document["metadata"] = {"n": 3}
+    keyring_path.write_text(json.dumps(document))
+    with pytest.raises(KeyringFileError, match="metadata"):
+        LocalKeyProvider(keyring_path).metadata()
 
 
 # -- the file: permissions, shape ------------------------------------------------------------

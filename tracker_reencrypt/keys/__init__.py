@@ -6,17 +6,24 @@ the backend from a URL:
 - ``local:<path>``: a JWKS keyring file (:mod:`tracker_reencrypt.keys.local`);
 - ``https://<vault>.vault.azure.net/keys/<name>``: Azure Key Vault
   (:mod:`tracker_reencrypt.keys.azure`).
+
+Both keep small string **metadata** with the MEK itself (outside any store), so what a key
+protects and the audit trail's anchor travel with the key through rotations and rollbacks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Protocol
 from urllib.parse import urlparse
 
-from tracker_reencrypt.errors import ConfigError, redact_url
+from tracker_reencrypt.errors import ConfigError, KeyProviderError, redact_url
 
 WRAP_ALGORITHM = "RSA-OAEP-256"
+# Key Vault records a promoted version under this tag (see keys.azure); no provider lets a
+# caller set it through set_metadata, so code written against one provider runs on the other.
+CURRENT_VERSION_ENTRY = "current-version"
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,49 @@ class KeyProvider(Protocol):
     def rotate(self) -> KeyVersion:
         """Create a new version and make it current."""
 
-    def set_enabled(self, kid: str, enabled: bool) -> KeyVersion: ...
+    def set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
+        """Enable or disable ``kid``; disabling the current version is refused (KeyDisabledError)."""
+
+    def promote(self, kid: str) -> KeyVersion:
+        """Make an existing, enabled version current: the rollback of an abandoned rotation.
+
+        New writes then go to ``kid``; the version that was current may be disabled. Unknown
+        ``kid``: KeyNotFoundError; disabled: KeyDisabledError; already current: no change.
+        A later :meth:`rotate` makes its new version current as usual.
+        """
+
+    def metadata(self) -> dict[str, str]:
+        """The MEK's metadata: small string annotations kept with the key, as read now."""
+
+    def set_metadata(self, changes: Mapping[str, str | None]) -> dict[str, str]:
+        """Set entries (a None value deletes one); returns the new full metadata.
+
+        All changes are written at once or not at all; the metadata survives rotate and
+        promote. A read-modify-write without a lock: callers serialise concurrent writers.
+        """
 
     def wrap(self, kid: str, dek: bytes) -> bytes:
         """Wrap ``dek`` under ``kid`` with :data:`WRAP_ALGORITHM`."""
 
     def unwrap(self, kid: str, wrap_algorithm: str, wrapped: bytes) -> bytes: ...
+
+
+def changed_metadata(metadata: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    """``metadata`` with ``changes`` applied (None deletes), or KeyProviderError for a bad entry."""
+    updated = dict(metadata)
+    for name, value in changes.items():
+        if not isinstance(name, str) or not name:
+            raise KeyProviderError(f"metadata entry name {name!r} is not a non-empty string: name each entry with text")
+        if name == CURRENT_VERSION_ENTRY:
+            raise KeyProviderError(f"metadata entry {name!r} is reserved (it marks a promoted version): pick another")
+        if value is None:
+            updated.pop(name, None)
+        elif isinstance(value, str):
+            updated[name] = value
+        else:
+            kind = type(value).__name__
+            raise KeyProviderError(f"metadata entry {name!r} has a {kind} value: give a string, or None to delete it")
+    return updated
 
 
 def open_key_provider(url: str) -> KeyProvider:

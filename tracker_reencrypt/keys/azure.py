@@ -12,6 +12,20 @@ Through the real ``azure-keyvault-keys`` SDK:
 - **throttling**: the SDK's RetryPolicy retries 429s, sleeping what Retry-After asks; we
   bound it (retry count and a cap on each wait) rather than add tenacity on top, so one
   policy owns retries and every 429 response is counted in :attr:`throttled`.
+- **metadata** is the tags of the newest version (by created date): tags belong to one
+  version, and the newest is the one the versionless key resolves to, so every reader finds
+  it there. :meth:`rotate` creates the new version with the previous newest version's tags.
+  Key Vault's limits (15 tags per version, names <= 512 and values <= 256 characters) are
+  checked before anything is written. A change is read-modify-write with no ETag to guard
+  it (Key Vault offers none for keys): concurrent writers must be serialised by the caller.
+- **promote** (rollback to an older version): the vault always resolves the versionless key
+  to its newest version and cannot be told otherwise, so the promoted version is recorded
+  in the newest version's ``current-version`` tag (hidden from :meth:`metadata`), and
+  :meth:`current_kid` returns it while that version exists and is enabled, else the newest.
+  :meth:`rotate` leaves the tag behind, so its new version is current. Only this tool reads
+  the tag: the tracker-service itself must be pointed at the promoted id through its
+  ``TRACKER_MEK_ID_<PRODUCTID>`` setting, since the vault's versionless get still returns
+  the newest version.
 
 Every SDK error is translated into the project's hierarchy (see :meth:`_translate`); none
 escapes. Messages name the vault, the key id and the fix, never a data key or key material.
@@ -19,15 +33,17 @@ escapes. Messages name the vault, the key id and the fix, never a data key or ke
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from azure.core.pipeline.policies import RetryPolicy
 from azure.identity import DefaultAzureCredential
-from azure.keyvault.keys import KeyClient, KeyOperation, KeyVaultKey, KeyVaultKeyIdentifier
+from azure.keyvault.keys import KeyClient, KeyOperation, KeyProperties, KeyVaultKey, KeyVaultKeyIdentifier
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -35,9 +51,15 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tracker_reencrypt.errors import (
     ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError, first_line,
 )
-from tracker_reencrypt.keys import WRAP_ALGORITHM, KeyVersion
+from tracker_reencrypt.keys import CURRENT_VERSION_ENTRY, WRAP_ALGORITHM, KeyVersion, changed_metadata
+
+log = logging.getLogger(__name__)
 
 RSA_BITS = 2048
+# Key Vault's limits on one key version's tags (Key Vault "about keys, secrets and certificates").
+MAX_TAGS = 15
+MAX_TAG_NAME_CHARS = 512
+MAX_TAG_VALUE_CHARS = 256
 KEY_OPERATIONS = [KeyOperation.wrap_key, KeyOperation.unwrap_key]
 # How long a resolved current version is trusted: the keyring asks for it on every new data
 # key, and a rotation made by another process reaches this one within this time.
@@ -120,22 +142,70 @@ class AzureKeyVaultProvider:
     # -- reading ---------------------------------------------------------------------------
 
     def current_kid(self, refresh: bool = False) -> str:
-        """The version the vault resolves the versionless key to, cached for CURRENT_KID_TTL_S."""
+        """The promoted version if one is recorded and usable, else the newest; cached for CURRENT_KID_TTL_S.
+
+        KeyDisabledError when the newest version is disabled and no usable version is promoted.
+        """
         current = self._current
         if current and not refresh and time.monotonic() - current[1] < CURRENT_KID_TTL_S:
             return current[0]
-        key = self._call("get_key", lambda: self._keys.get_key(self.key_name), f"{self.vault_url}/keys/{self.key_name}")
-        self._current = (key.id, time.monotonic())
-        return key.id
+        kid = self._resolve_current(self._newest())
+        self._current = (kid, time.monotonic())
+        return kid
 
     def versions(self) -> list[KeyVersion]:
-        items = self._call("list_versions", lambda: list(self._keys.list_properties_of_key_versions(self.key_name)))
+        items = self._list_versions()
         try:
             current = self.current_kid(refresh=True)
         except KeyDisabledError:  # the latest version is disabled: none is current
             current = None
-        items.sort(key=lambda p: (p.created_on is None, p.created_on))
         return [_key_version(p, current) for p in items]
+
+    def metadata(self) -> dict[str, str]:
+        return _metadata(self._newest().tags)
+
+    def _list_versions(self) -> list[KeyProperties]:
+        """Every version's properties (tags included), oldest first."""
+        items = self._call("list_versions", lambda: list(self._keys.list_properties_of_key_versions(self.key_name)))
+        # A stable sort: versions created within the same second keep the vault's order.
+        items.sort(key=lambda p: (p.created_on is None, p.created_on))
+        return items
+
+    def _newest(self) -> KeyProperties:
+        """The newest version's properties: where the metadata and a promoted version are recorded."""
+        try:
+            key = self._call("get_key", lambda: self._keys.get_key(self.key_name), self._versionless_id())
+        except KeyDisabledError:  # the vault refuses get on a disabled version but lists it, tags included
+            return self._list_versions()[-1]
+        return key.properties
+
+    def _resolve_current(self, newest: KeyProperties) -> str:
+        promoted = self._promoted(newest)
+        if promoted is not None:
+            return promoted
+        if newest.enabled is False:
+            raise KeyDisabledError(
+                f"key {newest.id}, the newest version, is disabled in {self.vault_url}: enable it, or rotate"
+            )
+        return newest.id
+
+    def _promoted(self, newest: KeyProperties) -> str | None:
+        """The id of the version the newest one's tags promote, while it exists and is enabled."""
+        version = (newest.tags or {}).get(CURRENT_VERSION_ENTRY)
+        if not version or version == newest.version:
+            return None
+        kid = f"{self._versionless_id()}/{version}"
+        try:
+            key = self._call("get_key", lambda: self._keys.get_key(self.key_name, version), kid)
+        except (KeyNotFoundError, KeyDisabledError):
+            # Disabled or deleted behind our back (set_enabled refuses it): the newest takes over
+            # again, as it does for the vault's own versionless get. Not an error for anyone.
+            log.debug("promoted version %s of %s is gone or disabled: the newest is current", version, self.key_name)
+            return None
+        return key.id if key.properties.enabled is not False else None
+
+    def _versionless_id(self) -> str:
+        return f"{self.vault_url}/keys/{self.key_name}"
 
     # -- crypto ----------------------------------------------------------------------------
 
@@ -212,13 +282,61 @@ class AzureKeyVaultProvider:
         raise KeyProviderError(f"key {existing} already exists: use 'reencrypt keys rotate' to add a version")
 
     def rotate(self) -> KeyVersion:
+        """A new newest version, carrying the metadata over and leaving any promotion behind.
+
+        A disabled newest version is no obstacle: a new version is exactly what it needs.
+        """
         try:
-            self.current_kid(refresh=True)
+            newest = self._newest()
         except KeyNotFoundError:
             raise KeyNotFoundError(f"{self.describe()} does not exist: create it with 'reencrypt keys init'") from None
+        tags = {name: value for name, value in (newest.tags or {}).items() if name != CURRENT_VERSION_ENTRY}
+        return self._create_version(tags)
+
+    def promote(self, kid: str) -> KeyVersion:
+        target = self._existing_enabled(kid)
+        newest = self._newest()
+        tags = dict(newest.tags or {})
+        if target.properties.version == newest.version:
+            tags.pop(CURRENT_VERSION_ENTRY, None)  # back to the vault's own choice
+        else:
+            tags[CURRENT_VERSION_ENTRY] = target.properties.version
+        if tags != (newest.tags or {}):  # promoting the current version writes nothing
+            self._write_tags(newest, tags)
+        self._current = (target.id, time.monotonic())
+        return _key_version(target.properties, target.id)
+
+    def _existing_enabled(self, kid: str) -> KeyVaultKey:
+        """The version ``kid`` names, refused unless it exists and is enabled."""
+        disabled = KeyDisabledError(f"key {kid} is disabled: enable it first with 'reencrypt keys enable {kid}'")
+        try:
+            version = self._parse_kid(kid).version
+            key = self._call("get_key", lambda: self._keys.get_key(self.key_name, version), kid)
+        except KeyNotFoundError:
+            raise KeyNotFoundError(
+                f"key {kid} is not a version of {self.describe()}: see the versions with 'reencrypt keys list'"
+            ) from None
         except KeyDisabledError:
-            pass  # a new version is exactly what a disabled latest version needs
-        return self._create_version()
+            raise disabled from None
+        if key.properties.enabled is False:
+            raise disabled
+        return key
+
+    def set_metadata(self, changes: Mapping[str, str | None]) -> dict[str, str]:
+        newest = self._newest()
+        tags = changed_metadata(_metadata(newest.tags), changes)
+        promoted = (newest.tags or {}).get(CURRENT_VERSION_ENTRY)
+        if promoted is not None:
+            tags[CURRENT_VERSION_ENTRY] = promoted
+        return _metadata(self._write_tags(newest, tags))
+
+    def _write_tags(self, newest: KeyProperties, tags: dict[str, str]) -> dict[str, str]:
+        """Replace the newest version's tags, within Key Vault's limits or not at all."""
+        _check_tag_limits(tags, newest.id)
+        key = self._call(
+            "update_key", lambda: self._keys.update_key_properties(self.key_name, newest.version, tags=tags), newest.id
+        )
+        return key.properties.tags or {}
 
     def set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
         version = self._parse_kid(kid).version
@@ -232,10 +350,12 @@ class AzureKeyVaultProvider:
             self._versions.pop(kid, None)
         return _key_version(key.properties, current)
 
-    def _create_version(self) -> KeyVersion:
+    def _create_version(self, tags: dict[str, str] | None = None) -> KeyVersion:
         key = self._call(
             "create_key",
-            lambda: self._keys.create_rsa_key(self.key_name, size=RSA_BITS, key_operations=KEY_OPERATIONS),
+            lambda: self._keys.create_rsa_key(
+                self.key_name, size=RSA_BITS, key_operations=KEY_OPERATIONS, tags=tags or None
+            ),
         )
         self._current = (key.id, time.monotonic())
         return _key_version(key.properties, key.id)
@@ -306,6 +426,31 @@ def _key_version(properties, current_kid: str | None) -> KeyVersion:
     return KeyVersion(
         kid=properties.id, enabled=bool(properties.enabled), current=properties.id == current_kid, created=created
     )
+
+
+def _metadata(tags: dict[str, str] | None) -> dict[str, str]:
+    """A version's tags as metadata: the promotion record is the provider's own business."""
+    return {name: value for name, value in (tags or {}).items() if name != CURRENT_VERSION_ENTRY}
+
+
+def _check_tag_limits(tags: dict[str, str], where: str) -> None:
+    """Refuse, before any write, tags Key Vault would refuse (names the limit, never a value)."""
+    if len(tags) > MAX_TAGS:
+        raise KeyProviderError(
+            f"{where} would need {len(tags)} tags but Key Vault allows at most {MAX_TAGS} per key version: "
+            "delete metadata entries first"
+        )
+    for name, value in tags.items():
+        if len(name) > MAX_TAG_NAME_CHARS:
+            raise KeyProviderError(
+                f"metadata entry name {name[:40]!r}... has {len(name)} characters but Key Vault allows at most "
+                f"{MAX_TAG_NAME_CHARS} per tag name: shorten it"
+            )
+        if len(value) > MAX_TAG_VALUE_CHARS:
+            raise KeyProviderError(
+                f"metadata entry {name!r} has a {len(value)}-character value but Key Vault allows at most "
+                f"{MAX_TAG_VALUE_CHARS} per tag value: shorten it"
+            )
 
 
 def _public_key(key: KeyVaultKey) -> rsa.RSAPublicKey:

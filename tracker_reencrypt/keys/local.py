@@ -5,7 +5,12 @@ File shape::
     {"name": "tracker-mek",
      "keys": [{"kty": "RSA", "kid": "tracker-mek/v1", "alg": "RSA-OAEP-256", "use": "enc",
                "n": ..., "e": ..., "d": ..., "p": ..., "q": ..., "dp": ..., "dq": ..., "qi": ...,
-               "status": "enabled", "current": true, "created": "2026-11-28T02:00:00Z"}]}
+               "status": "enabled", "current": true, "created": "2026-11-28T02:00:00Z"}],
+     "metadata": {"store-3f9a0c12ab45": "12:ab34...|sqlite:/srv/tracker.db"}}
+
+Exactly one key is ``current``: the newest after a rotation, an older one after a promote
+(rollback). ``metadata`` (optional) holds the MEK's string annotations; every change, like
+every rotation or promotion, rewrites the whole file atomically.
 
 The private parts make this file as secret as the MEK itself: it is written atomically with
 mode 0600 and refused when group or others can read it. Several processes may share it;
@@ -20,6 +25,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,7 +40,7 @@ from tracker_reencrypt.errors import (
     KeyringFileError,
     UnwrapError,
 )
-from tracker_reencrypt.keys import WRAP_ALGORITHM, KeyVersion
+from tracker_reencrypt.keys import WRAP_ALGORITHM, KeyVersion, changed_metadata
 
 DEFAULT_NAME = "tracker-mek"
 RSA_BITS = 2048
@@ -152,6 +158,16 @@ class LocalKeyProvider:
                 return version.kid
         raise KeyringFileError(f"{self.describe()} marks no version current: run 'reencrypt keys rotate'")
 
+    def metadata(self) -> dict[str, str]:
+        # Read from the file itself: callers anchor checks on it, a second-old copy will not do.
+        return self._metadata_of(self._load(force=True))
+
+    def _metadata_of(self, document: dict) -> dict[str, str]:
+        metadata = document.get("metadata", {})
+        if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+            raise KeyringFileError(f"keyring file {self.path} has a \"metadata\" that is not an object of strings")
+        return dict(metadata)
+
     # -- crypto ----------------------------------------------------------------------------
 
     def wrap(self, kid: str, dek: bytes) -> bytes:
@@ -192,6 +208,26 @@ class LocalKeyProvider:
         keys = [{**j, "status": "enabled" if enabled else "disabled"} if j["kid"] == kid else j for j in document["keys"]]
         self._write({**document, "keys": keys})
         return next(v for v in self.versions() if v.kid == kid)
+
+    def promote(self, kid: str) -> KeyVersion:
+        document = self._load(force=True)
+        jwk = next((j for j in document["keys"] if j.get("kid") == kid), None)
+        if jwk is None:
+            raise KeyNotFoundError(
+                f"key {kid} is not in {self.describe()}: see the versions with 'reencrypt keys list'"
+            )
+        if jwk.get("status") != "enabled":
+            raise KeyDisabledError(f"key {kid} is disabled: enable it first with 'reencrypt keys enable {kid}'")
+        if not jwk.get("current"):
+            keys = [{**j, "current": j["kid"] == kid} for j in document["keys"]]
+            self._write({**document, "keys": keys})
+        return next(v for v in self.versions() if v.kid == kid)
+
+    def set_metadata(self, changes: Mapping[str, str | None]) -> dict[str, str]:
+        document = self._load(force=True)
+        metadata = changed_metadata(self._metadata_of(document), changes)
+        self._write({**document, "metadata": metadata})
+        return metadata
 
     def _write(self, document: dict) -> None:
         """Replace the file atomically: a crash leaves either the old or the new keyring.
