@@ -61,16 +61,21 @@ def _note_unaudited(action: str, recorded: bool) -> None:
 
 @keys_app.command("init")
 def keys_init(c: typer.Context, as_json: bool = JsonOption) -> None:
-    """Create the MEK with its first version."""
+    """Create the MEK with its first version (and the store, when one is configured and new)."""
+    c.obj.may_create_store = True
     version, recorded = keyops.init(c.obj)
     _note_unaudited("key created", recorded)
     emit(c.obj, as_json, version.as_json(), lambda: out.print(f"created {version.kid} (current) in {c.obj.provider.describe()}"))
 
 
 @keys_app.command("rotate")
-def keys_rotate(c: typer.Context, as_json: bool = JsonOption) -> None:
+def keys_rotate(
+    c: typer.Context,
+    force: bool = typer.Option(False, "--force", help="Rotate even while a sweep runs on this store."),
+    as_json: bool = JsonOption,
+) -> None:
     """Create a new MEK version and make it current for new writes."""
-    version, recorded = keyops.rotate(c.obj)
+    version, recorded = keyops.rotate(c.obj, force=force)
     _note_unaudited("key rotated", recorded)
     emit(c.obj, as_json, version.as_json(), lambda: out.print(f"rotated: {version.kid} is now current"))
 
@@ -88,10 +93,21 @@ def keys_disable(
     force: bool = typer.Option(False, "--force", help="Disable even though fields still use it (they become unreadable)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Disable a version: refused while any field still uses it (verify first)."""
+    """Disable a version: refused until every container the key protects verified it unused."""
     version, recorded = keyops.disable(c.obj, kid, force=force)
     _note_unaudited("key disabled", recorded)
-    emit(c.obj, as_json, version.as_json(), lambda: out.print(f"disabled {kid}"))
+    emit(c.obj, as_json, {**version.as_json(), "store": c.obj.store_text()},
+         lambda: out.print(f"disabled {kid} (checked {c.obj.store_text()} and every container the key protects)"
+                           if not force else f"disabled {kid} (forced: nothing was checked)"))
+
+
+@keys_app.command("promote")
+def keys_promote(c: typer.Context, kid: str = typer.Argument(..., help="The enabled version to make current again."),
+                 as_json: bool = JsonOption) -> None:
+    """Make an older enabled version current again (rollback); new writes use it."""
+    version, recorded = keyops.promote(c.obj, kid)
+    _note_unaudited("key promoted", recorded)
+    emit(c.obj, as_json, version.as_json(), lambda: out.print(f"promoted: {version.kid} is current again"))
 
 
 @keys_app.command("enable")
@@ -113,9 +129,14 @@ def seed(
     dek_share: int = typer.Option(DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one data key."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Fill the store with realistic tracker documents encrypted under the current MEK."""
+    """Fill the store with realistic tracker documents encrypted under the current MEK.
+
+    Run again with the same options after an interruption: documents already written are kept
+    and only the missing ones are added. To start over, delete the store (the SQLite file)."""
     ctx: Context = c.obj
+    ctx.may_create_store = True
     keyring = seeding_keyring(ctx.provider)
+    ctx.mark_store_with_key()
     with render.counter_progress(err, "seeding", docs, enabled=not as_json) as advance:
         written = seed_store(ctx.store, keyring, docs, seed=seed_value, products=products, dek_share=dek_share, progress=advance)
     emit(ctx, as_json, {"documents": written, "kid": keyring.current_kid(), "store": ctx.store.describe()},
@@ -127,12 +148,26 @@ def worker(
     c: typer.Context,
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Worker processes in this member of the fleet."),
     metrics_port: int = typer.Option(0, "--metrics-port", help="Serve Prometheus metrics on this port (0: off)."),
+    health_port: int = typer.Option(0, "--health-port", min=0, max=65535,
+                                    help="Serve /livez and /readyz for Kubernetes probes on this port (0: off)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
-    """Run one member of the worker fleet (a Celery worker) until stopped (SIGTERM finishes the batch in hand)."""
+    """Run one member of the worker fleet (a Celery worker) until stopped (SIGTERM finishes the batch in hand).
+
+    It checks its configuration first (store, keys, broker) and exits non-zero, naming the
+    problem, when any is broken. It consumes only its own store's queue ('reencrypt queue')."""
     from coordinator.launch import exec_worker
 
-    exec_worker(c.obj, concurrency=concurrency, metrics_port=metrics_port, loglevel=loglevel)
+    exec_worker(c.obj, concurrency=concurrency, metrics_port=metrics_port, health_port=health_port, loglevel=loglevel)
+
+
+@app.command("queue")
+def queue(c: typer.Context, as_json: bool = JsonOption) -> None:
+    """The broker queue of this store's sweeps (what workers consume and KEDA scales on)."""
+    from tracker_reencrypt.fleet import store_queue
+
+    name = store_queue(c.obj.settings)
+    emit(c.obj, as_json, {"queue": name, "store": c.obj.settings.store}, lambda: out.print(name))
 
 
 # -- sweep -----------------------------------------------------------------------------------
@@ -163,8 +198,20 @@ def sweep_start(
         emit(ctx, as_json, {"sweep_id": sweep["id"], "slices": sweep["slice_count"]}, lambda: out.print(sweep["id"]))
         return
     err.print(f"sweep {sweep['id']} started ({sweep['slice_count']} slices)")
-    final = render.follow(ctx, sweep["id"], err if not as_json else None, kick_stalled=True)
+    final = _following(ctx, sweep["id"], err if not as_json else None, kick_stalled=True)
     _finish(ctx, final, as_json)
+
+
+def _following(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> sweeps.Progress:
+    """Follow the sweep; on Ctrl-C say that it goes on and how to stop it, and exit 130."""
+    try:
+        return render.follow(ctx, sweep_id, console, kick_stalled=kick_stalled)
+    except KeyboardInterrupt:
+        err.print(f"\nstopped following; sweep {sweep_id} goes on running on the workers. "
+                  f"Follow it again: reencrypt sweep status --watch {sweep_id}; "
+                  f"stop it: reencrypt sweep pause {sweep_id} (resumable) or reencrypt sweep cancel {sweep_id}",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _finish(ctx: Context, progress: sweeps.Progress, as_json: bool) -> None:
@@ -188,7 +235,7 @@ def sweep_status(
         return
     sweep = sweeps.resolve(ctx, sweep_id)
     if watch and not as_json:
-        render.follow(ctx, sweep["id"], out, kick_stalled=False)
+        _following(ctx, sweep["id"], out, kick_stalled=False)
         return
     progress = sweeps.progress(ctx, sweep)
     emit(ctx, as_json, progress.as_json(), lambda: render.status(out, progress))
@@ -211,9 +258,19 @@ def sweep_resume(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None
 
 @sweep_app.command("cancel")
 def sweep_cancel(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
-    """Cancel a sweep; fields already moved stay moved (both keys remain readable)."""
+    """Cancel a sweep; fields already moved stay moved (both keys remain readable). Run it again
+    on a sweep still cancelling to settle it once its batches in hand are over."""
     sweep = sweeps.cancel(c.obj, sweep_id)
-    emit(c.obj, as_json, sweep, lambda: out.print(f"sweep {sweep['id']} {sweep['status']}"))
+    emit(c.obj, as_json, sweep, lambda: _cancel_text(c.obj, sweep))
+
+
+def _cancel_text(ctx: Context, sweep: dict) -> None:
+    if sweep["status"] != "cancelling":
+        out.print(f"sweep {sweep['id']} {sweep['status']}")
+        return
+    batches, seconds = sweeps.leases_in_hand(ctx, sweep["id"])
+    out.print(f"sweep {sweep['id']} cancelling: {batches} batches in hand finish first (their leases end within "
+              f"{seconds:.0f} s); it becomes cancelled then, or run 'reencrypt sweep cancel {sweep['id']}' again")
 
 
 @sweep_app.command("throttle")
@@ -261,12 +318,13 @@ def sweep_failures(
 def verify(
     c: typer.Context,
     expect: str = typer.Option(..., "--expect", help="The key id every field must be on."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Pass on a container with no documents (else it fails)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Scan every field: count by kid and kind, check each decrypts. Exit 0 only if all are on EXPECT and decrypt."""
     ctx: Context = c.obj
     with render.counter_progress(err, "verifying", ctx.store.count(), enabled=not as_json, incremental=True) as advance:
-        payload = verify_rotation(ctx, expect, progress=advance)
+        payload = verify_rotation(ctx, expect, progress=advance, allow_empty=allow_empty)
     emit(ctx, as_json, payload, lambda: render.verify(out, payload))
     if not payload["ok"]:
         raise typer.Exit(1)
@@ -281,7 +339,7 @@ def audit_trail(
     """The rotation's audit trail: who did what, when."""
     ctx: Context = c.obj
     entries = ctx.audit.entries()
-    problems = ctx.audit.check() if check else []
+    problems = keyops.audit_problems(ctx) if check else []
     emit(ctx, as_json, {"entries": entries, "problems": problems} if check else entries,
          lambda: render.audit(out, entries, problems if check else None))
     if problems:

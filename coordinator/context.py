@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from tracker_reencrypt import embedded_redis
+from tracker_reencrypt import custody, embedded_redis
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ConfigError, redact_url
@@ -29,11 +29,18 @@ class Context:
     def __init__(self, settings: Settings, as_json: bool = False) -> None:
         self.settings = settings
         self.as_json = as_json
+        #: Only 'seed' and 'keys init' may create a store; every other command refuses one
+        #: that does not exist or was not made by this tool (a typo must not pass a gate).
+        self.may_create_store = False
 
     @cached_property
     def store(self):
         self.settings.require("store")
-        return open_store(self.settings.store, partition_key_field=self.settings.partition_key_field)
+        return open_store(self.settings.store, partition_key_field=self.settings.partition_key_field,
+                          create=self.may_create_store)
+
+    def store_text(self) -> str:
+        return self.store.describe() if self.settings.store else "no store"
 
     @cached_property
     def provider(self):
@@ -73,3 +80,16 @@ class Context:
             return False
         self.audit.append(action, **details)
         return True
+
+    def record_key_operation(self, action: str, **details) -> bool:
+        """Audit a key operation, then mark the store with the key and anchor the trail's new
+        head there (tracker_reencrypt.custody); False when no store is configured."""
+        if not self.settings.store:
+            return False
+        entry = self.audit.append(action, **details)
+        custody.mark_store(self.provider, self.settings.store, entry)
+        return True
+
+    def mark_store_with_key(self) -> None:
+        """Record that this store holds (or will hold) fields under the key: seed, sweep start."""
+        custody.mark_store(self.provider, self.settings.store, None)

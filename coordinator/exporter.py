@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from coordinator import sweeps
 from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
-from tracker_reencrypt.fleet import QUEUE
+from tracker_reencrypt.fleet import pending_messages, store_queue
 from tracker_reencrypt.sweep.limits import BUDGETS
 from tracker_reencrypt.sweep.state import (
     CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, parse_utc,
@@ -44,14 +44,6 @@ DEFAULT_INTERVAL_S = 5.0
 STATUSES = (PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED)
 #: A sweep's limit fields, by the ``limit`` label the workers' rate-limit wait counter uses too.
 LIMITS = {budget.key: budget.label for budget in BUDGETS}
-#: Kombu's Redis transport keeps one list per priority step: the queue's own name for
-#: priority 0 (every message we send) and ``<queue>\x06\x16<step>`` for the others.
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
-#: The hash where kombu keeps messages delivered but not yet acknowledged (in progress, or
-#: held by a worker until their countdown).
-UNACKED_KEY = "unacked"
-
 #: Help texts of the durable totals, by their name in the sweep state (state.COUNTERS).
 TOTAL_HELP = {
     "documents_scanned": "Documents the sweep has read, from its durable slice checkpoints",
@@ -103,6 +95,7 @@ class Snapshot:
     redis_up: bool = False
     refreshed_at: float = 0.0  # last successful read of the store (0: never)
     refresh_seconds: float = 0.0
+    queue: str = ""  # the store's task queue (tracker_reencrypt.fleet.store_queue)
 
 
 def exported_sweeps(all_sweeps: list[dict], active_id: str | None) -> list[dict]:
@@ -193,7 +186,7 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     queue = GaugeMetricFamily("reencrypt_queue_messages", "Task messages waiting in the broker queue (Redis LLEN)",
                               labels=["queue"])
     if snapshot.queue_messages is not None:
-        queue.add_metric([QUEUE], snapshot.queue_messages)
+        queue.add_metric([snapshot.queue], snapshot.queue_messages)
     yield queue
     unacked = GaugeMetricFamily("reencrypt_queue_unacked_messages",
                                 "Task messages delivered to workers and not yet acknowledged (running, or waiting on a countdown)")
@@ -223,21 +216,11 @@ class SweepCollector:
         return []  # the families depend on the data; registering must not trigger a read
 
 
-def queue_depth(client: redis.Redis) -> tuple[int, int]:
-    """(messages waiting in the queue over every priority list, unacknowledged messages)."""
-    pipe = client.pipeline(transaction=False)
-    for step in PRIORITY_STEPS:
-        pipe.llen(QUEUE if step == 0 else f"{QUEUE}{PRIORITY_SEPARATOR}{step}")
-    pipe.hlen(UNACKED_KEY)
-    *waiting, unacked = pipe.execute()
-    return sum(waiting), unacked
-
-
 class Exporter:
     """Reads the durable state and the broker into snapshots."""
 
     def __init__(self, ctx: Context) -> None:
-        ctx.settings.require("store")
+        self.queue = store_queue(ctx.settings)
         self.ctx = ctx
         self.snapshot = Snapshot()
         self._previous: dict[str, sweeps.Progress] = {}
@@ -255,13 +238,13 @@ class Exporter:
             self._problem("store", exc)
         messages = unacked = None
         try:
-            messages, unacked = queue_depth(self._broker())
+            messages, unacked = pending_messages(self._broker(), self.queue)
             self._recovered("redis")
         except Exception as exc:  # noqa: BLE001 - as above, shows as redis_up 0
             self._redis = None
             self._problem("redis", exc)
         self.snapshot = Snapshot(views, messages, unacked, store_up, messages is not None, refreshed_at,
-                                 time.perf_counter() - started)
+                                 time.perf_counter() - started, self.queue)
         return self.snapshot
 
     def _read_sweeps(self) -> list[SweepView]:

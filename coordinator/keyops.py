@@ -1,35 +1,103 @@
-"""Key administration with its audit entries; shared by the CLI and the demo."""
+"""Key administration with its audit entries and custody marks; shared by the CLI and the demo.
+
+Every key operation made with a store configured is audited in that store and then anchors the
+store's audit head in the key's metadata (tracker_reencrypt.custody), so the key remembers
+which containers it protects and what their trails looked like.
+"""
 
 from __future__ import annotations
 
 from coordinator.context import Context
 from coordinator.verify import require_known_kid, scan_container
-from tracker_reencrypt.errors import KeyDisabledError
+from tracker_reencrypt import custody
+from tracker_reencrypt.audit import AuditTrail
+from tracker_reencrypt.errors import KeyDisabledError, SweepError
 from tracker_reencrypt.keys import KeyVersion
+from tracker_reencrypt.stores import open_store, store_fingerprint
 
 
 def init(ctx: Context) -> tuple[KeyVersion, bool]:
     version = ctx.provider.init()
-    return version, ctx.record("key created", kid=version.kid)
+    return version, ctx.record_key_operation("key created", kid=version.kid)
 
 
-def rotate(ctx: Context) -> tuple[KeyVersion, bool]:
+def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
+    """A new current version; refused while a sweep runs on this store (it would move the
+    fields the tracker now writes under the new version back to the sweep's target)."""
+    if ctx.settings.store and not force:
+        active = ctx.state.active_sweep_id()
+        if active:
+            sweep = ctx.state.get_sweep(active)
+            raise SweepError(f"sweep {active} is {sweep['status']} towards {sweep['target_kid']}: finish or cancel it "
+                             f"before rotating (or pass --force)")
     version = ctx.provider.rotate()
-    return version, ctx.record("key rotated", kid=version.kid)
+    return version, ctx.record_key_operation("key rotated", kid=version.kid)
+
+
+def promote(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
+    """Make an older enabled version current again (the rollback's first key step)."""
+    require_known_kid(ctx, kid)
+    version = ctx.provider.promote(kid)
+    return version, ctx.record_key_operation("key promoted", kid=kid)
 
 
 def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
-    """Disable ``kid``; refused while any field in the store still uses it, unless forced."""
+    """Disable ``kid``; refused unless every container the key protects proved it unused.
+
+    The proof for each container is a passing ``verify`` in its own audit trail, made after
+    writes under ``kid`` stopped (see custody.disable_refusal), and, for this store, a fresh
+    scan finding no field on ``kid``. ``--force`` skips both and is audited as forced.
+    """
     require_known_kid(ctx, kid)
     if not force:
+        ctx.settings.require("store")
         in_use = scan_container(ctx.store, keyring=None).fields_by_kid.get(kid, 0)
         if in_use:
-            raise KeyDisabledError(f"{in_use} fields still use {kid}: finish the sweep and verify, or pass --force")
+            raise KeyDisabledError(f"{in_use} fields in {ctx.store.describe()} still use {kid}: "
+                                   f"finish the sweep and verify, or pass --force")
+        refusal = custody.disable_refusal(ctx.provider, kid, ctx.settings.store, _audit_entries_of(ctx),
+                                          _replaced_at(ctx, kid))
+        if refusal:
+            raise KeyDisabledError(f"{kid} not disabled: {refusal}")
     version = ctx.provider.set_enabled(kid, False)
-    return version, ctx.record("key disabled", kid=kid, forced=force)
+    return version, ctx.record_key_operation("key disabled", kid=kid, forced=force, store=ctx.store_text())
 
 
 def enable(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
     require_known_kid(ctx, kid)
     version = ctx.provider.set_enabled(kid, True)
-    return version, ctx.record("key enabled", kid=kid)
+    return version, ctx.record_key_operation("key enabled", kid=kid)
+
+
+def audit_problems(ctx: Context) -> list[str]:
+    """The audit trail's hash chain checked, and its head against the anchor the key keeps
+    (when a key provider is configured): truncation or a rebuilt chain shows."""
+    entries = ctx.audit.entries()
+    problems = ctx.audit.check()
+    if ctx.settings.keys:
+        mark = custody.marks(ctx.provider).get(store_fingerprint(ctx.settings.store))
+        problems += custody.anchor_problems(mark, entries, ctx.provider.describe())
+    return problems
+
+
+def _audit_entries_of(ctx: Context):
+    """Read a container's audit trail by URL: this store's through the context, others opened
+    read-only (a container that no longer exists refuses the gate, naming it)."""
+    def entries(url: str) -> list[dict]:
+        if url == ctx.settings.store:
+            return ctx.audit.entries()
+        store = open_store(url, partition_key_field=ctx.settings.partition_key_field)
+        try:
+            return AuditTrail(store.records()).entries()
+        finally:
+            store.close()
+    return entries
+
+
+def _replaced_at(ctx: Context, kid: str) -> str | None:
+    """When the version after ``kid`` was created: the end of writes under ``kid`` when no
+    audit trail recorded the rotation (it was made without a store configured)."""
+    later = [v.created for v in ctx.provider.versions() if v.kid != kid and v.created]
+    mine = next((v.created for v in ctx.provider.versions() if v.kid == kid), "")
+    newer = sorted(created for created in later if created > mine)
+    return newer[0] if newer else None

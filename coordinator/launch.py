@@ -12,14 +12,15 @@ import uuid
 from pathlib import Path
 
 from coordinator.context import Context
+from tracker_reencrypt.fleet import store_queue
 
 
-def worker_environment(ctx: Context, metrics_port: int = 0) -> dict[str, str]:
+def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0) -> dict[str, str]:
     """The environment a worker process reads its settings from (see tracker_reencrypt.config)."""
     settings = ctx.settings.require("store", "keys")
     env = dict(os.environ)
     env.update(REENCRYPT_STORE=settings.store, REENCRYPT_KEYS=settings.keys, REDIS_URL=ctx.redis_url,
-               REENCRYPT_METRICS_PORT=str(metrics_port))
+               REENCRYPT_METRICS_PORT=str(metrics_port), REENCRYPT_HEALTH_PORT=str(health_port))
     # prometheus_client reads this when it is imported, so it must be set before Python starts.
     # A fresh directory per worker: stale files from an earlier run would be counted again.
     multiproc_dir = Path(tempfile.mkdtemp(prefix="reencrypt-metrics-"))
@@ -27,10 +28,10 @@ def worker_environment(ctx: Context, metrics_port: int = 0) -> dict[str, str]:
     return env
 
 
-def worker_argv(concurrency: int, loglevel: str = "INFO") -> list[str]:
+def worker_argv(queue: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--queues", "reencrypt", "--concurrency", str(concurrency),
+        "--queues", queue, "--concurrency", str(concurrency),
         # -O fair: hand a task to a child only when it is free, so one slow batch never
         # holds a second task hostage in its pipe.
         "-O", "fair", "--loglevel", loglevel, "--hostname", f"reencrypt-{uuid.uuid4().hex[:6]}@%h",
@@ -38,10 +39,10 @@ def worker_argv(concurrency: int, loglevel: str = "INFO") -> list[str]:
     ]
 
 
-def exec_worker(ctx: Context, *, concurrency: int, metrics_port: int, loglevel: str) -> None:
+def exec_worker(ctx: Context, *, concurrency: int, metrics_port: int, health_port: int, loglevel: str) -> None:
     """Become the Celery worker (exec), so SIGTERM from an orchestrator reaches it directly."""
-    env = worker_environment(ctx, metrics_port)
-    os.execvpe(sys.executable, worker_argv(concurrency, loglevel), env)
+    env = worker_environment(ctx, metrics_port, health_port)
+    os.execvpe(sys.executable, worker_argv(store_queue(ctx.settings), concurrency, loglevel), env)
 
 
 class WorkerFleet:
@@ -57,7 +58,7 @@ class WorkerFleet:
             self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
             log = open(log_dir / f"worker-{number}.log", "ab")
             self.processes.append(subprocess.Popen(
-                worker_argv(1, "INFO"), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                worker_argv(store_queue(ctx.settings), 1, "INFO"), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             ))
             log.close()
 

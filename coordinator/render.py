@@ -11,15 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 
-from coordinator import sweeps
+from coordinator import follow as following, sweeps
 from coordinator.context import Context
 from tracker_reencrypt.sweep.limits import budgets_text
-from tracker_reencrypt.sweep.state import FINISHED
+from tracker_reencrypt.sweep.state import FINISHED, PAUSED
 
 REFRESH_S = 1.0
-#: A slice with no lease and no checkpoint for this long while the sweep runs has lost its
-#: message (a crash between commit and enqueue, or Redis lost its queue): queue it again.
-STALL_S = 60.0
 
 
 def key_table(console: Console, versions) -> None:
@@ -68,7 +65,7 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _status_view(progress: sweeps.Progress) -> Group:
+def _status_view(progress: sweeps.Progress, notice: str = "") -> Group:
     sweep, totals = progress.sweep, progress.totals
     estimate = max(1, sweep.get("documents_estimate", 0))
     per_slice = max(1, estimate / max(1, len(progress.slices)))
@@ -94,8 +91,13 @@ def _status_view(progress: sweeps.Progress) -> Group:
     parts = [head, overall, slices]
     if progress.budget_estimate and sweep["status"] not in FINISHED:
         parts.append(f"remaining under budgets: {progress.budget_estimate}")
-    if sweep.get("last_error"):
-        parts.append(f"[yellow]last error: {sweep['last_error']}[/]")
+    if sweep.get("paused_reason"):
+        parts.append(f"[red]paused because: {sweep['paused_reason']}[/]\n"
+                     f"fix it, then 'reencrypt sweep resume {sweep['id']}'")
+    elif sweep.get("last_error"):
+        parts.append(f"[yellow]last error (retrying): {sweep['last_error']}[/]")
+    if notice:
+        parts.append(f"[yellow]{notice}[/]")
     return Group(*parts)
 
 
@@ -104,26 +106,27 @@ def status(console: Console, progress: sweeps.Progress) -> None:
 
 
 def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> sweeps.Progress:
-    """Refresh the status until the sweep finishes; returns the final progress."""
+    """Refresh the status until the sweep finishes; returns the final progress.
+
+    A paused sweep ends the following too (paused by an operator, or by the fleet for a
+    problem only a person can fix): waiting on it would wait for ever. Ctrl-C raises
+    KeyboardInterrupt out of here with the sweep untouched: the CLI says what goes on running
+    and how to stop it.
+    """
     progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id))
+    recovery = following.Recovery(ctx) if kick_stalled else None
+    if console:
+        console.print(f"following sweep {sweep_id} ({following.broker_text(ctx)}); Ctrl-C stops following, not the sweep")
     live = Live(_status_view(progress), console=console, refresh_per_second=2, transient=False) if console else contextlib.nullcontext()
     with live:
-        while progress.sweep["status"] not in FINISHED:
+        while progress.sweep["status"] not in FINISHED | {PAUSED}:
             time.sleep(REFRESH_S)
             progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id), previous=progress)
-            if kick_stalled:
-                _kick_stalled(ctx, progress)
+            if recovery is not None:
+                recovery.step(progress)
             if console:
-                live.update(_status_view(progress))
+                live.update(_status_view(progress, following.no_worker_notice(ctx, progress)))
     return progress
-
-
-def _kick_stalled(ctx: Context, progress: sweeps.Progress) -> None:
-    if progress.sweep["status"] != "running":
-        return
-    now = time.time()
-    if any(not s["done"] and not s["lease_owner"] and now - s["updated_at"] > STALL_S for s in progress.slices):
-        sweeps.kick(ctx, progress.sweep["id"])
 
 
 def summary(console: Console, progress: sweeps.Progress) -> None:
@@ -172,8 +175,10 @@ def verify(console: Console, payload: dict) -> None:
     for example in payload["undecryptable_examples"]:
         console.print(f"undecryptable: {example['document_id']} {example['field_path']} ({example['reason']})")
     verdict = "[green]PASS[/]" if payload["ok"] else "[red]FAIL[/]"
-    console.print(f"verify {verdict}: {payload['documents']} documents, {payload['fields']} fields, "
+    console.print(f"verify {verdict} on {payload['store']}: {payload['documents']} documents, {payload['fields']} fields, "
                   f"{payload['off_target']} not on {payload['expect']}, {payload['undecryptable']} undecryptable")
+    if payload["empty"] and not payload["ok"]:
+        console.print("the container holds no document: check the store URL (pass --allow-empty if it really is empty)")
 
 
 def audit(console: Console, entries: list[dict], problems: list[str] | None) -> None:

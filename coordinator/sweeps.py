@@ -21,6 +21,9 @@ from coordinator.estimate import estimate
 from coordinator.verify import ScanReport, count_document, scan_container
 
 DEFAULT_SLICES = 16
+#: More slices than this only adds per-slice overhead (records, messages, listings): a fleet
+#: of 1,000 worker processes is already past what one container's throughput supports.
+MAX_SLICES = 1024
 
 
 def check_target(ctx: Context, to: str, sources: list[str]) -> None:
@@ -59,14 +62,15 @@ class Limits:
 def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, limits: Limits = Limits()) -> dict:
     if mode not in MODES:
         raise SweepError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
-    if slices < 1:
-        raise SweepError(f"--slices must be at least 1, got {slices}")
+    if not 1 <= slices <= MAX_SLICES:
+        raise SweepError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
     given = limits.given()
     check_target(ctx, to, sources)
     active = ctx.state.active_sweep_id()
     if active:
         raise SweepError(f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'")
     celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
+    ctx.mark_store_with_key()
     feed_ranges = ctx.store.feed_ranges(slices)
     sweep = ctx.state.create_sweep({
         "id": new_sweep_id(), "target_kid": to, "source_kids": sources or None, "mode": mode, **dict.fromkeys(Limits.FLAGS), **given,
@@ -151,7 +155,11 @@ def resume(ctx: Context, sweep_id: str | None) -> tuple[dict, int]:
         raise SweepError(f"sweep {sweep['id']} is {sweep['status']}; only a paused or running sweep can be resumed")
     celery = ctx.celery
     if sweep["status"] == PAUSED:
-        sweep = ctx.state.set_status(sweep["id"], RUNNING, allowed_from=frozenset({PAUSED}))
+        # The reason it was paused for is the operator's to fix; resuming says it is fixed.
+        sweep = ctx.state.update_sweep(
+            sweep["id"], lambda body: {**{k: v for k, v in body.items() if k not in ("paused_reason", "last_error")},
+                                       "status": RUNNING},
+            only_if=lambda body: body["status"] == PAUSED)
     ctx.audit.append("sweep resumed", sweep_id=sweep["id"])
     return sweep, kick(ctx, sweep["id"], celery)
 
@@ -169,10 +177,23 @@ def kick(ctx: Context, sweep_id: str, celery=None) -> int:
 
 
 def cancel(ctx: Context, sweep_id: str | None) -> dict:
-    sweep = ctx.state.set_status(resolve(ctx, sweep_id)["id"], CANCELLING, allowed_from=frozenset({PLANNED, RUNNING, PAUSED}))
-    ctx.state.settle_cancel(sweep["id"])
-    ctx.audit.append("sweep cancelled", sweep_id=sweep["id"])
+    """Ask the sweep to stop, and settle it at once when no batch is in hand. Cancelling a
+    sweep that is already cancelling settles it again: once its leases expired (its workers
+    died), it becomes cancelled, so no sweep can block the container for ever."""
+    sweep = resolve(ctx, sweep_id)
+    if sweep["status"] != CANCELLING:
+        sweep = ctx.state.set_status(sweep["id"], CANCELLING, allowed_from=frozenset({PLANNED, RUNNING, PAUSED}))
+        ctx.audit.append("sweep cancel requested", sweep_id=sweep["id"])
+    if ctx.state.settle(sweep["id"]) is not None:
+        ctx.audit.append("sweep cancelled", sweep_id=sweep["id"])
     return ctx.state.get_sweep(sweep["id"])
+
+
+def leases_in_hand(ctx: Context, sweep_id: str) -> tuple[int, float]:
+    """(live leases, seconds until the last of them expires): what a cancel still waits on."""
+    now = time.time()
+    live = [body["lease_expires"] for body in ctx.state.slices(sweep_id) if lease_is_live(body, now)]
+    return len(live), max(live, default=now) - now
 
 
 def throttle(ctx: Context, sweep_id: str | None, limits: Limits, *, unlimited: bool = False) -> dict:

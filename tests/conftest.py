@@ -21,6 +21,8 @@ import pytest
 import redis
 
 from tracker_reencrypt.documents import check_document
+from tracker_reencrypt.fleet import queue_for
+from tracker_reencrypt.stores import store_fingerprint
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.seed import seed_store, seeding_keyring
@@ -98,6 +100,10 @@ class Rotation:
     def store(self) -> SqliteStore:
         return SqliteStore(self.home / "tracker.db")
 
+    def queue(self) -> str:
+        """This container's task queue (each test's store has its own)."""
+        return queue_for(store_fingerprint(self.store_url))
+
     def provider(self) -> LocalKeyProvider:
         return LocalKeyProvider(self.home / "keyring.json")
 
@@ -150,7 +156,7 @@ class Fleet:
             multiproc.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"worker-{number}.log", "ab")
             process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", "reencrypt",
+                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", self.rotation.queue(),
                  "--concurrency", str(concurrency), "-O", "fair", "--loglevel", "INFO",
                  "--hostname", f"test-{number}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
                 cwd=ROOT, env=self.rotation.env(**{**FAST_RECOVERY, "PROMETHEUS_MULTIPROC_DIR": str(multiproc), **env}),

@@ -1,5 +1,6 @@
-"""A key provider outage mid-sweep: batches give their slice back, the operator sees why, and
-the sweep finishes once the key works again, with nothing lost."""
+"""A problem only a person can fix mid-sweep (the target key disabled): the fleet pauses the
+sweep and says why instead of retrying for ever; once fixed, 'sweep resume' finishes it with
+nothing lost."""
 
 import json
 
@@ -12,7 +13,7 @@ def status(rotation, sweep_id):
     return json.loads(result.stdout)
 
 
-def test_a_target_key_disabled_mid_sweep_pauses_progress_until_it_is_enabled(rotation, fleet):
+def test_a_target_key_disabled_mid_sweep_pauses_the_sweep_until_it_is_enabled_and_resumed(rotation, fleet):
     provider = rotation.provider()
     provider.rotate()  # v3 current, so the sweep's target v2 may be disabled under it
     # One wrap per field: a disabled target shows at once, not when a cached DEK runs out.
@@ -22,15 +23,20 @@ def test_a_target_key_disabled_mid_sweep_pauses_progress_until_it_is_enabled(rot
     wait_for(lambda: status(rotation, sweep_id)["totals"]["documents_scanned"] > 0, 30, message="first batch")
 
     provider.set_enabled(rotation.v2, False)
-    stalled = wait_for(lambda: (s := status(rotation, sweep_id))["sweep"].get("last_error") and s, 30, message="the error")
-    assert "disabled" in stalled["sweep"]["last_error"] and stalled["sweep"]["status"] == "running"
-    assert "Traceback" not in stalled["sweep"]["last_error"]
+    paused = wait_for(lambda: (s := status(rotation, sweep_id))["sweep"]["status"] == "paused" and s, 30,
+                      message="the sweep to pause")
+    assert "disabled" in paused["sweep"]["paused_reason"] and "Traceback" not in paused["sweep"]["paused_reason"]
+    shown = run_cli("sweep", "status", sweep_id, env=rotation.env())
+    assert "paused because" in shown.stdout and f"sweep resume {sweep_id}" in shown.stdout.replace("\n", "")
 
     provider.set_enabled(rotation.v2, True)
     run_cli("sweep", "throttle", sweep_id, "--unlimited", env=rotation.env())
+    resumed = run_cli("sweep", "resume", sweep_id, env=rotation.env())
+    assert resumed.returncode == 0, resumed.stderr
     final = wait_for(lambda: (s := status(rotation, sweep_id))["sweep"]["status"] in ("completed", "failed") and s,
                      90, message="the sweep to finish")
     assert final["sweep"]["status"] == "completed" and final["totals"]["failures"] == 0, final["totals"]
+    assert "paused_reason" not in final["sweep"] and "last_error" not in final["sweep"]
     assert final["totals"]["documents_scanned"] == rotation.documents
 
     fields = assert_every_field_on(rotation, rotation.v2)

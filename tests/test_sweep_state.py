@@ -1,8 +1,6 @@
 """Slice ownership, the active-sweep lock, failures and the audit chain, on a real SQLite
 record store: the rules that keep two workers from ever advancing one slice."""
 
-import time
-
 import pytest
 
 from tracker_reencrypt.audit import AuditTrail
@@ -14,9 +12,24 @@ from tracker_reencrypt.sweep.state import (
 )
 
 
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def state(tmp_path):
-    return SweepState(SqliteStore(tmp_path / "s.db").records())
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def state(tmp_path, clock):
+    return SweepState(SqliteStore(tmp_path / "s.db").records(), clock=clock)
 
 
 def start(state, sweep_id="sw-1", slices=2):
@@ -40,12 +53,12 @@ def test_a_claimed_slice_is_worked_once_and_continues_at_the_new_fence(state):
     assert again.action == "work" and again.slice["continuation"] == "cont-1"
 
 
-def test_a_message_for_a_live_lease_waits_and_a_dead_lease_is_taken_over(state):
+def test_a_message_for_a_live_lease_waits_and_a_dead_lease_is_taken_over(state, clock):
     start(state)
     first = state.claim_slice("sw-1", 0, 0, "a", lease_seconds=0.3)
     waiting = state.claim_slice("sw-1", 0, 0, "b", lease_seconds=0.3)
     assert waiting.action == "retry" and 0 < waiting.retry_after <= 0.3
-    time.sleep(0.35)
+    clock.now += 0.35
     taken = state.claim_slice("sw-1", 0, 0, "b", lease_seconds=30)
     assert taken.action == "work" and taken.fence == first.fence + 1
     # The slow first owner comes back: its commit is refused and nothing it counted lands.
@@ -59,10 +72,10 @@ def test_counts_add_up_across_batches_and_the_sweep_completes_when_every_slice_i
     for index in range(2):
         claim = state.claim_slice("sw-1", index, 0, "a", 30)
         state.commit_slice("sw-1", index, claim.fence, BatchResult(None, True, counts(documents_scanned=3, fields_reencrypted=4)))
-    finished = state.finish_if_done("sw-1")
+    finished = state.settle("sw-1")
     assert finished["status"] == COMPLETED
     assert state.totals("sw-1")["fields_reencrypted"] == 8
-    assert state.finish_if_done("sw-1") is None  # only one caller sees the transition
+    assert state.settle("sw-1") is None  # only one caller sees the transition
     assert state.claim_slice("sw-1", 0, 1, "b", 30).action == "drop"
 
 
@@ -72,7 +85,7 @@ def test_failures_make_the_sweep_failed_and_are_recorded_once(state):
         state.record_failure("sw-1", 0, "doc-1", "p-1", "/title", "authentication_failed")
     claim = state.claim_slice("sw-1", 0, 0, "a", 30)
     state.commit_slice("sw-1", 0, claim.fence, BatchResult(None, True, counts(failures=1)))
-    assert state.finish_if_done("sw-1")["status"] == FAILED
+    assert state.settle("sw-1")["status"] == FAILED
     assert [(f["document_id"], f["field_path"], f["reason"]) for f in state.failures("sw-1")] == [
         ("doc-1", "/title", "authentication_failed")]
 
@@ -82,30 +95,71 @@ def test_one_active_sweep_per_container_until_it_finishes(state):
     with pytest.raises(SweepError, match="sw-1 is still active"):
         start(state, "sw-2")
     state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
-    assert state.settle_cancel("sw-1")
+    assert state.settle("sw-1")["status"] == CANCELLED
     assert state.get_sweep("sw-1")["status"] == CANCELLED
     assert start(state, "sw-2")["status"] == RUNNING
 
 
-def test_a_lock_whose_sweep_was_never_written_blocks_only_for_the_grace_period(state, monkeypatch):
+def test_a_lock_whose_sweep_was_never_written_blocks_only_for_the_grace_period(state, clock):
     # A start that took the lock and is still writing its sweep record: nobody else may start.
-    state.records.create(state_module.LOCK, state_module.ACTIVE_LOCK_ID, {"sweep_id": "sw-writing", "taken_at": time.time()})
+    state.records.create(state_module.LOCK, state_module.ACTIVE_LOCK_ID, {"sweep_id": "sw-writing", "taken_at": clock()})
     assert state.active_sweep_id() == "sw-writing"
     with pytest.raises(SweepError, match="sw-writing is still active"):
         start(state, "sw-2")
     # The same lock, LOCK_GRACE_S later: that start crashed; the container is free again.
-    monkeypatch.setattr(state_module, "LOCK_GRACE_S", 0.0)
+    clock.now += state_module.LOCK_GRACE_S
     assert state.active_sweep_id() is None
     assert start(state, "sw-2")["status"] == RUNNING
     assert state.active_sweep_id() == "sw-2"
 
 
-def test_cancel_waits_for_live_leases(state):
+def test_cancel_waits_for_live_leases_and_settles_once_they_expire(state, clock):
     start(state)
     state.claim_slice("sw-1", 0, 0, "a", 30)
     state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
-    assert not state.settle_cancel("sw-1")
+    assert state.settle("sw-1") is None
     assert state.get_sweep("sw-1")["status"] == CANCELLING
+    clock.now += 31  # the worker holding it died: nothing will ever commit
+    assert state.settle("sw-1")["status"] == CANCELLED
+
+
+def test_a_cancel_settles_on_the_slice_done_path_too(state):
+    """The bug: the last batch finished its slice while the sweep was cancelling, took the
+    'slice done' path, and the sweep stayed cancelling for ever."""
+    start(state, slices=1)
+    claim = state.claim_slice("sw-1", 0, 0, "a", 30)
+    state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
+    state.commit_slice("sw-1", 0, claim.fence, BatchResult(None, True, counts(documents_scanned=3)))
+    assert state.settle("sw-1")["status"] == CANCELLED  # cancelling wins over done
+
+
+def test_an_expired_lease_is_rescued_once_and_the_rescue_takes_the_slice_over(state, clock):
+    start(state)
+    dead = state.claim_slice("sw-1", 0, 0, "dead-worker", 30)
+    assert state.rescue_expired("sw-1") == []  # live lease: nothing to rescue
+    clock.now += 31
+    assert state.rescue_expired("sw-1") == [(0, dead.fence)]
+    assert state.rescue_expired("sw-1") == []  # a second watcher sends nothing more
+    taken = state.claim_slice("sw-1", 0, dead.fence, "b", 30)
+    assert taken.action == "work" and taken.fence == dead.fence + 1
+    with pytest.raises(LeaseLostError):
+        state.commit_slice("sw-1", 0, dead.fence, BatchResult("x", False, counts()))
+
+
+def test_a_failed_batch_counts_its_retries_and_a_commit_resets_them(state):
+    start(state, slices=1)
+    for expected in (1, 2):
+        claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0]["fence"], "a", 30)
+        assert state.release_slice("sw-1", 0, claim.fence, failed=True)["error_retries"] == expected
+    claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0]["fence"], "a", 30)
+    assert state.commit_slice("sw-1", 0, claim.fence, BatchResult("c", False, counts()))["error_retries"] == 0
+
+
+def test_a_problem_only_a_person_can_fix_pauses_the_sweep_with_its_reason(state):
+    start(state)
+    paused = state.pause_for("sw-1", "target key k/v2 is disabled")
+    assert paused["status"] == PAUSED and paused["paused_reason"] == "target key k/v2 is disabled"
+    assert state.pause_for("sw-1", "again")["paused_reason"] == "target key k/v2 is disabled"  # only from running
 
 
 def test_status_changes_are_refused_from_the_wrong_state(state):

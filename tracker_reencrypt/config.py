@@ -7,6 +7,7 @@ and passes it down; nothing else reads ``os.environ``. Variables:
 ``REENCRYPT_STORE``                        store URL (``sqlite:///...`` or ``cosmos://...``)
 ``REENCRYPT_KEYS``                         key provider URL (``local:...`` or a vault key URL)
 ``REDIS_URL``                              broker; unset means an embedded Redis server
+``REENCRYPT_QUEUE``                        optional: must equal the store's queue ('reencrypt queue')
 ``REENCRYPT_BATCH_DOCUMENTS``              documents one task handles at most (default 2000)
 ``REENCRYPT_BATCH_SECONDS``                seconds one task works at most (default 10)
 ``REENCRYPT_LEASE_SECONDS``                slice lease; a dead worker's slice is free after it
@@ -14,16 +15,21 @@ and passes it down; nothing else reads ``os.environ``. Variables:
 ``REENCRYPT_CONFLICT_RETRIES``             re-reads of a document the tracker changed
 ``REENCRYPT_DEK_MAX_USES``/``_MAX_AGE_S``  encryption DEK reuse bounds
 ``REENCRYPT_METRICS_PORT``                 worker metrics port (0: none)
+``REENCRYPT_HEALTH_PORT``                  worker /livez and /readyz port (0: none)
 ========================================  =============================================
 """
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.keys.keyring import DEFAULT_DEK_MAX_AGE_S, DEFAULT_DEK_MAX_USES
+
+
+#: The shortest lease, in batch bounds.
+LEASE_TO_BATCH = 2
 
 
 class Settings(BaseSettings):
@@ -33,6 +39,8 @@ class Settings(BaseSettings):
     keys: str = ""
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "redis_url"))
     partition_key_field: str = "productId"
+    #: Optional: the task queue a deployment expects (KEDA's list name); checked against the store's.
+    queue: str = ""
 
     batch_documents: int = Field(2000, ge=1)
     batch_seconds: float = Field(10.0, gt=0)
@@ -45,6 +53,7 @@ class Settings(BaseSettings):
     dek_max_age_s: float = Field(DEFAULT_DEK_MAX_AGE_S, gt=0)
 
     metrics_port: int = Field(0, ge=0, le=65535)
+    health_port: int = Field(0, ge=0, le=65535)
 
     @field_validator("redis_url")
     @classmethod
@@ -52,6 +61,15 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_batch(self) -> "Settings":
+        # A batch may overrun its time bound by a page and a commit; a lease shorter than that
+        # would let another worker take the slice from a live batch (safe, but wasted work).
+        if self.lease_seconds < LEASE_TO_BATCH * self.batch_seconds:
+            raise ValueError(f"REENCRYPT_LEASE_SECONDS ({self.lease_seconds:g}) must be at least {LEASE_TO_BATCH}x "
+                             f"REENCRYPT_BATCH_SECONDS ({self.batch_seconds:g}): raise the lease or shorten batches")
+        return self
 
     def require(self, *names: str) -> "Settings":
         """Fail with one clear line if a setting a command needs is empty."""
@@ -72,7 +90,9 @@ def load_settings(**overrides) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        if not first["loc"]:  # a check across settings: its message names the variables
+            raise ConfigError(f"settings are inconsistent: {first['msg'].removeprefix('Value error, ')}") from None
+        name = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"setting {name} is invalid: {first['msg']}") from None
 
 

@@ -15,6 +15,11 @@ class ReencryptError(Exception):
 
     #: Process exit code the CLI uses for this kind of error.
     exit_code = 1
+    #: Whether the same call may succeed later, unchanged (an outage, throttling past the
+    #: SDK's retries, a busy lock). Workers retry only these, with back-off; anything else
+    #: needs a person, so the sweep pauses and says why (like dramatiq's broker-connection
+    #: errors against the rest).
+    transient = False
 
 
 class ConfigError(ReencryptError):
@@ -40,6 +45,12 @@ class KeyProviderError(ReencryptError):
     """The key provider failed or refused (vault unreachable, permission denied...)."""
 
 
+class KeyProviderUnavailableError(KeyProviderError):
+    """The key provider did not answer or throttled past the retries: try again later."""
+
+    transient = True
+
+
 class KeyNotFoundError(KeyProviderError):
     """A key id names no key version the provider knows."""
 
@@ -60,6 +71,18 @@ class KeyringFileError(KeyProviderError):
 
 class StoreError(ReencryptError):
     """The document or state store failed (unreachable, bad credentials, bad request)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store did not answer, timed out or throttled past the retries: try again later."""
+
+    transient = True
+
+
+class BrokerUnavailableError(ReencryptError):
+    """Redis (the broker, the fleet's rate limits) did not answer: try again later."""
+
+    transient = True
 
 
 class ConflictError(StoreError):

@@ -1,17 +1,46 @@
-"""The Celery side both halves share: the app's configuration and the task's name.
+"""The Celery side both halves share: the app's configuration, the task's name, its queue.
 
 The coordinator enqueues work by task *name* (``send_task``) and the worker registers the
 task under that name, so neither imports the other.
+
+Each container's tasks go to a queue of its own, ``reencrypt-<store fingerprint>``, and every
+message names that fingerprint too: a worker started with another ``REENCRYPT_STORE`` never
+consumes them (it listens on its own queue), and a message that reaches the wrong worker
+anyway is sent on to its own queue instead of being acknowledged and lost.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+
+import redis
 from celery import Celery
 
 from tracker_reencrypt.config import Settings
+from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.stores import store_fingerprint
+from tracker_reencrypt.sweep.state import RUNNING, SweepState
+
+log = logging.getLogger("reencrypt.fleet")
 
 PROCESS_SLICE = "reencrypt.process_slice"
-QUEUE = "reencrypt"
+QUEUE_PREFIX = "reencrypt-"
+
+
+def queue_for(fingerprint: str) -> str:
+    """The task queue of the container with this store fingerprint."""
+    return f"{QUEUE_PREFIX}{fingerprint}"
+
+
+def store_queue(settings: Settings) -> str:
+    """The queue of the container ``settings.store`` names; ``REENCRYPT_QUEUE``, when set (the
+    Kubernetes manifests set it for KEDA), must agree with it."""
+    queue = queue_for(store_fingerprint(settings.require("store").store))
+    if settings.queue and settings.queue != queue:
+        raise ConfigError(f"REENCRYPT_QUEUE={settings.queue} is not the queue of REENCRYPT_STORE ({queue}): "
+                          f"set it to the output of 'reencrypt queue'")
+    return queue
 
 
 def make_celery(settings: Settings, redis_url: str) -> Celery:
@@ -19,7 +48,7 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=QUEUE,
+        task_default_queue=store_queue(settings),
         task_ignore_result=True,
         # A task is acknowledged only once it finished, and a worker process dying under it
         # puts it back: no slice batch is ever lost with a worker.
@@ -43,9 +72,13 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
     return app
 
 
-def enqueue_slice(app: Celery, sweep_id: str, index: int, fence: int, countdown: float = 0) -> None:
-    """Queue one batch of work on a slice, naming the fence the task must find."""
-    app.send_task(PROCESS_SLICE, args=[sweep_id, index, fence], countdown=countdown or None, queue=QUEUE)
+def enqueue_slice(app: Celery, sweep_id: str, index: int, fence: int, countdown: float = 0,
+                  fingerprint: str | None = None) -> None:
+    """Queue one batch of work on a slice, naming the fence the task must find and the store it
+    belongs to (by default the app's own store; a misrouted message is sent on to its own)."""
+    queue = queue_for(fingerprint) if fingerprint else app.conf.task_default_queue
+    app.send_task(PROCESS_SLICE, args=[sweep_id, index, fence], kwargs={"store": queue[len(QUEUE_PREFIX):]},
+                  countdown=countdown or None, queue=queue)
 
 
 def celery_broker_url(redis_url: str) -> str:
@@ -53,3 +86,44 @@ def celery_broker_url(redis_url: str) -> str:
     if redis_url.startswith("unix://"):
         return "redis+socket://" + redis_url[len("unix://"):]
     return redis_url
+
+
+#: Kombu's Redis transport keeps one list per priority step: the queue's own name for
+#: priority 0 (every message we send) and ``<queue>\x06\x16<step>`` for the others.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+#: The hash where kombu keeps messages delivered but not yet acknowledged (in progress, or
+#: held by a worker until their countdown): field delivery tag, value [message, exchange, routing key].
+UNACKED_KEY = "unacked"
+
+
+def pending_messages(client: redis.Redis, queue: str) -> tuple[int, int]:
+    """(messages waiting in ``queue`` over every priority list, messages of ``queue`` delivered
+    to a worker and not yet acknowledged)."""
+    pipe = client.pipeline(transaction=False)
+    for step in PRIORITY_STEPS:
+        pipe.llen(queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}")
+    pipe.hvals(UNACKED_KEY)
+    *waiting, unacked = pipe.execute()
+    return sum(waiting), sum(1 for value in unacked if _routing_key(value) == queue)
+
+
+def _routing_key(unacked_value: bytes) -> str | None:
+    try:
+        return json.loads(unacked_value)[2]
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def rescue_expired_leases(app: Celery, state: SweepState) -> list[tuple[int, int]]:
+    """Re-queue, once per expiry, every slice of the running sweep whose lease expired (its
+    worker died): see SweepState.rescue_expired. Used by every worker's lease watch and by
+    ``sweep start --wait``."""
+    sweep_id = state.active_sweep_id()
+    if not sweep_id or state.get_sweep(sweep_id)["status"] != RUNNING:
+        return []
+    rescued = state.rescue_expired(sweep_id)
+    for index, fence in rescued:
+        log.warning("slice %s/%d: its worker's lease expired; re-queued for another worker", sweep_id, index)
+        enqueue_slice(app, sweep_id, index, fence)
+    return rescued

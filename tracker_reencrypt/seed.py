@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 from tracker_reencrypt import envelope
 from tracker_reencrypt.documents import location
+from tracker_reencrypt.errors import ConflictError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore
 
@@ -101,18 +102,35 @@ def generate(count: int, keyring: Keyring, *, seed: int = 1, products: int = DEF
 
 def seed_store(store: DocumentStore, keyring: Keyring, count: int, *, seed: int = 1, products: int = DEFAULT_PRODUCTS,
                dek_share: int = DEFAULT_DEK_SHARE, progress: Callable[[int], None] | None = None) -> int:
-    """Write ``count`` generated documents into ``store``; returns how many were written."""
+    """Write ``count`` generated documents into ``store``; returns how many are there now.
+
+    Resumable: document ids depend only on their position, so after an interruption the same
+    call keeps what was written and adds only the missing documents."""
     batch: list[dict] = []
-    written = 0
+    done = 0
     for body in generate(count, keyring, seed=seed, products=products, dek_share=dek_share):
         batch.append(body)
         if len(batch) == INSERT_BATCH:
-            written += len(store.create_many(batch))
+            done += _insert_missing(store, batch)
             batch = []
             if progress:
-                progress(written)
+                progress(done)
     if batch:
-        written += len(store.create_many(batch))
+        done += _insert_missing(store, batch)
     if progress:
-        progress(written)
-    return written
+        progress(done)
+    return done
+
+
+def _insert_missing(store: DocumentStore, batch: list[dict]) -> int:
+    """Insert a batch at once, or, when some of it exists (a resumed seed), one by one
+    skipping those. Returns the batch's size: every one of its documents is there."""
+    try:
+        store.create_many(batch)
+    except ConflictError:
+        for body in batch:
+            try:
+                store.create(body)
+            except ConflictError:
+                pass  # written by the interrupted run
+    return len(batch)

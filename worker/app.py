@@ -1,6 +1,8 @@
 """The worker's Celery app: ``celery -A worker.app worker`` (or ``reencrypt worker``).
 
-Settings come from the environment (``reencrypt worker`` sets it from its flags).
+Settings come from the environment (``reencrypt worker`` sets it from its flags). The
+configuration is checked on import, before Celery starts consuming: a broken one exits
+non-zero with one line instead of a fleet that says "ready" and loops on errors.
 """
 
 from __future__ import annotations
@@ -10,26 +12,46 @@ import logging
 from celery import signals
 
 from tracker_reencrypt.config import load_settings
-from tracker_reencrypt.fleet import PROCESS_SLICE, make_celery
-from worker import metrics, runtime, tasks
+from tracker_reencrypt.errors import ReencryptError
+from tracker_reencrypt.fleet import PROCESS_SLICE, QUEUE_PREFIX, make_celery
+from worker import health, lease_watch, metrics, runtime, tasks
 
-settings = load_settings()
-if not settings.redis_url:
-    raise SystemExit("REDIS_URL is not set: start workers with 'reencrypt worker', which provides one")
-app = make_celery(settings, settings.redis_url)
+try:
+    settings = load_settings()
+    if not settings.redis_url:
+        raise SystemExit("error: REDIS_URL is not set: start workers with 'reencrypt worker', which provides one")
+    app = make_celery(settings, settings.redis_url)
+    health.check_configuration(settings, settings.redis_url)
+except ReencryptError as exc:
+    raise SystemExit(f"error: worker not started: {exc}") from None
+
+_health: health.HealthServer | None = None
 
 
 @app.task(name=PROCESS_SLICE, acks_late=True, reject_on_worker_lost=True)
-def process_slice(sweep_id: str, index: int, fence: int) -> str:
-    outcome = tasks.process_slice(app, runtime.current(settings, settings.redis_url), sweep_id, index, fence)
+def process_slice(sweep_id: str, index: int, fence: int, store: str | None = None) -> str:
+    if store != app.conf.task_default_queue[len(QUEUE_PREFIX):]:
+        outcome = tasks.forward_misrouted(app, sweep_id, index, fence, store)
+    else:
+        outcome = tasks.process_slice(app, runtime.current(settings, settings.redis_url), sweep_id, index, fence)
     logging.getLogger("reencrypt.worker").info("slice %s/%d: %s", sweep_id, index, outcome)
     return outcome
 
 
 @signals.worker_init.connect
-def _serve_metrics(**_) -> None:
+def _serve_metrics_and_probes(**_) -> None:
+    global _health
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
+    if settings.health_port:
+        _health = health.HealthServer(settings.health_port, settings.redis_url)
+
+
+@signals.worker_ready.connect
+def _start_watching(**_) -> None:
+    lease_watch.start(app, settings)
+    if _health is not None:
+        _health.ready.set()
 
 
 @signals.worker_process_shutdown.connect

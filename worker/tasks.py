@@ -1,32 +1,69 @@
-"""The Celery task: a thin shell that claims a slice, runs one batch, commits, continues."""
+"""The Celery task: a thin shell that claims a slice, runs one batch, commits, continues.
+
+Whatever happens to the batch, the task ends by settling the sweep (``SweepState.settle``), so
+a cancel or the last slice never waits on a path that forgot to. Errors are sorted by whether
+retrying can help (``ReencryptError.transient``): an outage gives the slice back and tries
+again with back-off; anything else (a disabled target key, a missing keyring, an unexpected
+exception) pauses the sweep with the reason for the operator, instead of looping silently.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import traceback
 
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, ReencryptError
 from tracker_reencrypt.fleet import enqueue_slice
-from tracker_reencrypt.sweep.state import CANCELLING, RUNNING
+from tracker_reencrypt.sweep.state import CANCELLING, RUNNING, Claim
 from worker import metrics
 from worker.batch import BatchLimits, SliceBatch
 from worker.runtime import Runtime
 
 log = logging.getLogger("reencrypt.worker")
 
-#: After a transient failure (vault or store unreachable), try the slice again this late.
+#: After a transient failure (vault or store unreachable), the first retry of the slice comes
+#: this late, doubling with each failure in a row up to ERROR_BACKOFF_MAX_S.
 ERROR_BACKOFF_S = 10.0
+ERROR_BACKOFF_MAX_S = 300.0
+
+
+def error_backoff(failures_in_a_row: int) -> float:
+    return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** max(0, failures_in_a_row - 1))
 
 
 def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:
     """Advance one slice by one batch. Returns what happened, for logs and tests."""
+    try:
+        outcome = _advance(app, runtime, sweep_id, index, fence)
+    except ReencryptError as exc:
+        # Before any claim (reading the sweep or the slice): nothing is held, so the message
+        # only has to come back later. Unexpected errors here are bugs and surface in Celery.
+        log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, exc, ERROR_BACKOFF_S)
+        enqueue_slice(app, sweep_id, index, fence, countdown=ERROR_BACKOFF_S)
+        return "error: retrying"
+    _settle(runtime, sweep_id, outcome)
+    return outcome
+
+
+def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | None) -> str:
+    """A message of another store's sweep reached this worker (a queue shared by hand, an old
+    message): send it on to its own queue rather than acknowledge and lose it."""
+    if not store:
+        log.error("slice %s/%d: message names no store; dropped (re-queue it with 'reencrypt sweep resume')",
+                  sweep_id, index)
+        return "dropped: message names no store"
+    enqueue_slice(app, sweep_id, index, fence, fingerprint=store)
+    log.warning("slice %s/%d belongs to store %s, not ours: sent on to its queue", sweep_id, index, store)
+    return "forwarded to its own store's queue"
+
+
+def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:
     state, settings = runtime.state, runtime.settings
     sweep = state.get_sweep(sweep_id)
     if sweep["status"] != RUNNING:
         # Paused or stopping: drop the message; 'sweep resume' enqueues the slice again.
-        if sweep["status"] == CANCELLING:
-            state.settle_cancel(sweep_id)
         return f"dropped: sweep is {sweep['status']}"
     claim = state.claim_slice(sweep_id, index, fence, runtime.owner, settings.lease_seconds)
     if claim.action == "retry":
@@ -34,7 +71,11 @@ def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) 
         return f"retry later: {claim.why}"
     if claim.action == "drop":
         return f"dropped: {claim.why}"
+    return _work(app, runtime, sweep, index, claim)
 
+
+def _work(app, runtime: Runtime, sweep: dict, index: int, claim: Claim) -> str:
+    state, settings, sweep_id = runtime.state, runtime.settings, sweep["id"]
     started = time.perf_counter()
     try:
         # Built inside the try: it reads the budget state from Redis, and an outage there must
@@ -50,34 +91,74 @@ def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) 
         metrics.BATCHES.labels("lease_lost").inc()
         log.warning("slice %s/%d: %s; stopping", sweep_id, index, exc)
         return "lease lost"
-    except ReencryptError as exc:
-        # A vault or store outage: give the slice back untouched and try again later.
-        # Documents already rewritten in this batch are on target and will be skipped.
+    except Exception as exc:  # noqa: BLE001 - every failure gives the slice back; none may leave it leased
         metrics.BATCHES.labels("error").inc()
-        log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, exc, ERROR_BACKOFF_S)
-        state.release_slice(sweep_id, index, claim.fence)
-        message = str(exc)
-        state.update_sweep(sweep_id, lambda body: {**body, "last_error": message})
-        enqueue_slice(app, sweep_id, index, claim.fence, countdown=ERROR_BACKOFF_S)
-        return "error"
+        return _give_back(app, runtime, sweep_id, index, claim.fence, exc)
     finally:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         runtime.publish_metrics()
     _count(report, sweep["mode"])
     metrics.BATCHES.labels("committed").inc()
-
+    if sweep.get("last_error"):
+        state.update_sweep(sweep_id, lambda body: {k: v for k, v in body.items() if k != "last_error"},
+                           only_if=lambda body: body.get("status") == RUNNING and "last_error" in body)
     if report.result.done:
-        finished = state.finish_if_done(sweep_id)
-        if finished is not None:
-            AuditTrail(runtime.store.records()).append(
-                f"sweep {finished['status']}", who=runtime.owner, sweep_id=sweep_id, totals=finished["totals"]
-            )
         return "slice done"
     if state.get_sweep(sweep_id)["status"] == RUNNING:
         enqueue_slice(app, sweep_id, index, claim.fence)
         return "continued"
-    state.settle_cancel(sweep_id)
     return "stopped: sweep no longer running"
+
+
+def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exception) -> str:
+    """Release the slice at its checkpoint (documents already rewritten are on target and will
+    be skipped), then retry later or pause the sweep, by what kind of failure this is."""
+    state = runtime.state
+    transient = isinstance(exc, ReencryptError) and exc.transient
+    # Our errors are one line without secrets; anything else is named by its type only, since
+    # its message could quote a document.
+    message = str(exc) if isinstance(exc, ReencryptError) else f"unexpected {type(exc).__name__} in a batch (a bug: see the worker log)"
+    if not isinstance(exc, ReencryptError):
+        log.error("slice %s/%d: unexpected %s at\n%s", sweep_id, index, type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))
+    try:
+        released = state.release_slice(sweep_id, index, fence, failed=True)
+    except LeaseLostError:
+        return "lease lost"
+    if not transient:
+        log.error("slice %s/%d: %s; pausing the sweep ('reencrypt sweep resume' once fixed)", sweep_id, index, message)
+        state.pause_for(sweep_id, message)
+        return "paused: " + message
+    delay = error_backoff(released.get("error_retries", 1))
+    log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, message, delay)
+    state.update_sweep(sweep_id, lambda body: {**body, "last_error": message})
+    enqueue_slice(app, sweep_id, index, fence, countdown=delay)
+    return "error: retrying"
+
+
+#: Outcomes after which a running sweep may have no slice left to do.
+_SLICE_ENDED = ("slice done", "dropped: slice already done")
+
+
+def _settle(runtime: Runtime, sweep_id: str, outcome: str) -> None:
+    """Finish the sweep if it reached its end (audited once, by whichever task got there).
+
+    A cancelling sweep is settled after every task; a running one only when this task saw its
+    slice end, since only then can every slice be done (the rest would be a wasted listing).
+    """
+    state = runtime.state
+    try:
+        status = state.get_sweep(sweep_id)["status"]
+        if status != CANCELLING and not (status == RUNNING and outcome in _SLICE_ENDED):
+            return
+        finished = state.settle(sweep_id)
+    except ReencryptError as exc:  # the store is down: the next task or 'sweep cancel' settles
+        log.warning("sweep %s: could not settle (%s)", sweep_id, exc)
+        return
+    if finished is not None:
+        AuditTrail(runtime.store.records()).append(
+            f"sweep {finished['status']}", who=runtime.owner, sweep_id=sweep_id, totals=finished.get("totals"),
+        )
 
 
 def _count(report, mode: str) -> None:

@@ -11,7 +11,9 @@ durable records (:class:`RecordStore`), each implemented once per backend and ch
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from tracker_reencrypt.errors import ConfigError, redact_url
@@ -120,6 +122,29 @@ class RecordStore(Protocol):
     def list(self, kind: str, prefix: str = "") -> list[tuple[str, dict, str]]:
         """(record_id, body, etag) for every record of ``kind`` whose id starts with
         ``prefix``, ordered by id."""
+
+
+def store_location(url: str) -> str:
+    """The canonical place a store URL names, independent of how it was spelt: a SQLite file's
+    resolved absolute path, or a Cosmos account host, database and container. Two URLs name
+    the same container exactly when their locations are equal."""
+    if url.startswith("sqlite:"):
+        from tracker_reencrypt.stores.sqlite import path_from_url
+
+        return f"sqlite:{Path(path_from_url(url)).expanduser().resolve()}"
+    if url.startswith("cosmos://"):
+        from tracker_reencrypt.stores.cosmos import parse_url
+
+        host, database, container = parse_url(url)
+        return f"cosmos:{host.lower()}/{database}/{container}"
+    return open_store(url).describe()  # raises the one-line ConfigError for an unknown scheme
+
+
+def store_fingerprint(url: str) -> str:
+    """A short stable id of the container a store URL names (see :func:`store_location`):
+    it names the container's task queue and marks every message, so a worker of another
+    store never takes its work."""
+    return hashlib.sha256(store_location(url).encode("utf-8")).hexdigest()[:12]
 
 
 def open_store(url: str, *, partition_key_field: str = "productId", create: bool = False) -> DocumentStore:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import redis
 
-from tracker_reencrypt.errors import ReencryptError
+from tracker_reencrypt.errors import BrokerUnavailableError, SweepError
 
 _TAKE = """
 local rate = tonumber(ARGV[1])
@@ -40,7 +40,7 @@ def reaching_redis(what: str):
     try:
         yield
     except redis.RedisError as exc:
-        raise ReencryptError(f"{what} in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
+        raise BrokerUnavailableError(f"{what} in Redis unreachable ({type(exc).__name__}): check REDIS_URL") from None
 
 
 class TokenBucket:
@@ -54,7 +54,7 @@ class TokenBucket:
     def reserve(self, tokens: float, rate: float) -> float:
         """Take ``tokens`` now and return how many seconds the caller must wait before using them."""
         if rate <= 0:
-            raise ReencryptError(f"rate for {self.key} must be positive, got {rate}")
+            raise SweepError(f"rate for {self.key} must be positive, got {rate}")
         burst = max(rate * self.burst_seconds, tokens)
         with reaching_redis("rate limiter"):
             return float(self._script(keys=[self.key], args=[rate, burst, tokens]))

@@ -17,9 +17,20 @@ new fence. So:
   it is dropped;
 - a message that arrives while another task holds a live lease waits (retries) until the
   lease is released or expires;
-- a worker that died holding a lease leaves it to expire, after which any message for the
-  slice takes it over with a new fence; if the dead worker was only slow, its commit fails
-  with LeaseLostError and it stops (its document writes were conditional and idempotent).
+- a worker that died holding a lease leaves it to expire; the fleet's lease watch (and
+  ``sweep start --wait``) then sends the slice one new message (:meth:`SweepState.rescue_expired`),
+  which takes it over with a new fence. The broker's own redelivery of the dead worker's
+  message (the visibility timeout, 15 min) is not the recovery path: when it comes, its
+  fence is stale and it is dropped. If the dead worker was only slow, its commit fails with
+  LeaseLostError and it stops (its document writes were conditional and idempotent).
+
+Settling (why no sweep stays ``cancelling`` or ``running`` for ever)
+--------------------------------------------------------------------
+Every path out of a task, whatever happened to its batch (committed, slice done, dropped,
+lease lost, error), ends in :meth:`SweepState.settle`: a cancelling sweep with no live lease
+becomes ``cancelled``; a running sweep whose slices are all done becomes ``completed`` (or
+``failed`` with failures). ``sweep cancel`` settles too, so a sweep whose workers all died can
+always be cancelled once their leases expire.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -106,10 +118,15 @@ class BatchResult:
 
 
 class SweepState:
-    """Sweeps, slices and failures over a RecordStore."""
+    """Sweeps, slices and failures over a RecordStore.
 
-    def __init__(self, records: RecordStore) -> None:
+    ``clock`` (seconds since the epoch) is injectable so leases and expiry are tested without
+    sleeping, as Fernet's ``*_at_time`` methods take the time.
+    """
+
+    def __init__(self, records: RecordStore, clock: Callable[[], float] = time.time) -> None:
         self.records = records
+        self.clock = clock
 
     # -- sweeps ----------------------------------------------------------------------------
 
@@ -128,7 +145,7 @@ class SweepState:
             self.records.create(SLICE, slice_id(sweep["id"], index), {
                 "sweep_id": sweep["id"], "index": index, "feed_range": feed_range, "continuation": None,
                 "done": False, "fence": 0, "lease_owner": None, "lease_expires": 0.0,
-                "counts": zero_counts(), "updated_at": time.time(),
+                "counts": zero_counts(), "updated_at": self.clock(), "error_retries": 0, "rescued_fence": None,
             })
         return self.update_sweep(sweep["id"], lambda body: {**body, "status": status})
 
@@ -184,7 +201,7 @@ class SweepState:
                                  only_if=lambda body: body["status"] in allowed_from)
 
     def _take_active_lock(self, sweep_id: str) -> None:
-        mine = {"sweep_id": sweep_id, "taken_at": time.time()}
+        mine = {"sweep_id": sweep_id, "taken_at": self.clock()}
         try:
             body, etag = self.records.get(LOCK, ACTIVE_LOCK_ID)
         except NotFoundError:
@@ -213,7 +230,7 @@ class SweepState:
         try:
             live = self.records.get(SWEEP, holder)[0]["status"] not in FINISHED
         except NotFoundError:
-            live = time.time() - lock.get("taken_at", 0.0) < LOCK_GRACE_S
+            live = self.clock() - lock.get("taken_at", 0.0) < LOCK_GRACE_S
         return holder if live else None
 
     def _release_active_lock(self, sweep_id: str) -> None:
@@ -233,7 +250,7 @@ class SweepState:
         record_id = slice_id(sweep_id, index)
         while True:
             body, etag = self.records.get(SLICE, record_id)
-            now = time.time()
+            now = self.clock()
             if body["done"]:
                 return Claim("drop", why="slice already done")
             if lease_is_live(body, now):
@@ -250,54 +267,83 @@ class SweepState:
 
     def commit_slice(self, sweep_id: str, index: int, fence: int, result: BatchResult) -> dict:
         """Write checkpoint and counts, release the lease: only while the fence is ours."""
+        return self._settle_slice(sweep_id, index, fence, lambda body: {
+            "continuation": result.continuation, "done": result.done, "error_retries": 0,
+            "counts": {name: body["counts"].get(name, 0) + result.counts.get(name, 0) for name in COUNTERS},
+        })
+
+    def release_slice(self, sweep_id: str, index: int, fence: int, *, failed: bool = False) -> dict:
+        """Give a claimed slice back at its checkpoint (the sweep was paused or cancelled, or the
+        batch failed: then ``error_retries`` counts on, for the back-off of the next try)."""
+        return self._settle_slice(sweep_id, index, fence, lambda body: {
+            "error_retries": body.get("error_retries", 0) + 1 if failed else body.get("error_retries", 0),
+        })
+
+    def _settle_slice(self, sweep_id: str, index: int, fence: int, change: Callable[[dict], dict]) -> dict:
         record_id = slice_id(sweep_id, index)
         while True:
             body, etag = self.records.get(SLICE, record_id)
             if body["fence"] != fence:
                 raise LeaseLostError(f"slice {record_id} was taken over (fence {body['fence']}, ours {fence})")
-            counts = {name: body["counts"].get(name, 0) + result.counts.get(name, 0) for name in COUNTERS}
-            committed = {
-                **body, "continuation": result.continuation, "done": result.done, "counts": counts,
-                "lease_owner": None, "lease_expires": 0.0, "updated_at": time.time(),
-            }
+            settled = {**body, **change(body), "lease_owner": None, "lease_expires": 0.0, "updated_at": self.clock()}
             try:
-                self.records.replace(SLICE, record_id, committed, etag)
-                return committed
+                self.records.replace(SLICE, record_id, settled, etag)
+                return settled
             except ConflictError:
                 continue
 
-    def release_slice(self, sweep_id: str, index: int, fence: int) -> None:
-        """Give a claimed slice back untouched (the sweep was paused or cancelled)."""
-        self.commit_slice(sweep_id, index, fence, BatchResult(continuation=self._continuation(sweep_id, index), done=False))
-
-    def _continuation(self, sweep_id: str, index: int) -> str | None:
-        return self.records.get(SLICE, slice_id(sweep_id, index))[0]["continuation"]
+    def rescue_expired(self, sweep_id: str) -> list[tuple[int, int]]:
+        """Slices held by a lease that expired (their worker died), each claimed for ONE rescue
+        message: (index, fence) pairs for the caller to enqueue. A conditional write marks the
+        fence rescued, so however many workers and followers look, each expiry is re-queued once."""
+        rescued = []
+        for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
+            if body["done"] or not body["lease_owner"] or lease_is_live(body, self.clock()):
+                continue
+            if body.get("rescued_fence") == body["fence"]:
+                continue
+            try:
+                self.records.replace(SLICE, record_id, {**body, "rescued_fence": body["fence"]}, etag)
+            except ConflictError:
+                continue  # taken over or rescued by someone else meanwhile
+            rescued.append((body["index"], body["fence"]))
+        return rescued
 
     def totals(self, sweep_id: str) -> dict[str, int]:
         return sum_counts(self.slices(sweep_id))
 
-    def finish_if_done(self, sweep_id: str) -> dict | None:
-        """Mark the sweep completed (or failed, with failures) once every slice is done."""
-        slices = self.slices(sweep_id)
-        if not slices or not all(body["done"] for body in slices):
-            return None
-        totals = sum_counts(slices)
-        status = FAILED if totals["failures"] else COMPLETED
-        before = self.get_sweep(sweep_id)["status"]
-        after = self.update_sweep(
-            sweep_id, lambda body: {**body, "status": status, "totals": totals, "finished_at": utc_now()},
-            only_if=lambda body: body["status"] not in FINISHED,
-        )
-        return after if before not in FINISHED and after["status"] in FINISHED else None
+    def settle(self, sweep_id: str) -> dict | None:
+        """Move the sweep to its final state when it has reached it; the sweep when this call
+        made the transition (so exactly one caller audits it), else None.
 
-    def settle_cancel(self, sweep_id: str) -> bool:
-        """Cancelling becomes cancelled once no slice holds a live lease."""
-        now = time.time()
-        if any(lease_is_live(body, now) for body in self.slices(sweep_id)):
-            return False
-        after = self.update_sweep(sweep_id, lambda body: {**body, "status": CANCELLED, "finished_at": utc_now()},
-                                  only_if=lambda body: body["status"] == CANCELLING)
-        return after["status"] == CANCELLED
+        Cancelling becomes cancelled once no slice holds a live lease; running becomes completed
+        (failed, with failures) once every slice is done. Cancelling wins over done: the
+        operator asked for it, and the counts still show the work that was finished.
+        """
+        sweep = self.get_sweep(sweep_id)
+        if sweep["status"] not in (RUNNING, CANCELLING):
+            return None
+        slices = self.slices(sweep_id)
+        if sweep["status"] == CANCELLING:
+            if any(lease_is_live(body, self.clock()) for body in slices):
+                return None
+            target, extra = CANCELLED, {}
+        else:
+            if not slices or not all(body["done"] for body in slices):
+                return None
+            totals = sum_counts(slices)
+            target, extra = (FAILED if totals["failures"] else COMPLETED), {"totals": totals}
+        before = sweep["status"]
+        after = self.update_sweep(sweep_id, lambda body: {**body, "status": target, **extra, "finished_at": utc_now()},
+                                  only_if=lambda body: body["status"] == before)
+        return after if after["status"] == target else None
+
+    def pause_for(self, sweep_id: str, reason: str) -> dict:
+        """Pause a running sweep because of a problem only a person can fix; ``reason`` is shown
+        by ``sweep status``, the exporter and an alert, and cleared by ``sweep resume``."""
+        return self.update_sweep(sweep_id, lambda body: {**body, "status": PAUSED, "paused_reason": reason,
+                                                         "last_error": reason},
+                                 only_if=lambda body: body["status"] == RUNNING)
 
     # -- failures --------------------------------------------------------------------------
 

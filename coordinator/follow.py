@@ -1,0 +1,75 @@
+"""Following a sweep from the coordinator (``sweep start --wait``, ``sweep status --watch``):
+what the operator must be told, and the little recovery a follower may do.
+
+A follower started with ``--wait`` also keeps the sweep moving when its messages went missing,
+and does so sparingly: a slice whose worker died is re-queued once per expired lease (the same
+marked rescue the workers' lease watch does), and a slice idle for STALL_S is re-queued once
+per fence, and only while the broker holds fewer messages for the sweep's queue than there are
+idle slices (so a busy fleet with a long queue is never flooded with duplicates).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from coordinator import sweeps
+from coordinator.context import Context
+from tracker_reencrypt.errors import redact_url
+from tracker_reencrypt.fleet import enqueue_slice, pending_messages, rescue_expired_leases, store_queue
+from tracker_reencrypt.sweep.state import RUNNING, lease_is_live
+
+#: A slice with no lease and no checkpoint for this long while the sweep runs may have lost
+#: its message (a crash between commit and enqueue, or Redis lost its queue).
+STALL_S = 60.0
+#: A running sweep no worker has touched for this long gets a line saying so.
+NO_WORKER_S = 30.0
+
+
+def broker_text(ctx: Context) -> str:
+    """Where the sweep's messages wait, for the operator (credentials redacted)."""
+    return f"broker {redact_url(ctx.redis_url)} queue {store_queue(ctx.settings)}"
+
+
+def no_worker_notice(ctx: Context, progress: sweeps.Progress, now: float | None = None) -> str:
+    """A line for a running sweep no worker has touched for NO_WORKER_S, else ''."""
+    if progress.sweep["status"] != RUNNING or progress.active_leases or not progress.slices:
+        return ""
+    idle = (now or time.time()) - max(body["updated_at"] for body in progress.slices)
+    if idle < NO_WORKER_S:
+        return ""
+    return (f"no worker has taken a slice of this sweep for {idle:.0f} s: start workers with 'reencrypt worker' "
+            f"on the same store ({broker_text(ctx)})")
+
+
+@dataclass
+class Recovery:
+    """The --wait follower's re-queuing, remembering what it already re-queued."""
+
+    ctx: Context
+    requeued: set[tuple[int, int]] = field(default_factory=set)
+
+    def step(self, progress: sweeps.Progress, now: float | None = None) -> int:
+        """Re-queue what needs it; returns how many messages were sent."""
+        if progress.sweep["status"] != RUNNING:
+            return 0
+        sent = len(rescue_expired_leases(self.ctx.celery, self.ctx.state))
+        now = now or time.time()
+        idle = [body for body in progress.slices if not body["done"] and not lease_is_live(body, now)]
+        stalled = [body for body in idle if now - body["updated_at"] > STALL_S
+                   and (body["index"], body["fence"]) not in self.requeued]
+        if not stalled or self._messages_waiting() >= len(idle):
+            return sent
+        for body in stalled:
+            enqueue_slice(self.ctx.celery, progress.sweep["id"], body["index"], body["fence"])
+            self.requeued.add((body["index"], body["fence"]))
+        return sent + len(stalled)
+
+    def _messages_waiting(self) -> int:
+        client = redis.Redis.from_url(self.ctx.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            return sum(pending_messages(client, store_queue(self.ctx.settings)))
+        finally:
+            client.close()

@@ -1,0 +1,162 @@
+"""What an MEK protects, and proof that its containers no longer need a version.
+
+Two facts live with the key itself (provider metadata: keyring file metadata, Key Vault tags),
+not in any store, because the store is what they must be checked against:
+
+- **the containers the key protects**: every store a command used with the key (seed, sweep
+  start, key operations) leaves a mark ``store-<fingerprint>``;
+- **the audit anchor** of each of those stores: the sequence number and hash of its audit
+  trail's newest entry at the last key operation. ``audit --check`` compares the trail with
+  it, so deleting the newest entries, or rebuilding the whole chain, shows.
+
+A mark's value is ``<seq>:<hash prefix>|<store location>`` (Key Vault tag values hold 256
+characters: the hash is cut to 32 hex digits, 128 bits, plenty to detect a rebuilt chain).
+
+The disable gate (:func:`disable_refusal`) builds on both: a version may be disabled only when
+every container the key protects recorded, in its own audit trail, a passing ``verify`` that
+proves no field uses the version, made after the last moment anything could write under it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tracker_reencrypt.keys import KeyProvider
+from tracker_reencrypt.stores import store_fingerprint, store_location
+
+MARK_PREFIX = "store-"
+ANCHOR_HASH_CHARS = 32
+#: Audit actions after which new writes go to the version they name.
+MAKES_CURRENT = ("key created", "key rotated", "key promoted")
+SWEEP_ENDS = ("sweep completed", "sweep failed", "sweep cancelled")
+
+
+@dataclass(frozen=True)
+class StoreMark:
+    """One container recorded with the key, and its audit trail's anchored head."""
+
+    fingerprint: str
+    location: str
+    anchor_seq: int = 0
+    anchor_hash: str = ""
+
+    def encode(self) -> str:
+        return f"{self.anchor_seq}:{self.anchor_hash}|{self.location}"
+
+    @classmethod
+    def decode(cls, fingerprint: str, value: str) -> "StoreMark":
+        head, _, location = value.partition("|")
+        seq, _, digest = head.partition(":")
+        return cls(fingerprint, location, int(seq) if seq.isdigit() else 0, digest)
+
+    @property
+    def url(self) -> str:
+        """The store URL to open this container again (locations are ``sqlite:/abs`` or ``cosmos:host/db/c``)."""
+        scheme, _, rest = self.location.partition(":")
+        return f"sqlite:///{rest}" if scheme == "sqlite" else f"cosmos://{rest}"
+
+
+def marks(provider: KeyProvider) -> dict[str, StoreMark]:
+    """The containers the key protects, by fingerprint."""
+    return {name[len(MARK_PREFIX):]: StoreMark.decode(name[len(MARK_PREFIX):], value)
+            for name, value in provider.metadata().items() if name.startswith(MARK_PREFIX)}
+
+
+def mark_store(provider: KeyProvider, store_url: str, head: dict | None) -> StoreMark:
+    """Record that the key protects this store, anchoring its audit head when given."""
+    fingerprint = store_fingerprint(store_url)
+    previous = marks(provider).get(fingerprint)
+    if head is not None:
+        mark = StoreMark(fingerprint, store_location(store_url), head["seq"], head["hash"][:ANCHOR_HASH_CHARS])
+    elif previous is not None:
+        return previous
+    else:
+        mark = StoreMark(fingerprint, store_location(store_url))
+    provider.set_metadata({MARK_PREFIX + fingerprint: mark.encode()})
+    return mark
+
+
+def anchor_problems(mark: StoreMark | None, entries: list[dict], where: str) -> list[str]:
+    """What the anchor says is wrong with an audit trail (``entries`` in sequence order)."""
+    if mark is None or not mark.anchor_seq:
+        return []
+    by_seq = {entry.get("seq"): entry for entry in entries}
+    newest = entries[-1].get("seq", 0) if entries else 0
+    anchored = by_seq.get(mark.anchor_seq)
+    if anchored is None:
+        return [f"the trail ends at entry {newest}, but {where} anchors entry {mark.anchor_seq}: "
+                f"entries were deleted from its end"]
+    if not str(anchored.get("hash", "")).startswith(mark.anchor_hash):
+        return [f"entry {mark.anchor_seq} differs from the one {where} anchors: the trail was rebuilt"]
+    return []
+
+
+@dataclass(frozen=True)
+class WriteWindow:
+    """When anything may last have written fields under one key version, from a store's audit trail."""
+
+    ends_at: str | None  # a utc_now() timestamp; None: the trail does not say
+    open_sweeps: tuple[str, ...] = ()  # sweeps towards the version that have not ended
+
+
+def write_window(entries: list[dict], kid: str) -> WriteWindow:
+    """The tracker writes under ``kid`` from the key operation that made it current until the
+    next one made another version current; a sweep towards ``kid`` writes under it until it ends."""
+    current_since = stopped_at = None
+    sweeps_to_kid: set[str] = set()
+    ended: dict[str, str] = {}
+    for entry in entries:
+        action, details = entry.get("action"), entry.get("details") or {}
+        if action in MAKES_CURRENT:
+            if details.get("kid") == kid:
+                current_since, stopped_at = entry["at"], None
+            elif current_since is not None and stopped_at is None:
+                stopped_at = entry["at"]
+        elif action == "sweep started" and details.get("target_kid") == kid:
+            sweeps_to_kid.add(details.get("sweep_id"))
+        elif action in SWEEP_ENDS and details.get("sweep_id") in sweeps_to_kid:
+            ended[details["sweep_id"]] = entry["at"]
+    times = [t for t in (stopped_at, *ended.values()) if t]
+    return WriteWindow(max(times) if times else None, tuple(sorted(sweeps_to_kid - set(ended))))
+
+
+def proving_verify(entries: list[dict], kid: str, after: str) -> dict | None:
+    """The newest passing verify recorded at or after ``after`` that proves no field uses ``kid``."""
+    for entry in reversed(entries):
+        if entry.get("at", "") < after:
+            return None
+        details = entry.get("details") or {}
+        if (entry.get("action") == "verify" and details.get("ok") and details.get("expect") != kid
+                and not (details.get("fields_by_kid") or {}).get(kid)):
+            return entry
+    return None
+
+
+def gate_problem(entries: list[dict], kid: str, fallback_end: str | None, where: str) -> str | None:
+    """Why this store's audit trail does not yet allow disabling ``kid`` (None: it does)."""
+    window = write_window(entries, kid)
+    if window.open_sweeps:
+        return f"sweep {window.open_sweeps[0]} towards {kid} has not ended in {where}"
+    ends_at = window.ends_at or fallback_end
+    if ends_at is None:
+        return f"{where}: nothing shows when writes under {kid} stopped (it was never replaced as current)"
+    if proving_verify(entries, kid, ends_at) is None:
+        return (f"{where} has no passing verify since {ends_at} (when writes under {kid} last could happen): "
+                f"run 'reencrypt --store <it> verify --expect <current kid>' there first")
+    return None
+
+
+def disable_refusal(provider: KeyProvider, kid: str, store_url: str, trail_of: Callable[[str], list[dict]],
+                    fallback_end: str | None) -> str | None:
+    """Why ``kid`` may not be disabled yet, checking this store and every other container the
+    key protects (``trail_of(url)`` reads a store's audit entries, raising our error when the
+    store cannot be opened); None when every one of them proved it unused."""
+    checked = {store_fingerprint(store_url): store_url}
+    for fingerprint, mark in marks(provider).items():
+        checked.setdefault(fingerprint, mark.url)
+    for url in checked.values():
+        problem = gate_problem(trail_of(url), kid, fallback_end, f"container {store_location(url)}")
+        if problem:
+            return problem
+    return None

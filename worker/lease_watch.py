@@ -1,0 +1,46 @@
+"""The fleet's lease watch: a slice whose worker died is taken over within its lease, not the
+broker's visibility timeout.
+
+A worker killed mid-batch (``kill -9``, a node lost) leaves its slice leased and its message
+unacknowledged; Redis would hand the message back only after the visibility timeout (15 min).
+Every worker's main process therefore looks at the active sweep a few times per lease period
+and sends each slice whose lease expired one rescue message (``SweepState.rescue_expired``
+marks the fence, so a fleet of watchers sends one message per expiry, not one each).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from tracker_reencrypt.config import Settings
+from tracker_reencrypt.errors import ReencryptError
+from tracker_reencrypt.fleet import rescue_expired_leases
+from tracker_reencrypt.stores import open_store
+from tracker_reencrypt.sweep.state import SweepState
+
+log = logging.getLogger("reencrypt.worker")
+
+#: Looks per lease period: a dead worker's slice is taken over at most lease x (1 + 1/N) late.
+LOOKS_PER_LEASE = 4
+
+
+def start(app, settings: Settings) -> threading.Event:
+    """Run the watch in a daemon thread of this process until the returned event is set."""
+    stop = threading.Event()
+    interval = max(0.5, settings.lease_seconds / LOOKS_PER_LEASE)
+
+    def watch() -> None:
+        store = open_store(settings.store, partition_key_field=settings.partition_key_field)
+        state = SweepState(store.records())
+        try:
+            while not stop.wait(interval):
+                try:
+                    rescue_expired_leases(app, state)
+                except Exception as exc:  # noqa: BLE001 - an outage (store, broker): the next look tries again
+                    log.warning("lease watch: %s", exc if isinstance(exc, ReencryptError) else type(exc).__name__)
+        finally:
+            store.close()
+
+    threading.Thread(target=watch, name="reencrypt-lease-watch", daemon=True).start()
+    return stop
