@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tracker_reencrypt.documents import check_document
+from tracker_reencrypt.documents import FieldCheck, check_document, document_label, partition_key_or_none
 from tracker_reencrypt.errors import UnknownNameError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore
@@ -62,7 +62,7 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
         while True:
             page = store.scan(feed_range, continuation, PAGE_SIZE)
             for document in page.documents:
-                count_document(report, document.body, store.partition_key_of(document.body), keyring)
+                count_document(report, document.body, partition_key_or_none(store, document.body), keyring)
             if progress:
                 progress(len(page.documents))
             continuation = page.continuation
@@ -71,11 +71,20 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
     return report
 
 
-def count_document(report: ScanReport, body: dict, partition_key: str, keyring: Keyring | None) -> None:
+def count_document(report: ScanReport, body: dict, partition_key: str | None, keyring: Keyring | None) -> None:
+    """Add one document to the report. ``partition_key`` None: the document has none.
+
+    A document that cannot be checked as a whole (no partition key, no id, nested too deep...)
+    counts as one undecryptable entry at field path "": verify cannot vouch for its fields, so
+    it must not pass, and the scan goes on to the next document.
+    """
     report.documents += 1
+    checks = check_document(body, partition_key, keyring)
+    if checks and checks[0].whole_document:
+        _count_undecryptable(report, body, partition_key, checks[0])
+        return
     if report.sizing:
         report.document_bytes += len(json.dumps(body, separators=(",", ":")))
-    checks = check_document(body, partition_key, keyring)
     for kid in {check.kid for check in checks}:
         report.documents_by_kid[kid] += 1
     for check in checks:
@@ -86,11 +95,16 @@ def count_document(report: ScanReport, body: dict, partition_key: str, keyring: 
         if report.sizing:
             report.deks_by_kid.setdefault(check.kid, set()).add(check.dek_id)
         if not check.decrypts:
-            report.undecryptable += 1
-            if len(report.undecryptable_examples) < EXAMPLES:
-                report.undecryptable_examples.append(
-                    {"document_id": body.get("id"), "partition_key": partition_key, "field_path": check.pointer, "reason": check.reason}
-                )
+            _count_undecryptable(report, body, partition_key, check)
+
+
+def _count_undecryptable(report: ScanReport, body: dict, partition_key: str | None, check: FieldCheck) -> None:
+    report.undecryptable += 1
+    if len(report.undecryptable_examples) < EXAMPLES:
+        report.undecryptable_examples.append({
+            "document_id": document_label(body), "partition_key": "" if partition_key is None else partition_key,
+            "field_path": check.pointer, "reason": check.reason,
+        })
 
 
 def require_known_kid(ctx, kid: str) -> None:

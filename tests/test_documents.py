@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tracker_reencrypt import envelope
 from tracker_reencrypt.documents import (
-    check_document, find_envelopes, json_pointer, location, rekey_document, schema_path,
+    MAX_DEPTH, check_document, document_label, find_envelopes, json_pointer, location, rekey_document, schema_path,
 )
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
@@ -119,6 +119,88 @@ def test_check_document_reports_kid_kind_and_decryption(keys):
     assert [(c.pointer, c.kind, c.kid, c.decrypts) for c in checks] == [
         ("/customFields/1/value", "item", v1, True), ("/title", "item", v1, True)]
     assert checks[0].dek_id == checks[1].dek_id  # one data key shared by both fields
+
+
+def nested(levels, document_id="deep"):
+    """A document whose objects nest ``levels`` deep, the document itself being level 1."""
+    body = {"id": document_id, "productId": PK, "type": "item"}
+    inner = body
+    for _ in range(levels - 1):
+        inner["a"] = {}
+        inner = inner["a"]
+    return body
+
+
+def bad_documents(keyring, kid):
+    """(body, partition key as the store finds it, reason): each with a real envelope where it can hold one."""
+    good = item(keyring, kid)
+    without_partition_key = {k: v for k, v in good.items() if k != "productId"}
+    return [
+        ([good], PK, "not_an_object"),
+        ("doc-1", PK, "not_an_object"),
+        ({k: v for k, v in good.items() if k != "id"}, PK, "no_id"),
+        ({**good, "id": 42}, PK, "bad_id"),
+        ({**good, "id": ["doc-1"]}, PK, "bad_id"),
+        (without_partition_key, None, "no_partition_key"),
+        (nested(2_000), PK, "too_deep"),
+        (nested(100_000), PK, "too_deep"),  # far past Python's recursion limit: the stated limit decides
+    ]
+
+
+@pytest.mark.parametrize("mode", ["reencrypt", "rewrap"])
+def test_a_document_that_cannot_be_processed_as_a_whole_is_one_failure_not_an_exception(keys, mode):
+    provider, v1, v2, _ = keys
+    keyring = Keyring(provider)
+    for body, partition_key, reason in bad_documents(keyring, v1):
+        plan = rekey_document(body, partition_key, target_kid=v2, keyring=keyring, mode=mode)
+        assert plan.new_body is None, reason  # nothing of it is rewritten
+        assert [(f.pointer, f.source_kid, f.reason) for f in plan.failures] == [("", "", reason)]
+        assert plan.count("reencrypted") == 0
+
+
+def test_verify_sees_a_document_that_cannot_be_checked_as_one_whole_document_problem(keys):
+    provider, v1, _, _ = keys
+    keyring = Keyring(provider)
+    for body, partition_key, reason in bad_documents(keyring, v1):
+        for with_keyring in (keyring, None):
+            checks = check_document(body, partition_key, with_keyring)
+            assert [(c.pointer, c.kid, c.reason, c.whole_document, c.decrypts) for c in checks] == [
+                ("", "", reason, True, False)]
+
+
+def test_the_nesting_limit_is_exact_and_an_envelope_at_the_limit_still_moves(keys):
+    provider, v1, v2, _ = keys
+    keyring = Keyring(provider)
+    at_limit, past_limit = nested(MAX_DEPTH - 1), nested(MAX_DEPTH)
+    at_limit_path, past_limit_path = ("a",) * (MAX_DEPTH - 1), ("a",) * MAX_DEPTH  # an envelope is an object: one level
+    leaf = at_limit
+    for part in at_limit_path[:-1]:
+        leaf = leaf[part]
+    leaf["a"] = seal(at_limit, at_limit_path, "deep but allowed", keyring, v1)
+    leaf = past_limit
+    for part in past_limit_path[:-1]:
+        leaf = leaf[part]
+    leaf["a"] = seal(past_limit, past_limit_path, "one level too deep", keyring, v1)
+
+    plan = rekey_document(at_limit, PK, target_kid=v2, keyring=keyring)
+    assert plan.count("reencrypted") == 1 and not plan.failures
+    assert [c.decrypts for c in check_document(plan.new_body, PK, keyring)] == [True]
+    plan = rekey_document(past_limit, PK, target_kid=v2, keyring=keyring)
+    assert plan.new_body is None and [f.reason for f in plan.failures] == ["too_deep"]
+
+
+def test_find_envelopes_walks_any_depth_without_recursing():
+    sealed = dict.fromkeys(envelope.ENVELOPE_FIELDS, "x")
+    value = sealed
+    for index in range(100_000):
+        value = [value] if index % 2 else {"a": value}
+    assert [len(parts) for parts, _ in find_envelopes(value)] == [100_000]
+
+
+def test_failures_name_a_document_by_its_stored_id_or_a_question_mark():
+    bodies = [{"id": "doc-7"}, {"id": 42}, {"id": 1.5}, {"id": True}, {"id": None}, {"id": {"a": 1}},
+              {"id": 10**5000}, {}, []]
+    assert [document_label(body) for body in bodies] == ["doc-7", "42", "1.5", "?", "?", "?", "?", "?", "?"]
 
 
 json_values = st.recursive(

@@ -3,20 +3,30 @@
 The sweep, ``verify`` and the benchmark's in-process lower bound all call these functions.
 They take a keyring (which may call a vault to unwrap, through its cache) but never read or
 write a store, so they can be tested exhaustively and benchmarked alone.
+
+A document that cannot be processed as a whole (not an object, no id, no partition key,
+nested too deep) is never an exception here: it becomes one failure at the empty field path,
+RFC 6901's pointer to the whole document, with a short machine-readable reason, so one bad
+document is recorded and the rest of its slice goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tracker_reencrypt import envelope
 from tracker_reencrypt.envelope import Keyring, Location
 from tracker_reencrypt.errors import EnvelopeError
+
+if TYPE_CHECKING:
+    from tracker_reencrypt.stores import DocumentStore
 
 Mode = Literal["reencrypt", "rewrap"]
 MODES: tuple[str, ...] = ("reencrypt", "rewrap")
@@ -26,6 +36,19 @@ MODES: tuple[str, ...] = ("reencrypt", "rewrap")
 FIELD_KINDS = ("item", "comment", "attachment", "api_key")
 
 PathParts = tuple[str | int, ...]
+
+#: The deepest nesting of objects and arrays (envelopes included) a document may have, the
+#: document itself being level 1. Tracker documents nest a handful of levels and Cosmos DB
+#: refuses items nested past 128, so deeper is corrupt data: such a document is refused as a
+#: whole ("too_deep") before any field is touched. The walk is iterative besides, so it is
+#: this limit, never Python's recursion limit, that decides.
+MAX_DEPTH = 128
+
+#: The field path of a failure that concerns the whole document (RFC 6901's empty pointer).
+WHOLE_DOCUMENT = ""
+
+#: What the document id is recorded as when the document has none usable.
+UNKNOWN_ID = "?"
 
 
 def field_kind(body: dict) -> str:
@@ -53,14 +76,70 @@ def schema_path(parts: PathParts) -> str:
 
 def find_envelopes(value: Any, parts: PathParts = ()) -> Iterator[tuple[PathParts, dict]]:
     """Every envelope in a document, depth first, arrays included. Envelopes are leaves."""
-    if envelope.is_envelope(value):
-        yield parts, value
-    elif isinstance(value, dict):
-        for key, child in value.items():
-            yield from find_envelopes(child, parts + (key,))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            yield from find_envelopes(child, parts + (index,))
+    return iter(_envelopes_within(value, parts, math.inf))
+
+
+def _envelopes_within(value: Any, parts: PathParts, limit: float) -> list[tuple[PathParts, dict]] | None:
+    """Every envelope in ``value``, depth first; None once objects and arrays nest past ``limit``.
+
+    An explicit stack rather than recursion, so a hostile nesting depth cannot crash the walk.
+    Only objects and arrays are pushed: on the sweep's hot path this is as fast as the
+    recursive walk it replaced, depth check included.
+    """
+    found = []
+    pending = [(parts, value)] if isinstance(value, (dict, list)) else []
+    while pending:
+        parts, value = pending.pop()
+        if len(parts) >= limit:  # ``value`` is at level len(parts) + 1
+            return None
+        if isinstance(value, dict):
+            if value.keys() == envelope.ENVELOPE_FIELDS:  # envelope.is_envelope, inlined for the hot path
+                found.append((parts, value))
+                continue
+            children = value.items()
+        else:
+            children = enumerate(value)
+        pending.extend([(parts + (key,), child) for key, child in children if isinstance(child, (dict, list))][::-1])
+    return found
+
+
+def _envelopes_or_problem(body: Any, partition_key: Any) -> tuple[list[tuple[PathParts, dict]], str]:
+    """The document's envelopes and "", or none and why it cannot be processed as a whole:
+    "not_an_object", "no_id", "bad_id", "no_partition_key" (``partition_key`` None) or "too_deep"."""
+    if not isinstance(body, dict):
+        return [], "not_an_object"
+    if "id" not in body:
+        return [], "no_id"
+    if not isinstance(body["id"], str):
+        return [], "bad_id"  # ids are strings in Cosmos and in every AAD the tracker wrote
+    if partition_key is None:
+        return [], "no_partition_key"
+    found = _envelopes_within(body, (), MAX_DEPTH)
+    return ([], "too_deep") if found is None else (found, "")
+
+
+def document_label(body: Any) -> str:
+    """The document's id as failures and examples record it: the stored id when it is a string
+    or a number, :data:`UNKNOWN_ID` when there is none (or an object or array stands in its place)."""
+    value = body.get("id") if isinstance(body, dict) else None
+    if isinstance(value, str):
+        return value
+    if type(value) in (int, float):
+        with suppress(ValueError):  # an integer past 4,300 digits has no str() in Python
+            return str(value)
+    return UNKNOWN_ID
+
+
+def partition_key_or_none(store: DocumentStore, body: Any) -> Any:
+    """The store's partition key of ``body``, or None when the body has no partition key field.
+
+    Looked up before the store is asked, because the store answers a missing key with a
+    StoreError, which reads like an outage; only an outage may stop a batch or a scan, a
+    document without a partition key is one recorded failure.
+    """
+    if isinstance(body, dict) and store.partition_key_field in body:
+        return store.partition_key_of(body)
+    return None
 
 
 def location(body: dict, partition_key: str, parts: PathParts) -> Location:
@@ -85,7 +164,8 @@ FieldAction = Literal["reencrypted", "on_target", "not_source", "failed"]
 
 @dataclass(frozen=True)
 class FieldOutcome:
-    """What happened to one encrypted field. Never carries plaintext or key material."""
+    """What happened to one encrypted field, or (``pointer`` :data:`WHOLE_DOCUMENT`) why the
+    document could not be processed at all. Never carries plaintext or key material."""
 
     pointer: str
     kind: str
@@ -115,7 +195,7 @@ class DocumentPlan:
 
 def rekey_document(
     body: dict,
-    partition_key: str,
+    partition_key: str | None,
     *,
     target_kid: str,
     keyring: Keyring,
@@ -128,12 +208,17 @@ def rekey_document(
     decrypt, the document is left as it is (``new_body`` None) and the failures say why: a
     field we cannot read is never rewritten. A document already on target needs no write.
     In ``rewrap`` mode the ciphertext is still authenticated against its location before its
-    data key is re-wrapped, so a tampered field is caught in both modes.
+    data key is re-wrapped, so a tampered field is caught in both modes. ``partition_key``
+    None means the document has none; that, or any other reason the document cannot be
+    processed as a whole, makes a plan with one whole-document failure and no write.
     """
+    found, problem = _envelopes_or_problem(body, partition_key)
+    if problem:
+        return DocumentPlan(new_body=None, fields=[FieldOutcome(WHOLE_DOCUMENT, "other", "", "failed", problem)])
     kind = field_kind(body)
     new_body = body
     outcomes: list[FieldOutcome] = []
-    for parts, sealed in list(find_envelopes(body)):
+    for parts, sealed in found:
         pointer, kid = json_pointer(parts), str(sealed.get("kid"))
         if kid == target_kid:
             outcomes.append(FieldOutcome(pointer, kind, kid, "on_target"))
@@ -160,7 +245,8 @@ def rekey_document(
 
 @dataclass(frozen=True)
 class FieldCheck:
-    """One field as ``verify`` sees it."""
+    """One field as ``verify`` sees it, or (``pointer`` :data:`WHOLE_DOCUMENT`, no kid) why
+    the document could not be checked at all."""
 
     pointer: str
     kind: str
@@ -172,12 +258,22 @@ class FieldCheck:
     def decrypts(self) -> bool:
         return not self.reason
 
+    @property
+    def whole_document(self) -> bool:
+        return self.pointer == WHOLE_DOCUMENT  # a field's pointer is never empty: a document is no envelope
 
-def check_document(body: dict, partition_key: str, keyring: Keyring | None) -> list[FieldCheck]:
-    """Every envelope's kid and kind, and (with a keyring) whether it decrypts where it is."""
+
+def check_document(body: dict, partition_key: str | None, keyring: Keyring | None) -> list[FieldCheck]:
+    """Every envelope's kid and kind, and (with a keyring) whether it decrypts where it is.
+
+    A document that cannot be checked as a whole gets one whole-document check instead.
+    """
+    found, problem = _envelopes_or_problem(body, partition_key)
+    if problem:
+        return [FieldCheck(WHOLE_DOCUMENT, "other", "", "", problem)]
     kind = field_kind(body)
     checks = []
-    for parts, sealed in find_envelopes(body):
+    for parts, sealed in found:
         reason = ""
         if keyring is not None:
             try:
