@@ -477,13 +477,21 @@ def test_altered_wrapped_data_is_an_unwrap_error(vault, provider):
     assert refused.value.reason == "unwrap_failed"
 
 
-def test_an_unreachable_vault_is_a_provider_error(open_provider):
+def test_an_unreachable_vault_is_a_provider_error_worth_retrying(open_provider):
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     unreachable = open_provider(url=f"https://127.0.0.1:{port}", retry_total=0)
-    with pytest.raises(KeyProviderError, match="cannot reach"):
+    with pytest.raises(KeyProviderError, match="cannot reach") as raised:
         unreachable.current_kid()
+    assert raised.value.transient  # an outage: workers retry with back-off instead of pausing the sweep
+
+
+def test_a_refused_role_is_not_worth_retrying(vault, open_provider, provider):
+    vault.denied_tokens.add("intruder")
+    with pytest.raises(KeyProviderError) as raised:
+        open_provider(StaticTokenCredential("intruder")).wrap(provider.current_kid(), os.urandom(32))
+    assert not raised.value.transient  # a person must grant the role: the sweep pauses and says so
 
 
 def test_an_empty_vault_url_is_a_config_error():

@@ -27,7 +27,7 @@ from azure.cosmos.partition_key import PartitionKey as SdkPartitionKey
 
 from conftest import free_port
 from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
-from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError
+from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, StoreUnavailableError
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.stores.cosmos import (
     ENV_CA_BUNDLE,
@@ -770,15 +770,17 @@ def _http_error(status: int, cls=exceptions.CosmosHttpResponseError):
         (_http_error(404, exceptions.CosmosResourceNotFoundError), NotFoundError, ["not found"]),
         (_http_error(401), StoreError, ["acct.example", ENV_KEY]),
         (_http_error(403), StoreError, ["acct.example", "firewall"]),
-        (_http_error(429), StoreError, ["acct.example", "RU/s"]),
-        (_http_error(503), StoreError, ["acct.example", "503"]),
-        (ServiceRequestError("Connection refused"), StoreError, ["https://acct.example/", "Connection refused"]),
+        (_http_error(429), StoreUnavailableError, ["acct.example", "RU/s"]),
+        (_http_error(503), StoreUnavailableError, ["acct.example", "503"]),
+        (ServiceRequestError("Connection refused"), StoreUnavailableError, ["https://acct.example/", "Connection refused"]),
         (ClientAuthenticationError("no credential"), StoreError, ["acct.example", ENV_KEY]),
     ],
 )
 def test_azure_errors_map_to_ours(error, expected, words):
     mapped = store_error_for(error, "reading x", "acct.example", "key")
     assert type(mapped) is expected
+    # Only an outage or throttling is worth retrying; a refused credential needs a person.
+    assert mapped.transient is (expected is StoreUnavailableError)
     assert "\n" not in str(mapped)
     for word in words:
         assert word in str(mapped)

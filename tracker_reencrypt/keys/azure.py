@@ -40,7 +40,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ServiceRequestError
+from azure.core.exceptions import (
+    AzureError, ClientAuthenticationError, HttpResponseError, ServiceRequestError, ServiceResponseError,
+)
 from azure.core.pipeline.policies import RetryPolicy
 from azure.identity import DefaultAzureCredential
 from azure.keyvault.keys import KeyClient, KeyOperation, KeyProperties, KeyVaultKey, KeyVaultKeyIdentifier
@@ -49,7 +51,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tracker_reencrypt.errors import (
-    ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError, first_line,
+    ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, KeyProviderUnavailableError, UnwrapError,
+    first_line,
 )
 from tracker_reencrypt.keys import CURRENT_VERSION_ENTRY, WRAP_ALGORITHM, KeyVersion, changed_metadata
 
@@ -411,11 +414,13 @@ class AzureKeyVaultProvider:
                 f"key {target} cannot unwrap this data key ({code}): tampered, truncated or wrapped by another key"
             )
         if status == 429:
-            return KeyProviderError(
+            return KeyProviderUnavailableError(
                 f"{self.vault_url} still throttled {operation} (429) after bounded retries: lower the fleet's Key Vault budget"
             )
-        if isinstance(error, ServiceRequestError):
-            return KeyProviderError(f"cannot reach {self.vault_url} for {operation}: {first_line(error)}")
+        if isinstance(error, (ServiceRequestError, ServiceResponseError)):
+            return KeyProviderUnavailableError(f"cannot reach {self.vault_url} for {operation}: {first_line(error)}")
+        if isinstance(status, int) and (status >= 500 or status == 408):
+            return KeyProviderUnavailableError(f"{self.vault_url} failed {operation} on {target}: {status} {code}: {message}")
         if isinstance(error, HttpResponseError):
             return KeyProviderError(f"{self.vault_url} failed {operation} on {target}: {status} {code}: {message}")
         return KeyProviderError(f"{operation} on {target} failed: {first_line(error)}")

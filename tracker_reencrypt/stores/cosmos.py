@@ -49,7 +49,9 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration, exceptions
 
-from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, first_line, redact_url
+from tracker_reencrypt.errors import (
+    ConfigError, ConflictError, NotFoundError, StoreError, StoreUnavailableError, first_line, redact_url,
+)
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument
 
 log = logging.getLogger(__name__)
@@ -197,10 +199,12 @@ def store_error_for(exc: Exception, doing: str, account: str, credential_kind: s
             )
             return StoreError(f"Cosmos account {account} refused access (403: {first_line(exc.message)}) {doing}: {fix}")
         if status == 429:
-            return StoreError(
+            return StoreUnavailableError(
                 f"Cosmos account {account} kept throttling (429) {doing} after the SDK's retries: "
                 "lower the sweep's rate or give the container more RU/s"
             )
+        if status >= 500 or status == 408:
+            return StoreUnavailableError(f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}")
         return StoreError(f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}")
     if isinstance(exc, ClientAuthenticationError):
         return StoreError(
@@ -208,9 +212,9 @@ def store_error_for(exc: Exception, doing: str, account: str, credential_kind: s
             f"sign in (managed identity, az login) or set {ENV_KEY}"
         )
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-        return StoreError(f"cannot reach Cosmos endpoint https://{account}/ {doing}: {first_line(exc.message)}")
+        return StoreUnavailableError(f"cannot reach Cosmos endpoint https://{account}/ {doing}: {first_line(exc.message)}")
     if isinstance(exc, exceptions.CosmosClientTimeoutError):
-        return StoreError(f"Cosmos account {account} timed out {doing}")
+        return StoreUnavailableError(f"Cosmos account {account} timed out {doing}")
     if isinstance(exc, AzureError):
         return StoreError(f"Cosmos request {doing} on account {account} failed: {first_line(exc.message)}")
     return StoreError(f"Cosmos request {doing} on account {account} failed: {type(exc).__name__}: {first_line(exc)}")
