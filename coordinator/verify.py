@@ -112,12 +112,19 @@ def require_known_kid(ctx, kid: str) -> None:
         raise UnknownNameError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
 
 
-def verify_rotation(ctx, expect: str, progress: Callable[[int], None] | None = None) -> dict:
-    """The gate before disabling a key: every field on ``expect`` and decrypting. Audited."""
+def verify_rotation(ctx, expect: str, progress: Callable[[int], None] | None = None, *, allow_empty: bool = False) -> dict:
+    """The gate before disabling a key: every field on ``expect`` and decrypting. Audited, with
+    the kids it saw, so ``keys disable`` can later find the proof in this store's trail.
+
+    A container with no document fails unless ``allow_empty``: a mistyped or staging store
+    must not pass the gate on nothing."""
     require_known_kid(ctx, expect)
     report = scan_container(ctx.store, ctx.keyring, progress=progress)
     off_target = report.fields - report.fields_by_kid.get(expect, 0)
-    ok = off_target == 0 and report.undecryptable == 0
+    empty = report.documents == 0
+    ok = off_target == 0 and report.undecryptable == 0 and (allow_empty or not empty)
     ctx.record("verify", expect=expect, ok=ok, documents=report.documents, fields=report.fields,
-           off_target=off_target, undecryptable=report.undecryptable)
-    return {**report.as_json(), "expect": expect, "off_target": off_target, "ok": ok}
+               off_target=off_target, undecryptable=report.undecryptable, fields_by_kid=dict(report.fields_by_kid),
+               allow_empty=allow_empty, store=ctx.store.describe())
+    return {**report.as_json(), "expect": expect, "off_target": off_target, "ok": ok,
+            "empty": empty, "store": ctx.store.describe()}
