@@ -87,6 +87,13 @@ def keys_list(c: typer.Context, as_json: bool = JsonOption) -> None:
     emit(c.obj, as_json, [v.as_json() for v in versions], lambda: render.key_table(out, versions))
 
 
+@keys_app.command("current")
+def keys_current(c: typer.Context, as_json: bool = JsonOption) -> None:
+    """Print the current version's full key id (for scripts: NEW=$(reencrypt keys current))."""
+    kid = c.obj.provider.current_kid()
+    emit(c.obj, as_json, {"kid": kid}, lambda: print(kid))
+
+
 @keys_app.command("disable")
 def keys_disable(
     c: typer.Context, kid: str,
