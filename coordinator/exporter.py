@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from coordinator import sweeps
 from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
+from tracker_reencrypt.errors import ReencryptError
 from tracker_reencrypt.fleet import pending_messages, store_queue
 from tracker_reencrypt.sweep.limits import BUDGETS
 from tracker_reencrypt.sweep.state import (
@@ -147,6 +148,13 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
                                 labels=["sweep"])
     limits = GaugeMetricFamily("reencrypt_sweep_limit_per_second", "Fleet-wide limits set on the sweep (absent: unlimited)",
                                labels=["sweep", "limit"])
+    paused_by_error = GaugeMetricFamily(
+        "reencrypt_sweep_paused_by_error",
+        "1 if the fleet paused the sweep on a problem only a person can fix ('reencrypt sweep status' says why)",
+        labels=["sweep"])
+    last_error = GaugeMetricFamily("reencrypt_sweep_last_error",
+                                   "1 while the sweep records an error since its last committed batch (retried)",
+                                   labels=["sweep"])
 
     for view in snapshot.sweeps:
         sweep, sid = view.sweep, view.sweep["id"]
@@ -178,10 +186,13 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         for key, label in LIMITS.items():
             if sweep.get(key):
                 limits.add_metric([sid, label], float(sweep[key]))
+        paused_by_error.add_metric([sid], 1 if sweep["status"] == PAUSED and sweep.get("paused_reason") else 0)
+        last_error.add_metric([sid], 1 if sweep.get("last_error") else 0)
 
     yield from totals.values()
     yield from (info, status, estimate, progress, throughput, eta, elapsed, started, ended,
-                slice_count, slices_done, slice_scanned, slice_done, leases, workers, limits)
+                slice_count, slices_done, slice_scanned, slice_done, leases, workers, limits,
+                paused_by_error, last_error)
 
     queue = GaugeMetricFamily("reencrypt_queue_messages", "Task messages waiting in the broker queue (Redis LLEN)",
                               labels=["queue"])
@@ -221,6 +232,12 @@ class Exporter:
 
     def __init__(self, ctx: Context) -> None:
         self.queue = store_queue(ctx.settings)
+        try:
+            ctx.store  # noqa: B018 - a store that does not exist or is not ours refuses the start
+        except ReencryptError as exc:
+            if not exc.transient:
+                raise
+            # An outage at start is served as store_up 0 until the store answers.
         self.ctx = ctx
         self.snapshot = Snapshot()
         self._previous: dict[str, sweeps.Progress] = {}

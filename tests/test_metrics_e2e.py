@@ -160,7 +160,13 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
         assert prom.value(f"reencrypt_sweep_progress_ratio{sel}") == 1
         assert prom.value(f"reencrypt_sweep_documents_estimate{sel}") == rotation.documents
         assert prom.value(f'reencrypt_sweep_info{{sweep="{sweep_id}",target_kid="{rotation.v2}"}}') == 1
-        assert prom.value('reencrypt_queue_messages{queue="reencrypt"}') == 0
+        # The store's own queue, empty once the sweep completed; no error left on the sweep.
+        assert prom.query("reencrypt_queue_messages") == [(
+            {"__name__": "reencrypt_queue_messages", "job": "reencrypt-exporter",
+             "instance": f"127.0.0.1:{exporter_port}", "queue": rotation.queue()}, 0.0)]
+        assert prom.value("reencrypt_queue_unacked_messages") == 0
+        assert prom.value(f"reencrypt_sweep_paused_by_error{sel}") == 0
+        assert prom.value(f"reencrypt_sweep_last_error{sel}") == 0
         assert prom.value("reencrypt_exporter_store_up") == 1 and prom.value("reencrypt_exporter_redis_up") == 1
 
         # The alert rules loaded and none fires after a clean sweep.

@@ -34,6 +34,8 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 SWEEP = 'sweep=~"$sweep"'
 WORKER = 'instance=~"$instance"'
+# Each store's tasks have a queue of their own, reencrypt-<store fingerprint> ('reencrypt queue').
+QUEUED = 'sum(reencrypt_queue_messages{queue=~"reencrypt-.*"})'
 
 
 def query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
@@ -128,9 +130,14 @@ def rotation_overview() -> dashboard.Dashboard:
         .with_panel(stat_panel("Active workers", f"reencrypt_sweep_workers_active{{{SWEEP}}}", span=4,
                                steps=((None, "red"), (1, "green")),
                                description="Worker processes holding a live slice lease"))
-        .with_panel(stat_panel("Slices done", f"reencrypt_sweep_slices_done{{{SWEEP}}}", span=12))
-        .with_panel(stat_panel("Queue depth", 'sum(reencrypt_queue_messages{queue="reencrypt"})', span=12,
+        .with_panel(stat_panel("Slices done", f"reencrypt_sweep_slices_done{{{SWEEP}}}", span=8))
+        .with_panel(stat_panel("Queue depth", QUEUED, span=8,
                                description="Task messages waiting in Redis (KEDA scales the workers on this)"))
+        .with_panel(stat_panel("Paused by error", f"reencrypt_sweep_paused_by_error{{{SWEEP}}}", span=8,
+                               steps=((None, "green"), (1, "red")),
+                               description="1: the fleet paused the sweep on a problem only a person can fix: "
+                                           "'reencrypt sweep status ID' says why, "
+                                           "'reencrypt sweep resume ID' once fixed"))
         .with_row(dashboard.Row("Over time"))
         .with_panel(series_panel(
             "Throughput (documents/s)",
@@ -173,7 +180,7 @@ def rotation_overview() -> dashboard.Dashboard:
         .with_panel(series_panel(
             "Active workers and queue",
             (f"reencrypt_sweep_workers_active{{{SWEEP}}}", "lease holders"),
-            ('sum(reencrypt_queue_messages{queue="reencrypt"})', "queued"),
+            (QUEUED, "queued"),
             ("reencrypt_queue_unacked_messages", "in flight"),
         ))
         .with_row(dashboard.Row("Slices"))
@@ -193,7 +200,7 @@ def fleet_view() -> dashboard.Dashboard:
             since="now-1h", variable=label_variable("instance", "Worker", "reencrypt_batches_total", include_all=True))
         .with_row(dashboard.Row("Workers"))
         .with_panel(stat_panel("Workers up", 'sum(up{job="reencrypt-worker"})', span=6, steps=((None, "red"), (1, "green"))))
-        .with_panel(stat_panel("Queue depth", 'sum(reencrypt_queue_messages{queue="reencrypt"})', span=6))
+        .with_panel(stat_panel("Queue depth", QUEUED, span=6))
         .with_panel(stat_panel("Documents/s (fleet)", f"sum(rate(reencrypt_documents_scanned_total[{RATE}]))", span=6, decimals=1))
         .with_panel(stat_panel(
             "DEK cache hit ratio",
@@ -266,7 +273,7 @@ def fleet_view() -> dashboard.Dashboard:
         ))
         .with_panel(series_panel(
             "Queue depth over time",
-            ('sum(reencrypt_queue_messages{queue="reencrypt"})', "queued"),
+            (QUEUED, "queued"),
             ("reencrypt_queue_unacked_messages", "in flight"),
             span=24,
         ))
