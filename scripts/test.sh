@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, with what it needs installed: the venv, Prometheus/promtool (Debian
 # package), Node.js for the Cosmos-protocol server (its npm package is installed by the
-# test fixture). Redis: $REDIS_URL, 127.0.0.1:6379, or an embedded one the tests start.
+# test fixture). Redis: a private redis-server the tests start, or $REDIS_URL (never flushed).
 source "$(dirname "$0")/setup.sh" test
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
