@@ -61,7 +61,7 @@ from coordinator.launch import WorkerFleet
 from coordinator.verify import scan_container
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.config import load_settings
-from tracker_reencrypt.documents import rekey_document
+from tracker_reencrypt.documents import partition_key_or_none, rekey_document
 from tracker_reencrypt.errors import ConfigError, KeyNotFoundError, SweepError
 from tracker_reencrypt.keys import open_key_provider
 from tracker_reencrypt.keys.keyring import DEFAULT_UNWRAP_CACHE_ENTRIES, Keyring
@@ -572,8 +572,9 @@ def _existing_key(provider):
 # -- in-process measurements ----------------------------------------------------------------
 
 def _load_sample(store: DocumentStore, count: int) -> list[tuple[dict, str, int]]:
-    """The first ``count`` documents in scan order: (body, partition key, JSON size)."""
-    return [(document.body, store.partition_key_of(document.body), _json_bytes([document.body]))
+    """The first ``count`` documents in scan order: (body, partition key, JSON size). A document
+    without a partition key (None) is re-keyed as the sweep does: one failure, nothing moved."""
+    return [(document.body, partition_key_or_none(store, document.body), _json_bytes([document.body]))
             for page in _ScanCursor(store).pages(count) for document in page]
 
 
@@ -593,7 +594,7 @@ def _bound(store: DocumentStore, cursor: "_ScanCursor", keyring: Keyring, target
     elapsed = cpu_s = 0.0
     unwraps_before = keyring.stats.provider_unwraps
     for page in cursor.pages(count):
-        loaded = [(document.body, store.partition_key_of(document.body), 0) for document in page]
+        loaded = [(document.body, partition_key_or_none(store, document.body), 0) for document in page]
         started, cpu = time.perf_counter(), time.process_time()
         fields += _rekey_pass(loaded, keyring, target_kid)
         elapsed, cpu_s = elapsed + time.perf_counter() - started, cpu_s + time.process_time() - cpu
@@ -682,7 +683,7 @@ def _naive(store: DocumentStore, cursor: _ScanCursor, keyring: Keyring, target_k
         if page is None:
             break
         for document in page:
-            plan = rekey_document(document.body, store.partition_key_of(document.body), target_kid=target_kid,
+            plan = rekey_document(document.body, partition_key_or_none(store, document.body), target_kid=target_kid,
                                   keyring=keyring)
             if plan.new_body is not None:
                 clock = time.perf_counter()

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from tracker_reencrypt.audit import actor
-from tracker_reencrypt.documents import MODES
+from tracker_reencrypt.documents import MODES, partition_key_or_none
 from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.sweep.limits import BUDGETS
@@ -110,12 +110,17 @@ SAMPLE_DOCUMENTS = 200
 
 def _sample(ctx: Context, feed_ranges) -> dict:
     """Average document size and DEKs per document from one page: what the status estimate
-    under budgets needs, for the price of one page instead of a full scan."""
-    documents = [doc.body for rng in feed_ranges[:4] for doc in ctx.store.scan(rng, None, SAMPLE_DOCUMENTS // 4).documents]
+    under budgets needs, for the price of one page instead of a full scan.
+
+    A document bad as a whole (no partition key, no id, unreadable...) is sampled but not
+    measured: it has no size or DEKs to speak of, and the sweep will not write it. Without a
+    keyring such documents are all that ``undecryptable`` counts, so the averages are over the rest.
+    """
+    documents = [doc for rng in feed_ranges[:4] for doc in ctx.store.scan(rng, None, SAMPLE_DOCUMENTS // 4).documents]
     report = ScanReport(sizing=True)
-    for body in documents:
-        count_document(report, body, ctx.store.partition_key_of(body), None)
-    count = max(1, report.documents)
+    for doc in documents:
+        count_document(report, doc.body, partition_key_or_none(ctx.store, doc.body), None, unreadable=doc.unreadable)
+    count = max(1, report.documents - report.undecryptable)
     return {"documents": report.documents, "average_bytes": report.document_bytes / count,
             "deks_per_document": sum(len(deks) for deks in report.deks_by_kid.values()) / count}
 

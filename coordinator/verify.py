@@ -8,7 +8,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tracker_reencrypt.documents import FieldCheck, check_document, document_label, partition_key_or_none
+from tracker_reencrypt.documents import (
+    WHOLE_DOCUMENT,
+    FieldCheck,
+    check_document,
+    document_label,
+    partition_key_or_none,
+)
 from tracker_reencrypt.errors import UnknownNameError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore
@@ -62,7 +68,8 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
         while True:
             page = store.scan(feed_range, continuation, PAGE_SIZE)
             for document in page.documents:
-                count_document(report, document.body, partition_key_or_none(store, document.body), keyring)
+                count_document(report, document.body, partition_key_or_none(store, document.body), keyring,
+                               unreadable=document.unreadable)
             if progress:
                 progress(len(page.documents))
             continuation = page.continuation
@@ -71,15 +78,21 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
     return report
 
 
-def count_document(report: ScanReport, body: dict, partition_key: str | None, keyring: Keyring | None) -> None:
+def count_document(report: ScanReport, body: dict, partition_key: str | None, keyring: Keyring | None,
+                   *, unreadable: str | None = None) -> None:
     """Add one document to the report. ``partition_key`` None: the document has none.
+    ``unreadable``: why the store could not parse the document (see StoredDocument), whose
+    ``body`` is then only its id and partition key.
 
-    A document that cannot be checked as a whole (no partition key, no id, nested too deep...)
-    counts as one undecryptable entry at field path "": verify cannot vouch for its fields, so
-    it must not pass, and the scan goes on to the next document.
+    A document that cannot be checked as a whole (no partition key, no id, nested too deep,
+    unreadable...) counts as one undecryptable entry at field path "": verify cannot vouch for
+    its fields, so it must not pass, and the scan goes on to the next document.
     """
     report.documents += 1
-    checks = check_document(body, partition_key, keyring)
+    if unreadable:
+        checks = [FieldCheck(WHOLE_DOCUMENT, "other", "", "", unreadable)]
+    else:
+        checks = check_document(body, partition_key, keyring)
     if checks and checks[0].whole_document:
         _count_undecryptable(report, body, partition_key, checks[0])
         return

@@ -1,13 +1,18 @@
 """One bad document among good ones: a recorded failure, never a slice stuck on retries or a
 verify that crashes. A real SliceBatch and SweepState over a real SQLite store; verify through
-the real CLI."""
+the real CLI. Bad documents include rows the store cannot parse at all (nested 2,000 deep, not
+JSON), which it returns marked unreadable among the rest of their page."""
 
 import json
 import sqlite3
+from contextlib import closing
 
 import pytest
 
 from conftest import make_rotation, run_cli
+from coordinator.context import Context
+from coordinator.sweeps import SAMPLE_DOCUMENTS, _sample
+from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import MAX_DEPTH, check_document
 from tracker_reencrypt.errors import KeyProviderError
 from tracker_reencrypt.keys.keyring import Keyring
@@ -17,10 +22,12 @@ from worker.batch import BatchLimits, SliceBatch
 
 GOOD = 60
 #: Well past MAX_DEPTH, yet within what the SQLite store's JSON codec (msgspec, then json) can
-#: write and read back: both give up with RecursionError near Python's recursion limit (~1,000
-#: levels), so a 2,000-deep document cannot reach the batch through this store at all. The pure
-#: tests in test_documents.py take 2,000 and 100,000 levels.
+#: write and read back, so documents.py finds it too deep.
 DEEP = 600
+#: Past what the codec can parse (both parsers recurse, up to Python's recursion limit of
+#: ~1,000): the store itself finds it too deep. Only a raw insert can put it there, since the
+#: store refuses to write it.
+DEEPER = 2_000
 LIMITS = BatchLimits(documents=20, seconds=60, page_size=7, conflict_retries=3)
 
 
@@ -33,31 +40,53 @@ def nested(levels: int, document_id: str, partition_key: str) -> dict:
     return body
 
 
-def insert_raw(rotation, row_id: str, partition_key: str, body) -> None:
+def nested_text(levels: int, document_id: str, partition_key: str) -> str:
+    """The JSON text of nested() built as text: json.dumps cannot write 2,000 levels either."""
+    head = json.dumps({"id": document_id, "productId": partition_key, "type": "item"})[:-1]
+    return head + ', "a": ' + '{"a": ' * (levels - 2) + "{}" + "}" * (levels - 2) + "}"
+
+
+def insert_raw(rotation, row_id: str, partition_key: str, text: str) -> None:
     """Straight into the documents table, as a buggy writer would: SqliteStore.create refuses a
-    document without a partition key (StoreError) and needs a string id to key the row."""
+    document without a partition key (StoreError), needs a string id to key the row, and cannot
+    write JSON nested past the codec's limit or text that is not JSON."""
     db = sqlite3.connect(rotation.home / "tracker.db")
     with db:
         db.execute("INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)",
-                   (effective_partition_key(partition_key), partition_key, row_id, '"raw"', json.dumps(body)))
+                   (effective_partition_key(partition_key), partition_key, row_id, '"raw"', text))
     db.close()
+
+
+def raw_body(rotation, row_id: str) -> str:
+    with closing(sqlite3.connect(rotation.home / "tracker.db")) as db:
+        return db.execute("SELECT body FROM documents WHERE id = ?", (row_id,)).fetchone()[0]
+
+
+#: Rows the store cannot parse, and what they hold (read back raw to show they are never written).
+UNREADABLE = {"deeper": nested_text(DEEPER, "deeper", "p"), "garbled": '{"id": "garbled", "productId": "p", "title": "'}
 
 
 @pytest.fixture
 def container(tmp_path):
-    """GOOD seeded documents on v1 (v2 current), and four bad ones among them."""
+    """GOOD seeded documents on v1 (v2 current), and bad ones among them: the expected failures
+    (document id, partition key, field path, reason), sorted. Two have no id in one partition."""
     rotation = make_rotation(tmp_path, GOOD)
     store = rotation.store()
     first = store.scan({"epk_min": 0, "epk_max": 2**32}, None, 1).documents[0].body
     partition_key = first["productId"]
     no_partition_key = {k: v for k, v in first.items() if k != "productId"}
-    insert_raw(rotation, "no-pk", "", {**no_partition_key, "id": "no-pk"})
-    insert_raw(rotation, "42", partition_key, {**first, "id": 42})
-    insert_raw(rotation, "array", partition_key, [first])
+    insert_raw(rotation, "no-pk", "", json.dumps({**no_partition_key, "id": "no-pk"}))
+    insert_raw(rotation, "42", partition_key, json.dumps({**first, "id": 42}))
+    insert_raw(rotation, "array", partition_key, json.dumps([first]))
+    insert_raw(rotation, "text", partition_key, json.dumps("a document that is a string"))
+    for row_id, text in UNREADABLE.items():
+        insert_raw(rotation, row_id, partition_key, text)
     store.create(nested(DEEP, "deep", partition_key))
     store.close()
-    expected = {("no-pk", "", "", "no_partition_key"), ("42", partition_key, "", "bad_id"),
-                ("?", "", "", "not_an_object"), ("deep", partition_key, "", "too_deep")}
+    expected = sorted([("no-pk", "", "", "no_partition_key"), ("42", partition_key, "", "bad_id"),
+                       ("?", "", "", "not_an_object"), ("?", "", "", "not_an_object"),
+                       ("deep", partition_key, "", "too_deep"), ("deeper", partition_key, "", "too_deep"),
+                       ("garbled", partition_key, "", "invalid_json")])
     return rotation, expected
 
 
@@ -85,8 +114,10 @@ def good_documents(store: SqliteStore) -> list[dict]:
             if isinstance(d.body, dict) and str(d.body.get("id")).startswith("doc-")]
 
 
-def failures(state: SweepState, sweep_id: str) -> set[tuple]:
-    return {(f["document_id"], f["partition_key"], f["field_path"], f["reason"]) for f in state.failures(sweep_id)}
+def failures(state: SweepState, sweep_id: str) -> list[tuple]:
+    """Sorted, duplicates kept: two documents without an id in one partition are two failures."""
+    return sorted((f["document_id"], f["partition_key"], f["field_path"], f["reason"])
+                  for f in state.failures(sweep_id))
 
 
 def test_bad_documents_are_recorded_failures_and_the_slice_finishes_on_target(container):
@@ -99,12 +130,37 @@ def test_bad_documents_are_recorded_failures_and_the_slice_finishes_on_target(co
     assert state.slices(sweep["id"])[0]["done"]
     assert failures(state, sweep["id"]) == expected
     totals = state.totals(sweep["id"])
-    assert (totals["documents_scanned"], totals["documents_failed"], totals["failures"]) == (GOOD + 4, 4, 4)
+    bad = len(expected)
+    assert (totals["documents_scanned"], totals["documents_failed"], totals["failures"]) == (GOOD + bad, bad, bad)
+    assert {row_id: raw_body(rotation, row_id) for row_id in UNREADABLE} == UNREADABLE  # left exactly as they were
 
     good = good_documents(store)
     assert len(good) == GOOD
     checks = [check for body in good for check in check_document(body, body["productId"], keyring)]
     assert checks and all(check.kid == rotation.v2 and check.decrypts for check in checks)
+
+
+def test_a_redone_batch_records_each_failure_once_telling_apart_documents_without_an_id(container):
+    """A worker that dies before committing leaves its batch to be redone from the same
+    continuation: it meets the same bad documents again and must add no failure. The two
+    documents with no id in one partition stay two failures, each naming the row it is."""
+    rotation, expected = container
+    store = rotation.store()
+    state, keyring = SweepState(store.records()), Keyring(rotation.provider())
+    sweep = start_sweep(state, store, rotation.v2)
+    claim = state.claim_slice(sweep["id"], 0, 0, "test", lease_seconds=60)
+    whole_slice = BatchLimits(documents=1_000, seconds=60, page_size=7, conflict_retries=3)
+
+    first = SliceBatch(store, state, keyring, sweep, whole_slice).run(claim.slice)
+    redone = SliceBatch(store, state, keyring, sweep, whole_slice).run(claim.slice)
+
+    assert first.result.done and redone.result.done
+    assert redone.result.counts["documents_failed"] == len(expected)  # met again...
+    assert failures(state, sweep["id"]) == expected  # ...and recorded once
+    partition_key = next(f[1] for f in expected if f[3] == "bad_id")
+    assert sorted(f.get("row") for f in state.failures(sweep["id"]) if f["document_id"] == "?") == [
+        json.dumps([partition_key, "array"]), json.dumps([partition_key, "text"])]
+    assert all("row" not in f for f in state.failures(sweep["id"]) if f["document_id"] != "?")
 
 
 def test_verify_reports_bad_documents_and_fails_without_a_traceback(container):
@@ -117,9 +173,26 @@ def test_verify_reports_bad_documents_and_fails_without_a_traceback(container):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     payload = json.loads(result.stdout)
     assert payload["ok"] is False
-    assert (payload["documents"], payload["off_target"], payload["undecryptable"]) == (GOOD + 4, 0, 4)
-    assert {(e["document_id"], e["partition_key"], e["field_path"], e["reason"])
-            for e in payload["undecryptable_examples"]} == expected
+    assert (payload["documents"], payload["off_target"], payload["undecryptable"]) == (GOOD + len(expected), 0,
+                                                                                       len(expected))
+    assert sorted((e["document_id"], e["partition_key"], e["field_path"], e["reason"])
+                  for e in payload["undecryptable_examples"]) == expected
+
+
+def test_a_sweep_s_sample_measures_the_good_documents_and_passes_over_the_bad(container):
+    """``sweep start`` samples a page for its time estimate: bad documents among it neither stop
+    the start (a document without a partition key used to raise) nor count as tiny documents."""
+    rotation, expected = container
+    ctx = Context(load_settings(store=rotation.store_url, keys=rotation.keys_url))
+    feed_ranges = ctx.store.feed_ranges(1)
+    page = ctx.store.scan(feed_ranges[0], None, SAMPLE_DOCUMENTS // 4).documents
+    good = [d.body for d in page if isinstance(d.body, dict) and str(d.body.get("id")).startswith("doc-")]
+    assert len(page) - len(good) == len(expected)  # every bad document is in the sampled page
+
+    sample = _sample(ctx, feed_ranges)
+    assert sample["documents"] == len(page)
+    assert sample["average_bytes"] == pytest.approx(sum(len(json.dumps(b, separators=(",", ":"))) for b in good)
+                                                    / len(good))
 
 
 class TrackerWritesAfterScan(SqliteStore):
@@ -148,7 +221,7 @@ def test_a_document_the_tracker_rewrote_into_a_bad_one_is_a_failure_after_the_co
     sweep = start_sweep(state, rewritten, rotation.v2)
 
     run_slice(state, rewritten, Keyring(rotation.provider()), sweep)
-    assert failures(state, sweep["id"]) == expected | {(target["id"], target["productId"], "", "too_deep")}
+    assert failures(state, sweep["id"]) == sorted(expected + [(target["id"], target["productId"], "", "too_deep")])
     assert state.totals(sweep["id"])["conflicts"] == 1
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracker_reencrypt import jsontext
+from tracker_reencrypt.errors import StoreError
 
 
 def stdlib_dumps(value) -> str:
@@ -70,3 +71,46 @@ def test_what_msgspec_alone_would_get_wrong_is_kept():
     assert jsontext.loads('"\\ud800"') == "\ud800"
     big = 2**200 + 1
     assert jsontext.loads(jsontext.dumps({"n": big}))["n"] == big
+
+
+@settings(max_examples=400)
+@given(json_values)
+def test_utf8_bytes_read_as_the_text_they_encode(value):
+    """The SQLite store reads bodies as bytes; a document must read the same as from a str."""
+    text = stdlib_dumps(value)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate written as it is: no UTF-8 for it, nor in SQLite
+        return
+    assert stdlib_dumps(jsontext.loads(encoded)) == stdlib_dumps(jsontext.loads(text))
+
+
+def deep(levels: int, document_id: str | None) -> dict:
+    value = {"secret": "PLAINTEXT"}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value if document_id is None else {"id": document_id, **value}
+
+
+@pytest.mark.parametrize("levels", [2_000, 100_000])
+def test_a_value_nested_too_deep_to_write_is_a_store_error_naming_its_id_never_its_content(levels):
+    for value, named in ((deep(levels, "doc-7"), "document 'doc-7'"), (deep(levels, None), "a document"),
+                         ([deep(levels, "inner")], "a document")):
+        with pytest.raises(StoreError) as raised:
+            jsontext.dumps(value)
+        message = str(raised.value)
+        assert message.startswith(named) and "too deep" in message
+        assert "\n" not in message and "PLAINTEXT" not in message
+    assert jsontext.loads(jsontext.dumps(deep(100, "doc-8"))) == deep(100, "doc-8")  # a deep one that fits is written
+
+
+def test_text_too_deep_to_read_and_text_that_is_not_json_raise_what_the_store_tells_apart():
+    """RecursionError (the store's "too_deep") and ValueError (its "invalid_json")."""
+    too_deep = '{"a": ' * 2_000 + "{}" + "}" * 2_000
+    with pytest.raises(RecursionError):
+        jsontext.loads(too_deep)
+    with pytest.raises(RecursionError):
+        jsontext.loads(too_deep.encode())
+    for not_json in ('{"id": "x", "title": "PLAINT', "", '{"id": "x"} trailing', b'{"id": "caf\xe9"}'):
+        with pytest.raises(ValueError):
+            jsontext.loads(not_json)

@@ -436,6 +436,61 @@ def test_sqlite_a_scan_page_costs_the_same_wherever_the_scan_has_got_to(tmp_path
     assert max(resumed) < 2 * min(resumed), f"VM steps per page from second to last: {resumed[0]} ... {resumed[-1]}"
 
 
+def _deep_text(levels: int, document_id: str) -> str:
+    """A document nested ``levels`` deep, as text (json.dumps cannot write it either), a secret at its bottom."""
+    head = json.dumps({"id": document_id, PARTITION_KEY_FIELD: "product-01"})[:-1]
+    return head + ', "a": ' + '{"a": ' * (levels - 2) + '{"secret": "PLAINTEXT"}' + "}" * (levels - 2) + "}"
+
+
+def test_sqlite_a_row_it_cannot_parse_comes_back_marked_unreadable_with_the_rest_of_its_page(tmp_path):
+    """A row nested past what the JSON parsers' recursion allows, one not JSON and one not UTF-8
+    come back as unreadable documents, keyed as their rows are and holding nothing of their
+    text, among every other document of the page; paging past them loses and repeats nothing."""
+    from tracker_reencrypt.stores.sqlite import SqliteStore, effective_partition_key
+
+    path = tmp_path / "tracker.db"
+    store = SqliteStore(path, partition_key_field=PARTITION_KEY_FIELD)
+    expected = seed(store, 40)
+    rows = {("deep", "product-01"): _deep_text(2_000, "deep"), ("deeper", "product-02"): _deep_text(100_000, "deeper"),
+            ("garbled", "product-03"): '{"id": "garbled", "title": "PLAINTEXT',
+            ("latin-1", "product-04"): '{"id": "latin-1", "title": "PLAINTEXT caf\xe9"}'.encode("latin-1")}
+    with closing_sqlite(path) as db, db:
+        db.executemany("INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, '\"raw\"', CAST(? AS TEXT))",
+                       [(effective_partition_key(pk), pk, row_id, text) for (row_id, pk), text in rows.items()])
+    reasons = {"deep": "too_deep", "deeper": "too_deep", "garbled": "invalid_json", "latin-1": "invalid_json"}
+
+    page = store.scan(store.feed_ranges(1)[0], None, 100)
+    assert page.continuation is None and len(page.documents) == 44
+    unreadable = {stored.id: stored for stored in page.documents if stored.unreadable}
+    assert {row_id: stored.unreadable for row_id, stored in unreadable.items()} == reasons
+    for (row_id, pk), _ in rows.items():
+        assert unreadable[row_id].body == {"id": row_id, PARTITION_KEY_FIELD: pk}
+        assert unreadable[row_id].row == (pk, row_id)
+        assert "PLAINTEXT" not in repr(unreadable[row_id])
+    assert {stored.body["id"] for stored in page.documents if not stored.unreadable} == expected
+    assert sorted(scan_all(store, store.feed_ranges(1)[0], page_size=3)) == sorted(expected | set(reasons))
+    assert store.read("deep", "product-01").unreadable == "too_deep"
+    assert store.read("garbled", "product-03").unreadable == "invalid_json"
+
+
+def test_sqlite_a_body_nested_too_deep_to_write_is_a_store_error_naming_only_its_id(tmp_path):
+    from tracker_reencrypt.stores.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "tracker.db", partition_key_field=PARTITION_KEY_FIELD)
+    seed(store, 5)
+    deep = {"secret": "PLAINTEXT"}
+    for _ in range(2_000):
+        deep = {"a": deep}
+    for write in (lambda: store.create({**document(7), "a": deep}),
+                  lambda: store.replace({**document(3), "a": deep}, store.read("doc-0003", "product-03").etag)):
+        with pytest.raises(StoreError) as raised:
+            write()
+        message = str(raised.value)
+        assert "'doc-000" in message and "too deep" in message
+        assert "\n" not in message and "PLAINTEXT" not in message
+    assert store.count() == 5 and store.read("doc-0003", "product-03").body == document(3)
+
+
 _LAYOUT_0 = """
 CREATE TABLE documents (pk TEXT NOT NULL, id TEXT NOT NULL, epk INTEGER NOT NULL, etag TEXT NOT NULL,
                         body TEXT NOT NULL, PRIMARY KEY (pk, id));

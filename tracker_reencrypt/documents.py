@@ -38,10 +38,13 @@ FIELD_KINDS = ("item", "comment", "attachment", "api_key")
 PathParts = tuple[str | int, ...]
 
 #: The deepest nesting of objects and arrays (envelopes included) a document may have, the
-#: document itself being level 1. Tracker documents nest a handful of levels and Cosmos DB
-#: refuses items nested past 128, so deeper is corrupt data: such a document is refused as a
-#: whole ("too_deep") before any field is touched. The walk is iterative besides, so it is
-#: this limit, never Python's recursion limit, that decides.
+#: document itself being level 1. Tracker documents nest a handful of levels, and Cosmos DB's
+#: per-item limits (Azure Cosmos DB service quotas) give 128 as the "Maximum level of nesting
+#: for embedded objects / arrays" (whether the item itself counts as a level is not stated), so
+#: deeper is corrupt data: such a document is refused as a whole ("too_deep") before any field
+#: is touched. The walk is iterative besides, so it is this limit, never Python's recursion
+#: limit, that decides. (Text nested past ~1,000 levels cannot even be parsed: the SQLite store
+#: returns such a row as unreadable, "too_deep" too.)
 MAX_DEPTH = 128
 
 #: The field path of a failure that concerns the whole document (RFC 6901's empty pointer).

@@ -14,6 +14,10 @@ this module defers to ``json``, so a document reads and writes back exactly as b
 - msgspec writes ``NaN`` and infinities as ``null``, which would lose them, so any output
   containing ``null`` is written again by ``json`` (the tracker's documents rarely hold it);
 - msgspec writes the float ``1e+16`` as ``1e16``: the same number, both valid JSON.
+
+Both parsers recurse, so neither reads nor writes JSON nested about as deep as Python's
+recursion limit (~1,000 levels; less from deep in a call stack). Reading raises RecursionError,
+which the store turns into one unreadable document; writing raises our StoreError.
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ from typing import Any
 
 import msgspec
 
+from tracker_reencrypt.errors import StoreError
+
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 
-def loads(text: str) -> Any:
+def loads(text: str | bytes) -> Any:
+    """The value of JSON text (a str, or UTF-8 bytes). Raises ValueError for text that is not
+    JSON (or bytes that are not UTF-8), RecursionError for JSON nested too deep to parse."""
     try:
         return _decoder.decode(text)
     except msgspec.DecodeError:  # ValidationError ("number out of range") is a DecodeError
@@ -36,7 +44,19 @@ def loads(text: str) -> Any:
 
 def dumps(value: Any) -> str:
     """Compact JSON, non-ASCII characters as themselves (as ``json.dumps`` with
-    ``separators=(",", ":"), ensure_ascii=False``)."""
+    ``separators=(",", ":"), ensure_ascii=False``). StoreError for a value nested too deep to
+    write, rather than the parsers' RecursionError: the message names the document's id, never
+    its content."""
+    try:
+        return _dumps(value)
+    except RecursionError:
+        document_id = value.get("id") if isinstance(value, dict) else None
+        what = f"document {document_id!r}" if isinstance(document_id, str) else "a document"
+        raise StoreError(f"{what} nests objects and arrays too deep to be written as JSON (tracker documents nest "
+                         f"a handful of levels, Cosmos DB allows 128): fix the document where it was made") from None
+
+
+def _dumps(value: Any) -> str:
     encoded = b"null"  # anything else: json's own result, or its own error
     if _plain(value):
         try:

@@ -4,18 +4,28 @@ This is the I/O loop around the pure :func:`tracker_reencrypt.documents.rekey_do
 knows nothing of Celery; the task in :mod:`worker.tasks` claims, calls it and commits.
 
 A document that cannot be re-keyed (a field that does not decrypt, or a document that is bad
-as a whole: no partition key, no id, nested too deep) is a recorded failure and the batch
-goes on; only outages of the store or the key provider stop it, to be retried.
+as a whole: no partition key, no id, nested too deep, or text the store could not parse) is a
+recorded failure and the batch goes on; only outages of the store or the key provider stop it,
+to be retried.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracker_reencrypt.documents import DocumentPlan, document_label, partition_key_or_none, rekey_document
+from tracker_reencrypt.documents import (
+    UNKNOWN_ID,
+    WHOLE_DOCUMENT,
+    DocumentPlan,
+    FieldOutcome,
+    document_label,
+    partition_key_or_none,
+    rekey_document,
+)
 from tracker_reencrypt.errors import ConflictError, NotFoundError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores import DocumentStore, StoredDocument
@@ -80,8 +90,8 @@ class SliceBatch:
         writes = []
         for document in documents:
             report.result.counts["documents_scanned"] += 1
-            partition_key, plan = self._plan(document.body)
-            if not self._settled_without_write(index, document.body, partition_key, plan, report):
+            partition_key, plan = self._plan(document)
+            if not self._settled_without_write(index, document, partition_key, plan, report):
                 writes.append((document, partition_key, plan))
         written = self.store.replace_many([(plan.new_body, document.etag) for document, _, plan in writes]) if writes else []
         for (document, partition_key, plan), result in zip(writes, written):
@@ -91,19 +101,24 @@ class SliceBatch:
                 report.result.counts["conflicts"] += 1
                 self._redo(index, document, partition_key, report)
 
-    def _plan(self, body: Any) -> tuple[Any, DocumentPlan]:
-        """The document's partition key (None when it has none) and what it becomes."""
-        partition_key = partition_key_or_none(self.store, body)
+    def _plan(self, document: StoredDocument) -> tuple[Any, DocumentPlan]:
+        """The document's partition key (None when it has none) and what it becomes. One the
+        store could not parse is one whole-document failure: its body is a stand-in, never written."""
+        partition_key = partition_key_or_none(self.store, document.body)
+        if document.unreadable:
+            failed = FieldOutcome(WHOLE_DOCUMENT, "other", "", "failed", document.unreadable)
+            return partition_key, DocumentPlan(new_body=None, fields=[failed])
         return partition_key, rekey_document(
-            body, partition_key, target_kid=self.sweep["target_kid"], keyring=self.keyring,
+            document.body, partition_key, target_kid=self.sweep["target_kid"], keyring=self.keyring,
             mode=self.sweep["mode"], source_kids=self.source_kids,
         )
 
-    def _settled_without_write(self, index: int, body: Any, partition_key: Any, plan: DocumentPlan,
+    def _settled_without_write(self, index: int, document: StoredDocument, partition_key: Any, plan: DocumentPlan,
                                report: BatchReport) -> bool:
         """Record failures or count an already-done document; True when nothing is to be written."""
         if plan.failures:
-            self._record_failures(index, body, partition_key, [(f.pointer, f.reason) for f in plan.failures], report)
+            self._record_failures(index, document, partition_key, [(f.pointer, f.reason) for f in plan.failures],
+                                  report)
             return True
         if plan.new_body is None:
             report.documents_skipped += 1
@@ -114,15 +129,15 @@ class SliceBatch:
     def _redo(self, index: int, document: StoredDocument, partition_key: Any, report: BatchReport) -> None:
         """The live tracker wrote this document since we read it: its write wins, and we redo
         our work on what it wrote, a bounded number of times. What it wrote is planned like any
-        scanned document, so if it is now bad as a whole, that is a recorded failure too."""
+        scanned document, so if it is now bad as a whole (or unreadable), that is a recorded failure too."""
         document_id = document.id  # a valid id: only a document with a planned write conflicts
         for _ in range(self.limits.conflict_retries):
             try:
                 document = self.store.read(document_id, partition_key)
             except NotFoundError:
                 return  # deleted meanwhile: nothing left to re-encrypt
-            written_key, plan = self._plan(document.body)
-            if self._settled_without_write(index, document.body, written_key, plan, report):
+            written_key, plan = self._plan(document)
+            if self._settled_without_write(index, document, written_key, plan, report):
                 return
             try:
                 self.store.replace(plan.new_body, document.etag)
@@ -133,7 +148,7 @@ class SliceBatch:
                 return
             self._count_written(plan, report)
             return
-        self._record_failures(index, document.body, partition_key, [("", CONFLICT_REASON)], report)
+        self._record_failures(index, document, partition_key, [(WHOLE_DOCUMENT, CONFLICT_REASON)], report)
 
     def _count_written(self, plan: DocumentPlan, report: BatchReport) -> None:
         report.result.counts["documents_written"] += 1
@@ -148,12 +163,18 @@ class SliceBatch:
         if moved:
             report.fields_by_kind[plan.fields[0].kind] += moved
 
-    def _record_failures(self, index: int, body: Any, partition_key: Any, fields, report: BatchReport) -> None:
+    def _record_failures(self, index: int, document: StoredDocument, partition_key: Any, fields,
+                         report: BatchReport) -> None:
         """One failed document: ``fields`` are (field path, reason) pairs, the path "" for the whole
-        document. A document without a usable id or partition key is recorded as "?" and ""."""
+        document. A document without a usable id or partition key is recorded as "?" and ""; one without
+        a usable id is told apart from others like it by the store's key of its row (where the store
+        has none, its ETag): what a redone batch reads again unchanged."""
         report.result.counts["documents_failed"] += 1
-        document_id, partition_key = document_label(body), "" if partition_key is None else partition_key
+        document_id, partition_key = document_label(document.body), "" if partition_key is None else partition_key
+        row = ""
+        if document_id == UNKNOWN_ID:
+            row = json.dumps(list(document.row)) if document.row else document.etag
         for pointer, reason in fields:
-            self.state.record_failure(self.sweep["id"], index, document_id, partition_key, pointer, reason)
+            self.state.record_failure(self.sweep["id"], index, document_id, partition_key, pointer, reason, row=row)
             report.result.counts["failures"] += 1
             report.failures_by_reason[reason] += 1

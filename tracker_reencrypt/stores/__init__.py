@@ -25,10 +25,22 @@ FeedRange = dict[str, Any]
 
 @dataclass(frozen=True)
 class StoredDocument:
-    """A document as read, with the ETag a conditional write must match."""
+    """A document as read, with the ETag a conditional write must match.
+
+    ``unreadable``: why the store could not parse what it holds ("too_deep": nested past what
+    can be parsed; "invalid_json"), or None. Such a document is returned rather than raised, so
+    the rest of its page still is; its ``body`` is then only ``{"id": ..., <partition key
+    field>: ...}`` as the store keys it, so it is recorded as a failure and never written back.
+
+    ``row``: the store's own key of the document, independent of its body: SQLite's (partition
+    key, id) columns; empty where the body's id and partition key are the key (Cosmos, where
+    every item has a string id). It tells apart documents whose body has no usable id.
+    """
 
     body: dict
     etag: str
+    unreadable: str | None = None
+    row: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:

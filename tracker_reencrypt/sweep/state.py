@@ -347,14 +347,22 @@ class SweepState:
 
     # -- failures --------------------------------------------------------------------------
 
-    def record_failure(self, sweep_id: str, index: int, document_id: str, partition_key: str, field_path: str, reason: str) -> None:
-        """Record one field that could not be moved. Idempotent: a redone batch adds nothing."""
-        digest = hashlib.sha256(f"{document_id}\0{partition_key}\0{field_path}".encode()).hexdigest()[:20]
+    def record_failure(self, sweep_id: str, index: int, document_id: str, partition_key: str, field_path: str,
+                       reason: str, *, row: str = "") -> None:
+        """Record one field that could not be moved. Idempotent: a redone batch adds nothing.
+
+        A failure is the same failure when its document id, partition key and field path are.
+        ``row`` is for documents those do not identify (no usable id, recorded as "?"): the
+        store's key of the document's row, which a redone batch reads again unchanged. It joins
+        the identity, and is recorded, only when given, so a failure recorded without it keeps
+        its identity.
+        """
+        identity = f"{document_id}\0{partition_key}\0{field_path}" + (f"\0{row}" if row else "")
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        body = {"sweep_id": sweep_id, "slice": index, "document_id": document_id, "partition_key": partition_key,
+                "field_path": field_path, "reason": reason, "at": utc_now(), **({"row": row} if row else {})}
         try:
-            self.records.create(FAILURE, f"{sweep_id}/{digest}", {
-                "sweep_id": sweep_id, "slice": index, "document_id": document_id, "partition_key": partition_key,
-                "field_path": field_path, "reason": reason, "at": utc_now(),
-            })
+            self.records.create(FAILURE, f"{sweep_id}/{digest}", body)
         except ConflictError:
             pass
 
