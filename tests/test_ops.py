@@ -529,17 +529,63 @@ def heading_anchor(line: str) -> str:
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
+#: Where a command starts within a line of shell: line start, after ; & | ( (so "$(reencrypt keys current)"
+#: too), or after a shell keyword ("while reencrypt sweep status ..."). Its words end at a redirection,
+#: a pipe, a list operator or the closing parenthesis.
+RUNBOOK_COMMAND = re.compile(r"(?:^|[;&|(]|\b(?:while|until|if|then|do|!))\s*(reencrypt\s[^;&|()<>]*)")
+
+
 def runbook_commands() -> list[list[str]]:
+    """The argv of every reencrypt command in the runbook: in its code blocks of either kind (steps
+    and examples) and inline in its text."""
+    from runbook_blocks import runbook_blocks
+
     text = RUNBOOK.read_text()
-    snippets = re.findall(r"```sh\n(.*?)```", text, re.S)
+    snippets = [block.code for block in runbook_blocks(text)]
     snippets += [" ".join(inline.split()) for inline in re.findall(r"`(reencrypt [^`]+)`", text)]
     commands = []
     for snippet in snippets:
         for line in snippet.replace("\\\n", " ").splitlines():
-            line = re.split(r"\s#\s|\s[>|]\s", " " + line.strip())[0].strip()
-            if line.startswith("reencrypt ") and not line.startswith("reencrypt <"):  # not "reencrypt <command> --help"
-                commands.append(shlex.split(line)[1:])
+            line = re.split(r"(?:^|\s)#", line)[0]  # a comment
+            for match in RUNBOOK_COMMAND.finditer(line):
+                argv = shlex.split(match.group(1))[1:]
+                if argv:  # "reencrypt <command> --help" leaves none
+                    commands.append(argv)
     return commands
+
+
+def test_runbook_command_extraction_reads_substitutions_loops_and_pipes():
+    from runbook_blocks import runbook_blocks
+
+    sample = ('## 1. Step\n\n   ```sh\n   OLD=$(reencrypt keys current)   # note\n'
+              '   while reencrypt sweep status --all --json | grep -E \'"(a|b)"\' >/dev/null; do\n'
+              '     reencrypt sweep cancel\n   done\n   ```\n\n'
+              '## 2. Other\n\n```console\nreencrypt audit --check\n```\n')
+    blocks = runbook_blocks(sample)
+    assert [(b.number, b.kind) for b in blocks] == [(1, "sh"), (2, "console")]
+    assert blocks[0].code.startswith("OLD=$(reencrypt keys current)")  # dedented out of its list item
+    found = []
+    for block in blocks:
+        for line in block.code.splitlines():
+            found += [shlex.split(m.group(1))[1:] for m in RUNBOOK_COMMAND.finditer(re.split(r"(?:^|\s)#", line)[0])]
+    assert found == [["keys", "current"], ["sweep", "status", "--all", "--json"], ["sweep", "cancel"],
+                     ["audit", "--check"]]
+
+
+def test_runbook_blocks_are_steps_or_examples():
+    """Every block says what it is (the e2e test runs the steps and nothing else): ```sh steps only in
+    the numbered procedure sections (1-6), each of which has some, and none with a <placeholder>."""
+    from runbook_blocks import EXAMPLE, ROLLBACK_SECTIONS, ROTATION_SECTIONS, STEP, runbook_blocks
+
+    blocks = runbook_blocks()
+    procedure = set(ROTATION_SECTIONS + ROLLBACK_SECTIONS)
+    for block in blocks:
+        where = f"MEK_ROTATION.md line {block.line}"
+        assert block.kind in (STEP, EXAMPLE), f"{where}: a ```{block.kind} block: use ```sh (step) or ```console"
+        if block.kind == STEP:
+            assert block.number in procedure, f"{where}: a ```sh step outside sections 1-6: make it ```console"
+            assert not re.search(r"<[\w .-]+>", block.code), f"{where}: a step with a placeholder: {block.code}"
+    assert {block.number for block in blocks if block.kind == STEP} == procedure
 
 
 def test_runbook_commands_and_flags_exist():
@@ -561,10 +607,12 @@ def test_runbook_commands_and_flags_exist():
         options = {opt for param in command.params for opt in getattr(param, "opts", [])}
         for token in rest:
             if token.startswith("--"):
-                assert token.split("=")[0] in options, f"runbook: 'reencrypt {' '.join(argv)}': {token} is not an option"
+                assert token.split("=")[0] in options, (
+                    f"runbook: 'reencrypt {' '.join(argv)}': {token} is not an option")
         seen.add(" ".join(path))
-    required = {"keys rotate", "keys disable", "keys enable", "sweep start", "sweep status", "verify", "audit",
-                "sweep pause", "sweep resume", "sweep cancel", "sweep throttle", "sweep failures"}
+    required = {"keys rotate", "keys current", "keys promote", "keys disable", "keys enable", "sweep start",
+                "sweep status", "verify", "audit", "sweep pause", "sweep resume", "sweep cancel", "sweep throttle",
+                "sweep failures"}
     assert required <= seen, f"runbook lacks {sorted(required - seen)}"
 
 
