@@ -91,5 +91,7 @@ class Context:
         return True
 
     def mark_store_with_key(self) -> None:
-        """Record that this store holds (or will hold) fields under the key: seed, sweep start."""
+        """Record that this store holds (or will hold) fields under the key: seed, sweep start.
+        The store is opened first: one refused (a typo, another application's file) is never recorded."""
+        self.store  # noqa: B018 - opening it is the check
         custody.mark_store(self.provider, self.settings.store, None)

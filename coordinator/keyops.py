@@ -24,6 +24,7 @@ def init(ctx: Context) -> tuple[KeyVersion, bool]:
 def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
     """A new current version; refused while a sweep runs on this store (it would move the
     fields the tracker now writes under the new version back to the sweep's target)."""
+    _open_store_first(ctx)
     if ctx.settings.store and not force:
         active = ctx.state.active_sweep_id()
         if active:
@@ -37,6 +38,7 @@ def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
 def promote(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
     """Make an older enabled version current again (the rollback's first key step)."""
     require_known_kid(ctx, kid)
+    _open_store_first(ctx)
     version = ctx.provider.promote(kid)
     return version, ctx.record_key_operation("key promoted", kid=kid)
 
@@ -49,7 +51,11 @@ def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
     scan finding no field on ``kid``. ``--force`` skips both and is audited as forced.
     """
     require_known_kid(ctx, kid)
+    _open_store_first(ctx)
     if not force:
+        if ctx.provider.current_kid() == kid:  # the real reason, before the gate's (which would name a missing verify)
+            raise KeyDisabledError(f"key {kid} is the current version; rotate to a new version (or promote an older "
+                                   f"one) before disabling it")
         ctx.settings.require("store")
         in_use = scan_container(ctx.store, keyring=None).fields_by_kid.get(kid, 0)
         if in_use:
@@ -65,8 +71,16 @@ def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
 
 def enable(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
     require_known_kid(ctx, kid)
+    _open_store_first(ctx)
     version = ctx.provider.set_enabled(kid, True)
     return version, ctx.record_key_operation("key enabled", kid=kid)
+
+
+def _open_store_first(ctx: Context) -> None:
+    """Open the configured store before the key changes: a refused store (a typo, another
+    application's file) must refuse the key operation too, not only its audit entry afterwards."""
+    if ctx.settings.store:
+        ctx.store  # noqa: B018 - opening it is the check
 
 
 def audit_problems(ctx: Context) -> list[str]:
@@ -96,8 +110,12 @@ def _audit_entries_of(ctx: Context):
 
 def _replaced_at(ctx: Context, kid: str) -> str | None:
     """When the version after ``kid`` was created: the end of writes under ``kid`` when no
-    audit trail recorded the rotation (it was made without a store configured)."""
-    later = [v.created for v in ctx.provider.versions() if v.kid != kid and v.created]
-    mine = next((v.created for v in ctx.provider.versions() if v.kid == kid), "")
-    newer = sorted(created for created in later if created > mine)
-    return newer[0] if newer else None
+    audit trail recorded the rotation (it was made without a store configured).
+
+    The next version in the provider's order (oldest first), not the next newer timestamp:
+    timestamps are whole seconds, and a rotation within the second of its predecessor was
+    taken for none, refusing the gate with "never replaced as current"."""
+    versions = ctx.provider.versions()
+    kids = [v.kid for v in versions]
+    following = versions[kids.index(kid) + 1:] if kid in kids else []
+    return (following[0].created or None) if following else None

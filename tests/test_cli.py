@@ -8,7 +8,8 @@ stay byte for byte as they were.
 
 Sweeps here run without workers, so a started sweep stays active and its controls (pause,
 resume, throttle, cancel) can be observed; sweeps under real workers are tests/test_sweep_fleet.py.
-Independent read-only calls run a few at a time to keep the file fast.
+Independent read-only calls run a few at a time to keep the file fast. Redis is conftest's: each
+store has its own task queue, so no database of this file's own is needed (nor flushed).
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import redis
 
-from conftest import ROOT, Rotation, make_rotation, run_cli
+from conftest import ROOT, TEST_DB, Rotation, make_rotation, run_cli
 from tracker_reencrypt import envelope
 from tracker_reencrypt.documents import check_document, find_envelopes, location
 from tracker_reencrypt.keys.keyring import Keyring
@@ -43,20 +43,6 @@ from tracker_reencrypt.sweep.state import SweepState
 
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 PARALLEL = 3
-#: A Redis database of this file's own: the sweep tests in other files run workers on database 9
-#: (conftest) and 10 (budgets), and would take this file's task messages when run at the same time.
-CLI_DB = 11
-
-
-@pytest.fixture
-def redis_url(redis_server_url) -> str:
-    """Overrides conftest's: a flushed database of our own, also for ``rotation`` and ``fleet``."""
-    url = f"{redis_server_url}/{CLI_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
 
 
 # -- running the CLI ---------------------------------------------------------------------------
@@ -170,7 +156,7 @@ def field_census(rotation: Rotation) -> tuple[int, Counter, dict[str, Counter]]:
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory, redis_server_url) -> Rotation:
     """A small store under v1 with v2 current, shared by tests that must change nothing."""
-    rotation = make_rotation(tmp_path_factory.mktemp("seeded"), 60, f"{redis_server_url}/{CLI_DB}")
+    rotation = make_rotation(tmp_path_factory.mktemp("seeded"), 60, f"{redis_server_url}/{TEST_DB}")
     rotation.home.joinpath("state").mkdir()
     return rotation
 
@@ -262,7 +248,7 @@ def test_keys_init_rotate_list_on_a_local_keyring(tmp_path):
 
 def test_keys_disable_is_refused_while_fields_use_the_version(rotation):
     env = rotation.env()
-    keyring = rotation.home / "keyring.json"
+    keyring, db = rotation.home / "keyring.json", rotation.home / "tracker.db"
     _, by_kid, _ = field_census(rotation)
     in_use = by_kid[rotation.v1]
     assert in_use > 0
@@ -273,7 +259,8 @@ def test_keys_disable_is_refused_while_fields_use_the_version(rotation):
         "current": (("keys", "disable", rotation.v2), env),
     })
     line = one_error_line(refused["in use"])
-    assert f"{in_use} fields still use {rotation.v1}" in line and "--force" in line
+    assert f"{in_use} fields in SQLite store {rotation.home / 'tracker.db'} still use {rotation.v1}" in line
+    assert "--force" in line
     assert "current version" in one_error_line(refused["current"])
     assert keyring.read_bytes() == before
 
@@ -281,15 +268,16 @@ def test_keys_disable_is_refused_while_fields_use_the_version(rotation):
         return {v.kid: v.status for v in LocalKeyProvider(keyring).versions()}
 
     forced = cli_json("keys", "disable", rotation.v1, "--force", env=env)
-    assert (forced["kid"], forced["status"]) == (rotation.v1, "disabled")
+    assert (forced["kid"], forced["status"], forced["store"]) == (rotation.v1, "disabled", f"SQLite store {db}")
     assert statuses() == {rotation.v1: "disabled", rotation.v2: "enabled"}
 
     enabled = cli_json("keys", "enable", rotation.v1, env=env)
     assert enabled["status"] == "enabled"
     assert statuses() == {rotation.v1: "enabled", rotation.v2: "enabled"}
 
-    trail = [(e["action"], e["details"]) for _, e in records(rotation.home / "tracker.db", "audit")]
-    assert trail == [("key disabled", {"kid": rotation.v1, "forced": True}), ("key enabled", {"kid": rotation.v1})]
+    trail = [(e["action"], e["details"]) for _, e in records(db, "audit")]
+    assert trail == [("key disabled", {"kid": rotation.v1, "forced": True, "store": f"SQLite store {db}"}),
+                     ("key enabled", {"kid": rotation.v1})]
 
 
 # -- seed --------------------------------------------------------------------------------------
@@ -377,6 +365,7 @@ def test_dry_run_reports_counts_by_kid_and_kind_and_writes_nothing(seeded):
 def test_sweep_start_refusals_write_nothing(rotation):
     env = rotation.env()
     cli("keys", "rotate", env=env)  # v3 current; v2 becomes a disabled target below
+    cli("verify", "--expect", rotation.v1, env=env)  # no field on v2 since v3 replaced it: what the gate needs
     cli("keys", "disable", rotation.v2, env=env)
     before = tree(rotation.home)
     start = ("sweep", "start", "--to")
@@ -398,7 +387,7 @@ def test_sweep_start_refusals_write_nothing(rotation):
         "--from is the target": "is the target itself",
         "unknown --from": "source key 'tracker-mek/v8' is unknown",
         "unknown mode": "mode 'shuffle' is unknown",
-        "no slices": "--slices must be at least 1",
+        "no slices": "--slices must be between 1 and 1024, got 0",
         "negative rate": "--rate must be positive",
     }
     for name, result in results.items():
@@ -488,7 +477,8 @@ def test_sweep_status_pause_resume_throttle_cancel(rotation):
     assert_unchanged(before, rotation.home, "refused controls of a cancelled sweep")
 
     actions = [body["action"] for _, body in records(rotation.home / "tracker.db", "audit")]
-    assert actions == ["sweep started", "sweep throttled", "sweep throttled", "sweep paused", "sweep resumed", "sweep cancelled"]
+    assert actions == ["sweep started", "sweep throttled", "sweep throttled", "sweep paused", "sweep resumed",
+                       "sweep cancel requested", "sweep cancelled"]  # no batch in hand: settled at once
 
 
 def test_sweep_failures_as_csv_and_json(rotation):
@@ -552,7 +542,9 @@ def test_verify_fails_on_the_old_key_and_passes_after_a_sweep(rotation, fleet):
     after = cli_json("verify", "--expect", rotation.v2, env=env)
     assert after["fields_by_kid"] == {rotation.v2: fields}
     assert (after["documents"], after["undecryptable"], after["off_target"], after["ok"]) == (rotation.documents, 0, 0, True)
-    cli("keys", "disable", rotation.v1, env=env)  # nothing uses it any more: no --force needed
+    # Nothing uses it any more and the passing verify is in the trail: no --force needed.
+    disabled = " ".join(cli("keys", "disable", rotation.v1, env=env).stdout.split())  # rich wraps at 80 columns
+    assert f"disabled {rotation.v1} (checked SQLite store {rotation.home / 'tracker.db'}" in disabled
 
 
 # -- audit -------------------------------------------------------------------------------------
@@ -578,7 +570,7 @@ def test_audit_trail_records_who_did_what_and_detects_tampering(tmp_path, redis_
     assert entries[1]["details"] == {"kid": "tracker-mek/v2"}
     assert entries[2]["details"]["sweep_id"] == sweep_id
     assert (entries[3]["details"]["expect"], entries[3]["details"]["ok"]) == ("tracker-mek/v2", False)
-    assert entries[4]["details"] == {"kid": "tracker-mek/v1", "forced": True}
+    assert entries[4]["details"] == {"kid": "tracker-mek/v1", "forced": True, "store": f"SQLite store {db}"}
 
     intact = cli("audit", "--check", env=env)
     assert "audit chain intact" in intact.stdout and "alice@ops" in intact.stdout and "key rotated" in intact.stdout

@@ -98,33 +98,38 @@ class WriteWindow:
 
     ends_at: str | None  # a utc_now() timestamp; None: the trail does not say
     open_sweeps: tuple[str, ...] = ()  # sweeps towards the version that have not ended
+    #: The sequence number of the entry that ended them (0: the trail does not say). Timestamps
+    #: are whole seconds: only the sequence orders a verify and a key operation of the same second.
+    ends_seq: int = 0
 
 
 def write_window(entries: list[dict], kid: str) -> WriteWindow:
     """The tracker writes under ``kid`` from the key operation that made it current until the
     next one made another version current; a sweep towards ``kid`` writes under it until it ends."""
-    current_since = stopped_at = None
+    current_since = stopped = None
     sweeps_to_kid: set[str] = set()
-    ended: dict[str, str] = {}
+    ended: dict[str, dict] = {}
     for entry in entries:
         action, details = entry.get("action"), entry.get("details") or {}
         if action in MAKES_CURRENT:
             if details.get("kid") == kid:
-                current_since, stopped_at = entry["at"], None
-            elif current_since is not None and stopped_at is None:
-                stopped_at = entry["at"]
+                current_since, stopped = entry["at"], None
+            elif current_since is not None and stopped is None:
+                stopped = entry
         elif action == "sweep started" and details.get("target_kid") == kid:
             sweeps_to_kid.add(details.get("sweep_id"))
         elif action in SWEEP_ENDS and details.get("sweep_id") in sweeps_to_kid:
-            ended[details["sweep_id"]] = entry["at"]
-    times = [t for t in (stopped_at, *ended.values()) if t]
-    return WriteWindow(max(times) if times else None, tuple(sorted(sweeps_to_kid - set(ended))))
+            ended[details["sweep_id"]] = entry
+    last = max((e for e in (stopped, *ended.values()) if e), key=lambda e: e.get("seq", 0), default=None)
+    return WriteWindow(last["at"] if last else None, tuple(sorted(sweeps_to_kid - set(ended))),
+                       last.get("seq", 0) if last else 0)
 
 
-def proving_verify(entries: list[dict], kid: str, after: str) -> dict | None:
-    """The newest passing verify recorded at or after ``after`` that proves no field uses ``kid``."""
+def proving_verify(entries: list[dict], kid: str, after: str, after_seq: int = 0) -> dict | None:
+    """The newest passing verify recorded at or after ``after``, and after entry ``after_seq``
+    of the trail when it says, that proves no field uses ``kid``."""
     for entry in reversed(entries):
-        if entry.get("at", "") < after:
+        if entry.get("at", "") < after or entry.get("seq", 0) <= after_seq:
             return None
         details = entry.get("details") or {}
         if (entry.get("action") == "verify" and details.get("ok") and details.get("expect") != kid
@@ -141,7 +146,7 @@ def gate_problem(entries: list[dict], kid: str, fallback_end: str | None, where:
     ends_at = window.ends_at or fallback_end
     if ends_at is None:
         return f"{where}: nothing shows when writes under {kid} stopped (it was never replaced as current)"
-    if proving_verify(entries, kid, ends_at) is None:
+    if proving_verify(entries, kid, ends_at, window.ends_seq if window.ends_at else 0) is None:
         return (f"{where} has no passing verify since {ends_at} (when writes under {kid} last could happen): "
                 f"run 'reencrypt --store <it> verify --expect <current kid>' there first")
     return None
