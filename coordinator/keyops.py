@@ -11,14 +11,31 @@ from coordinator.context import Context
 from coordinator.verify import require_known_kid, scan_container
 from tracker_reencrypt import custody
 from tracker_reencrypt.audit import AuditTrail
-from tracker_reencrypt.errors import KeyDisabledError, SweepError
+from tracker_reencrypt.errors import (
+    KeyDisabledError, KeyNotFoundError, KeyProviderError, KeyringFileError, SweepError,
+)
 from tracker_reencrypt.keys import KeyVersion
 from tracker_reencrypt.stores import open_store, store_fingerprint
 
 
 def init(ctx: Context) -> tuple[KeyVersion, bool]:
+    """Create the MEK (and the store, when one is configured and new). Checked in the order
+    that writes nothing on a refusal: an existing key first, then the store, then the key."""
+    if ctx.settings.store:
+        _refuse_existing_key(ctx)
+        _open_store_first(ctx)
     version = ctx.provider.init()
     return version, ctx.record_key_operation("key created", kid=version.kid)
+
+
+def _refuse_existing_key(ctx: Context) -> None:
+    try:
+        existing = ctx.provider.versions()
+    except (KeyNotFoundError, KeyringFileError):
+        return  # no key yet (a missing keyring file, a key the vault does not have): init may go on
+    if existing:
+        raise KeyProviderError(f"{ctx.provider.describe()} already holds {existing[-1].kid}: "
+                               f"use 'reencrypt keys rotate' to add a version")
 
 
 def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
@@ -39,7 +56,10 @@ def promote(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
     """Make an older enabled version current again (the rollback's first key step)."""
     require_known_kid(ctx, kid)
     _open_store_first(ctx)
+    was_current = ctx.provider.current_kid() == kid
     version = ctx.provider.promote(kid)
+    if was_current:  # nothing changed: nothing to audit
+        return version, bool(ctx.settings.store)
     return version, ctx.record_key_operation("key promoted", kid=kid)
 
 

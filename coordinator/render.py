@@ -164,13 +164,14 @@ def dry_run(console: Console, payload: dict) -> None:
         for kind, count in sorted(kinds.items()):
             table.add_row(kid, kind, str(count))
     console.print(table)
-    unknown = payload.get("unknown_kids") or {}
-    if unknown:
-        listed = ", ".join(f"{kid}: {count}" for kid, count in sorted(unknown.items()))
-        # kids come from the documents: printed as text, never read as markup
-        console.print(f"{sum(unknown.values())} fields are under kids the key provider does not know ({listed}): "
-                      f"they cannot be moved; the sweep will record each as a failure", style="yellow", markup=False,
-                      highlight=False, soft_wrap=True)
+    for key, what in (("unknown_kids", "kids the key provider does not know"), ("disabled_kids", "disabled kids")):
+        stuck = payload.get(key) or {}
+        if stuck:
+            listed = ", ".join(f"{kid}: {count}" for kid, count in sorted(stuck.items()))
+            # kids come from the documents: printed as text, never read as markup
+            console.print(f"{sum(stuck.values())} fields are under {what} ({listed}): they cannot be moved; "
+                          f"the sweep will record each as a failure", style="yellow", markup=False,
+                          highlight=False, soft_wrap=True)
     console.print(f"estimate: {payload['estimate']['text']}")
 
 

@@ -87,16 +87,17 @@ def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, 
 def dry_run(ctx: Context, *, to: str, sources: list[str], limits: Limits) -> dict:
     """What a sweep would change, and how long it would take under ``limits``; writes nothing.
 
-    Fields under a kid the key provider does not know cannot move (nothing can unwrap their
-    data keys): they are reported apart, as ``unknown_kids``, not counted as "would move"; the
-    sweep records each of them as a failure."""
+    Fields under a kid the key provider does not know, or under a disabled one, cannot move
+    (nothing can unwrap their data keys): they are reported apart, as ``unknown_kids`` and
+    ``disabled_kids``, not counted as "would move"; the sweep records each as a failure."""
     given = limits.given()
     check_target(ctx, to, sources)
-    known = {version.kid for version in ctx.provider.versions()}
+    enabled = {version.kid: version.enabled for version in ctx.provider.versions()}
     report = scan_container(ctx.store, keyring=None, sizing=True)
     touched = [kid for kid in report.kinds_by_kid if kid != to and (not sources or kid in sources)]
-    moving = [kid for kid in touched if kid in known]
-    unknown = {kid: sum(report.kinds_by_kid[kid].values()) for kid in touched if kid not in known}
+    moving = [kid for kid in touched if enabled.get(kid)]
+    unknown = {kid: sum(report.kinds_by_kid[kid].values()) for kid in touched if kid not in enabled}
+    disabled = {kid: sum(report.kinds_by_kid[kid].values()) for kid in touched if enabled.get(kid) is False}
     would = {kid: dict(report.kinds_by_kid[kid]) for kid in moving}
     distinct = report.distinct_deks(moving)
     guess = estimate(
@@ -106,7 +107,7 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: Limits) -> dic
     return {
         "dry_run": True, "target_kid": to, "documents": report.documents, "fields_by_kid": dict(report.fields_by_kid),
         "would_move": would, "fields_to_move": sum(sum(kinds.values()) for kinds in would.values()),
-        "unknown_kids": unknown,
+        "unknown_kids": unknown, "disabled_kids": disabled,
         "distinct_source_deks": distinct, "limits": given,
         "estimate": {"seconds": guess.seconds, "bound_by": guess.bound_by, "request_units": round(guess.request_units),
                      "kv_ops": guess.kv_ops, "text": guess.text(given)},

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Fleet, Rotation, free_port, wait_for
+from conftest import ROOT, Fleet, Rotation, free_port, run_cli, wait_for
 from test_cli import assert_unchanged, base_env, cli, cli_json, invoke, invoke_all, one_error_line, records, tree
 from tracker_reencrypt import envelope
 from tracker_reencrypt.audit import GENESIS, _digest
@@ -461,3 +461,15 @@ def test_the_dry_run_reports_fields_under_an_unknown_kid_apart(rotation, fleet):
     failures = cli_json("sweep", "failures", swept["sweep"]["id"], env=env)
     assert {(f["document_id"], f["reason"]) for f in failures} == {("doc-orphan", "unknown_kid")}
     assert len(failures) == orphans
+
+
+def test_the_dry_run_reports_fields_under_a_disabled_kid_apart(rotation):
+    """v1 disabled by force with fields still on it: they cannot move, so they are not 'would move'."""
+    env = rotation.env()
+    forced = run_cli("keys", "disable", rotation.v1, "--force", env=env)
+    assert forced.returncode == 0, forced.stderr
+    dry = run_cli("sweep", "start", "--to", rotation.v2, "--dry-run", "--json", env=env)
+    payload = json.loads(dry.stdout)
+    on_v1 = payload["fields_by_kid"][rotation.v1]
+    assert on_v1 > 0 and payload["fields_to_move"] == 0 and payload["would_move"] == {}
+    assert payload["disabled_kids"] == {rotation.v1: on_v1}
