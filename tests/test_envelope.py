@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tracker_reencrypt import envelope
-from tracker_reencrypt.envelope import DataKey, Location
+from tracker_reencrypt import documents, envelope
+from tracker_reencrypt.envelope import MAX_DEPTH, DataKey, Location
 from tracker_reencrypt.errors import EnvelopeError, KeyDisabledError, KeyNotFoundError, KeyProviderError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
@@ -106,7 +106,8 @@ def test_vectors_cover_every_json_kind():
     kinds = {type(case["value"]).__name__ for case in VECTORS["cases"]}
     assert kinds == {"str", "int", "float", "bool", "NoneType", "dict", "list"}
     assert "" in [case["value"] for case in VECTORS["cases"]]
-    assert {n["reason"] for n in VECTORS["negative"]} == REASONS - {"already_encrypted", "not_json", "bad_location"}
+    assert {n["reason"] for n in VECTORS["negative"]} == REASONS - {"already_encrypted", "not_json"}
+    assert {n["reason"] for n in VECTORS["encrypt_refused"]} == {"already_encrypted", "not_json", "bad_location"}
 
 
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=lambda c: c["name"])
@@ -166,7 +167,6 @@ def test_encrypt_refused_vector(case, keyring):
 
 @pytest.mark.parametrize("example", VECTORS["field_paths"], ids=lambda e: e["json_pointer"] or "root")
 def test_field_path_rule_matches_documents_module(example):
-    documents = pytest.importorskip("tracker_reencrypt.documents")
     parts = tuple(example["pointer_parts"])
     assert documents.schema_path(parts) == example["field_path"]
     assert documents.json_pointer(parts) == example["json_pointer"]
@@ -225,7 +225,8 @@ def _drop(name):
 
 TAMPER = {
     "ct-bit": (lambda env: {**env, "ct": flip(env["ct"], 0)}, WHERE, "authentication_failed"),
-    "tag-bit": (lambda env: {**env, "ct": flip(env["ct"], len(unb64(env["ct"])) - 1, 0x80)}, WHERE, "authentication_failed"),
+    "tag-bit": (lambda env: {**env, "ct": flip(env["ct"], len(unb64(env["ct"])) - 1, 0x80)}, WHERE,
+                "authentication_failed"),
     "iv-bit": (lambda env: {**env, "iv": flip(env["iv"], 11)}, WHERE, "authentication_failed"),
     "dek-bit": (lambda env: {**env, "dek": flip(env["dek"], 0)}, WHERE, "unwrap_failed"),
     "dek-last-bit": (lambda env: {**env, "dek": flip(env["dek"], 255, 0x80)}, WHERE, "unwrap_failed"),
@@ -233,9 +234,12 @@ TAMPER = {
     "ct-truncated-to-tag": (lambda env: {**env, "ct": b64(unb64(env["ct"])[-16:])}, WHERE, "authentication_failed"),
     "ct-truncated-below-tag": (lambda env: {**env, "ct": b64(unb64(env["ct"])[:15])}, WHERE, "truncated"),
     "ct-appended-byte": (lambda env: {**env, "ct": b64(unb64(env["ct"]) + b"\0")}, WHERE, "authentication_failed"),
-    "other-document-id": (lambda env: env, Location("item-0002", WHERE.partition_key, WHERE.field_path), "authentication_failed"),
-    "other-partition-key": (lambda env: env, Location(WHERE.document_id, "product-43", WHERE.field_path), "authentication_failed"),
-    "other-field-path": (lambda env: env, Location(WHERE.document_id, WHERE.partition_key, "/reporter/name"), "authentication_failed"),
+    "other-document-id": (lambda env: env, Location("item-0002", WHERE.partition_key, WHERE.field_path),
+                          "authentication_failed"),
+    "other-partition-key": (lambda env: env, Location(WHERE.document_id, "product-43", WHERE.field_path),
+                            "authentication_failed"),
+    "other-field-path": (lambda env: env, Location(WHERE.document_id, WHERE.partition_key, "/reporter/name"),
+                         "authentication_failed"),
     "unknown-kid": (_edit(kid="tracker-mek/v99"), WHERE, "unknown_kid"),
     "versionless-kid": (_edit(kid="tracker-mek"), WHERE, "unknown_kid"),
     "kid-of-other-version": (_edit(kid=V2), WHERE, "unwrap_failed"),
@@ -243,7 +247,8 @@ TAMPER = {
     "iv-padded": (lambda env: {**env, "iv": env["iv"] + "=="}, WHERE, "malformed"),
     "ct-plus": (lambda env: {**env, "ct": "+" + env["ct"][1:]}, WHERE, "malformed"),
     "ct-slash": (lambda env: {**env, "ct": env["ct"][:-1] + "/"}, WHERE, "malformed"),
-    "ct-impossible-length": (lambda env: {**env, "ct": env["ct"] + "A" * ((1 - len(env["ct"])) % 4)}, WHERE, "malformed"),
+    "ct-impossible-length": (lambda env: {**env, "ct": env["ct"] + "A" * ((1 - len(env["ct"])) % 4)}, WHERE,
+                             "malformed"),
     "dek-space": (lambda env: {**env, "dek": env["dek"][:8] + " " + env["dek"][8:]}, WHERE, "malformed"),
     "iv-junk": (_edit(iv="not base64!"), WHERE, "malformed"),
     "iv-bytes": (_edit(iv=[1, 2, 3]), WHERE, "malformed"),
@@ -277,8 +282,9 @@ def test_tampered_envelope_is_refused_with_its_reason(name, sealed, provider):
 def test_disabled_kid_is_refused(provider):
     disabled = next(n for n in VECTORS["negative"] if n["name"] == "disabled-kid")
     assert provider.versions()[2].kid == V3 and not provider.versions()[2].enabled
-    assert reason_of(lambda: envelope.decrypt(disabled["envelope"], location_of(disabled), Keyring(provider))) == "kid_disabled"
-    assert reason_of(lambda: envelope.rewrap(disabled["envelope"], location_of(disabled), Keyring(provider), V2)) == "kid_disabled"
+    sealed_v3, where = disabled["envelope"], location_of(disabled)
+    assert reason_of(lambda: envelope.decrypt(sealed_v3, where, Keyring(provider))) == "kid_disabled"
+    assert reason_of(lambda: envelope.rewrap(sealed_v3, where, Keyring(provider), V2)) == "kid_disabled"
 
 
 def test_short_dek_is_refused_before_aes_sees_it(provider):
@@ -378,7 +384,8 @@ def test_rewrap_refuses_what_decrypt_refuses(name, sealed, provider):
 
 def test_rewrap_or_reencrypt_to_an_unusable_target_is_a_key_provider_error(sealed, keyring):
     """The target kid is the sweep's choice, not the envelope's fault: not an EnvelopeError."""
-    for operation in (lambda kid: envelope.rewrap(sealed, WHERE, keyring, kid), lambda kid: envelope.reencrypt(sealed, WHERE, keyring, kid)):
+    for operation in (lambda kid: envelope.rewrap(sealed, WHERE, keyring, kid),
+                      lambda kid: envelope.reencrypt(sealed, WHERE, keyring, kid)):
         with pytest.raises(KeyNotFoundError):
             operation("tracker-mek/v99")
         with pytest.raises(KeyDisabledError):
@@ -395,7 +402,8 @@ def test_reencrypt_replaces_dek_iv_and_ct(sealed, keyring, provider):
     new_dek = provider.unwrap(V2, "RSA-OAEP-256", unb64(moved["dek"]))
     assert old_dek != new_dek
     assert envelope.decrypt(moved, WHERE, Keyring(provider)) == SECRET
-    assert reason_of(lambda: envelope.reencrypt(sealed, Location("x", "y", "/z"), keyring, V2)) == "authentication_failed"
+    elsewhere = Location("x", "y", "/z")
+    assert reason_of(lambda: envelope.reencrypt(sealed, elsewhere, keyring, V2)) == "authentication_failed"
 
 
 # -- encrypt refusals ----------------------------------------------------------------------
@@ -428,10 +436,152 @@ def test_encrypt_refuses_absurdly_deep_values(keyring):
     assert reason_of(lambda: envelope.encrypt(deep, WHERE, keyring)) == "not_json"
 
 
-def test_a_location_with_no_utf8_form_is_refused(sealed, keyring):
-    for where in (Location("\udc80", "p", "/f"), Location("d", "p\ud800", "/f"), Location("d", "p", "/\udfff")):
-        assert reason_of(lambda: envelope.encrypt("x", where, keyring)) == "bad_location"
-        assert reason_of(lambda: envelope.decrypt(sealed, where, keyring)) == "bad_location"
+def nested(levels: int, leaf="x", as_object: bool = False):
+    value = leaf
+    for _ in range(levels):
+        value = {"a": value} if as_object else [value]
+    return value
+
+
+@pytest.mark.parametrize("as_object", [False, True], ids=["arrays", "objects"])
+def test_one_nesting_limit_for_what_encrypt_takes_and_decrypt_returns(as_object, keyring):
+    """MAX_DEPTH levels of objects/arrays are fine both ways; one more is refused both ways, saying so."""
+    assert MAX_DEPTH == documents.MAX_DEPTH == 128  # one stated limit, Cosmos DB's, for documents and fields
+    at_limit, past_limit = nested(MAX_DEPTH, as_object=as_object), nested(MAX_DEPTH + 1, as_object=as_object)
+    assert envelope.decrypt(envelope.encrypt(at_limit, WHERE, keyring), WHERE, keyring) == at_limit
+    with pytest.raises(EnvelopeError) as caught:
+        envelope.encrypt(past_limit, WHERE, keyring)
+    assert caught.value.reason == "not_json" and "deeper than 128 levels" in str(caught.value)
+    text = json.dumps(past_limit, separators=(",", ":")).encode()
+    with pytest.raises(EnvelopeError) as caught:
+        envelope.decrypt(seal_payload(text, keyring), WHERE, keyring)
+    assert caught.value.reason == "malformed" and "deeper than 128 levels" in str(caught.value)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(keyring):
+    value = {"text": "[{" * 500, "list": ["]}" * 500]}
+    assert envelope.decrypt(envelope.encrypt(value, WHERE, keyring), WHERE, keyring) == value
+
+
+@pytest.mark.parametrize("value", [{1: "a"}, {"1": "a", 1: "b"}, {None: 1}, {True: 1}, [{"ok": {2.5: "x"}}]],
+                         ids=["int", "int-and-string", "none", "bool", "float-deep-down"])
+def test_encrypt_refuses_member_names_that_are_not_strings(value, keyring):
+    """json.dumps would write 1 as "1" (and {1: .., "1": ..} as a duplicate): decrypt could not give it back."""
+    with pytest.raises(EnvelopeError) as caught:
+        envelope.encrypt(value, WHERE, keyring)
+    assert caught.value.reason == "not_json" and "member name that is not a string" in str(caught.value)
+
+
+def seal_payload(plaintext: bytes, keyring: Keyring, where: Location = WHERE) -> dict:
+    """An authentic v1 envelope of arbitrary plaintext bytes, as another implementation might write."""
+    key = keyring.data_key_for_encryption(V1)
+    iv = os.urandom(12)
+    ct = AESGCM(key.plaintext).encrypt(iv, plaintext, envelope.associated_data(where))
+    return {"v": 1, "kid": V1, "wrap": key.wrap_algorithm, "dek": b64(key.wrapped), "alg": "A256GCM",
+            "iv": b64(iv), "ct": b64(ct)}
+
+
+@pytest.mark.parametrize("plaintext", [
+    b"NaN", b"Infinity", b"-Infinity", b'{"estimate":NaN}', b"[1,2,Infinity]", b"1e999", b"-1e999",
+    b"1" * 400 + b".5", b'"\\udc80"', b'{"\\ud800":1}', b'["ok","\\ud83d"]', b'"\\ud83d\\ud83d"',
+])
+def test_decrypt_refuses_payloads_that_are_not_json_values(plaintext, keyring):
+    """NaN/Infinity tokens are not JSON (Python's json.loads takes them by default); a number no double holds
+    and a lone surrogate have no JSON value either. Refused like any invalid JSON: malformed."""
+    assert reason_of(lambda: envelope.decrypt(seal_payload(plaintext, keyring), WHERE, keyring)) == "malformed"
+
+
+@pytest.mark.parametrize(("plaintext", "value"), [
+    (b' \n{ "a" : [ 1 , 2 ] }\t', {"a": [1, 2]}),  # any spacing
+    (b'"\\ud83d\\ude80 \\u00e9"', "\U0001f680 é"),  # an escaped surrogate pair is one character
+    (b'"\\\\ud800"', "\\ud800"),  # an escaped backslash, then text: not a surrogate
+    (b'{"a":1,"a":2}', {"a": 2}),  # a repeated member name: the last wins, as in JSON.parse
+    (b"1E2", 100.0), (b"-0", 0), (b"1.7976931348623157e308", 1.7976931348623157e308),
+    (b"18446744073709551616", 2**64),
+])
+def test_decrypt_accepts_any_json_value_whatever_its_spelling(plaintext, value, keyring):
+    assert envelope.decrypt(seal_payload(plaintext, keyring), WHERE, keyring) == value
+
+
+def test_reencrypt_and_rewrap_move_a_payload_decrypt_refuses(keyring):
+    """They authenticate but never parse the payload: a sweep moves such a field, verify reports it."""
+    sealed_nan = seal_payload(b"NaN", keyring)
+    for moved in (envelope.reencrypt(sealed_nan, WHERE, keyring, V2), envelope.rewrap(sealed_nan, WHERE, keyring, V2)):
+        assert moved["kid"] == V2
+        assert reason_of(lambda: envelope.decrypt(moved, WHERE, keyring)) == "malformed"
+
+
+# -- the location: checked first -----------------------------------------------------------
+
+BAD_LOCATIONS = {
+    "surrogate-id": Location("\udc80", "p", "/f"),
+    "surrogate-pk": Location("d", "p\ud800", "/f"),
+    "surrogate-path": Location("d", "p", "/\udfff"),
+    "number-pk": Location("d", 42, "/f"),
+    "number-id": Location(7, "p", "/f"),
+    "none-path": Location("d", "p", None),
+}
+OPERATIONS = {
+    "decrypt": lambda env, where, keyring: envelope.decrypt(env, where, keyring),
+    "reencrypt": lambda env, where, keyring: envelope.reencrypt(env, where, keyring, V2),
+    "rewrap": lambda env, where, keyring: envelope.rewrap(env, where, keyring, V2),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("where", BAD_LOCATIONS.values(), ids=BAD_LOCATIONS)
+def test_a_bad_location_is_refused_before_the_envelope_or_any_key_is_looked_at(operation, where, sealed, provider):
+    call, cold = OPERATIONS[operation], Keyring(provider)
+    broken = [sealed, None, {**sealed, "v": 2}, {**sealed, "dek": flip(sealed["dek"], 0)}, {**sealed, "kid": V3}]
+    for candidate in broken:
+        assert reason_of(lambda: call(candidate, where, cold)) == "bad_location"
+    assert (cold.stats.unwrap_cache_hits, cold.stats.unwrap_cache_misses, cold.stats.provider_wraps) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("where", BAD_LOCATIONS.values(), ids=BAD_LOCATIONS)
+def test_encrypt_checks_the_location_first_too(where, sealed, keyring):
+    for value in ("x", sealed, float("nan")):
+        assert reason_of(lambda: envelope.encrypt(value, where, keyring)) == "bad_location"
+    assert reason_of(lambda: envelope.encrypt("x", where, keyring, kid=V3)) == "bad_location"  # before the key
+
+
+@pytest.mark.parametrize("partition_key", [42, 42.0, True, None, b"42", ["42"]], ids=repr)
+def test_a_partition_key_that_is_not_a_string_is_refused_never_stringified(partition_key, keyring):
+    """Vector partition-key-digits is sealed for the string "42": the number 42 must not open it."""
+    digits = CASES["partition-key-digits"]
+    where = Location(digits["location"]["document_id"], partition_key, digits["location"]["field_path"])
+    for operation in OPERATIONS.values():
+        with pytest.raises(EnvelopeError) as caught:
+            operation(digits["envelope"], where, keyring)
+        assert caught.value.reason == "bad_location"
+        assert f"partition key must be a string, not {type(partition_key).__name__}" in str(caught.value)
+    assert reason_of(lambda: envelope.encrypt("x", where, keyring)) == "bad_location"
+    # The string does: the sweep's document layer is what turns a stored non-string into one, with str().
+    assert envelope.decrypt(digits["envelope"], location_of(digits), keyring) == digits["value"]
+    assert documents.location({"id": "item-0001"}, 42, ("reporter", "email")) == location_of(digits)
+
+
+# -- the unwrap cache in the check order ---------------------------------------------------
+
+
+def test_the_unwrap_cache_answers_after_the_envelope_checks_and_before_the_kid_checks(sealed, tmp_path):
+    """A cached DEK skips the provider (kid known, kid enabled, OAEP), nothing else: the wrap algorithm,
+    the location, GCM and the payload are checked on every call, so with key states unchanged the verdict
+    is the cold one; a kid disabled since is honoured once the entry goes (TTL or forget())."""
+    provider = LocalKeyProvider(write_keyring(tmp_path / "keyring.json", VECTORS["keyring"]))
+    keyring = Keyring(provider)
+    assert envelope.decrypt(sealed, WHERE, keyring) == SECRET  # now cached under (v1, dek)
+    provider.set_enabled(V1, False)
+    assert reason_of(lambda: envelope.decrypt(sealed, WHERE, Keyring(provider))) == "kid_disabled"  # cold
+    assert reason_of(lambda: envelope.decrypt({**sealed, "wrap": "RSA-OAEP"}, WHERE, keyring)) == "unwrap_failed"
+    assert reason_of(lambda: envelope.decrypt({**sealed, "alg": "A128GCM"}, WHERE, keyring)) == "unsupported_algorithm"
+    elsewhere = Location("item-0002", WHERE.partition_key, WHERE.field_path)
+    assert reason_of(lambda: envelope.decrypt(sealed, elsewhere, keyring)) == "authentication_failed"
+    hits = keyring.stats.unwrap_cache_hits
+    assert envelope.decrypt(sealed, WHERE, keyring) == SECRET  # warm: the disabled kid is not asked about
+    assert keyring.stats.unwrap_cache_hits == hits + 1 and keyring.stats.provider_unwraps == 1
+    keyring.forget()
+    assert reason_of(lambda: envelope.decrypt(sealed, WHERE, keyring)) == "kid_disabled"
 
 
 # -- secrecy of errors ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from tracker_reencrypt import envelope
-from tracker_reencrypt.envelope import Keyring, Location
+from tracker_reencrypt.envelope import KeySource, Location
 from tracker_reencrypt.errors import EnvelopeError
 
 if TYPE_CHECKING:
@@ -38,14 +38,15 @@ FIELD_KINDS = ("item", "comment", "attachment", "api_key")
 PathParts = tuple[str | int, ...]
 
 #: The deepest nesting of objects and arrays (envelopes included) a document may have, the
-#: document itself being level 1. Tracker documents nest a handful of levels, and Cosmos DB's
-#: per-item limits (Azure Cosmos DB service quotas) give 128 as the "Maximum level of nesting
-#: for embedded objects / arrays" (whether the item itself counts as a level is not stated), so
-#: deeper is corrupt data: such a document is refused as a whole ("too_deep") before any field
-#: is touched. The walk is iterative besides, so it is this limit, never Python's recursion
-#: limit, that decides. (Text nested past ~1,000 levels cannot even be parsed: the SQLite store
-#: returns such a row as unreadable, "too_deep" too.)
-MAX_DEPTH = 128
+#: document itself being level 1: envelope.MAX_DEPTH, one limit for documents and for the field
+#: values inside envelopes (docs/ENVELOPE.md, "The plaintext"). Tracker documents nest a
+#: handful of levels, and Cosmos DB's per-item limits (Azure Cosmos DB service quotas) give 128
+#: as the "Maximum level of nesting for embedded objects / arrays" (whether the item itself
+#: counts as a level is not stated), so deeper is corrupt data: such a document is refused as a
+#: whole ("too_deep") before any field is touched. The walk is iterative besides, so it is this
+#: limit, never Python's recursion limit, that decides. (Text nested past ~1,000 levels cannot
+#: even be parsed: the SQLite store returns such a row as unreadable, "too_deep" too.)
+MAX_DEPTH = envelope.MAX_DEPTH
 
 #: The field path of a failure that concerns the whole document (RFC 6901's empty pointer).
 WHOLE_DOCUMENT = ""
@@ -201,7 +202,7 @@ def rekey_document(
     partition_key: str | None,
     *,
     target_kid: str,
-    keyring: Keyring,
+    keyring: KeySource,
     mode: Mode = "reencrypt",
     source_kids: frozenset[str] | None = None,
 ) -> DocumentPlan:
@@ -266,7 +267,7 @@ class FieldCheck:
         return self.pointer == WHOLE_DOCUMENT  # a field's pointer is never empty: a document is no envelope
 
 
-def check_document(body: dict, partition_key: str | None, keyring: Keyring | None) -> list[FieldCheck]:
+def check_document(body: dict, partition_key: str | None, keyring: KeySource | None) -> list[FieldCheck]:
     """Every envelope's kid and kind, and (with a keyring) whether it decrypts where it is.
 
     A document that cannot be checked as a whole gets one whole-document check instead.

@@ -89,6 +89,14 @@ def loc(document_id: str, partition_key: str, field_path: str) -> dict:
     return {"document_id": document_id, "partition_key": partition_key, "field_path": field_path}
 
 
+def nested(levels: int, leaf="deep"):
+    """``leaf`` inside ``levels`` arrays: nesting depth ``levels`` (docs/ENVELOPE.md, MAX_DEPTH)."""
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 # name, description, value, location, kid, DEK
 CASES = [
     ("string-ascii", "a plain ASCII string", "alice@example.com",
@@ -118,7 +126,8 @@ CASES = [
     ("nested", "objects in arrays in objects",
      {"history": [{"by": "ops", "at": "2026-01-02T03:04:05Z", "changes": [1, [2, [3]]]}], "empty": {}, "none": []},
      loc("item-0001", "product-42", "/audit"), V1, DEK_A),
-    ("array-element-path", "a field inside array elements: document pointer /contacts/3/email, bound to /contacts/*/email",
+    ("array-element-path",
+     "a field inside array elements: document pointer /contacts/3/email, bound to /contacts/*/email",
      "bob@example.com", loc("item-0001", "product-42", "/contacts/*/email"), V1, DEK_A),
     ("escaped-path", "member names containing '/' and '~' (pointer parts 'custom/fields', 'm~n')", "x",
      loc("item-0001", "product-42", "/custom~1fields/m~0n"), V1, DEK_A),
@@ -126,6 +135,27 @@ CASES = [
      "Grüße", loc("ticket-é-1", "produkt-ü-東京", "/beschreibung/überschrift"), V2, DEK_B),
     ("key-vault-kid", "a Key Vault style kid: the kid is opaque to the format", {"api_key": "sk-test-123"},
      loc("apikey-7", "product-42", "/secrets/*"), AZURE_KID, DEK_C),
+    ("partition-key-digits", "a partition key that looks like a number is still a string: \"42\" (the negative "
+     "partition-key-number has the JSON number 42 instead)", "carol@example.com",
+     loc("item-0001", "42", "/reporter/email"), V1, DEK_A),
+    ("depth-limit", f"a value nested exactly {envelope.MAX_DEPTH} levels (arrays), the most encrypt and decrypt accept",
+     nested(envelope.MAX_DEPTH), loc("item-0001", "product-42", "/deep"), V1, DEK_A),
+]
+
+#: Authentic envelopes (they pass GCM) of payloads decrypt must refuse: name, description, plaintext.
+BAD_PAYLOADS = [
+    ("payload-nan", "the payload is NaN: not JSON, although Python's json.loads accepts it", b"NaN"),
+    ("payload-infinity", "-Infinity inside an array: not JSON", b"[1,-Infinity]"),
+    ("payload-number-overflow", "1e999 is JSON text, but no IEEE-754 double holds it (it parses to Infinity)",
+     b"1e999"),
+    ("payload-lone-surrogate", "a string escaping a lone surrogate (\\ud800): no UTF-8 form, never written by an "
+     "encoder (an escaped pair such as \\ud83d\\ude80 is fine)", b'"\\ud800"'),
+    ("payload-too-deep", f"arrays nested {envelope.MAX_DEPTH + 1} levels, one past the limit",
+     json.dumps(nested(envelope.MAX_DEPTH + 1), separators=(",", ":")).encode()),
+    ("payload-not-utf8", "a string holding the byte ff: not UTF-8", b'"\xff"'),
+    ("payload-bom", "a UTF-8 byte order mark before the JSON (JavaScript's TextDecoder strips it unless ignoreBOM)",
+     b'\xef\xbb\xbf"x"'),
+    ("payload-not-json", "an object missing its closing brace", b'{"a":1'),
 ]
 
 # Pointer parts (strings are member names, integers are array indices) and the two pointers.
@@ -174,7 +204,10 @@ def load_or_make_keys(existing: dict | None) -> dict[str, rsa.RSAPrivateKey]:
 
 
 def seal(name: str, value, location: dict, kid: str, dek: bytes, wrap: Wrapper) -> dict:
-    plaintext = plaintext_of(value)
+    return seal_plaintext(name, plaintext_of(value), location, kid, dek, wrap)
+
+
+def seal_plaintext(name: str, plaintext: bytes, location: dict, kid: str, dek: bytes, wrap: Wrapper) -> dict:
     aad = aad_of(location)
     iv = fixed_iv(name)
     ct = AESGCM(dek).encrypt(iv, plaintext, aad)
@@ -221,7 +254,8 @@ def negatives(cases: dict[str, dict], wrap: Wrapper) -> list[dict]:
 
     ct_len = len(unb64(env["ct"]))
     # Tampering with the sealed payload or moving it: GCM refuses.
-    add("ct-bit-flipped", "first ciphertext byte has bit 0 flipped", "authentication_failed", edit(ct=flip(env["ct"], 0)))
+    add("ct-bit-flipped", "first ciphertext byte has bit 0 flipped", "authentication_failed",
+        edit(ct=flip(env["ct"], 0)))
     add("tag-bit-flipped", "last byte of ct (inside the 16-byte tag) has bit 7 flipped", "authentication_failed",
         edit(ct=flip(env["ct"], ct_len - 1, 0x80)))
     add("iv-bit-flipped", "nonce byte 5 has bit 0 flipped", "authentication_failed", edit(iv=flip(env["iv"], 5)))
@@ -240,7 +274,8 @@ def negatives(cases: dict[str, dict], wrap: Wrapper) -> list[dict]:
     add("concrete-index-path", "an array element's envelope checked against the concrete pointer /contacts/3/email "
         "instead of the schema path /contacts/*/email", "authentication_failed", indexed["envelope"],
         {**indexed["location"], "field_path": "/contacts/3/email"})
-    add("ct-shorter-than-tag", "ct of 15 bytes cannot even hold the tag", "truncated", edit(ct=b64(unb64(env["ct"])[:15])))
+    add("ct-shorter-than-tag", "ct of 15 bytes cannot even hold the tag", "truncated",
+        edit(ct=b64(unb64(env["ct"])[:15])))
     add("ct-empty", "ct is the empty string", "truncated", edit(ct=""))
     # Key problems.
     add("dek-bit-flipped", "wrapped DEK has one bit flipped: RSA-OAEP decoding fails", "unwrap_failed",
@@ -248,23 +283,29 @@ def negatives(cases: dict[str, dict], wrap: Wrapper) -> list[dict]:
     add("kid-swapped", "kid names v2 but the DEK was wrapped under v1", "unwrap_failed", edit(kid=V2))
     add("dek-from-other-envelope", "a DEK wrapped under v2 pasted into a v1 envelope (kid left at v1)", "unwrap_failed",
         edit(dek=cases["non-ascii-location"]["envelope"]["dek"]))
-    add("unsupported-wrap", "wrap 'RSA-OAEP' (SHA-1) is not v1's wrap algorithm", "unwrap_failed", edit(wrap="RSA-OAEP"))
+    add("unsupported-wrap", "wrap 'RSA-OAEP' (SHA-1) is not v1's wrap algorithm", "unwrap_failed",
+        edit(wrap="RSA-OAEP"))
     add("unknown-kid", "kid names a version the keyring does not have", "unknown_kid", edit(kid="tracker-mek/v9"))
     add("versionless-kid", "kid without a version is never resolved to 'latest'", "unknown_kid", edit(kid=KEYRING_NAME))
     disabled = seal("disabled-kid", "secret under a disabled key", where, V3, DEK_D, wrap)
-    add("disabled-kid", "a genuine envelope under v3, which the keyring marks disabled", "kid_disabled", disabled["envelope"])
+    add("disabled-kid", "a genuine envelope under v3, which the keyring marks disabled", "kid_disabled",
+        disabled["envelope"])
     short = edit(dek=wrap(V1, DEK_SHORT), ct=b64(AESGCM(DEK_A).encrypt(fixed_iv("short-dek"), b'"x"', aad_of(where))))
     add("short-dek", "the wrapped DEK unwraps to 16 bytes, not 32", "bad_dek", short)
     # Malformed envelopes.
-    add("iv-padded", "iv with '=' characters appended (12 bytes never need padding anyway)", "malformed", edit(iv=env["iv"] + "=" * (-len(env["iv"]) % 4 or 4)))
+    add("iv-padded", "iv with '=' characters appended (12 bytes never need padding anyway)", "malformed",
+        edit(iv=env["iv"] + "=" * (-len(env["iv"]) % 4 or 4)))
     add("ct-padded", "ct written with '=' padding", "malformed", edit(ct=env["ct"] + "=" * (-len(env["ct"]) % 4)))
     add("dek-standard-alphabet", "dek written in the standard alphabet ('+' and '/')", "malformed",
         edit(dek=base64.b64encode(unb64(env["dek"])).rstrip(b"=").decode()))
-    add("ct-whitespace", "ct with a newline in the middle", "malformed", edit(ct=env["ct"][:20] + "\n" + env["ct"][20:]))
-    add("ct-bad-character", "ct with a character outside the alphabet", "malformed", edit(ct=env["ct"][:20] + "!" + env["ct"][21:]))
+    add("ct-whitespace", "ct with a newline in the middle", "malformed",
+        edit(ct=env["ct"][:20] + "\n" + env["ct"][20:]))
+    add("ct-bad-character", "ct with a character outside the alphabet", "malformed",
+        edit(ct=env["ct"][:20] + "!" + env["ct"][21:]))
     add("ct-non-canonical", "ct spelled with non-zero unused trailing bits (decodes to the same bytes)", "malformed",
         edit(ct=noncanonical(env["ct"])))
-    add("ct-impossible-length", "ct whose length is 1 mod 4 (no byte string encodes to it)", "malformed", edit(ct=env["ct"] + "A" * ((1 - len(env["ct"])) % 4)))
+    add("ct-impossible-length", "ct whose length is 1 mod 4 (no byte string encodes to it)", "malformed",
+        edit(ct=env["ct"] + "A" * ((1 - len(env["ct"])) % 4)))
     add("iv-non-ascii", "iv containing a non-ASCII character", "malformed", edit(iv=env["iv"][:-1] + "é"))
     add("iv-not-a-string", "iv is a JSON number", "malformed", edit(iv=12))
     add("iv-wrong-length", "iv of 16 bytes", "malformed", edit(iv=b64(bytes(16))))
@@ -283,6 +324,16 @@ def negatives(cases: dict[str, dict], wrap: Wrapper) -> list[dict]:
     add("version-true", "v is true (not the number 1)", "unsupported_version", edit(v=True))
     add("alg-a128gcm", "alg A128GCM", "unsupported_algorithm", edit(alg="A128GCM"))
     add("alg-lowercase", "alg compared case-sensitively", "unsupported_algorithm", edit(alg="a256gcm"))
+    # The location: checked before the envelope is looked at.
+    digits = cases["partition-key-digits"]
+    add("partition-key-number", "the partition key is the JSON number 42, not the string \"42\" the envelope was "
+        "sealed for: refused, never turned into a string", "bad_location", digits["envelope"],
+        {**digits["location"], "partition_key": 42})
+    # Authentic payloads that are not JSON as encrypt writes it (decrypt only: reencrypt and rewrap do not parse).
+    for name, description, plaintext in BAD_PAYLOADS:
+        sealed = seal_plaintext(name, plaintext, where, V1, DEK_A, wrap)
+        out.append({"name": name, "description": description, "location": where, "envelope": sealed["envelope"],
+                    "reason": "malformed", "plaintext_hex": sealed["plaintext_hex"]})
     return out
 
 
@@ -327,24 +378,61 @@ def build(existing: dict | None) -> dict:
             "plaintext_hex is the exact UTF-8 JSON that was encrypted; decoders must accept any valid JSON, so compare "
             "decrypted values as JSON values, and compare plaintext bytes only against plaintext_hex.",
             "rewrap entries: the source case's envelope with kid and dek replaced; iv and ct are byte-identical.",
-            "negative entries: decrypting envelope at location with this keyring must fail with reason.",
+            "negative entries: decrypting envelope at location with this keyring must fail with reason. Those with "
+            "plaintext_hex are authentic (GCM accepts them) and fail only when the payload is parsed.",
+            "encrypt_refused entries: encrypting value at location must fail with reason.",
         ],
         "aad_context": "tracker-reencrypt/envelope/v1",
         "keyring": keyring,
         "wrapped_deks": wrap.listing(),
-        "field_paths": [{"pointer_parts": parts, "json_pointer": pointer, "field_path": path} for parts, pointer, path in FIELD_PATHS],
+        "field_paths": [{"pointer_parts": parts, "json_pointer": pointer, "field_path": path}
+                        for parts, pointer, path in FIELD_PATHS],
         "cases": list(cases.values()),
         "rewrap": rewraps,
         "negative": negative,
         "encrypt_refused": [
             {"name": "envelope-as-value", "value": cases["string-ascii"]["envelope"],
              "location": cases["string-ascii"]["location"], "reason": "already_encrypted"},
+            {"name": "too-deep", "value": nested(envelope.MAX_DEPTH + 1),
+             "location": cases["depth-limit"]["location"], "reason": "not_json"},
+            {"name": "partition-key-number", "value": "carol@example.com",
+             "location": {**cases["partition-key-digits"]["location"], "partition_key": 42}, "reason": "bad_location"},
         ],
     }
 
 
+#: A "value" nested deeper than this is written on one line (the depth-limit vectors), not one level per line.
+COMPACT_DEPTH = 16
+
+
+def depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
 def render(document: dict) -> str:
-    return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+    compact: dict[str, str] = {}
+
+    def shelve(node):
+        if isinstance(node, dict):
+            return {key: spell(child) if key == "value" and depth(child) > COMPACT_DEPTH else shelve(child)
+                    for key, child in node.items()}
+        if isinstance(node, list):
+            return [shelve(child) for child in node]
+        return node
+
+    def spell(value) -> str:
+        placeholder = f"@compact-{len(compact)}@"
+        compact[json.dumps(placeholder)] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return placeholder
+
+    text = json.dumps(shelve(document), indent=1, ensure_ascii=False) + "\n"
+    for placeholder, value in compact.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 def check(document: dict) -> None:
@@ -370,11 +458,19 @@ def check(document: dict) -> None:
                 assert exc.reason == case["reason"], (case["name"], exc.reason, case["reason"])
             else:
                 raise AssertionError(f"negative vector {case['name']} decrypted")
+        for case in document["encrypt_refused"]:
+            try:
+                envelope.encrypt(case["value"], envelope.Location(**case["location"]), Keyring(provider))
+            except EnvelopeError as exc:
+                assert exc.reason == case["reason"], (case["name"], exc.reason, case["reason"])
+            else:
+                raise AssertionError(f"encrypt_refused vector {case['name']} was encrypted")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file on disk differs from what would be written")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the file on disk differs from what would be written")
     args = parser.parse_args()
     existing = json.loads(OUTPUT.read_text(encoding="utf-8")) if OUTPUT.exists() else None
     document = build(existing)
