@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracker_reencrypt.pacing.limits import describe_limits
 from tracker_reencrypt.stores import estimated_request_units
-from tracker_reencrypt.sweep.limits import budgets_text
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Estimate:
     kv_ops: int
 
     def text(self, limits: dict) -> str:
-        given = budgets_text(limits)
+        given = describe_limits(limits)
         if self.seconds is None:
             return f"~{self.request_units:,.0f} RU and ~{self.kv_ops:,} Key Vault calls; no budget given, so the fleet's speed bounds it"
         return f"at {given}: ~{_duration(self.seconds)}, bound by {self.bound_by}"

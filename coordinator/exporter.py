@@ -32,7 +32,7 @@ from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.errors import ReencryptError
 from tracker_reencrypt.fleet import pending_messages, store_queue
-from tracker_reencrypt.sweep.limits import BUDGETS
+from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
 from tracker_reencrypt.sweep.state import (
     CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, parse_utc,
 )
@@ -44,7 +44,7 @@ DEFAULT_INTERVAL_S = 5.0
 
 STATUSES = (PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED)
 #: A sweep's limit fields, by the ``limit`` label the workers' rate-limit wait counter uses too.
-LIMITS = {budget.key: budget.label for budget in BUDGETS}
+LIMITS = {limit.key: limit.label for limit in SWEEP_LIMITS}
 #: Help texts of the durable totals, by their name in the sweep state (state.COUNTERS).
 TOTAL_HELP = {
     "documents_scanned": "Documents the sweep has read, from its durable slice checkpoints",

@@ -13,7 +13,7 @@ from rich.table import Column, Table
 
 from coordinator import follow as following, sweeps
 from coordinator.context import Context
-from tracker_reencrypt.sweep.limits import budgets_text
+from tracker_reencrypt.pacing.limits import describe_limits
 from tracker_reencrypt.sweep.state import FINISHED, PAUSED
 
 REFRESH_S = 1.0
@@ -54,7 +54,7 @@ def counter_progress(console: Console, label: str, total: int, *, enabled: bool 
 
 
 def limits_text(sweep: dict) -> str:
-    return budgets_text(sweep) or "none"
+    return describe_limits(sweep) or "none"
 
 
 def _eta(seconds: float | None) -> str:

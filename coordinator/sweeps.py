@@ -12,7 +12,7 @@ from tracker_reencrypt.audit import actor
 from tracker_reencrypt.documents import MODES, partition_key_or_none
 from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
-from tracker_reencrypt.sweep.limits import BUDGETS
+from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
 from tracker_reencrypt.sweep.state import (
     CANCELLING, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, new_sweep_id, parse_utc, sum_counts, utc_now,
 )
@@ -48,7 +48,7 @@ class Limits:
     kv_ops_per_s: float | None = None  # Key Vault calls/s (unwraps, remote wraps)
     ru_per_s: float | None = None  # store request units/s
 
-    FLAGS = {budget.key: budget.flag for budget in BUDGETS}
+    FLAGS = {limit.key: limit.flag for limit in SWEEP_LIMITS}
 
     def given(self) -> dict[str, float]:
         """The limits that were set, checked positive."""
@@ -214,7 +214,7 @@ def throttle(ctx: Context, sweep_id: str | None, limits: Limits, *, unlimited: b
     """Change the given limits of a running sweep (``unlimited`` clears them all)."""
     changes = dict.fromkeys(Limits.FLAGS) if unlimited else limits.given()
     if not changes:
-        raise SweepError(f"give at least one of {', '.join(budget.flag for budget in BUDGETS)}, or --unlimited")
+        raise SweepError(f"give at least one of {', '.join(limit.flag for limit in SWEEP_LIMITS)}, or --unlimited")
     sweep = resolve(ctx, sweep_id)
     if sweep["status"] in FINISHED:
         raise SweepError(f"sweep {sweep['id']} is {sweep['status']}; there is nothing to throttle")

@@ -27,19 +27,18 @@ from conftest import Fleet, make_rotation, run_cli, wait_for
 from tracker_reencrypt import envelope
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes, json_pointer, location
-from tracker_reencrypt.errors import ReencryptError
 from tracker_reencrypt.keys.azure import AzureKeyVaultProvider
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.pacing.backends.memory import MemoryPacing
+from tracker_reencrypt.pacing.backends.redis import RedisPacing
+from tracker_reencrypt.pacing.limits import KEY_VAULT
+from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.seed import seed_store, seeding_keyring
 from tracker_reencrypt.stores import estimated_request_units
 from tracker_reencrypt.stores.sqlite import SqliteStore
-from tracker_reencrypt.sweep import budget as budget_module
-from tracker_reencrypt.sweep.budget import MIN_FACTOR, AdaptiveBudget
-from tracker_reencrypt.sweep.ratelimit import TokenBucket
 from tracker_reencrypt.sweep.state import RUNNING, SweepState
 from coordinator.context import Context
 from coordinator.sweeps import Limits, start
-from worker.pacing import Pacer
 from worker.runtime import Runtime
 from worker.tasks import process_slice
 
@@ -259,32 +258,27 @@ def vault_provider(vault):
     provider.close()
 
 
-def factor_key(sweep_id: str, resource: str = "kv_ops") -> str:
-    return f"reencrypt:budget:{sweep_id}:{resource}:factor"
-
-
-class FactorWatch(threading.Thread):
-    """Samples (time, the fleet's Key Vault factor in Redis, unwraps the vault served); tells
-    the vault to stop throttling once the factor is down to ``recover_at``."""
+class ShareWatch(threading.Thread):
+    """Samples (time, the fleet's Key Vault share in Redis, unwraps the vault served); tells
+    the vault to stop throttling once the share is down to ``recover_at``."""
 
     def __init__(self, client: redis.Redis, sweep_id: str, vault: KeyVaultServer, recover_at: float) -> None:
         super().__init__(daemon=True)
-        self.client, self.key, self.vault, self.recover_at = client, factor_key(sweep_id), vault, recover_at
+        self.pacing, self.sweep_id, self.vault, self.recover_at = RedisPacing(client), sweep_id, vault, recover_at
         self.samples: list[tuple[float, float, int]] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
-            stored = self.client.hget(self.key, "factor")
-            factor = 1.0 if stored is None else float(stored)
-            self.samples.append((time.monotonic(), factor, self.vault.counts["unwrap_key"]))
-            if factor <= self.recover_at:
+            share = self.pacing.share(self.sweep_id, KEY_VAULT.label)
+            self.samples.append((time.monotonic(), share, self.vault.counts["unwrap_key"]))
+            if share <= self.recover_at:
                 self.vault.throttle(0)
             time.sleep(0.02)
 
-    def window_after(self, factor: float, delay: float) -> list[tuple[float, float, int]]:
-        """The samples from ``delay`` seconds after the factor first fell to ``factor``."""
-        fell = next(t for t, f, _ in self.samples if f <= factor)
+    def window_after(self, share: float, delay: float) -> list[tuple[float, float, int]]:
+        """The samples from ``delay`` seconds after the share first fell to ``share``."""
+        fell = next(t for t, f, _ in self.samples if f <= share)
         return [sample for sample in self.samples if sample[0] >= fell + delay]
 
 
@@ -299,7 +293,7 @@ def read_fields(store: SqliteStore, keyring: Keyring) -> dict[tuple[str, str], t
     return fields
 
 
-def test_vault_429s_shrink_the_fleet_factor_and_the_sweep_still_moves_every_field(tmp_path, redis_url, client, vault,
+def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_field(tmp_path, redis_url, client, vault,
                                                                                    vault_provider):
     budget, documents, backed_off = 120, 300, 0.25
     v1 = vault_provider.init().kid
@@ -320,7 +314,7 @@ def test_vault_429s_shrink_the_fleet_factor_and_the_sweep_still_moves_every_fiel
     state = SweepState(store.records())
     # The vault answers 429 (Retry-After: 0) to 30% of calls until the fleet has backed off to
     # a quarter of its budget, then recovers, as a vault whose quota was exceeded does.
-    watch = FactorWatch(client, sweep_id, vault, recover_at=backed_off)
+    watch = ShareWatch(client, sweep_id, vault, recover_at=backed_off)
     vault.throttle(fraction=0.3, retry_after="0")
     watch.start()
     began, outcomes = time.monotonic(), []
@@ -338,10 +332,10 @@ def test_vault_429s_shrink_the_fleet_factor_and_the_sweep_still_moves_every_fiel
 
     # The fleet saw the 429s (the provider's counter is what the pacer reads) and backed off.
     assert vault.throttled > 0 and vault_provider.throttled == vault.throttled
-    factors = [f for _, f, _ in watch.samples]
-    assert min(factors) <= backed_off, f"the Key Vault factor never halved twice: lowest {min(factors)}"
-    # From then on the vault served as many unwraps as the shrunken budget allowed (budget x
-    # factor, integrated over time) and no more. A token bucket also lets through one second
+    shares = [f for _, f, _ in watch.samples]
+    assert min(shares) <= backed_off, f"the Key Vault share never halved twice: lowest {min(shares)}"
+    # From then on the vault served as many unwraps as the shrunken limit allowed (limit x
+    # share, integrated over time) and no more. A token bucket also lets through one second
     # of its rate at once when this single process fell behind it (a busy CPU), so that much
     # burst is allowed on top.
     window = watch.window_after(backed_off, delay=1.0)
@@ -350,8 +344,8 @@ def test_vault_429s_shrink_the_fleet_factor_and_the_sweep_still_moves_every_fiel
     allowed = sum(budget * f0 * (t1 - t0) for (t0, f0, _), (t1, _, _) in zip(window, window[1:]))
     burst = budget * max(f for _, f, _ in window) * 1.0
     served = window[-1][2] - window[0][2]
-    print(f"{vault.throttled} 429s; factor down to {min(factors):.3f}; then {served} unwraps in {seconds:.1f} s "
-          f"({served / seconds:.1f}/s; budget x factor allowed {allowed:.0f}, {allowed / seconds:.1f}/s); "
+    print(f"{vault.throttled} 429s; share down to {min(shares):.3f}; then {served} unwraps in {seconds:.1f} s "
+          f"({served / seconds:.1f}/s; limit x share allowed {allowed:.0f}, {allowed / seconds:.1f}/s); "
           f"sweep took {took:.1f} s, {outcomes.count('error')} batches retried")
     assert served <= TOLERANCE * allowed + burst, (served, allowed, burst)
     assert served / seconds <= 0.5 * budget, "the rate did not come down to half the budget"
@@ -369,8 +363,20 @@ def test_vault_429s_shrink_the_fleet_factor_and_the_sweep_still_moves_every_fiel
     assert all(now[key] == (v2, value) for key, (_, value) in originals.items())
 
 
+class ChargeLog(MemoryPacing):
+    """The in-memory pacing state, noting every amount charged to each resource."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charged: dict[str, list[float]] = {}
+
+    def reserve(self, sweep_id: str, resource: str, tokens: float, rate: float, burst: float) -> float:
+        self.charged.setdefault(resource, []).append(tokens)
+        return super().reserve(sweep_id, resource, tokens, rate, burst)
+
+
 @pytest.mark.parametrize("public_key_readable", [True, False], ids=["local-wraps", "vault-wraps"])
-def test_every_call_that_reaches_the_vault_spends_the_kv_budget_once(tmp_path, client, vault, vault_provider,
+def test_every_call_that_reaches_the_vault_spends_the_kv_budget_once(tmp_path, vault, vault_provider,
                                                                      public_key_readable):
     kid = vault_provider.init().kid
     if not public_key_readable:
@@ -379,12 +385,9 @@ def test_every_call_that_reaches_the_vault_spends_the_kv_budget_once(tmp_path, c
     cold = AzureKeyVaultProvider(vault.url, KEY_NAME, StaticTokenCredential(), connection_verify=vault.cert_path,
                                  verify_challenge_resource=False)  # nothing fetched yet, as in a fresh worker
     try:
-        keyring = Keyring(cold)
-        pacer = Pacer(client, {"id": "sw-pacing", "kv_ops_per_s": 1000}, SqliteStore(tmp_path / "t.db"), cold)
-        keyring.before_provider_call = pacer.before_key_call
-        charged = []
-        spend = pacer.kv.spend
-        pacer.kv.spend = lambda amount, limit: charged.append(amount) or spend(amount, limit)
+        pacing = ChargeLog()
+        pacer = Pacer(pacing, "sw-pacing", {"kv_ops_per_s": 1000}, SqliteStore(tmp_path / "t.db").cost, cold)
+        keyring = Keyring(cold, before_provider_call=pacer.before_key_call)
         served_before = sum(vault.counts.values())
 
         for blob in wrapped:  # one page: two unwraps, three fresh data keys wrapped
@@ -398,84 +401,7 @@ def test_every_call_that_reaches_the_vault_spends_the_kv_budget_once(tmp_path, c
     served = sum(vault.counts.values()) - served_before
     # The version's key read and the two unwraps; the wraps too where the vault does them.
     assert served == (3 if public_key_readable else 6), dict(vault.counts)
-    assert sum(charged) == served, charged
-
-
-# -- the limiter's parts against the real Redis --------------------------------------------
-
-def test_token_bucket_grants_one_second_of_burst_then_queues_callers_behind_its_debt(client):
-    bucket = TokenBucket(client, "reencrypt:bucket:test:documents")
-    assert bucket.reserve(100, rate=100) == 0  # a full bucket: one second's worth at once
-    waits = [bucket.reserve(50, rate=100) for _ in range(3)]
-    # Each caller is granted its tokens and told to wait for the debt before it: first come,
-    # first served, the wait growing by amount / rate with every over-asking caller.
-    assert waits == pytest.approx([0.5, 1.0, 1.5], abs=0.02)
-    time.sleep(0.3)  # the debt shrinks at the rate while callers wait
-    assert bucket.reserve(1, rate=100) == pytest.approx(1.5 + 0.01 - 0.3, abs=0.03)
-
-
-def test_token_bucket_take_sleeps_its_wait_and_refuses_a_nonpositive_rate(client):
-    bucket = TokenBucket(client, "reencrypt:bucket:test:kv")
-    assert bucket.take(0, 10) == 0 and bucket.take(5, None) == 0  # nothing asked, or no limit
-    assert bucket.take(20, rate=20) == 0
-    began = time.monotonic()
-    waited = bucket.take(4, rate=20)
-    assert waited == pytest.approx(0.2, abs=0.02)
-    assert time.monotonic() - began >= waited
-    with pytest.raises(ReencryptError, match="must be positive"):
-        bucket.reserve(1, rate=0)
-
-
-def test_a_request_larger_than_the_burst_is_granted_and_paid_for_afterwards(client):
-    bucket = TokenBucket(client, "reencrypt:bucket:test:ru")
-    assert bucket.reserve(10, rate=10) == 0
-    assert bucket.reserve(30, rate=10) == pytest.approx(3.0, abs=0.02)  # never starved, never refused
-
-
-def test_429_halves_the_factor_once_per_cooldown_down_to_a_floor(client, monkeypatch):
-    kv = AdaptiveBudget(client, "sw-unit", "kv_ops")
-    assert kv.factor == 1.0
-    assert kv.throttled() == 0.5
-    assert kv.throttled() == 0.5  # a burst of 429s within the cooldown counts once, fleet-wide
-    assert AdaptiveBudget(client, "sw-unit", "kv_ops").throttled() == 0.5
-    monkeypatch.setattr(budget_module, "DECREASE_COOLDOWN_S", 0.1)
-    time.sleep(0.15)
-    assert kv.throttled() == 0.25
-    monkeypatch.setattr(budget_module, "DECREASE_COOLDOWN_S", 0.0)
-    assert [kv.throttled() for _ in range(6)][-1] == MIN_FACTOR
-    assert float(client.hget(factor_key("sw-unit"), "factor")) == MIN_FACTOR
-    assert AdaptiveBudget(client, "sw-unit", "request_units").factor == 1.0  # each resource adapts alone
-
-
-def test_calm_climbs_back_additively_to_the_budget_and_never_past_it(client, monkeypatch):
-    kv = AdaptiveBudget(client, "sw-unit", "kv_ops")
-    assert kv.calm() == 1.0  # at the budget already: nothing to climb
-    kv.throttled()
-    assert kv.calm() == 0.5  # the increase waits INCREASE_EVERY_S after the last change
-    monkeypatch.setattr(budget_module, "INCREASE_EVERY_S", 0.0)
-    climb = [kv.calm() for _ in range(15)]
-    assert climb[:3] == pytest.approx([0.55, 0.6, 0.65])
-    assert climb[9] == pytest.approx(1.0) and all(f <= 1.0 for f in climb)
-    assert climb[-1] == 1.0
-
-
-def test_a_calm_worker_learns_the_fleets_factor_within_the_sync_interval(client, monkeypatch):
-    calm_worker = AdaptiveBudget(client, "sw-unit", "kv_ops")
-    AdaptiveBudget(client, "sw-unit", "kv_ops").throttled()  # another worker saw a 429
-    assert calm_worker.calm() == 1.0  # synced less than CALM_SYNC_S ago: no Redis round trip yet
-    monkeypatch.setattr(budget_module, "CALM_SYNC_S", 0.0)
-    assert calm_worker.calm() == 0.5  # synced: it slows down with the fleet
-
-
-def test_a_budget_spends_at_budget_times_the_fleets_factor(client):
-    kv = AdaptiveBudget(client, "sw-unit", "kv_ops")
-    assert kv.spend(5, None) == 0  # no budget set: no limit
-    kv.throttled()
-    # A budget built later (every worker builds one per batch) starts at the fleet's factor.
-    later = AdaptiveBudget(client, "sw-unit", "kv_ops")
-    assert later.factor == 0.5
-    assert later.spend(500, 1000) == 0  # the burst: one second at 1000 x 0.5
-    assert later.spend(100, 1000) == pytest.approx(0.2, abs=0.02)  # 100 more at 500/s
+    assert sum(pacing.charged[KEY_VAULT.label]) == served, pacing.charged
 
 
 # -- the dry run's estimate ----------------------------------------------------------------

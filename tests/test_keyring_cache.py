@@ -32,18 +32,18 @@ class CountingProvider(LocalKeyProvider):
 
     def __init__(self, path) -> None:
         super().__init__(path)
-        self.calls: Counter = Counter()
+        self.counted: Counter = Counter()
 
     def wrap(self, kid, dek):
-        self.calls["wrap", kid] += 1
+        self.counted["wrap", kid] += 1
         return super().wrap(kid, dek)
 
     def unwrap(self, kid, wrap_algorithm, wrapped):
-        self.calls["unwrap", kid] += 1
+        self.counted["unwrap", kid] += 1
         return super().unwrap(kid, wrap_algorithm, wrapped)
 
     def count(self, operation: str) -> int:
-        return sum(n for (op, _), n in self.calls.items() if op == operation)
+        return sum(n for (op, _), n in self.counted.items() if op == operation)
 
 
 class Clock:
@@ -243,4 +243,4 @@ def test_unknown_target_kid_is_a_provider_error_not_cached(provider):
         keyring.data_key_for_encryption("tracker-mek/v42")
     with pytest.raises(KeyNotFoundError):
         keyring.data_key_for_encryption("tracker-mek/v42")
-    assert provider.calls["wrap", "tracker-mek/v42"] == 2
+    assert provider.counted["wrap", "tracker-mek/v42"] == 2

@@ -28,9 +28,9 @@ from tracker_reencrypt.documents import (
 )
 from tracker_reencrypt.errors import ConflictError, NotFoundError
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import DocumentStore, StoredDocument
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
-from worker.pacing import Pacer
 
 CONFLICT_REASON = "conflict_retries_exhausted"
 

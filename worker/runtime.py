@@ -1,4 +1,4 @@
-"""Per-process resources of a worker: store, keyring, sweep state, Redis, rate limiters.
+"""Per-process resources of a worker: store, keyring, sweep state, pacing state in Redis.
 
 Built on first use inside each pool process (connections must not cross Celery's fork).
 """
@@ -13,10 +13,11 @@ import redis
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.keys import KeyProvider, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.pacing.backends.redis import RedisPacing
+from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.state import SweepState
 from worker import metrics
-from worker.pacing import Pacer
 
 
 class Runtime:
@@ -31,21 +32,32 @@ class Runtime:
         self.owner = f"{socket.gethostname()}:{self.pid}"
         self.store = open_store(settings.store, partition_key_field=settings.partition_key_field)
         self.state = SweepState(self.store.records())
+        self._pacer: Pacer | None = None
         self.keyring = Keyring(
             provider,
             dek_max_uses=settings.dek_max_uses,
             dek_max_age_s=settings.dek_max_age_s,
+            before_provider_call=self._before_key_call,
             after_provider_call=metrics.observe_key_call,
         )
-        self.redis = redis.Redis.from_url(redis_url)
+        self.pacing = RedisPacing(redis.Redis.from_url(redis_url))
         self.deltas = metrics.DeltaTracker()
 
     def pacer(self, sweep: dict) -> Pacer:
-        """Limits for one batch of ``sweep``; its Key Vault budget hooks into the keyring."""
-        pacer = Pacer(self.redis, sweep, self.store, self.keyring.provider,
-                      reread_sweep=lambda: self.state.get_sweep(sweep["id"]))
-        self.keyring.before_provider_call = pacer.before_key_call
-        return pacer
+        """Pacing for one batch of ``sweep``: the keyring's provider calls are paced by it
+        until the next batch's (a pool process runs one batch at a time)."""
+        self._pacer = Pacer(
+            self.pacing, sweep["id"], sweep, self.store.cost, self.keyring.provider,
+            reread_limits=lambda: self.state.get_sweep(sweep["id"]),
+            on_wait=lambda limit, seconds: metrics.RATE_LIMIT_WAIT.labels(limit).inc(seconds),
+            on_share=lambda resource, share: metrics.BUDGET_FACTOR.labels(resource).set(share),
+        )
+        return self._pacer
+
+    def _before_key_call(self, operation: str) -> None:
+        """The keyring's hook, given once at its construction: the batch in progress paces the call."""
+        if self._pacer is not None:
+            self._pacer.before_key_call(operation)
 
     def publish_metrics(self) -> None:
         """Move the keyring's and store's running totals into the process's counters."""

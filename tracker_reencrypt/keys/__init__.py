@@ -24,6 +24,11 @@ WRAP_ALGORITHM = "RSA-OAEP-256"
 # Key Vault records a promoted version under this tag (see keys.azure); no provider lets a
 # caller set it through set_metadata, so code written against one provider runs on the other.
 CURRENT_VERSION_ENTRY = "current-version"
+#: Operations in :attr:`KeyProvider.calls` that the fleet's Key Vault limit counts apart:
+#: unwraps are charged before each call (through the keyring), and a wrap done in process
+#: with the version's public key costs the vault nothing.
+UNWRAP_CALL = "unwrap_key"
+LOCAL_WRAP_CALL = "wrap_local"
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,17 @@ class KeyProvider(Protocol):
         """Wrap ``dek`` under ``kid`` with :data:`WRAP_ALGORITHM`."""
 
     def unwrap(self, kid: str, wrap_algorithm: str, wrapped: bytes) -> bytes: ...
+
+    @property
+    def calls(self) -> Mapping[str, int]:
+        """Operations so far, by name: every request sent to the key service (``unwrap_key``,
+        ``wrap_key``, ``get_key``...) and :data:`LOCAL_WRAP_CALL` for each wrap done in
+        process. The fleet's Key Vault limit charges these; a provider with no service counts none."""
+
+    @property
+    def throttled(self) -> int:
+        """Answers "too many requests" (429) from the key service so far, every retry counted:
+        the fleet's Key Vault limit backs off on them."""
 
 
 def changed_metadata(metadata: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:

@@ -54,7 +54,9 @@ from tracker_reencrypt.errors import (
     ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, KeyProviderUnavailableError, UnwrapError,
     first_line,
 )
-from tracker_reencrypt.keys import CURRENT_VERSION_ENTRY, WRAP_ALGORITHM, KeyVersion, changed_metadata
+from tracker_reencrypt.keys import (
+    CURRENT_VERSION_ENTRY, LOCAL_WRAP_CALL, UNWRAP_CALL, WRAP_ALGORITHM, KeyVersion, changed_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ class AzureKeyVaultProvider:
     ) -> None:
         self.vault_url = vault_url.rstrip("/")
         self.key_name = key_name
-        #: Vault operations by name ("wrap_local" never leaves the process), and 429 answers.
+        #: KeyProvider.calls and .throttled, counted under _counter_lock.
         self.calls: dict[str, int] = {}
         self.throttled = 0
         self._credential = credential or DefaultAzureCredential()
@@ -215,7 +217,7 @@ class AzureKeyVaultProvider:
     def wrap(self, kid: str, dek: bytes) -> bytes:
         version = self._version(kid)
         if version.public_key is not None:
-            self._count("wrap_local")
+            self._count(LOCAL_WRAP_CALL)
             return version.public_key.encrypt(dek, _OAEP)
         result = self._call("wrap_key", lambda: version.crypto.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, dek), kid)
         return result.encrypted_key
@@ -224,7 +226,7 @@ class AzureKeyVaultProvider:
         if wrap_algorithm != WRAP_ALGORITHM:
             raise UnwrapError(f"wrap algorithm {wrap_algorithm!r} is not supported by {self.describe()}")
         crypto = self._version(kid).crypto
-        result = self._call("unwrap_key", lambda: crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped), kid)
+        result = self._call(UNWRAP_CALL, lambda: crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped), kid)
         return result.key
 
     def _version(self, kid: str) -> _Version:

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracker_reencrypt.envelope import DEK_BYTES, DataKey
@@ -57,8 +58,8 @@ class Keyring:
         unwrap_ttl_s: float = DEFAULT_UNWRAP_TTL_S,
         dek_max_uses: int = DEFAULT_DEK_MAX_USES,
         dek_max_age_s: float = DEFAULT_DEK_MAX_AGE_S,
-        before_provider_call=None,
-        after_provider_call=None,
+        before_provider_call: Callable[[str], None] | None = None,
+        after_provider_call: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         self.provider = provider
         self.unwrap_cache_entries = unwrap_cache_entries
@@ -66,10 +67,11 @@ class Keyring:
         self.dek_max_uses = dek_max_uses
         self.dek_max_age_s = dek_max_age_s
         # Called with the operation name before each call that reaches the provider; the
-        # sweep uses it to take a token from the fleet-wide Key Vault budget.
-        self.before_provider_call = before_provider_call
+        # sweep uses it to take a token from the fleet-wide Key Vault limit. Both hooks are
+        # fixed for the keyring's life: one keyring serves a worker's every batch.
+        self._before_provider_call = before_provider_call
         # Called with (operation, seconds, succeeded) after each provider call: metrics.
-        self.after_provider_call = after_provider_call
+        self._after_provider_call = after_provider_call
         self.stats = KeyringStats()
         self._lock = threading.Lock()
         self._unwrapped: OrderedDict[tuple[str, bytes], tuple[bytes, float]] = OrderedDict()
@@ -147,8 +149,8 @@ class Keyring:
             self._materials.clear()
 
     def _timed(self, operation: str, call):
-        if self.before_provider_call is not None:
-            self.before_provider_call(operation)
+        if self._before_provider_call is not None:
+            self._before_provider_call(operation)
         started = time.perf_counter()
         succeeded = False
         try:
@@ -159,5 +161,5 @@ class Keyring:
             elapsed = time.perf_counter() - started
             with self._lock:
                 self.stats.provider_seconds[operation] += elapsed
-            if self.after_provider_call is not None:
-                self.after_provider_call(operation, elapsed, succeeded)
+            if self._after_provider_call is not None:
+                self._after_provider_call(operation, elapsed, succeeded)

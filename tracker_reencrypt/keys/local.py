@@ -182,6 +182,16 @@ class LocalKeyProvider:
         except ValueError:
             raise UnwrapError(f"key {kid} cannot unwrap this data key") from None
 
+    # Every operation runs in this process and reaches no key service: no service call to
+    # count, nothing to answer 429.
+    @property
+    def calls(self) -> Mapping[str, int]:
+        return {}
+
+    @property
+    def throttled(self) -> int:
+        return 0
+
     # -- administration --------------------------------------------------------------------
 
     def init(self, name: str = DEFAULT_NAME) -> KeyVersion:
