@@ -19,6 +19,7 @@ from coordinator.context import Context
 from coordinator.verify import verify_rotation
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ReencryptError, SweepError
+from tracker_reencrypt.sweep.records import Sweep
 from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, seed_store, seeding_keyring
 
 app = typer.Typer(help="Re-encrypt the tracker's fields onto a new MEK version, safely and in the background.",
@@ -28,8 +29,10 @@ sweep_app = typer.Typer(help="Start and steer a re-encryption sweep.", no_args_i
 app.add_typer(keys_app, name="keys")
 app.add_typer(sweep_app, name="sweep")
 
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: a line is never broken at the terminal's width (80 columns when piped), so logs
+# and scripts see ids, URLs and queue names whole; tables still fit the width.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
@@ -195,17 +198,17 @@ def sweep_start(
 ) -> None:
     """Plan and start a sweep; prints its id."""
     ctx: Context = c.obj
-    limits = sweeps.Limits(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
+    limits = sweeps.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
     if dry_run:
         payload = sweeps.dry_run(ctx, to=to, sources=sources, limits=limits)
         emit(ctx, as_json, payload, lambda: render.dry_run(out, payload))
         return
     sweep = sweeps.start(ctx, to=to, sources=sources, mode=mode, slices=slices, limits=limits)
     if not wait:
-        emit(ctx, as_json, {"sweep_id": sweep["id"], "slices": sweep["slice_count"]}, lambda: out.print(sweep["id"]))
+        emit(ctx, as_json, {"sweep_id": sweep.id, "slices": sweep.slice_count}, lambda: out.print(sweep.id))
         return
-    err.print(f"sweep {sweep['id']} started ({sweep['slice_count']} slices)")
-    final = _following(ctx, sweep["id"], err if not as_json else None, kick_stalled=True)
+    err.print(f"sweep {sweep.id} started ({sweep.slice_count} slices)")
+    final = _following(ctx, sweep.id, err if not as_json else None, kick_stalled=True)
     _finish(ctx, final, as_json)
 
 
@@ -223,7 +226,7 @@ def _following(ctx: Context, sweep_id: str, console: Console | None, *, kick_sta
 
 def _finish(ctx: Context, progress: sweeps.Progress, as_json: bool) -> None:
     emit(ctx, as_json, progress.as_json(), lambda: render.summary(out, progress))
-    if progress.sweep["status"] != "completed" or progress.totals.get("failures"):
+    if progress.sweep.status != "completed" or progress.totals.get("failures"):
         raise typer.Exit(1)
 
 
@@ -238,11 +241,11 @@ def sweep_status(
     ctx: Context = c.obj
     if all_sweeps:
         listed = ctx.state.sweeps()
-        emit(ctx, as_json, listed, lambda: render.sweep_list(out, listed))
+        emit(ctx, as_json, [sweep.to_record() for sweep in listed], lambda: render.sweep_list(out, listed))
         return
     sweep = sweeps.resolve(ctx, sweep_id)
     if watch and not as_json:
-        _following(ctx, sweep["id"], out, kick_stalled=False)
+        _following(ctx, sweep.id, out, kick_stalled=False)
         return
     progress = sweeps.progress(ctx, sweep)
     emit(ctx, as_json, progress.as_json(), lambda: render.status(out, progress))
@@ -252,15 +255,15 @@ def sweep_status(
 def sweep_pause(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Stop taking new batches (each worker finishes the batch in hand)."""
     sweep = sweeps.pause(c.obj, sweep_id)
-    emit(c.obj, as_json, sweep, lambda: out.print(f"sweep {sweep['id']} paused"))
+    emit(c.obj, as_json, sweep.to_record(), lambda: out.print(f"sweep {sweep.id} paused"))
 
 
 @sweep_app.command("resume")
 def sweep_resume(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Resume a paused sweep, or re-queue a running one from its checkpoints (after Redis lost its queue)."""
     sweep, queued = sweeps.resume(c.obj, sweep_id)
-    emit(c.obj, as_json, {"sweep_id": sweep["id"], "status": sweep["status"], "slices_queued": queued},
-         lambda: out.print(f"sweep {sweep['id']} running; {queued} slices queued from their checkpoints"))
+    emit(c.obj, as_json, {"sweep_id": sweep.id, "status": sweep.status, "slices_queued": queued},
+         lambda: out.print(f"sweep {sweep.id} running; {queued} slices queued from their checkpoints"))
 
 
 @sweep_app.command("cancel")
@@ -268,16 +271,16 @@ def sweep_cancel(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None
     """Cancel a sweep; fields already moved stay moved (both keys remain readable). Run it again
     on a sweep still cancelling to settle it once its batches in hand are over."""
     sweep = sweeps.cancel(c.obj, sweep_id)
-    emit(c.obj, as_json, sweep, lambda: _cancel_text(c.obj, sweep))
+    emit(c.obj, as_json, sweep.to_record(), lambda: _cancel_text(c.obj, sweep))
 
 
-def _cancel_text(ctx: Context, sweep: dict) -> None:
-    if sweep["status"] != "cancelling":
-        out.print(f"sweep {sweep['id']} {sweep['status']}")
+def _cancel_text(ctx: Context, sweep: Sweep) -> None:
+    if sweep.status != "cancelling":
+        out.print(f"sweep {sweep.id} {sweep.status}")
         return
-    batches, seconds = sweeps.leases_in_hand(ctx, sweep["id"])
-    out.print(f"sweep {sweep['id']} cancelling: {batches} batches in hand finish first (their leases end within "
-              f"{seconds:.0f} s); it becomes cancelled then, or run 'reencrypt sweep cancel {sweep['id']}' again")
+    batches, seconds = sweeps.leases_in_hand(ctx, sweep.id)
+    out.print(f"sweep {sweep.id} cancelling: {batches} batches in hand finish first (their leases end within "
+              f"{seconds:.0f} s); it becomes cancelled then, or run 'reencrypt sweep cancel {sweep.id}' again")
 
 
 @sweep_app.command("throttle")
@@ -290,10 +293,10 @@ def sweep_throttle(
     as_json: bool = JsonOption,
 ) -> None:
     """Change a running sweep's limits; workers pick them up at their next batch."""
-    limits = sweeps.Limits(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
+    limits = sweeps.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
     sweep = sweeps.throttle(c.obj, sweep_id, limits, unlimited=unlimited)
-    emit(c.obj, as_json, sweep, lambda: out.print(
-        f"sweep {sweep['id']} limits: {render.limits_text(sweep)}"))
+    emit(c.obj, as_json, sweep.to_record(), lambda: out.print(
+        f"sweep {sweep.id} limits: {render.limits_text(sweep)}"))
 
 
 @sweep_app.command("failures")
@@ -304,15 +307,16 @@ def sweep_failures(
 ) -> None:
     """Fields a sweep could not move: document id, partition key, field path, reason."""
     ctx: Context = c.obj
-    failures = ctx.state.failures(sweeps.resolve(ctx, sweep_id)["id"])
+    failures = ctx.state.failures(sweeps.resolve(ctx, sweep_id).id)
+    rows = [failure.to_record() for failure in failures]
     output_format = "json" if as_json else output_format
     if output_format == "json":
-        out.print_json(json.dumps(failures))
+        out.print_json(json.dumps(rows))
     elif output_format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=["document_id", "partition_key", "field_path", "reason", "slice", "at"],
                                 extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(failures)
+        writer.writerows(rows)
     elif output_format == "table":
         render.failures(out, failures)
     else:

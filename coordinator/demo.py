@@ -55,9 +55,9 @@ def _rotation(ctx: Context, home, docs: int, workers: int, console: Console) -> 
     console.print(f"broker: {'embedded Redis' if not ctx.settings.redis_url else 'REDIS_URL'}; worker logs in {home}")
     with WorkerFleet(ctx, workers, log_dir=home / "logs"):
         sweep = sweeps.start(ctx, to=v2.kid, sources=[], mode="reencrypt", slices=8)
-        progress = render.follow(ctx, sweep["id"], console, kick_stalled=True)
+        progress = render.follow(ctx, sweep.id, console, kick_stalled=True)
     render.summary(console, progress)
-    if progress.sweep["status"] != "completed":
+    if progress.sweep.status != "completed":
         return 1
 
     _step(console, f"4. verify: every field on {v2.kid} and decrypting")

@@ -33,8 +33,8 @@ from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.errors import ReencryptError
 from tracker_reencrypt.fleet import pending_messages, store_queue
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
-from tracker_reencrypt.sweep.state import (
-    CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, parse_utc,
+from tracker_reencrypt.sweep.records import (
+    CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, PAUSED, PLANNED, RUNNING, Counts, Sweep, parse_utc,
 )
 
 log = logging.getLogger("reencrypt.exporter")
@@ -66,8 +66,8 @@ def total_metric_name(counter: str) -> str:
 class SweepView:
     """What the exporter knows about one sweep at one moment."""
 
-    sweep: dict
-    totals: dict[str, int]
+    sweep: Sweep
+    totals: Counts
     slices: list[dict]
     docs_per_s: float
     eta_s: float | None
@@ -77,10 +77,10 @@ class SweepView:
 
     @classmethod
     def of(cls, progress: sweeps.Progress, now: float) -> "SweepView":
-        live_owners = {s["lease_owner"] for s in progress.slices if lease_is_live(s, now)}
+        live_owners = {s.lease_owner for s in progress.slices if s.lease_is_live(now)}
         return cls(
             sweep=progress.sweep, totals=progress.totals,
-            slices=[{"index": s["index"], "done": s["done"], "documents_scanned": s["counts"].get("documents_scanned", 0)}
+            slices=[{"index": s.index, "done": s.done, "documents_scanned": s.counts.get("documents_scanned", 0)}
                     for s in progress.slices],
             docs_per_s=progress.docs_per_s, eta_s=progress.eta_s, elapsed_s=progress.elapsed_s,
             leases=progress.active_leases, workers=len(live_owners),
@@ -99,17 +99,17 @@ class Snapshot:
     queue: str = ""  # the store's task queue (tracker_reencrypt.fleet.store_queue)
 
 
-def exported_sweeps(all_sweeps: list[dict], active_id: str | None) -> list[dict]:
+def exported_sweeps(all_sweeps: list[Sweep], active_id: str | None) -> list[Sweep]:
     """The sweeps worth a series: the active one and the most recent finished one.
 
     ``all_sweeps`` is ordered oldest first (as SweepState.sweeps returns them).
     """
     chosen = []
-    unfinished = [s for s in all_sweeps if s["status"] not in FINISHED]
-    active = next((s for s in unfinished if s["id"] == active_id), unfinished[-1] if unfinished else None)
+    unfinished = [s for s in all_sweeps if not s.finished]
+    active = next((s for s in unfinished if s.id == active_id), unfinished[-1] if unfinished else None)
     if active is not None:
         chosen.append(active)
-    finished = [s for s in all_sweeps if s["status"] in FINISHED]
+    finished = [s for s in all_sweeps if s.finished]
     if finished:
         chosen.append(finished[-1])
     return chosen
@@ -157,25 +157,25 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
                                    labels=["sweep"])
 
     for view in snapshot.sweeps:
-        sweep, sid = view.sweep, view.sweep["id"]
+        sweep, sid = view.sweep, view.sweep.id
         for name in COUNTERS:
             totals[name].add_metric([sid], view.totals.get(name, 0))
-        info.add_metric([sid, str(sweep.get("target_kid", "")), str(sweep.get("mode", ""))], 1)
+        info.add_metric([sid, sweep.target_kid, sweep.mode], 1)
         for name in STATUSES:
-            status.add_metric([sid, name], 1 if sweep["status"] == name else 0)
-        documents = sweep.get("documents_estimate") or 0
+            status.add_metric([sid, name], 1 if sweep.status == name else 0)
+        documents = sweep.documents_estimate
         scanned = view.totals.get("documents_scanned", 0)
         estimate.add_metric([sid], documents)
-        ratio = 1.0 if sweep["status"] == COMPLETED else min(1.0, scanned / documents) if documents else 0.0
+        ratio = 1.0 if sweep.status == COMPLETED else min(1.0, scanned / documents) if documents else 0.0
         progress.add_metric([sid], ratio)
         throughput.add_metric([sid], view.docs_per_s)
         if view.eta_s is not None:
             eta.add_metric([sid], view.eta_s)
         elapsed.add_metric([sid], view.elapsed_s)
-        if sweep.get("started_at"):
-            started.add_metric([sid], parse_utc(sweep["started_at"]))
-        if sweep["status"] in FINISHED and sweep.get("finished_at"):
-            ended.add_metric([sid], parse_utc(sweep["finished_at"]))
+        if sweep.started_at:
+            started.add_metric([sid], parse_utc(sweep.started_at))
+        if sweep.finished and sweep.finished_at:
+            ended.add_metric([sid], parse_utc(sweep.finished_at))
         slice_count.add_metric([sid], len(view.slices))
         slices_done.add_metric([sid], sum(1 for s in view.slices if s["done"]))
         for s in view.slices:
@@ -184,10 +184,10 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         leases.add_metric([sid], view.leases)
         workers.add_metric([sid], view.workers)
         for key, label in LIMITS.items():
-            if sweep.get(key):
-                limits.add_metric([sid, label], float(sweep[key]))
-        paused_by_error.add_metric([sid], 1 if sweep["status"] == PAUSED and sweep.get("paused_reason") else 0)
-        last_error.add_metric([sid], 1 if sweep.get("last_error") else 0)
+            if sweep.limit(key):
+                limits.add_metric([sid, label], float(sweep.limits[key]))
+        paused_by_error.add_metric([sid], 1 if sweep.status == PAUSED and sweep.paused_reason else 0)
+        last_error.add_metric([sid], 1 if sweep.last_error else 0)
 
     yield from totals.values()
     yield from (info, status, estimate, progress, throughput, eta, elapsed, started, ended,
@@ -269,8 +269,8 @@ class Exporter:
         chosen = exported_sweeps(state.sweeps(), state.active_sweep_id())
         now, views, previous = time.time(), [], {}
         for sweep in chosen:
-            progress = sweeps.progress(self.ctx, sweep, self._previous.get(sweep["id"]))
-            previous[sweep["id"]] = progress
+            progress = sweeps.progress(self.ctx, sweep, self._previous.get(sweep.id))
+            previous[sweep.id] = progress
             views.append(SweepView.of(progress, now))
         self._previous = previous
         return views

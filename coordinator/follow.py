@@ -19,7 +19,7 @@ from coordinator import sweeps
 from coordinator.context import Context
 from tracker_reencrypt.errors import redact_url
 from tracker_reencrypt.fleet import enqueue_slice, pending_messages, rescue_expired_leases, store_queue
-from tracker_reencrypt.sweep.state import RUNNING, lease_is_live
+from tracker_reencrypt.sweep.records import RUNNING
 
 #: A slice with no lease and no checkpoint for this long while the sweep runs may have lost
 #: its message (a crash between commit and enqueue, or Redis lost its queue).
@@ -35,9 +35,9 @@ def broker_text(ctx: Context) -> str:
 
 def no_worker_notice(ctx: Context, progress: sweeps.Progress, now: float | None = None) -> str:
     """A line for a running sweep no worker has touched for NO_WORKER_S, else ''."""
-    if progress.sweep["status"] != RUNNING or progress.active_leases or not progress.slices:
+    if progress.sweep.status != RUNNING or progress.active_leases or not progress.slices:
         return ""
-    idle = (now or time.time()) - max(body["updated_at"] for body in progress.slices)
+    idle = (now or time.time()) - max(piece.updated_at for piece in progress.slices)
     if idle < NO_WORKER_S:
         return ""
     return (f"no worker has taken a slice of this sweep for {idle:.0f} s: start workers with 'reencrypt worker' "
@@ -53,18 +53,18 @@ class Recovery:
 
     def step(self, progress: sweeps.Progress, now: float | None = None) -> int:
         """Re-queue what needs it; returns how many messages were sent."""
-        if progress.sweep["status"] != RUNNING:
+        if progress.sweep.status != RUNNING:
             return 0
         sent = len(rescue_expired_leases(self.ctx.celery, self.ctx.state))
         now = now or time.time()
-        idle = [body for body in progress.slices if not body["done"] and not lease_is_live(body, now)]
-        stalled = [body for body in idle if now - body["updated_at"] > STALL_S
-                   and (body["index"], body["fence"]) not in self.requeued]
+        idle = [piece for piece in progress.slices if not piece.done and not piece.lease_is_live(now)]
+        stalled = [piece for piece in idle if now - piece.updated_at > STALL_S
+                   and (piece.index, piece.fence) not in self.requeued]
         if not stalled or self._messages_waiting() >= len(idle):
             return sent
-        for body in stalled:
-            enqueue_slice(self.ctx.celery, progress.sweep["id"], body["index"], body["fence"])
-            self.requeued.add((body["index"], body["fence"]))
+        for piece in stalled:
+            enqueue_slice(self.ctx.celery, progress.sweep.id, piece.index, piece.fence)
+            self.requeued.add((piece.index, piece.fence))
         return sent + len(stalled)
 
     def _messages_waiting(self) -> int:

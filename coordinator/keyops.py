@@ -46,7 +46,7 @@ def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
         active = ctx.state.active_sweep_id()
         if active:
             sweep = ctx.state.get_sweep(active)
-            raise SweepError(f"sweep {active} is {sweep['status']} towards {sweep['target_kid']}: finish or cancel it "
+            raise SweepError(f"sweep {active} is {sweep.status} towards {sweep.target_kid}: finish or cancel it "
                              f"before rotating (or pass --force)")
     version = ctx.provider.rotate()
     return version, ctx.record_key_operation("key rotated", kid=version.kid)

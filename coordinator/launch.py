@@ -19,8 +19,10 @@ def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0
     """The environment a worker process reads its settings from (see tracker_reencrypt.config)."""
     settings = ctx.settings.require("store", "keys")
     env = dict(os.environ)
+    # A flag given wins over the setting; an unset flag (0) leaves REENCRYPT_*_PORT as configured.
     env.update(REENCRYPT_STORE=settings.store, REENCRYPT_KEYS=settings.keys, REDIS_URL=ctx.redis_url,
-               REENCRYPT_METRICS_PORT=str(metrics_port), REENCRYPT_HEALTH_PORT=str(health_port))
+               REENCRYPT_METRICS_PORT=str(metrics_port or settings.metrics_port),
+               REENCRYPT_HEALTH_PORT=str(health_port or settings.health_port))
     # prometheus_client reads this when it is imported, so it must be set before Python starts.
     # A fresh directory per worker: stale files from an earlier run would be counted again.
     multiproc_dir = Path(tempfile.mkdtemp(prefix="reencrypt-metrics-"))

@@ -7,6 +7,7 @@ import time
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
@@ -14,7 +15,7 @@ from rich.table import Column, Table
 from coordinator import follow as following, sweeps
 from coordinator.context import Context
 from tracker_reencrypt.pacing.limits import describe_limits
-from tracker_reencrypt.sweep.state import FINISHED, PAUSED
+from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Sweep
 
 REFRESH_S = 1.0
 
@@ -53,8 +54,8 @@ def counter_progress(console: Console, label: str, total: int, *, enabled: bool 
         yield advance
 
 
-def limits_text(sweep: dict) -> str:
-    return describe_limits(sweep) or "none"
+def limits_text(sweep: Sweep) -> str:
+    return describe_limits(sweep.limits) or "none"
 
 
 def _eta(seconds: float | None) -> str:
@@ -67,35 +68,36 @@ def _eta(seconds: float | None) -> str:
 
 def _status_view(progress: sweeps.Progress, notice: str = "") -> Group:
     sweep, totals = progress.sweep, progress.totals
-    estimate = max(1, sweep.get("documents_estimate", 0))
+    estimate = max(1, sweep.documents_estimate)
     per_slice = max(1, estimate / max(1, len(progress.slices)))
     # One line that wraps between words: a grid cut the sweep id (what every command takes) to "sw-2026…".
-    head = (f"[bold]{sweep['id']}[/]  status [bold]{sweep['status']}[/]  → {sweep['target_kid']}  "
-            f"mode {sweep['mode']}  limits {limits_text(sweep)}")
+    head = (f"[bold]{sweep.id}[/]  status [bold]{sweep.status}[/]  → {sweep.target_kid}  "
+            f"mode {sweep.mode}  limits {limits_text(sweep)}")
     overall = Table.grid(padding=(0, 2))
     done = totals.get("documents_scanned", 0)
     overall.add_row(
         ProgressBar(total=estimate, completed=min(done, estimate), width=40),
-        f"{done}/{sweep.get('documents_estimate', '?')} docs", f"{totals.get('fields_reencrypted', 0)} fields moved",
+        f"{done}/{sweep.documents_estimate} docs", f"{totals.get('fields_reencrypted', 0)} fields moved",
         f"{progress.docs_per_s:,.0f} docs/s", f"ETA {_eta(progress.eta_s)}",
         f"conflicts {totals.get('conflicts', 0)}", f"failures {totals.get('failures', 0)}",
         f"workers {progress.active_leases}",
     )
     slices = Table("slice", "progress", "docs", "fields", "conflicts", "failures", "state", box=None)
     for s in progress.slices:
-        counts = s["counts"]
-        state = "done" if s["done"] else ("working" if s["lease_owner"] else "queued")
-        bar = ProgressBar(total=per_slice, completed=per_slice if s["done"] else min(counts["documents_scanned"], per_slice * 0.99), width=20)
-        slices.add_row(str(s["index"]), bar, str(counts["documents_scanned"]), str(counts["fields_reencrypted"]),
+        counts = s.counts
+        state = "done" if s.done else ("working" if s.lease_owner else "queued")
+        bar = ProgressBar(total=per_slice, completed=per_slice if s.done else min(counts["documents_scanned"], per_slice * 0.99),
+                          width=20)
+        slices.add_row(str(s.index), bar, str(counts["documents_scanned"]), str(counts["fields_reencrypted"]),
                        str(counts["conflicts"]), str(counts["failures"]), state)
     parts = [head, overall, slices]
-    if progress.budget_estimate and sweep["status"] not in FINISHED:
-        parts.append(f"remaining under budgets: {progress.budget_estimate}")
-    if sweep.get("paused_reason"):
-        parts.append(f"[red]paused because: {sweep['paused_reason']}[/]\n"
-                     f"fix it, then 'reencrypt sweep resume {sweep['id']}'")
-    elif sweep.get("last_error"):
-        parts.append(f"[yellow]last error (retrying): {sweep['last_error']}[/]")
+    if progress.budget_estimate and not sweep.finished:
+        parts.append(f"remaining under its limits: {progress.budget_estimate}")
+    if sweep.paused_reason:
+        parts.append(f"[red]paused because: {escape(sweep.paused_reason)}[/]\n"
+                     f"fix it, then 'reencrypt sweep resume {sweep.id}'")
+    elif sweep.last_error:
+        parts.append(f"[yellow]last error (retrying): {escape(sweep.last_error)}[/]")
     if notice:
         parts.append(f"[yellow]{notice}[/]")
     return Group(*parts)
@@ -119,7 +121,7 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
         console.print(f"following sweep {sweep_id} ({following.broker_text(ctx)}); Ctrl-C stops following, not the sweep")
     live = Live(_status_view(progress), console=console, refresh_per_second=2, transient=False) if console else contextlib.nullcontext()
     with live:
-        while progress.sweep["status"] not in FINISHED | {PAUSED}:
+        while progress.sweep.status not in FINISHED | {PAUSED}:
             time.sleep(REFRESH_S)
             progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id), previous=progress)
             if recovery is not None:
@@ -132,27 +134,27 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
 def summary(console: Console, progress: sweeps.Progress) -> None:
     totals = progress.totals
     console.print(
-        f"sweep {progress.sweep['id']} {progress.sweep['status']}: {totals.get('documents_scanned', 0)} documents scanned, "
+        f"sweep {progress.sweep.id} {progress.sweep.status}: {totals.get('documents_scanned', 0)} documents scanned, "
         f"{totals.get('documents_written', 0)} rewritten, {totals.get('fields_reencrypted', 0)} fields moved to "
-        f"{progress.sweep['target_kid']}, {totals.get('conflicts', 0)} conflicts retried, {totals.get('failures', 0)} failures "
+        f"{progress.sweep.target_kid}, {totals.get('conflicts', 0)} conflicts retried, {totals.get('failures', 0)} failures "
         f"in {progress.elapsed_s:.1f}s"
     )
     if totals.get("failures"):
-        console.print(f"see them with: reencrypt sweep failures {progress.sweep['id']}")
+        console.print(f"see them with: reencrypt sweep failures {progress.sweep.id}")
 
 
-def sweep_list(console: Console, listed: list[dict]) -> None:
+def sweep_list(console: Console, listed: list[Sweep]) -> None:
     # The id is what every other sweep command takes: never cut it (nor status and target) to fit 80 columns.
     table = Table(*(Column(name, no_wrap=True) for name in ("sweep", "status", "target")), "mode", "started by", "started at")
     for s in listed:
-        table.add_row(s["id"], s["status"], s["target_kid"], s["mode"], s.get("started_by", ""), s.get("started_at", ""))
+        table.add_row(s.id, s.status, s.target_kid, s.mode, s.started_by, s.started_at)
     console.print(table)
 
 
-def failures(console: Console, rows: list[dict]) -> None:
+def failures(console: Console, rows: list[Failure]) -> None:
     table = Table("document", "partition key", "field", "reason")
     for row in rows:
-        table.add_row(row["document_id"], row["partition_key"], row["field_path"] or "(document)", row["reason"])
+        table.add_row(row.document_id, str(row.partition_key), row.field_path or "(document)", row.reason)
     console.print(table)
     console.print(f"{len(rows)} failures")
 

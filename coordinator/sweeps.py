@@ -13,8 +13,8 @@ from tracker_reencrypt.documents import MODES, partition_key_or_none
 from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
-from tracker_reencrypt.sweep.state import (
-    CANCELLING, FINISHED, PAUSED, PLANNED, RUNNING, lease_is_live, new_sweep_id, parse_utc, sum_counts, utc_now,
+from tracker_reencrypt.sweep.records import (
+    CANCELLING, PAUSED, PLANNED, RUNNING, Counts, Slice, Sweep, new_sweep_id, parse_utc, sum_counts, utc_now,
 )
 from coordinator.context import Context
 from coordinator.estimate import estimate
@@ -41,8 +41,8 @@ def check_target(ctx: Context, to: str, sources: list[str]) -> None:
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Fleet-wide limits of a sweep; None means unlimited."""
+class LimitFlags:
+    """The fleet-wide limits given on the command line; None means not given."""
 
     rate: float | None = None  # documents/s
     kv_ops_per_s: float | None = None  # Key Vault calls/s (unwraps, remote wraps)
@@ -59,7 +59,8 @@ class Limits:
         return values
 
 
-def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, limits: Limits = Limits()) -> dict:
+def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int,
+          limits: LimitFlags = LimitFlags()) -> Sweep:
     if mode not in MODES:
         raise SweepError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
     if not 1 <= slices <= MAX_SLICES:
@@ -72,19 +73,19 @@ def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, 
     celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
     ctx.mark_store_with_key()
     feed_ranges = ctx.store.feed_ranges(slices)
-    sweep = ctx.state.create_sweep({
-        "id": new_sweep_id(), "target_kid": to, "source_kids": sources or None, "mode": mode, **dict.fromkeys(Limits.FLAGS), **given,
-        "status": RUNNING, "started_by": actor(), "started_at": utc_now(),
-        "documents_estimate": ctx.store.count(), "store": ctx.store.describe(), "sample": _sample(ctx, feed_ranges),
-    }, feed_ranges)
-    ctx.audit.append("sweep started", sweep_id=sweep["id"], target_kid=to, source_kids=sources or "all others",
+    sweep = ctx.state.create_sweep(Sweep(
+        id=new_sweep_id(), target_kid=to, source_kids=tuple(sources) or None, mode=mode, limits=given,
+        status=RUNNING, started_by=actor(), started_at=utc_now(),
+        documents_estimate=ctx.store.count(), store=ctx.store.describe(), sample=_sample(ctx, feed_ranges),
+    ), feed_ranges)
+    ctx.audit.append("sweep started", sweep_id=sweep.id, target_kid=to, source_kids=sources or "all others",
                      mode=mode, slices=len(feed_ranges), **given)
     for index in range(len(feed_ranges)):
-        enqueue_slice(celery, sweep["id"], index, 0)
+        enqueue_slice(celery, sweep.id, index, 0)
     return sweep
 
 
-def dry_run(ctx: Context, *, to: str, sources: list[str], limits: Limits) -> dict:
+def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags) -> dict:
     """What a sweep would change, and how long it would take under ``limits``; writes nothing.
 
     Fields under a kid the key provider does not know, or under a disabled one, cannot move
@@ -134,12 +135,12 @@ def _sample(ctx: Context, feed_ranges) -> dict:
             "deks_per_document": sum(len(deks) for deks in report.deks_by_kid.values()) / count}
 
 
-def budget_estimate(sweep: dict, remaining_documents: int) -> str:
-    """Time left for ``remaining_documents`` under the sweep's budgets ("" without budgets)."""
-    limits = {name: sweep.get(name) for name in Limits.FLAGS if sweep.get(name)}
+def limits_estimate(sweep: Sweep, remaining_documents: int) -> str:
+    """Time left for ``remaining_documents`` under the sweep's limits ("" without limits)."""
+    limits = dict(sweep.limits)
     if not limits:
         return ""
-    sample = sweep.get("sample") or {"average_bytes": 2048, "deks_per_document": 1.0}
+    sample = sweep.sample or {"average_bytes": 2048, "deks_per_document": 1.0}
     return estimate(
         documents=remaining_documents, documents_to_write=remaining_documents,
         document_bytes=remaining_documents * sample["average_bytes"],
@@ -147,17 +148,17 @@ def budget_estimate(sweep: dict, remaining_documents: int) -> str:
     ).text(limits)
 
 
-def resolve(ctx: Context, sweep_id: str | None) -> dict:
+def resolve(ctx: Context, sweep_id: str | None) -> Sweep:
     return ctx.state.get_sweep(sweep_id) if sweep_id else ctx.state.latest_sweep()
 
 
-def pause(ctx: Context, sweep_id: str | None) -> dict:
-    sweep = ctx.state.set_status(resolve(ctx, sweep_id)["id"], PAUSED, allowed_from=frozenset({RUNNING}))
-    ctx.audit.append("sweep paused", sweep_id=sweep["id"])
+def pause(ctx: Context, sweep_id: str | None) -> Sweep:
+    sweep = ctx.state.set_status(resolve(ctx, sweep_id).id, PAUSED, allowed_from=frozenset({RUNNING}))
+    ctx.audit.append("sweep paused", sweep_id=sweep.id)
     return sweep
 
 
-def resume(ctx: Context, sweep_id: str | None) -> tuple[dict, int]:
+def resume(ctx: Context, sweep_id: str | None) -> tuple[Sweep, int]:
     """Set a paused sweep running and (re-)enqueue every unfinished slice.
 
     Also the recovery after Redis lost its queue (flushed, restarted without persistence):
@@ -165,69 +166,69 @@ def resume(ctx: Context, sweep_id: str | None) -> tuple[dict, int]:
     messages are harmless; the slice fences drop every duplicate.
     """
     sweep = resolve(ctx, sweep_id)
-    if sweep["status"] not in (PAUSED, RUNNING):
-        raise SweepError(f"sweep {sweep['id']} is {sweep['status']}; only a paused or running sweep can be resumed")
+    if sweep.status not in (PAUSED, RUNNING):
+        raise SweepError(f"sweep {sweep.id} is {sweep.status}; only a paused or running sweep can be resumed")
     celery = ctx.celery
-    if sweep["status"] == PAUSED:
+    if sweep.status == PAUSED:
         # The reason it was paused for is the operator's to fix; resuming says it is fixed.
         sweep = ctx.state.update_sweep(
-            sweep["id"], lambda body: {**{k: v for k, v in body.items() if k not in ("paused_reason", "last_error")},
-                                       "status": RUNNING},
-            only_if=lambda body: body["status"] == PAUSED)
-    ctx.audit.append("sweep resumed", sweep_id=sweep["id"])
-    return sweep, kick(ctx, sweep["id"], celery)
+            sweep.id, lambda body: body.but(status=RUNNING, paused_reason=None, last_error=None),
+            only_if=lambda body: body.status == PAUSED)
+    ctx.audit.append("sweep resumed", sweep_id=sweep.id)
+    return sweep, kick(ctx, sweep.id, celery)
 
 
 def kick(ctx: Context, sweep_id: str, celery=None) -> int:
     """Enqueue every unfinished slice not under a live lease, at its current fence."""
     celery = celery or ctx.celery
     now, queued = time.time(), 0
-    for body in ctx.state.slices(sweep_id):
-        if body["done"] or lease_is_live(body, now):
+    for piece in ctx.state.slices(sweep_id):
+        if piece.done or piece.lease_is_live(now):
             continue
-        enqueue_slice(celery, sweep_id, body["index"], body["fence"])
+        enqueue_slice(celery, sweep_id, piece.index, piece.fence)
         queued += 1
     return queued
 
 
-def cancel(ctx: Context, sweep_id: str | None) -> dict:
+def cancel(ctx: Context, sweep_id: str | None) -> Sweep:
     """Ask the sweep to stop, and settle it at once when no batch is in hand. Cancelling a
     sweep that is already cancelling settles it again: once its leases expired (its workers
     died), it becomes cancelled, so no sweep can block the container for ever."""
     sweep = resolve(ctx, sweep_id)
-    if sweep["status"] != CANCELLING:
-        sweep = ctx.state.set_status(sweep["id"], CANCELLING, allowed_from=frozenset({PLANNED, RUNNING, PAUSED}))
-        ctx.audit.append("sweep cancel requested", sweep_id=sweep["id"])
-    if ctx.state.settle(sweep["id"]) is not None:
-        ctx.audit.append("sweep cancelled", sweep_id=sweep["id"])
-    return ctx.state.get_sweep(sweep["id"])
+    if sweep.status != CANCELLING:
+        sweep = ctx.state.set_status(sweep.id, CANCELLING, allowed_from=frozenset({PLANNED, RUNNING, PAUSED}))
+        ctx.audit.append("sweep cancel requested", sweep_id=sweep.id)
+    if ctx.state.settle(sweep.id) is not None:
+        ctx.audit.append("sweep cancelled", sweep_id=sweep.id)
+    return ctx.state.get_sweep(sweep.id)
 
 
 def leases_in_hand(ctx: Context, sweep_id: str) -> tuple[int, float]:
     """(live leases, seconds until the last of them expires): what a cancel still waits on."""
     now = time.time()
-    live = [body["lease_expires"] for body in ctx.state.slices(sweep_id) if lease_is_live(body, now)]
+    live = [piece.lease_expires for piece in ctx.state.slices(sweep_id) if piece.lease_is_live(now)]
     return len(live), max(live, default=now) - now
 
 
-def throttle(ctx: Context, sweep_id: str | None, limits: Limits, *, unlimited: bool = False) -> dict:
+def throttle(ctx: Context, sweep_id: str | None, limits: LimitFlags, *, unlimited: bool = False) -> Sweep:
     """Change the given limits of a running sweep (``unlimited`` clears them all)."""
-    changes = dict.fromkeys(Limits.FLAGS) if unlimited else limits.given()
-    if not changes:
+    changes = limits.given()
+    if not changes and not unlimited:
         raise SweepError(f"give at least one of {', '.join(limit.flag for limit in SWEEP_LIMITS)}, or --unlimited")
     sweep = resolve(ctx, sweep_id)
-    if sweep["status"] in FINISHED:
-        raise SweepError(f"sweep {sweep['id']} is {sweep['status']}; there is nothing to throttle")
-    sweep = ctx.state.update_sweep(sweep["id"], lambda body: {**body, **changes})
-    ctx.audit.append("sweep throttled", sweep_id=sweep["id"], **changes)
+    if sweep.finished:
+        raise SweepError(f"sweep {sweep.id} is {sweep.status}; there is nothing to throttle")
+    sweep = ctx.state.update_sweep(sweep.id, lambda body: body.but(limits={} if unlimited else {**body.limits, **changes}))
+    ctx.audit.append("sweep throttled", sweep_id=sweep.id,
+                     **(dict.fromkeys(LimitFlags.FLAGS) if unlimited else changes))
     return sweep
 
 
 @dataclass
 class Progress:
-    sweep: dict
-    slices: list[dict]
-    totals: dict[str, int]
+    sweep: Sweep
+    slices: list[Slice]
+    totals: Counts
     elapsed_s: float
     docs_per_s: float
     eta_s: float | None
@@ -236,31 +237,31 @@ class Progress:
 
     def as_json(self) -> dict:
         return {
-            "sweep": self.sweep, "totals": self.totals, "elapsed_s": round(self.elapsed_s, 1),
+            "sweep": self.sweep.to_record(), "totals": self.totals, "elapsed_s": round(self.elapsed_s, 1),
             "docs_per_s": round(self.docs_per_s, 1), "eta_s": None if self.eta_s is None else round(self.eta_s),
             "active_leases": self.active_leases, "budget_estimate": self.budget_estimate,
             "slices": [
-                {"index": s["index"], "done": s["done"], "leased_by": s["lease_owner"], "counts": s["counts"]}
+                {"index": s.index, "done": s.done, "leased_by": s.lease_owner, "counts": s.counts}
                 for s in self.slices
             ],
         }
 
 
-def progress(ctx: Context, sweep: dict, previous: "Progress | None" = None) -> Progress:
+def progress(ctx: Context, sweep: Sweep, previous: Progress | None = None) -> Progress:
     """Counts from the durable state; the rate from two samples when given, else since start."""
-    slices = ctx.state.slices(sweep["id"])
+    slices = ctx.state.slices(sweep.id)
     totals = sum_counts(slices)
-    started = parse_utc(sweep["started_at"])
-    end = parse_utc(sweep["finished_at"]) if sweep["status"] in FINISHED and sweep.get("finished_at") else time.time()
+    started = parse_utc(sweep.started_at)
+    end = parse_utc(sweep.finished_at) if sweep.finished and sweep.finished_at else time.time()
     elapsed = max(0.001, end - started)
     scanned = totals.get("documents_scanned", 0)
     rate = scanned / elapsed
-    if previous is not None and previous.sweep["id"] == sweep["id"]:
+    if previous is not None and previous.sweep.id == sweep.id:
         window = elapsed - previous.elapsed_s
         if window > 0.5:
             rate = (scanned - previous.totals.get("documents_scanned", 0)) / window
-    remaining = max(0, sweep.get("documents_estimate", 0) - scanned)
-    eta = remaining / rate if rate > 0 and sweep["status"] == RUNNING else None
+    remaining = max(0, sweep.documents_estimate - scanned)
+    eta = remaining / rate if rate > 0 and sweep.status == RUNNING else None
     now = time.time()
-    leases = sum(1 for s in slices if lease_is_live(s, now))
-    return Progress(sweep, slices, totals, elapsed, rate, eta, leases, budget_estimate(sweep, remaining))
+    leases = sum(1 for s in slices if s.lease_is_live(now))
+    return Progress(sweep, slices, totals, elapsed, rate, eta, leases, limits_estimate(sweep, remaining))

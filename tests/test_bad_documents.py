@@ -17,7 +17,8 @@ from tracker_reencrypt.documents import MAX_DEPTH, check_document
 from tracker_reencrypt.errors import KeyProviderError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.stores.sqlite import SqliteStore, effective_partition_key
-from tracker_reencrypt.sweep.state import RUNNING, SweepState
+from tracker_reencrypt.sweep.records import RUNNING, Sweep
+from tracker_reencrypt.sweep.state import SweepState
 from worker.batch import BatchLimits, SliceBatch
 
 GOOD = 60
@@ -90,19 +91,19 @@ def container(tmp_path):
     return rotation, expected
 
 
-def start_sweep(state: SweepState, store: SqliteStore, target_kid: str) -> dict:
-    return state.create_sweep({"id": "sw-bad", "target_kid": target_kid, "source_kids": None, "mode": "reencrypt",
-                               "status": RUNNING, "started_at": "2026-11-29T00:00:00Z"}, store.feed_ranges(1))
+def start_sweep(state: SweepState, store: SqliteStore, target_kid: str) -> Sweep:
+    return state.create_sweep(Sweep(id="sw-bad", target_kid=target_kid, mode="reencrypt", status=RUNNING,
+                                    started_at="2026-11-29T00:00:00Z"), store.feed_ranges(1))
 
 
-def run_slice(state: SweepState, store: SqliteStore, keyring: Keyring, sweep: dict) -> int:
+def run_slice(state: SweepState, store: SqliteStore, keyring: Keyring, sweep: Sweep) -> int:
     """Claim, run and commit batches of slice 0 until it is done, as the task does; the batches it took."""
     fence, batches = 0, 0
     while True:
-        claim = state.claim_slice(sweep["id"], 0, fence, "test", lease_seconds=60)
+        claim = state.claim_slice(sweep.id, 0, fence, "test", lease_seconds=60)
         assert claim.action == "work", claim
         report = SliceBatch(store, state, keyring, sweep, LIMITS).run(claim.slice)
-        state.commit_slice(sweep["id"], 0, claim.fence, report.result)
+        state.commit_slice(sweep.id, 0, claim.fence, report.result)
         fence, batches = claim.fence, batches + 1
         if report.result.done:
             return batches
@@ -116,8 +117,7 @@ def good_documents(store: SqliteStore) -> list[dict]:
 
 def failures(state: SweepState, sweep_id: str) -> list[tuple]:
     """Sorted, duplicates kept: two documents without an id in one partition are two failures."""
-    return sorted((f["document_id"], f["partition_key"], f["field_path"], f["reason"])
-                  for f in state.failures(sweep_id))
+    return sorted((f.document_id, f.partition_key, f.field_path, f.reason) for f in state.failures(sweep_id))
 
 
 def test_bad_documents_are_recorded_failures_and_the_slice_finishes_on_target(container):
@@ -127,9 +127,9 @@ def test_bad_documents_are_recorded_failures_and_the_slice_finishes_on_target(co
     sweep = start_sweep(state, store, rotation.v2)
 
     assert run_slice(state, store, keyring, sweep) > 1  # several batches: the slice went on past the bad ones
-    assert state.slices(sweep["id"])[0]["done"]
-    assert failures(state, sweep["id"]) == expected
-    totals = state.totals(sweep["id"])
+    assert state.slices(sweep.id)[0].done
+    assert failures(state, sweep.id) == expected
+    totals = state.totals(sweep.id)
     bad = len(expected)
     assert (totals["documents_scanned"], totals["documents_failed"], totals["failures"]) == (GOOD + bad, bad, bad)
     assert {row_id: raw_body(rotation, row_id) for row_id in UNREADABLE} == UNREADABLE  # left exactly as they were
@@ -148,7 +148,7 @@ def test_a_redone_batch_records_each_failure_once_telling_apart_documents_withou
     store = rotation.store()
     state, keyring = SweepState(store.records()), Keyring(rotation.provider())
     sweep = start_sweep(state, store, rotation.v2)
-    claim = state.claim_slice(sweep["id"], 0, 0, "test", lease_seconds=60)
+    claim = state.claim_slice(sweep.id, 0, 0, "test", lease_seconds=60)
     whole_slice = BatchLimits(documents=1_000, seconds=60, page_size=7, conflict_retries=3)
 
     first = SliceBatch(store, state, keyring, sweep, whole_slice).run(claim.slice)
@@ -156,11 +156,11 @@ def test_a_redone_batch_records_each_failure_once_telling_apart_documents_withou
 
     assert first.result.done and redone.result.done
     assert redone.result.counts["documents_failed"] == len(expected)  # met again...
-    assert failures(state, sweep["id"]) == expected  # ...and recorded once
+    assert failures(state, sweep.id) == expected  # ...and recorded once
     partition_key = next(f[1] for f in expected if f[3] == "bad_id")
-    assert sorted(f.get("row") for f in state.failures(sweep["id"]) if f["document_id"] == "?") == [
+    assert sorted(f.row for f in state.failures(sweep.id) if f.document_id == "?") == [
         json.dumps([partition_key, "array"]), json.dumps([partition_key, "text"])]
-    assert all("row" not in f for f in state.failures(sweep["id"]) if f["document_id"] != "?")
+    assert all(f.row is None for f in state.failures(sweep.id) if f.document_id != "?")
 
 
 def test_verify_reports_bad_documents_and_fails_without_a_traceback(container):
@@ -221,8 +221,8 @@ def test_a_document_the_tracker_rewrote_into_a_bad_one_is_a_failure_after_the_co
     sweep = start_sweep(state, rewritten, rotation.v2)
 
     run_slice(state, rewritten, Keyring(rotation.provider()), sweep)
-    assert failures(state, sweep["id"]) == sorted(expected + [(target["id"], target["productId"], "", "too_deep")])
-    assert state.totals(sweep["id"])["conflicts"] == 1
+    assert failures(state, sweep.id) == sorted(expected + [(target["id"], target["productId"], "", "too_deep")])
+    assert state.totals(sweep.id)["conflicts"] == 1
 
 
 def test_a_key_provider_outage_still_stops_the_batch_to_be_retried(container):
@@ -233,8 +233,8 @@ def test_a_key_provider_outage_still_stops_the_batch_to_be_retried(container):
     provider = rotation.provider()  # not read yet: the file goes before its first use
     (rotation.home / "keyring.json").rename(rotation.home / "keyring.moved")
 
-    claim = state.claim_slice(sweep["id"], 0, 0, "test", lease_seconds=60)
+    claim = state.claim_slice(sweep.id, 0, 0, "test", lease_seconds=60)
     with pytest.raises(KeyProviderError, match="does not exist"):
         SliceBatch(store, state, Keyring(provider), sweep, LIMITS).run(claim.slice)
     # Bad documents met before the outage may be recorded; no good field is blamed for it.
-    assert all(f["field_path"] == "" for f in state.failures(sweep["id"]))
+    assert all(f.field_path == "" for f in state.failures(sweep.id))

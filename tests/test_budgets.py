@@ -36,9 +36,10 @@ from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.seed import seed_store, seeding_keyring
 from tracker_reencrypt.stores import estimated_request_units
 from tracker_reencrypt.stores.sqlite import SqliteStore
-from tracker_reencrypt.sweep.state import RUNNING, SweepState
+from tracker_reencrypt.sweep.records import RUNNING
+from tracker_reencrypt.sweep.state import SweepState
 from coordinator.context import Context
-from coordinator.sweeps import Limits, start
+from coordinator.sweeps import LimitFlags, start
 from worker.runtime import Runtime
 from worker.tasks import process_slice
 
@@ -307,7 +308,7 @@ def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_fiel
                              batch_seconds=2, page_size=10, lease_seconds=30)
     ctx = Context(settings)
     ctx.provider = vault_provider  # the loopback vault, with its test credential and CA
-    sweep_id = start(ctx, to=v2, sources=[], mode="reencrypt", slices=4, limits=Limits(kv_ops_per_s=budget))["id"]
+    sweep_id = start(ctx, to=v2, sources=[], mode="reencrypt", slices=4, limits=LimitFlags(kv_ops_per_s=budget)).id
     # The task function itself, in this process, as a worker's pool process runs it; the
     # continuations it queues stay in Redis (the loop below picks each slice up again).
     runtime = Runtime(settings, redis_url, provider=vault_provider)
@@ -319,11 +320,11 @@ def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_fiel
     watch.start()
     began, outcomes = time.monotonic(), []
     try:
-        while state.get_sweep(sweep_id)["status"] == RUNNING:
+        while state.get_sweep(sweep_id).status == RUNNING:
             assert time.monotonic() - began < 60, f"sweep still running after 60 s: {outcomes[-5:]}"
-            for body in state.slices(sweep_id):
-                if not body["done"]:
-                    outcomes.append(process_slice(ctx.celery, runtime, sweep_id, body["index"], body["fence"]))
+            for piece in state.slices(sweep_id):
+                if not piece.done:
+                    outcomes.append(process_slice(ctx.celery, runtime, sweep_id, piece.index, piece.fence))
     finally:
         watch.done.set()
         watch.join()
@@ -346,7 +347,7 @@ def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_fiel
     served = window[-1][2] - window[0][2]
     print(f"{vault.throttled} 429s; share down to {min(shares):.3f}; then {served} unwraps in {seconds:.1f} s "
           f"({served / seconds:.1f}/s; limit x share allowed {allowed:.0f}, {allowed / seconds:.1f}/s); "
-          f"sweep took {took:.1f} s, {outcomes.count('error')} batches retried")
+          f"sweep took {took:.1f} s, {sum(o.startswith('error') for o in outcomes)} batches retried")
     assert served <= TOLERANCE * allowed + burst, (served, allowed, burst)
     assert served / seconds <= 0.5 * budget, "the rate did not come down to half the budget"
     assert served >= 0.5 * allowed, f"only {served} of {allowed:.0f} allowed: the fleet, not the budget, bound the rate"
@@ -354,7 +355,7 @@ def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_fiel
     # Nothing lost, nothing failed: every field on v2 with its original value.
     final = state.get_sweep(sweep_id)
     totals = state.totals(sweep_id)
-    assert final["status"] == "completed", final
+    assert final.status == "completed", final
     assert totals["failures"] == 0 and totals["documents_failed"] == 0, totals
     assert totals["documents_scanned"] == documents
     assert totals["fields_reencrypted"] == len(originals)

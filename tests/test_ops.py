@@ -634,9 +634,11 @@ def test_runbook_names_only_existing_panels():
 
 # -- the exporter's pure parts ------------------------------------------------------------------
 
-def _sweep(sweep_id: str, status: str, created: str, **extra) -> dict:
-    return {"id": sweep_id, "status": status, "created_at": created, "started_at": created, "target_kid": "tracker-mek/v2",
-            "mode": "reencrypt", "documents_estimate": 100, **extra}
+def _sweep(sweep_id: str, status: str, created: str, **extra):
+    from tracker_reencrypt.sweep.records import Sweep
+
+    return Sweep.from_record({"id": sweep_id, "status": status, "created_at": created, "started_at": created,
+                              "target_kid": "tracker-mek/v2", "mode": "reencrypt", "documents_estimate": 100, **extra})
 
 
 def test_exporter_exports_the_active_and_the_latest_finished_sweep():
@@ -645,20 +647,20 @@ def test_exporter_exports_the_active_and_the_latest_finished_sweep():
     old = _sweep("sw-1", "completed", "2026-01-01T00:00:00Z")
     failed = _sweep("sw-2", "failed", "2026-01-02T00:00:00Z")
     running = _sweep("sw-3", "running", "2026-01-03T00:00:00Z")
-    assert [s["id"] for s in exported_sweeps([old, failed, running], "sw-3")] == ["sw-3", "sw-2"]
-    assert [s["id"] for s in exported_sweeps([old, failed], None)] == ["sw-2"]
+    assert [s.id for s in exported_sweeps([old, failed, running], "sw-3")] == ["sw-3", "sw-2"]
+    assert [s.id for s in exported_sweeps([old, failed], None)] == ["sw-2"]
     assert exported_sweeps([], None) == []
 
 
 def test_exporter_families_are_bounded_and_named_by_convention():
     from coordinator import sweeps
     from coordinator.exporter import STATUSES, Snapshot, SweepCollector, SweepView, families
-    from tracker_reencrypt.sweep.state import COUNTERS, zero_counts
+    from tracker_reencrypt.sweep.records import COUNTERS, Slice, zero_counts
 
     now = time.time()
     slices = [
-        {"index": i, "done": i == 0, "lease_owner": "host-a:7" if i else None, "lease_expires": now + 30,
-         "counts": {**zero_counts(), "documents_scanned": 10 * (i + 1)}}
+        Slice(sweep_id="sw-9", index=i, feed_range={}, done=i == 0, lease_owner="host-a:7" if i else None,
+              lease_expires=now + 30, counts={**zero_counts(), "documents_scanned": 10 * (i + 1)})
         for i in range(3)
     ]
     sweep = _sweep("sw-9", "running", "2026-01-03T00:00:00Z", rate=50.0, ru_per_s=None)

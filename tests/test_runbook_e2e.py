@@ -125,12 +125,12 @@ def test_rollback_while_the_forward_sweep_runs(operator):
     assert forward.returncode == 0, forward.stderr
     sweep_id = json.loads(forward.stdout)["sweep_id"]
     state = SweepState(operator.rotation.store().records())
-    wait_for(lambda: sum(s["counts"].get("documents_written", 0) for s in state.slices(sweep_id)) > 0, 60,
+    wait_for(lambda: sum(s.counts.get("documents_written", 0) for s in state.slices(sweep_id)) > 0, 60,
              message="the forward sweep to move some documents")
 
     rolled_back = operator.run(ROLLBACK_SECTIONS)
     assert rolled_back.returncode == 0, operator.explain(rolled_back)
-    assert state.get_sweep(sweep_id)["status"] == "cancelled"
+    assert state.get_sweep(sweep_id).status == "cancelled"
     assert operator.versions() == {old: {"enabled": True, "current": True}, new: {"enabled": False, "current": False}}
     assert_every_field_on(operator.rotation, old)
     check = run_cli("audit", "--check", env=operator.rotation.env())

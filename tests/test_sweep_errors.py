@@ -36,7 +36,7 @@ def test_a_target_key_disabled_mid_sweep_pauses_the_sweep_until_it_is_enabled_an
     final = wait_for(lambda: (s := status(rotation, sweep_id))["sweep"]["status"] in ("completed", "failed") and s,
                      90, message="the sweep to finish")
     assert final["sweep"]["status"] == "completed" and final["totals"]["failures"] == 0, final["totals"]
-    assert "paused_reason" not in final["sweep"] and "last_error" not in final["sweep"]
+    assert not final["sweep"]["paused_reason"] and not final["sweep"]["last_error"]
     assert final["totals"]["documents_scanned"] == rotation.documents
 
     fields = assert_every_field_on(rotation, rotation.v2)

@@ -24,7 +24,8 @@ from tracker_reencrypt.documents import find_envelopes, json_pointer, location
 from tracker_reencrypt.errors import ConflictError
 from tracker_reencrypt.fleet import enqueue_slice, make_celery
 from tracker_reencrypt.keys.keyring import Keyring
-from tracker_reencrypt.sweep.state import FINISHED, SweepState
+from tracker_reencrypt.sweep.records import FINISHED
+from tracker_reencrypt.sweep.state import SweepState
 
 pytestmark = pytest.mark.slow
 
@@ -109,18 +110,17 @@ class Durable:
         self.sweep_id = sweep_id
 
     def status(self) -> str:
-        return self.state.get_sweep(self.sweep_id)["status"]
+        return self.state.get_sweep(self.sweep_id).status
 
     def scanned(self) -> int:
         return self.state.totals(self.sweep_id)["documents_scanned"]
 
     def live_leases(self) -> list[str]:
         now = time.time()
-        return [s["lease_owner"] for s in self.state.slices(self.sweep_id)
-                if s["lease_owner"] and s["lease_expires"] > now]
+        return [s.lease_owner for s in self.state.slices(self.sweep_id) if s.lease_is_live(now)]
 
     def describe(self) -> str:
-        slices = [(s["index"], s["done"], s["fence"], s["lease_owner"], s["counts"]["documents_scanned"])
+        slices = [(s.index, s.done, s.fence, s.lease_owner, s.counts["documents_scanned"])
                   for s in self.state.slices(self.sweep_id)]
         return f"sweep {self.status()}, slices (index, done, fence, lease, scanned): {slices}"
 

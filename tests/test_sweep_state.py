@@ -7,9 +7,10 @@ from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, SweepError, UnknownNameError
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep import state as state_module
-from tracker_reencrypt.sweep.state import (
-    CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, RUNNING, BatchResult, SweepState, zero_counts,
+from tracker_reencrypt.sweep.records import (
+    CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, RUNNING, Failure, Slice, Sweep, zero_counts,
 )
+from tracker_reencrypt.sweep.state import BatchResult, SweepState
 
 
 class Clock:
@@ -34,8 +35,8 @@ def state(tmp_path, clock):
 
 def start(state, sweep_id="sw-1", slices=2):
     ranges = [{"epk_min": i, "epk_max": i + 1} for i in range(slices)]
-    return state.create_sweep({"id": sweep_id, "target_kid": "k/v2", "mode": "reencrypt", "status": RUNNING,
-                               "started_at": "2026-11-29T00:00:00Z"}, ranges)
+    return state.create_sweep(Sweep(id=sweep_id, target_kid="k/v2", mode="reencrypt", status=RUNNING,
+                                    started_at="2026-11-29T00:00:00Z"), ranges)
 
 
 def counts(**values):
@@ -50,7 +51,7 @@ def test_a_claimed_slice_is_worked_once_and_continues_at_the_new_fence(state):
 
     assert state.claim_slice("sw-1", 0, expected_fence=0, owner="b", lease_seconds=30).action == "drop"  # stale duplicate
     again = state.claim_slice("sw-1", 0, expected_fence=1, owner="b", lease_seconds=30)
-    assert again.action == "work" and again.slice["continuation"] == "cont-1"
+    assert again.action == "work" and again.slice.continuation == "cont-1"
 
 
 def test_a_message_for_a_live_lease_waits_and_a_dead_lease_is_taken_over(state, clock):
@@ -73,7 +74,7 @@ def test_counts_add_up_across_batches_and_the_sweep_completes_when_every_slice_i
         claim = state.claim_slice("sw-1", index, 0, "a", 30)
         state.commit_slice("sw-1", index, claim.fence, BatchResult(None, True, counts(documents_scanned=3, fields_reencrypted=4)))
     finished = state.settle("sw-1")
-    assert finished["status"] == COMPLETED
+    assert finished.status == COMPLETED
     assert state.totals("sw-1")["fields_reencrypted"] == 8
     assert state.settle("sw-1") is None  # only one caller sees the transition
     assert state.claim_slice("sw-1", 0, 1, "b", 30).action == "drop"
@@ -85,8 +86,8 @@ def test_failures_make_the_sweep_failed_and_are_recorded_once(state):
         state.record_failure("sw-1", 0, "doc-1", "p-1", "/title", "authentication_failed")
     claim = state.claim_slice("sw-1", 0, 0, "a", 30)
     state.commit_slice("sw-1", 0, claim.fence, BatchResult(None, True, counts(failures=1)))
-    assert state.settle("sw-1")["status"] == FAILED
-    assert [(f["document_id"], f["field_path"], f["reason"]) for f in state.failures("sw-1")] == [
+    assert state.settle("sw-1").status == FAILED
+    assert [(f.document_id, f.field_path, f.reason) for f in state.failures("sw-1")] == [
         ("doc-1", "/title", "authentication_failed")]
 
 
@@ -95,9 +96,9 @@ def test_one_active_sweep_per_container_until_it_finishes(state):
     with pytest.raises(SweepError, match="sw-1 is still active"):
         start(state, "sw-2")
     state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
-    assert state.settle("sw-1")["status"] == CANCELLED
-    assert state.get_sweep("sw-1")["status"] == CANCELLED
-    assert start(state, "sw-2")["status"] == RUNNING
+    assert state.settle("sw-1").status == CANCELLED
+    assert state.get_sweep("sw-1").status == CANCELLED
+    assert start(state, "sw-2").status == RUNNING
 
 
 def test_a_lock_whose_sweep_was_never_written_blocks_only_for_the_grace_period(state, clock):
@@ -109,7 +110,7 @@ def test_a_lock_whose_sweep_was_never_written_blocks_only_for_the_grace_period(s
     # The same lock, LOCK_GRACE_S later: that start crashed; the container is free again.
     clock.now += state_module.LOCK_GRACE_S
     assert state.active_sweep_id() is None
-    assert start(state, "sw-2")["status"] == RUNNING
+    assert start(state, "sw-2").status == RUNNING
     assert state.active_sweep_id() == "sw-2"
 
 
@@ -118,9 +119,9 @@ def test_cancel_waits_for_live_leases_and_settles_once_they_expire(state, clock)
     state.claim_slice("sw-1", 0, 0, "a", 30)
     state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
     assert state.settle("sw-1") is None
-    assert state.get_sweep("sw-1")["status"] == CANCELLING
+    assert state.get_sweep("sw-1").status == CANCELLING
     clock.now += 31  # the worker holding it died: nothing will ever commit
-    assert state.settle("sw-1")["status"] == CANCELLED
+    assert state.settle("sw-1").status == CANCELLED
 
 
 def test_a_cancel_settles_on_the_slice_done_path_too(state):
@@ -130,7 +131,7 @@ def test_a_cancel_settles_on_the_slice_done_path_too(state):
     claim = state.claim_slice("sw-1", 0, 0, "a", 30)
     state.set_status("sw-1", CANCELLING, allowed_from=frozenset({RUNNING}))
     state.commit_slice("sw-1", 0, claim.fence, BatchResult(None, True, counts(documents_scanned=3)))
-    assert state.settle("sw-1")["status"] == CANCELLED  # cancelling wins over done
+    assert state.settle("sw-1").status == CANCELLED  # cancelling wins over done
 
 
 def test_an_expired_lease_is_rescued_once_and_the_rescue_takes_the_slice_over(state, clock):
@@ -149,17 +150,17 @@ def test_an_expired_lease_is_rescued_once_and_the_rescue_takes_the_slice_over(st
 def test_a_failed_batch_counts_its_retries_and_a_commit_resets_them(state):
     start(state, slices=1)
     for expected in (1, 2):
-        claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0]["fence"], "a", 30)
-        assert state.release_slice("sw-1", 0, claim.fence, failed=True)["error_retries"] == expected
-    claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0]["fence"], "a", 30)
-    assert state.commit_slice("sw-1", 0, claim.fence, BatchResult("c", False, counts()))["error_retries"] == 0
+        claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0].fence, "a", 30)
+        assert state.release_slice("sw-1", 0, claim.fence, failed=True).error_retries == expected
+    claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0].fence, "a", 30)
+    assert state.commit_slice("sw-1", 0, claim.fence, BatchResult("c", False, counts())).error_retries == 0
 
 
 def test_a_problem_only_a_person_can_fix_pauses_the_sweep_with_its_reason(state):
     start(state)
     paused = state.pause_for("sw-1", "target key k/v2 is disabled")
-    assert paused["status"] == PAUSED and paused["paused_reason"] == "target key k/v2 is disabled"
-    assert state.pause_for("sw-1", "again")["paused_reason"] == "target key k/v2 is disabled"  # only from running
+    assert paused.status == PAUSED and paused.paused_reason == "target key k/v2 is disabled"
+    assert state.pause_for("sw-1", "again").paused_reason == "target key k/v2 is disabled"  # only from running
 
 
 def test_status_changes_are_refused_from_the_wrong_state(state):
@@ -183,3 +184,23 @@ def test_audit_chain_detects_an_altered_and_a_removed_entry(tmp_path):
     assert trail.check() == ["entry 2 was altered (hash mismatch)"]
     db.execute("DELETE FROM records WHERE kind = 'audit' AND id = ?", (f"{2:012d}",))
     assert any("entry 2 is missing" in problem for problem in trail.check())
+
+
+def test_records_round_trip_and_a_misspelt_field_is_an_error_not_a_silent_none(state):
+    sweep = start(state)
+    again = state.get_sweep("sw-1")
+    assert again == sweep.but(updated_at=again.updated_at)
+    assert Sweep.from_record(again.to_record()) == again
+    assert isinstance(state.slices("sw-1")[0], Slice)
+    with pytest.raises(AttributeError):
+        again.taget_kid  # noqa: B018 - the point: a typo fails loudly
+    state.record_failure("sw-1", 0, "doc-1", "p-1", "/title", "authentication_failed")
+    assert state.failures("sw-1") == [Failure.from_record(state.failures("sw-1")[0].to_record())]
+
+
+def test_limits_travel_flat_in_the_record_as_the_cli_prints_them():
+    sweep = Sweep.from_record({"id": "s", "target_kid": "k", "mode": "reencrypt", "status": RUNNING,
+                               "rate": 50.0, "kv_ops_per_s": None, "ru_per_s": 0})
+    assert dict(sweep.limits) == {"rate": 50.0} and sweep.limit("ru_per_s") is None
+    assert {key: sweep.to_record()[key] for key in ("rate", "kv_ops_per_s", "ru_per_s")} == {
+        "rate": 50.0, "kv_ops_per_s": None, "ru_per_s": None}

@@ -16,7 +16,7 @@ import socket
 
 from tracker_reencrypt.errors import ConflictError
 from tracker_reencrypt.stores import RecordStore
-from tracker_reencrypt.sweep.state import utc_now
+from tracker_reencrypt.sweep.records import utc_now
 
 AUDIT = "audit"
 GENESIS = "0" * 64

@@ -20,7 +20,8 @@ from celery import Celery
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.stores import store_fingerprint
-from tracker_reencrypt.sweep.state import RUNNING, SweepState
+from tracker_reencrypt.sweep.records import RUNNING
+from tracker_reencrypt.sweep.state import SweepState
 
 log = logging.getLogger("reencrypt.fleet")
 
@@ -120,7 +121,7 @@ def rescue_expired_leases(app: Celery, state: SweepState) -> list[tuple[int, int
     worker died): see SweepState.rescue_expired. Used by every worker's lease watch and by
     ``sweep start --wait``."""
     sweep_id = state.active_sweep_id()
-    if not sweep_id or state.get_sweep(sweep_id)["status"] != RUNNING:
+    if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
         return []
     rescued = state.rescue_expired(sweep_id)
     for index, fence in rescued:

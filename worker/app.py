@@ -16,6 +16,10 @@ from tracker_reencrypt.errors import ReencryptError
 from tracker_reencrypt.fleet import PROCESS_SLICE, QUEUE_PREFIX, make_celery
 from worker import health, lease_watch, metrics, runtime, tasks
 
+# azure-core logs every HTTP request at INFO (URL and headers): one line per Key Vault call
+# would bury the worker's own log. Its warnings and errors still show.
+logging.getLogger("azure").setLevel(logging.WARNING)
+
 try:
     settings = load_settings()
     if not settings.redis_url:

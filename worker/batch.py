@@ -30,6 +30,7 @@ from tracker_reencrypt.errors import ConflictError, NotFoundError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import DocumentStore, StoredDocument
+from tracker_reencrypt.sweep.records import Slice, Sweep
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
 
 CONFLICT_REASON = "conflict_retries_exhausted"
@@ -56,22 +57,22 @@ class BatchReport:
 class SliceBatch:
     """Everything one batch needs; built per task by the worker runtime."""
 
-    def __init__(self, store: DocumentStore, state: SweepState, keyring: Keyring, sweep: dict, limits: BatchLimits,
+    def __init__(self, store: DocumentStore, state: SweepState, keyring: Keyring, sweep: Sweep, limits: BatchLimits,
                  pacer: Pacer | None = None) -> None:
         self.store, self.state, self.keyring, self.sweep, self.limits = store, state, keyring, sweep, limits
         self.pacer = pacer
-        self.source_kids = frozenset(sweep["source_kids"]) if sweep.get("source_kids") else None
+        self.source_kids = frozenset(sweep.source_kids) if sweep.source_kids else None
 
-    def run(self, slice_body: dict) -> BatchReport:
-        report = BatchReport(result=BatchResult(continuation=slice_body["continuation"], done=False))
+    def run(self, piece: Slice) -> BatchReport:
+        report = BatchReport(result=BatchResult(continuation=piece.continuation, done=False))
         deadline = time.monotonic() + self.limits.seconds
         handled = 0
         while handled < self.limits.documents and time.monotonic() < deadline:
             page_size = min(self.limits.page_size, self.limits.documents - handled)
-            page = self.store.scan(slice_body["feed_range"], report.result.continuation, page_size)
+            page = self.store.scan(dict(piece.feed_range), report.result.continuation, page_size)
             if self.pacer is not None:
                 self.pacer.before_page(len(page.documents))
-            self._page(slice_body["index"], page.documents, report)
+            self._page(piece.index, page.documents, report)
             if self.pacer is not None:
                 self.pacer.after_page()
             handled += len(page.documents)
@@ -109,8 +110,8 @@ class SliceBatch:
             failed = FieldOutcome(WHOLE_DOCUMENT, "other", "", "failed", document.unreadable)
             return partition_key, DocumentPlan(new_body=None, fields=[failed])
         return partition_key, rekey_document(
-            document.body, partition_key, target_kid=self.sweep["target_kid"], keyring=self.keyring,
-            mode=self.sweep["mode"], source_kids=self.source_kids,
+            document.body, partition_key, target_kid=self.sweep.target_kid, keyring=self.keyring,
+            mode=self.sweep.mode, source_kids=self.source_kids,
         )
 
     def _settled_without_write(self, index: int, document: StoredDocument, partition_key: Any, plan: DocumentPlan,
@@ -175,6 +176,6 @@ class SliceBatch:
         if document_id == UNKNOWN_ID:
             row = json.dumps(list(document.row)) if document.row else document.etag
         for pointer, reason in fields:
-            self.state.record_failure(self.sweep["id"], index, document_id, partition_key, pointer, reason, row=row)
+            self.state.record_failure(self.sweep.id, index, document_id, partition_key, pointer, reason, row=row)
             report.result.counts["failures"] += 1
             report.failures_by_reason[reason] += 1

@@ -16,6 +16,7 @@ from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.pacing.backends.redis import RedisPacing
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import open_store
+from tracker_reencrypt.sweep.records import Sweep
 from tracker_reencrypt.sweep.state import SweepState
 from worker import metrics
 
@@ -43,12 +44,12 @@ class Runtime:
         self.pacing = RedisPacing(redis.Redis.from_url(redis_url))
         self.deltas = metrics.DeltaTracker()
 
-    def pacer(self, sweep: dict) -> Pacer:
+    def pacer(self, sweep: Sweep) -> Pacer:
         """Pacing for one batch of ``sweep``: the keyring's provider calls are paced by it
         until the next batch's (a pool process runs one batch at a time)."""
         self._pacer = Pacer(
-            self.pacing, sweep["id"], sweep, self.store.cost, self.keyring.provider,
-            reread_limits=lambda: self.state.get_sweep(sweep["id"]),
+            self.pacing, sweep.id, sweep.limits, self.store.cost, self.keyring.provider,
+            reread_limits=lambda: self.state.get_sweep(sweep.id).limits,
             on_wait=lambda limit, seconds: metrics.RATE_LIMIT_WAIT.labels(limit).inc(seconds),
             on_share=lambda resource, share: metrics.BUDGET_FACTOR.labels(resource).set(share),
         )

@@ -16,7 +16,8 @@ import traceback
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, ReencryptError
 from tracker_reencrypt.fleet import enqueue_slice
-from tracker_reencrypt.sweep.state import CANCELLING, RUNNING, Claim
+from tracker_reencrypt.sweep.records import CANCELLING, RUNNING, Sweep
+from tracker_reencrypt.sweep.state import Claim
 from worker import metrics
 from worker.batch import BatchLimits, SliceBatch
 from worker.runtime import Runtime
@@ -62,9 +63,9 @@ def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | N
 def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:
     state, settings = runtime.state, runtime.settings
     sweep = state.get_sweep(sweep_id)
-    if sweep["status"] != RUNNING:
+    if sweep.status != RUNNING:
         # Paused or stopping: drop the message; 'sweep resume' enqueues the slice again.
-        return f"dropped: sweep is {sweep['status']}"
+        return f"dropped: sweep is {sweep.status}"
     claim = state.claim_slice(sweep_id, index, fence, runtime.owner, settings.lease_seconds)
     if claim.action == "retry":
         enqueue_slice(app, sweep_id, index, fence, countdown=min(claim.retry_after + 0.5, settings.lease_seconds))
@@ -74,8 +75,8 @@ def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> st
     return _work(app, runtime, sweep, index, claim)
 
 
-def _work(app, runtime: Runtime, sweep: dict, index: int, claim: Claim) -> str:
-    state, settings, sweep_id = runtime.state, runtime.settings, sweep["id"]
+def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> str:
+    state, settings, sweep_id = runtime.state, runtime.settings, sweep.id
     started = time.perf_counter()
     try:
         # Built inside the try: it reads the budget state from Redis, and an outage there must
@@ -85,6 +86,7 @@ def _work(app, runtime: Runtime, sweep: dict, index: int, claim: Claim) -> str:
             BatchLimits(settings.batch_documents, settings.batch_seconds, settings.page_size, settings.conflict_retries),
             runtime.pacer(sweep),
         )
+        assert claim.slice is not None  # a "work" claim always carries its slice
         report = batch.run(claim.slice)
         state.commit_slice(sweep_id, index, claim.fence, report.result)
     except LeaseLostError as exc:
@@ -97,14 +99,14 @@ def _work(app, runtime: Runtime, sweep: dict, index: int, claim: Claim) -> str:
     finally:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         runtime.publish_metrics()
-    _count(report, sweep["mode"])
+    _count(report, sweep.mode)
     metrics.BATCHES.labels("committed").inc()
-    if sweep.get("last_error"):
-        state.update_sweep(sweep_id, lambda body: {k: v for k, v in body.items() if k != "last_error"},
-                           only_if=lambda body: body.get("status") == RUNNING and "last_error" in body)
+    if sweep.last_error:
+        state.update_sweep(sweep_id, lambda body: body.but(last_error=None),
+                           only_if=lambda body: body.status == RUNNING and body.last_error is not None)
     if report.result.done:
         return "slice done"
-    if state.get_sweep(sweep_id)["status"] == RUNNING:
+    if state.get_sweep(sweep_id).status == RUNNING:
         enqueue_slice(app, sweep_id, index, claim.fence)
         return "continued"
     return "stopped: sweep no longer running"
@@ -129,9 +131,9 @@ def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc
         log.error("slice %s/%d: %s; pausing the sweep ('reencrypt sweep resume' once fixed)", sweep_id, index, message)
         state.pause_for(sweep_id, message)
         return "paused: " + message
-    delay = error_backoff(released.get("error_retries", 1))
+    delay = error_backoff(released.error_retries)
     log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, message, delay)
-    state.update_sweep(sweep_id, lambda body: {**body, "last_error": message})
+    state.update_sweep(sweep_id, lambda body: body.but(last_error=message))
     enqueue_slice(app, sweep_id, index, fence, countdown=delay)
     return "error: retrying"
 
@@ -148,7 +150,7 @@ def _settle(runtime: Runtime, sweep_id: str, outcome: str) -> None:
     """
     state = runtime.state
     try:
-        status = state.get_sweep(sweep_id)["status"]
+        status = state.get_sweep(sweep_id).status
         if status != CANCELLING and not (status == RUNNING and outcome in _SLICE_ENDED):
             return
         finished = state.settle(sweep_id)
@@ -157,7 +159,7 @@ def _settle(runtime: Runtime, sweep_id: str, outcome: str) -> None:
         return
     if finished is not None:
         AuditTrail(runtime.store.records()).append(
-            f"sweep {finished['status']}", who=runtime.owner, sweep_id=sweep_id, totals=finished.get("totals"),
+            f"sweep {finished.status}", who=runtime.owner, sweep_id=sweep_id, totals=finished.totals,
         )
 
 

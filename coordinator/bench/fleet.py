@@ -15,7 +15,7 @@ from coordinator.bench.scrape import metric, scrape_settled, tree_rss_mb
 from coordinator.context import Context
 from coordinator.launch import WorkerFleet
 from tracker_reencrypt.errors import ConfigError, SweepError
-from tracker_reencrypt.sweep.state import COMPLETED, FINISHED
+from tracker_reencrypt.sweep.records import COMPLETED, FINISHED
 
 POLL_S = 0.02  # sweep status (SQLite: a one-row read); the fleet's end is seen at most this late
 REMOTE_POLL_S = 1.0  # sweep status on a billed store
@@ -36,12 +36,12 @@ def run_fleet(ctx: Context, workers: int, *, target_kid: str, container: Contain
         memory = _WorkerMemory(fleet, container.documents)
         with cpu_share([process.pid for process in fleet.processes]) as cores, clock.span():
             sweep = sweeps.start(ctx, to=target_kid, sources=[], mode="reencrypt", slices=slices)
-            status = _await_finish(ctx, fleet, sweep["id"], memory, poll_s=poll_s, log_dir=log_dir)
+            status = _await_finish(ctx, fleet, sweep.id, memory, poll_s=poll_s, log_dir=log_dir)
         memory.sample_peak()
-        totals = ctx.state.totals(sweep["id"])
+        totals = ctx.state.totals(sweep.id)
         scraped = scrape_settled(ports, totals["documents_scanned"])
     if status != COMPLETED:
-        raise SweepError(f"benchmark sweep {sweep['id']} ended {status} ({totals['failures']} failures); "
+        raise SweepError(f"benchmark sweep {sweep.id} ended {status} ({totals['failures']} failures); "
                          f"worker logs in {log_dir}")
 
     def total(name: str, **labels: str) -> float:
@@ -96,7 +96,7 @@ def _await_finish(ctx: Context, fleet: WorkerFleet, sweep_id: str, memory: _Work
     meanwhile; a dead worker or a sweep that stalls is an error."""
     sampled, scanned, moved_at = float("-inf"), -1, time.monotonic()
     while True:
-        status = ctx.state.get_sweep(sweep_id)["status"]
+        status = ctx.state.get_sweep(sweep_id).status
         if status in FINISHED:
             return status
         now = time.monotonic()

@@ -37,13 +37,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from typing import Literal
 
 from tracker_reencrypt.errors import ConflictError, LeaseLostError, NotFoundError, SweepError, UnknownNameError
 from tracker_reencrypt.stores import FeedRange, RecordStore
+from tracker_reencrypt.sweep.records import (
+    CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, PLANNED, RUNNING, Counts, Failure, Slice, Status, Sweep,
+    add_counts, slice_id, sum_counts, utc_now, zero_counts,
+)
 
 SWEEP, SLICE, FAILURE, LOCK = "sweep", "slice", "failure", "lock"
 ACTIVE_LOCK_ID = "active-sweep"
@@ -51,58 +54,13 @@ ACTIVE_LOCK_ID = "active-sweep"
 #: that, a start that crashed before writing it, and no longer blocks the container.
 LOCK_GRACE_S = 60.0
 
-#: Statuses; a sweep in one of FINISHED never changes again.
-PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED = (
-    "planned", "running", "paused", "cancelling", "cancelled", "completed", "failed",
-)
-FINISHED = frozenset({CANCELLED, COMPLETED, FAILED})
-COUNTERS = (
-    "documents_scanned", "documents_written", "documents_failed", "fields_reencrypted",
-    "fields_on_target", "fields_not_source", "conflicts", "failures",
-)
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_utc(text: str) -> float:
-    """Seconds since the epoch of a utc_now() timestamp."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-
-
-def new_sweep_id() -> str:
-    return f"sw-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-def slice_id(sweep_id: str, index: int) -> str:
-    return f"{sweep_id}/{index:04d}"
-
-
-def zero_counts() -> dict[str, int]:
-    return dict.fromkeys(COUNTERS, 0)
-
-
-def sum_counts(slices: list[dict]) -> dict[str, int]:
-    """A sweep's totals: every counter summed over its slice records."""
-    totals = zero_counts()
-    for body in slices:
-        for name in COUNTERS:
-            totals[name] += body["counts"].get(name, 0)
-    return totals
-
-
-def lease_is_live(body: dict, now: float) -> bool:
-    """Whether a slice record is held by a worker whose lease has not expired."""
-    return bool(body["lease_owner"]) and body["lease_expires"] > now
-
 
 @dataclass(frozen=True)
 class Claim:
     """The outcome of trying to take a slice: work it, wait and retry, or drop the message."""
 
-    action: str  # "work" | "retry" | "drop"
-    slice: dict | None = None
+    action: Literal["work", "retry", "drop"]
+    slice: Slice | None = None
     fence: int = 0
     retry_after: float = 0.0
     why: str = ""
@@ -114,11 +72,11 @@ class BatchResult:
 
     continuation: str | None
     done: bool
-    counts: dict[str, int] = field(default_factory=zero_counts)
+    counts: Counts = field(default_factory=zero_counts)
 
 
 class SweepState:
-    """Sweeps, slices and failures over a RecordStore.
+    """Sweeps, slices and failures over a RecordStore, as typed records (sweep/records.py).
 
     ``clock`` (seconds since the epoch) is injectable so leases and expiry are tested without
     sleeping, as Fernet's ``*_at_time`` methods take the time.
@@ -130,35 +88,31 @@ class SweepState:
 
     # -- sweeps ----------------------------------------------------------------------------
 
-    def create_sweep(self, sweep: dict, feed_ranges: list[FeedRange]) -> dict:
+    def create_sweep(self, sweep: Sweep, feed_ranges: list[FeedRange]) -> Sweep:
         """Record a sweep and its slices, holding the container's one active-sweep lock.
 
         The lock is taken first, then the sweep record is written as ``planned`` (until it
         exists the lock counts as live for LOCK_GRACE_S, so a concurrent start cannot take it
         meanwhile); the sweep takes its requested status only once every slice exists.
         """
-        self._take_active_lock(sweep["id"])
-        status = sweep["status"]
-        planned = {**sweep, "status": PLANNED, "slice_count": len(feed_ranges), "created_at": utc_now(), "updated_at": utc_now()}
-        self.records.create(SWEEP, sweep["id"], planned)
+        self._take_active_lock(sweep.id)
+        planned = sweep.but(status=PLANNED, slice_count=len(feed_ranges), created_at=utc_now(), updated_at=utc_now())
+        self.records.create(SWEEP, sweep.id, planned.to_record())
         for index, feed_range in enumerate(feed_ranges):
-            self.records.create(SLICE, slice_id(sweep["id"], index), {
-                "sweep_id": sweep["id"], "index": index, "feed_range": feed_range, "continuation": None,
-                "done": False, "fence": 0, "lease_owner": None, "lease_expires": 0.0,
-                "counts": zero_counts(), "updated_at": self.clock(), "error_retries": 0, "rescued_fence": None,
-            })
-        return self.update_sweep(sweep["id"], lambda body: {**body, "status": status})
+            piece = Slice(sweep_id=sweep.id, index=index, feed_range=feed_range, updated_at=self.clock())
+            self.records.create(SLICE, slice_id(sweep.id, index), piece.to_record())
+        return self.update_sweep(sweep.id, lambda body: body.but(status=sweep.status))
 
-    def get_sweep(self, sweep_id: str) -> dict:
+    def get_sweep(self, sweep_id: str) -> Sweep:
         try:
-            return self.records.get(SWEEP, sweep_id)[0]
+            return Sweep.from_record(self.records.get(SWEEP, sweep_id)[0])
         except NotFoundError:
             raise UnknownNameError(f"no sweep {sweep_id!r}: list sweeps with 'reencrypt sweep status --all'") from None
 
-    def sweeps(self) -> list[dict]:
-        return sorted((body for _, body, _ in self.records.list(SWEEP)), key=lambda s: s["created_at"])
+    def sweeps(self) -> list[Sweep]:
+        return sorted((Sweep.from_record(body) for _, body, _ in self.records.list(SWEEP)), key=lambda s: s.created_at)
 
-    def latest_sweep(self) -> dict:
+    def latest_sweep(self) -> Sweep:
         sweeps = self.sweeps()
         if not sweeps:
             raise SweepError("no sweep has been started on this store: start one with 'reencrypt sweep start --to KID'")
@@ -172,33 +126,35 @@ class SweepState:
             return None
         return self._live_holder(body)
 
-    def update_sweep(self, sweep_id: str, change, *, only_if=None) -> dict:
-        """Apply ``change(body) -> dict`` conditionally; ``only_if(body)`` False refuses."""
+    def update_sweep(self, sweep_id: str, change: Callable[[Sweep], Sweep], *,
+                     only_if: Callable[[Sweep], bool] | None = None) -> Sweep:
+        """Apply ``change(sweep) -> sweep`` conditionally; ``only_if(sweep)`` False refuses."""
         while True:
             try:
                 body, etag = self.records.get(SWEEP, sweep_id)
             except NotFoundError:
                 raise SweepError(f"no sweep {sweep_id!r}") from None
-            if only_if is not None and not only_if(body):
-                return body
-            new = {**change(body), "updated_at": utc_now()}
+            before = Sweep.from_record(body)
+            if only_if is not None and not only_if(before):
+                return before
+            after = change(before).but(updated_at=utc_now())
             try:
-                self.records.replace(SWEEP, sweep_id, new, etag)
+                self.records.replace(SWEEP, sweep_id, after.to_record(), etag)
             except ConflictError:
                 continue
-            if new["status"] in FINISHED and body["status"] not in FINISHED:
+            if after.finished and not before.finished:
                 self._release_active_lock(sweep_id)
-            return new
+            return after
 
-    def set_status(self, sweep_id: str, status: str, *, allowed_from: frozenset[str]) -> dict:
+    def set_status(self, sweep_id: str, status: Status, *, allowed_from: frozenset[str]) -> Sweep:
         current = self.get_sweep(sweep_id)
-        if current["status"] not in allowed_from:
+        if current.status not in allowed_from:
             raise SweepError(
-                f"sweep {sweep_id} is {current['status']}; it can become {status} only from {', '.join(sorted(allowed_from))}"
+                f"sweep {sweep_id} is {current.status}; it can become {status} only from {', '.join(sorted(allowed_from))}"
             )
-        extra = {"finished_at": utc_now()} if status in FINISHED else {}
-        return self.update_sweep(sweep_id, lambda body: {**body, "status": status, **extra},
-                                 only_if=lambda body: body["status"] in allowed_from)
+        finished_at = utc_now() if status in (CANCELLED, COMPLETED, FAILED) else current.finished_at
+        return self.update_sweep(sweep_id, lambda sweep: sweep.but(status=status, finished_at=finished_at),
+                                 only_if=lambda sweep: sweep.status in allowed_from)
 
     def _take_active_lock(self, sweep_id: str) -> None:
         mine = {"sweep_id": sweep_id, "taken_at": self.clock()}
@@ -228,7 +184,7 @@ class SweepState:
         if not holder:
             return None
         try:
-            live = self.records.get(SWEEP, holder)[0]["status"] not in FINISHED
+            live = not Sweep.from_record(self.records.get(SWEEP, holder)[0]).finished
         except NotFoundError:
             live = self.clock() - lock.get("taken_at", 0.0) < LOCK_GRACE_S
         return holder if live else None
@@ -243,51 +199,49 @@ class SweepState:
 
     # -- slices ----------------------------------------------------------------------------
 
-    def slices(self, sweep_id: str) -> list[dict]:
-        return [body for _, body, _ in self.records.list(SLICE, prefix=f"{sweep_id}/")]
+    def slices(self, sweep_id: str) -> list[Slice]:
+        return [Slice.from_record(body) for _, body, _ in self.records.list(SLICE, prefix=f"{sweep_id}/")]
 
     def claim_slice(self, sweep_id: str, index: int, expected_fence: int, owner: str, lease_seconds: float) -> Claim:
         record_id = slice_id(sweep_id, index)
         while True:
             body, etag = self.records.get(SLICE, record_id)
-            now = self.clock()
-            if body["done"]:
+            piece, now = Slice.from_record(body), self.clock()
+            if piece.done:
                 return Claim("drop", why="slice already done")
-            if lease_is_live(body, now):
-                return Claim("retry", retry_after=body["lease_expires"] - now, why=f"leased by {body['lease_owner']}")
-            if not body["lease_owner"] and body["fence"] != expected_fence:
+            if piece.lease_is_live(now):
+                return Claim("retry", retry_after=piece.lease_expires - now, why=f"leased by {piece.lease_owner}")
+            if not piece.lease_owner and piece.fence != expected_fence:
                 return Claim("drop", why="stale message: the slice moved on")
-            fence = body["fence"] + 1
-            claimed = {**body, "fence": fence, "lease_owner": owner, "lease_expires": now + lease_seconds, "updated_at": now}
+            claimed = piece.but(fence=piece.fence + 1, lease_owner=owner, lease_expires=now + lease_seconds, updated_at=now)
             try:
-                self.records.replace(SLICE, record_id, claimed, etag)
+                self.records.replace(SLICE, record_id, claimed.to_record(), etag)
             except ConflictError:
                 continue
-            return Claim("work", slice=claimed, fence=fence)
+            return Claim("work", slice=claimed, fence=claimed.fence)
 
-    def commit_slice(self, sweep_id: str, index: int, fence: int, result: BatchResult) -> dict:
+    def commit_slice(self, sweep_id: str, index: int, fence: int, result: BatchResult) -> Slice:
         """Write checkpoint and counts, release the lease: only while the fence is ours."""
-        return self._settle_slice(sweep_id, index, fence, lambda body: {
-            "continuation": result.continuation, "done": result.done, "error_retries": 0,
-            "counts": {name: body["counts"].get(name, 0) + result.counts.get(name, 0) for name in COUNTERS},
-        })
+        return self._settle_slice(sweep_id, index, fence, lambda piece: piece.but(
+            continuation=result.continuation, done=result.done, error_retries=0,
+            counts=add_counts(piece.counts, result.counts)))
 
-    def release_slice(self, sweep_id: str, index: int, fence: int, *, failed: bool = False) -> dict:
+    def release_slice(self, sweep_id: str, index: int, fence: int, *, failed: bool = False) -> Slice:
         """Give a claimed slice back at its checkpoint (the sweep was paused or cancelled, or the
         batch failed: then ``error_retries`` counts on, for the back-off of the next try)."""
-        return self._settle_slice(sweep_id, index, fence, lambda body: {
-            "error_retries": body.get("error_retries", 0) + 1 if failed else body.get("error_retries", 0),
-        })
+        return self._settle_slice(sweep_id, index, fence,
+                                  lambda piece: piece.but(error_retries=piece.error_retries + int(failed)))
 
-    def _settle_slice(self, sweep_id: str, index: int, fence: int, change: Callable[[dict], dict]) -> dict:
+    def _settle_slice(self, sweep_id: str, index: int, fence: int, change: Callable[[Slice], Slice]) -> Slice:
         record_id = slice_id(sweep_id, index)
         while True:
             body, etag = self.records.get(SLICE, record_id)
-            if body["fence"] != fence:
-                raise LeaseLostError(f"slice {record_id} was taken over (fence {body['fence']}, ours {fence})")
-            settled = {**body, **change(body), "lease_owner": None, "lease_expires": 0.0, "updated_at": self.clock()}
+            piece = Slice.from_record(body)
+            if piece.fence != fence:
+                raise LeaseLostError(f"slice {record_id} was taken over (fence {piece.fence}, ours {fence})")
+            settled = change(piece).but(lease_owner=None, lease_expires=0.0, updated_at=self.clock())
             try:
-                self.records.replace(SLICE, record_id, settled, etag)
+                self.records.replace(SLICE, record_id, settled.to_record(), etag)
                 return settled
             except ConflictError:
                 continue
@@ -298,21 +252,22 @@ class SweepState:
         fence rescued, so however many workers and followers look, each expiry is re-queued once."""
         rescued = []
         for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
-            if body["done"] or not body["lease_owner"] or lease_is_live(body, self.clock()):
+            piece = Slice.from_record(body)
+            if piece.done or not piece.lease_owner or piece.lease_is_live(self.clock()):
                 continue
-            if body.get("rescued_fence") == body["fence"]:
+            if piece.rescued_fence == piece.fence:
                 continue
             try:
-                self.records.replace(SLICE, record_id, {**body, "rescued_fence": body["fence"]}, etag)
+                self.records.replace(SLICE, record_id, piece.but(rescued_fence=piece.fence).to_record(), etag)
             except ConflictError:
                 continue  # taken over or rescued by someone else meanwhile
-            rescued.append((body["index"], body["fence"]))
+            rescued.append((piece.index, piece.fence))
         return rescued
 
-    def totals(self, sweep_id: str) -> dict[str, int]:
+    def totals(self, sweep_id: str) -> Counts:
         return sum_counts(self.slices(sweep_id))
 
-    def settle(self, sweep_id: str) -> dict | None:
+    def settle(self, sweep_id: str) -> Sweep | None:
         """Move the sweep to its final state when it has reached it; the sweep when this call
         made the transition (so exactly one caller audits it), else None.
 
@@ -321,29 +276,29 @@ class SweepState:
         operator asked for it, and the counts still show the work that was finished.
         """
         sweep = self.get_sweep(sweep_id)
-        if sweep["status"] not in (RUNNING, CANCELLING):
+        if sweep.status not in (RUNNING, CANCELLING):
             return None
         slices = self.slices(sweep_id)
-        if sweep["status"] == CANCELLING:
-            if any(lease_is_live(body, self.clock()) for body in slices):
+        totals = sweep.totals
+        if sweep.status == CANCELLING:
+            if any(piece.lease_is_live(self.clock()) for piece in slices):
                 return None
-            target, extra = CANCELLED, {}
+            target: Status = CANCELLED
         else:
-            if not slices or not all(body["done"] for body in slices):
+            if not slices or not all(piece.done for piece in slices):
                 return None
             totals = sum_counts(slices)
-            target, extra = (FAILED if totals["failures"] else COMPLETED), {"totals": totals}
-        before = sweep["status"]
-        after = self.update_sweep(sweep_id, lambda body: {**body, "status": target, **extra, "finished_at": utc_now()},
-                                  only_if=lambda body: body["status"] == before)
-        return after if after["status"] == target else None
+            target = FAILED if totals["failures"] else COMPLETED
+        before = sweep.status
+        after = self.update_sweep(sweep_id, lambda body: body.but(status=target, totals=totals, finished_at=utc_now()),
+                                  only_if=lambda body: body.status == before)
+        return after if after.status == target else None
 
-    def pause_for(self, sweep_id: str, reason: str) -> dict:
+    def pause_for(self, sweep_id: str, reason: str) -> Sweep:
         """Pause a running sweep because of a problem only a person can fix; ``reason`` is shown
         by ``sweep status``, the exporter and an alert, and cleared by ``sweep resume``."""
-        return self.update_sweep(sweep_id, lambda body: {**body, "status": PAUSED, "paused_reason": reason,
-                                                         "last_error": reason},
-                                 only_if=lambda body: body["status"] == RUNNING)
+        return self.update_sweep(sweep_id, lambda sweep: sweep.but(status=PAUSED, paused_reason=reason, last_error=reason),
+                                 only_if=lambda sweep: sweep.status == RUNNING)
 
     # -- failures --------------------------------------------------------------------------
 
@@ -359,13 +314,13 @@ class SweepState:
         """
         identity = f"{document_id}\0{partition_key}\0{field_path}" + (f"\0{row}" if row else "")
         digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
-        body = {"sweep_id": sweep_id, "slice": index, "document_id": document_id, "partition_key": partition_key,
-                "field_path": field_path, "reason": reason, "at": utc_now(), **({"row": row} if row else {})}
+        failure = Failure(sweep_id=sweep_id, slice=index, document_id=document_id, partition_key=partition_key,
+                          field_path=field_path, reason=reason, at=utc_now(), row=row or None)
         try:
-            self.records.create(FAILURE, f"{sweep_id}/{digest}", body)
+            self.records.create(FAILURE, f"{sweep_id}/{digest}", failure.to_record())
         except ConflictError:
             pass
 
-    def failures(self, sweep_id: str) -> list[dict]:
+    def failures(self, sweep_id: str) -> list[Failure]:
         self.get_sweep(sweep_id)
-        return [body for _, body, _ in self.records.list(FAILURE, prefix=f"{sweep_id}/")]
+        return [Failure.from_record(body) for _, body, _ in self.records.list(FAILURE, prefix=f"{sweep_id}/")]
