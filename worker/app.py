@@ -13,7 +13,7 @@ from celery import signals
 
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ReencryptError
-from tracker_reencrypt.fleet import PROCESS_SLICE, QUEUE_PREFIX, make_celery
+from tracker_reencrypt.fleet import PROCESS_SLICE, make_celery
 from worker import health, lease_watch, metrics, runtime, tasks
 
 # azure-core logs every HTTP request at INFO (URL and headers): one line per Key Vault call
@@ -34,10 +34,7 @@ _health: health.HealthServer | None = None
 
 @app.task(name=PROCESS_SLICE, acks_late=True, reject_on_worker_lost=True)
 def process_slice(sweep_id: str, index: int, fence: int, store: str | None = None) -> str:
-    if store != app.conf.task_default_queue[len(QUEUE_PREFIX):]:
-        outcome = tasks.forward_misrouted(app, sweep_id, index, fence, store)
-    else:
-        outcome = tasks.process_slice(app, runtime.current(settings, settings.redis_url), sweep_id, index, fence)
+    outcome = tasks.handle(app, lambda: runtime.current(settings, settings.redis_url), sweep_id, index, fence, store)
     logging.getLogger("reencrypt.worker").info("slice %s/%d: %s", sweep_id, index, outcome)
     return outcome
 

@@ -1,18 +1,24 @@
 """Per-process resources of a worker: store, keyring, sweep state, pacing state in Redis.
 
-Built on first use inside each pool process (connections must not cross Celery's fork).
+Built on first use inside each pool process (connections must not cross Celery's fork). The
+pacing backend, the clock and the sleep can be given instead (the in-process fleet of the
+tests runs the same code on MemoryPacing and a clock that moves on demand).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 
 import redis
 
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.keys import KeyProvider, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.pacing.backend import PacingBackend
 from tracker_reencrypt.pacing.backends.redis import RedisPacing
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import open_store
@@ -22,9 +28,11 @@ from worker import metrics
 
 
 class Runtime:
-    def __init__(self, settings: Settings, redis_url: str, *, provider: KeyProvider | None = None) -> None:
+    def __init__(self, settings: Settings, redis_url: str | None, *, provider: KeyProvider | None = None,
+                 pacing: PacingBackend | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         """``provider`` replaces the one ``settings.keys`` names (a vault client built with its
-        own credential and options, as tests do)."""
+        own credential and options, as tests do); ``pacing`` the Redis backend at ``redis_url``."""
         settings.require("store")
         if provider is None:
             provider = open_key_provider(settings.require("keys").keys)
@@ -32,7 +40,8 @@ class Runtime:
         self.pid = os.getpid()
         self.owner = f"{socket.gethostname()}:{self.pid}"
         self.store = open_store(settings.store, partition_key_field=settings.partition_key_field)
-        self.state = SweepState(self.store.records())
+        self.state = SweepState(self.store.records(), clock=clock)
+        self._clock, self._sleep = clock, sleep
         self._pacer: Pacer | None = None
         self.keyring = Keyring(
             provider,
@@ -41,7 +50,11 @@ class Runtime:
             before_provider_call=self._before_key_call,
             after_provider_call=metrics.observe_key_call,
         )
-        self.pacing = RedisPacing(redis.Redis.from_url(redis_url))
+        if pacing is None:
+            if not redis_url:
+                raise ConfigError("no Redis URL for the fleet's pacing state: set REDIS_URL")
+            pacing = RedisPacing(redis.Redis.from_url(redis_url))
+        self.pacing = pacing
         self.deltas = metrics.DeltaTracker()
 
     def pacer(self, sweep: Sweep) -> Pacer:
@@ -52,6 +65,7 @@ class Runtime:
             reread_limits=lambda: self.state.get_sweep(sweep.id).limits,
             on_wait=lambda limit, seconds: metrics.RATE_LIMIT_WAIT.labels(limit).inc(seconds),
             on_share=lambda resource, share: metrics.BUDGET_FACTOR.labels(resource).set(share),
+            clock=self._clock, sleep=self._sleep,
         )
         return self._pacer
 

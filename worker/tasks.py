@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, ReencryptError
-from tracker_reencrypt.fleet import enqueue_slice
+from tracker_reencrypt.fleet import QUEUE_PREFIX, enqueue_slice
 from tracker_reencrypt.sweep.records import CANCELLING, RUNNING, Sweep
 from tracker_reencrypt.sweep.state import Claim
 from worker import metrics
@@ -32,6 +33,15 @@ ERROR_BACKOFF_MAX_S = 300.0
 
 def error_backoff(failures_in_a_row: int) -> float:
     return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** max(0, failures_in_a_row - 1))
+
+
+def handle(app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int,
+           store: str | None = None) -> str:
+    """One task message, as the Celery task (worker/app.py) and the tests' in-process fleet
+    receive it: ours is worked, another store's is sent on to its own queue."""
+    if store != app.conf.task_default_queue[len(QUEUE_PREFIX):]:
+        return forward_misrouted(app, sweep_id, index, fence, store)
+    return process_slice(app, runtime_of(), sweep_id, index, fence)
 
 
 def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:

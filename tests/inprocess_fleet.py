@@ -1,0 +1,109 @@
+"""The fleet in one test process: real task code, a broker in memory, time that moves on demand.
+
+As dramatiq's ``StubBroker.join`` and arq's burst-mode worker run real actors in the test
+process, :class:`InProcessFleet` runs the worker's own message handler (``worker.tasks.handle``)
+over a real SQLite store and keyring, with the in-memory pacing backend and an injected clock.
+Claims, leases, fences, commits, continuations, pause, cancel and lease expiry are then tested
+in milliseconds; the subprocess tests with real Celery workers stay as the small ``slow`` set.
+
+The broker here is the in-memory twin of the part of Celery the handler uses: ``send_task``
+and the app's default queue. A countdown is honoured by the clock: a message is not handled
+before it is due, and waiting for it moves the clock forward instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from tracker_reencrypt.config import Settings
+from tracker_reencrypt.fleet import PROCESS_SLICE, QUEUE_PREFIX, rescue_expired_leases, store_queue
+from tracker_reencrypt.pacing.backends.memory import MemoryPacing
+from worker import tasks
+from worker.runtime import Runtime
+
+
+class Clock:
+    """Seconds since the epoch that move only when told to."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+@dataclass(order=True)
+class Message:
+    due: float
+    order: int
+    queue: str = field(compare=False)
+    args: list = field(compare=False)
+    kwargs: dict = field(compare=False)
+
+
+class MemoryBroker:
+    """What ``enqueue_slice`` needs of a Celery app, with the messages kept in a heap by due time."""
+
+    def __init__(self, queue: str, clock: Clock) -> None:
+        self.conf = SimpleNamespace(task_default_queue=queue)
+        self.clock = clock
+        self.messages: list[Message] = []
+        self.published = 0
+        self._order = itertools.count()
+
+    def send_task(self, name: str, args=None, kwargs=None, countdown=None, queue=None) -> None:
+        assert name == PROCESS_SLICE, name
+        due = self.clock() + (countdown or 0)
+        heapq.heappush(self.messages, Message(due, next(self._order), queue or self.conf.task_default_queue,
+                                              list(args or []), dict(kwargs or {})))
+        self.published += 1
+
+    def take(self) -> Message | None:
+        return heapq.heappop(self.messages) if self.messages else None
+
+
+class InProcessFleet:
+    """One worker process's runtime and the broker, driven message by message."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
+        self.settings = settings
+        self.broker = MemoryBroker(store_queue(settings), self.clock)
+        self.runtime = Runtime(settings, None, pacing=MemoryPacing(clock=self.clock), clock=self.clock,
+                               sleep=self.clock.sleep)
+        self.outcomes: list[str] = []
+
+    @property
+    def state(self):
+        return self.runtime.state
+
+    def step(self) -> str | None:
+        """Handle the next message (moving the clock to it when it is not yet due); None when empty."""
+        message = self.broker.take()
+        if message is None:
+            return None
+        self.clock.now = max(self.clock.now, message.due)
+        if message.queue != self.broker.conf.task_default_queue:
+            # Another store's queue: no worker of this fleet listens there.
+            self.outcomes.append(f"not ours: {message.queue[len(QUEUE_PREFIX):]}")
+            return self.outcomes[-1]
+        outcome = tasks.handle(self.broker, lambda: self.runtime, *message.args, **message.kwargs)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def join(self, limit: int = 10_000) -> list[str]:
+        """Handle messages until none is left (the lease watch looks after each one, as the
+        workers' watch does every quarter lease); the outcomes, in order."""
+        start = len(self.outcomes)
+        for _ in range(limit):
+            if self.step() is None:
+                rescued = rescue_expired_leases(self.broker, self.state)
+                if not rescued:
+                    return self.outcomes[start:]
+        raise AssertionError(f"the fleet did not drain in {limit} messages: {self.outcomes[-10:]}")

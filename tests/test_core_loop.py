@@ -1,0 +1,162 @@
+"""The worker's core loop in milliseconds: real task code over a real SQLite store and keyring,
+driven message by message by the in-process fleet (tests/inprocess_fleet.py), on a clock that
+moves only when told. What the subprocess fleet tests show with real Celery workers, shown here
+fast: claim, lease, fence, commit, continuation, pause, cancel, expiry, permanent errors and
+misrouted messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import assert_every_field_on, make_rotation
+from inprocess_fleet import InProcessFleet
+from tracker_reencrypt.audit import AuditTrail
+from tracker_reencrypt.config import Settings
+from tracker_reencrypt.fleet import enqueue_slice
+from tracker_reencrypt.sweep.records import CANCELLED, CANCELLING, COMPLETED, PAUSED, RUNNING, Sweep, utc_now
+
+DOCUMENTS = 300
+BATCH = 40
+
+
+@pytest.fixture
+def rotation(tmp_path):
+    return make_rotation(tmp_path, DOCUMENTS)
+
+
+def fleet_for(rotation, **settings) -> InProcessFleet:
+    options = {"batch_documents": BATCH, "batch_seconds": 30, "page_size": 20, "lease_seconds": 60, **settings}
+    return InProcessFleet(Settings(store=rotation.store_url, keys=rotation.keys_url, **options))
+
+
+def start(fleet: InProcessFleet, target_kid: str, slices: int = 4) -> Sweep:
+    """What 'sweep start' writes and sends, without the CLI's checks."""
+    store = fleet.runtime.store
+    sweep = fleet.state.create_sweep(Sweep(id="sw-core", target_kid=target_kid, mode="reencrypt", status=RUNNING,
+                                           started_at=utc_now(), documents_estimate=store.count()),
+                                     store.feed_ranges(slices))
+    for index in range(sweep.slice_count):
+        enqueue_slice(fleet.broker, sweep.id, index, 0)
+    return sweep
+
+
+def audit_actions(fleet: InProcessFleet) -> list[str]:
+    return [entry["action"] for entry in AuditTrail(fleet.runtime.store.records()).entries()]
+
+
+def test_a_sweep_runs_batch_by_batch_to_completion_with_one_message_per_batch(rotation):
+    fleet = fleet_for(rotation)
+    sweep = start(fleet, rotation.v2)
+    outcomes = fleet.join()
+
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+    assert set(outcomes) == {"continued", "slice done"} and outcomes.count("slice done") == 4
+    assert fleet.broker.published == len(outcomes)  # every message was a batch: none wasted
+    assert fleet.state.totals(sweep.id)["documents_scanned"] == DOCUMENTS
+    assert audit_actions(fleet) == ["sweep completed"]
+    assert_every_field_on(rotation, rotation.v2)
+
+
+def test_a_duplicate_message_is_dropped_by_the_fence(rotation):
+    fleet = fleet_for(rotation)
+    sweep = start(fleet, rotation.v2, slices=1)
+    enqueue_slice(fleet.broker, sweep.id, 0, 0)  # the same message twice (a redelivery)
+    outcomes = fleet.join()
+    assert outcomes.count("dropped: stale message: the slice moved on") == 1
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+    enqueue_slice(fleet.broker, sweep.id, 0, 0)  # one more, long after
+    assert fleet.join() == ["dropped: sweep is completed"]
+    assert fleet.state.totals(sweep.id)["documents_scanned"] == DOCUMENTS  # nothing counted twice
+
+
+def test_pause_stops_taking_batches_and_resume_goes_on_from_the_checkpoints(rotation):
+    fleet = fleet_for(rotation)
+    sweep = start(fleet, rotation.v2)
+    for _ in range(3):
+        fleet.step()
+    fleet.state.set_status(sweep.id, PAUSED, allowed_from=frozenset({RUNNING}))
+    assert set(fleet.join()) == {"dropped: sweep is paused"}
+    scanned = fleet.state.totals(sweep.id)["documents_scanned"]
+    assert 0 < scanned < DOCUMENTS
+
+    fleet.state.set_status(sweep.id, RUNNING, allowed_from=frozenset({PAUSED}))
+    for piece in fleet.state.slices(sweep.id):  # what 'sweep resume' sends
+        if not piece.done:
+            enqueue_slice(fleet.broker, sweep.id, piece.index, piece.fence)
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+    assert fleet.state.totals(sweep.id)["documents_scanned"] == DOCUMENTS
+    assert_every_field_on(rotation, rotation.v2)
+
+
+def test_a_killed_workers_slice_is_taken_over_once_its_lease_expires(rotation):
+    fleet = fleet_for(rotation, lease_seconds=60)
+    sweep = start(fleet, rotation.v2)
+    first = fleet.broker.take()  # slice 0's message, taken by a worker that then dies mid-batch
+    dead = fleet.state.claim_slice(sweep.id, first.args[1], first.args[2], "dead-worker:1", 60)
+    assert dead.action == "work"
+
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == RUNNING  # every other slice done; one still leased
+    fleet.clock.now += 61
+    fleet.join()  # the lease watch re-queues it once; a worker takes it over with a new fence
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+    assert_every_field_on(rotation, rotation.v2)
+
+
+def test_a_cancel_settles_when_the_last_batch_ends_its_slice(rotation):
+    """The bug: the cancel arrived while the last batch was running; that batch finished its
+    slice, took the 'slice done' path, and the sweep stayed cancelling for ever."""
+    fleet = fleet_for(rotation, batch_documents=2 * DOCUMENTS)  # one batch does the whole slice
+    sweep = start(fleet, rotation.v2, slices=1)
+    store, scan = fleet.runtime.store, fleet.runtime.store.scan
+
+    def scan_then_cancel(*args, **kwargs):  # the operator's cancel lands mid-batch
+        page = scan(*args, **kwargs)
+        if fleet.state.get_sweep(sweep.id).status == RUNNING:
+            fleet.state.set_status(sweep.id, CANCELLING, allowed_from=frozenset({RUNNING}))
+        return page
+
+    store.scan = scan_then_cancel
+    assert fleet.join() == ["slice done"]
+    assert fleet.state.get_sweep(sweep.id).status == CANCELLED
+    assert audit_actions(fleet) == ["sweep cancelled"]
+
+
+def test_a_cancel_whose_worker_died_settles_when_its_lease_has_expired(rotation):
+    fleet = fleet_for(rotation, lease_seconds=60)
+    sweep = start(fleet, rotation.v2, slices=1)
+    message = fleet.broker.take()
+    fleet.state.claim_slice(sweep.id, 0, message.args[2], "dead-worker:3", 60)
+    fleet.state.set_status(sweep.id, CANCELLING, allowed_from=frozenset({RUNNING}))
+
+    enqueue_slice(fleet.broker, sweep.id, 0, message.args[2])  # the dead worker's message, redelivered
+    assert fleet.join() == ["dropped: sweep is cancelling"]
+    assert fleet.state.get_sweep(sweep.id).status == CANCELLING  # its lease is still live
+    fleet.clock.now += 61
+    enqueue_slice(fleet.broker, sweep.id, 0, message.args[2])
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == CANCELLED
+
+
+def test_a_problem_only_a_person_can_fix_pauses_the_sweep_with_its_reason(rotation):
+    rotation.provider().rotate()  # v3 current, so the sweep's target v2 can be disabled under it
+    fleet = fleet_for(rotation, dek_max_uses=1)  # a wrap per field: the disabled key shows at once
+    sweep = start(fleet, rotation.v2)
+    fleet.step()
+    # Through the worker's own provider: another process's change reaches it within a second.
+    fleet.runtime.keyring.provider.set_enabled(rotation.v2, False)
+    outcomes = fleet.join()
+
+    paused = fleet.state.get_sweep(sweep.id)
+    assert paused.status == PAUSED and "disabled" in paused.paused_reason
+    assert any(outcome.startswith("paused: ") for outcome in outcomes)
+    assert outcomes[-1] == "dropped: sweep is paused"  # no retry loop behind the pause
+    assert all(not piece.lease_owner for piece in fleet.state.slices(sweep.id))  # every slice given back
+
+
+def test_a_message_of_another_store_is_sent_on_to_its_own_queue(rotation):
+    fleet = fleet_for(rotation)
+    enqueue_slice(fleet.broker, "sw-elsewhere", 0, 0, fingerprint="0123456789ab")
+    fleet.broker.messages[0].queue = fleet.broker.conf.task_default_queue  # misrouted onto ours
+    assert fleet.join() == ["forwarded to its own store's queue", "not ours: 0123456789ab"]
