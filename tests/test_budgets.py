@@ -414,7 +414,7 @@ def test_dry_run_estimate_matches_a_hand_computation(tmp_path, redis_url):
     deks = {sealed["dek"] for body in on_v1 for _, sealed in find_envelopes(body)}
     average = sum(len(json.dumps(body, separators=(",", ":"))) for body in bodies) / len(bodies)
     # The documented model, written out here rather than imported: a read of k KB (at least 1)
-    # costs k RU, a replace 5 + 5k RU (1 KB: ~1 and ~10, as platform-facts.md gives for Cosmos).
+    # costs k RU, a replace 5 + 5k RU (1 KB: ~1 and ~10, as Microsoft gives for Cosmos).
     kilobytes = max(1.0, average / 1024)
     request_units = len(bodies) * kilobytes + len(on_v1) * (5 + 5 * kilobytes)
     print(f"{len(bodies)} documents ({average:.0f} B average), {len(on_v1)} to rewrite, {len(deks)} distinct DEKs, "

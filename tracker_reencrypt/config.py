@@ -1,7 +1,7 @@
 """Settings: one typed object, read once from the environment (and CLI flags on top).
 
 Every process (coordinator command, worker, exporter) builds a :class:`Settings` at start-up
-and passes it down; nothing else reads ``os.environ``. Variables:
+and passes it down. Variables:
 
 ========================================  =============================================
 ``REENCRYPT_STORE``                        store URL (``sqlite:///...`` or ``cosmos://...``)
@@ -17,6 +17,17 @@ and passes it down; nothing else reads ``os.environ``. Variables:
 ``REENCRYPT_METRICS_PORT``                 worker metrics port (0: none)
 ``REENCRYPT_HEALTH_PORT``                  worker /livez and /readyz port (0: none)
 ========================================  =============================================
+
+A few variables are read where they are used, on purpose, and only there:
+
+- ``REENCRYPT_COSMOS_KEY``, ``REENCRYPT_COSMOS_CA_BUNDLE``, ``REENCRYPT_COSMOS_PRIORITY``
+  (``stores/cosmos``): the account key is a secret, and keeping it out of the settings object
+  keeps it out of every repr, log line and error that shows settings;
+- ``REENCRYPT_HOME`` (``coordinator/context.state_dir``): where the embedded services of the
+  CLI keep their files, before any settings exist;
+- ``REENCRYPT_ACTOR`` (``audit.actor``): who the audit trail names, set by automation;
+- ``PROMETHEUS_MULTIPROC_DIR`` (``worker/metrics``): prometheus_client's own variable, read by
+  the library when it is imported, so it must be in the environment before Python starts.
 """
 
 from __future__ import annotations

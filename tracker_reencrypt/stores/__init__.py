@@ -63,8 +63,9 @@ class RequestCost:
 
 
 def estimated_request_units(size_bytes: float, write: bool) -> float:
-    """A rough Cosmos RU figure (see platform-facts.md): a 1 KB point read costs ~1 RU, a
-    1 KB replace ~10 RU, both growing with size. SQLite reports it so budgets work there too,
+    """A rough Cosmos RU figure (Microsoft's "Request Units in Azure Cosmos DB" and the
+    estimates of learn.microsoft.com/azure/cosmos-db/understand-request-unit-consumption): a
+    1 KB point read costs ~1 RU, a 1 KB replace ~10 RU, both growing with size. SQLite reports it so budgets work there too,
     and the duration estimate uses it before a sweep starts."""
     kilobytes = max(1.0, size_bytes / 1024)
     return 5.0 + 5.0 * kilobytes if write else kilobytes
