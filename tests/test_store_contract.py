@@ -502,7 +502,8 @@ CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL, 
 
 def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_nothing(tmp_path):
     """Files made before the clustered layout (demo stores, bench caches) open as they were."""
-    from tracker_reencrypt.stores.sqlite import LAYOUT_VERSION, SqliteStore, effective_partition_key
+    from tracker_reencrypt.stores.sqlite import SqliteStore, effective_partition_key
+    from tracker_reencrypt.stores.sqlite_layout import LAYOUT_VERSION
 
     path = tmp_path / "old.db"
     with closing_sqlite(path) as db:
@@ -551,23 +552,23 @@ def _old_file_held_by_another_writer(path: Path, seconds: float) -> threading.Th
 
 
 def test_sqlite_opening_an_old_file_waits_while_another_process_lays_it_out(tmp_path, monkeypatch):
-    from tracker_reencrypt.stores import sqlite as sqlite_store
+    from tracker_reencrypt.stores import sqlite as sqlite_store, sqlite_layout
 
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)  # shorter than the hold: the layout wait must apply
-    monkeypatch.setattr(sqlite_store, "LAYOUT_WAIT_MS", 10_000)
+    monkeypatch.setattr(sqlite_layout, "BUSY_TIMEOUT_MS", 100)  # shorter than the hold: the layout wait must apply
+    monkeypatch.setattr(sqlite_layout, "LAYOUT_WAIT_MS", 10_000)
     holder = _old_file_held_by_another_writer(tmp_path / "old.db", seconds=1.0)
     store = sqlite_store.SqliteStore(tmp_path / "old.db")
     holder.join()
     assert store.count() == 0
     with closing_sqlite(tmp_path / "old.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.LAYOUT_VERSION
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_layout.LAYOUT_VERSION
 
 
 def test_sqlite_an_old_file_locked_too_long_says_so_and_to_retry(tmp_path, monkeypatch):
-    from tracker_reencrypt.stores import sqlite as sqlite_store
+    from tracker_reencrypt.stores import sqlite as sqlite_store, sqlite_layout
 
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)
-    monkeypatch.setattr(sqlite_store, "LAYOUT_WAIT_MS", 200)
+    monkeypatch.setattr(sqlite_layout, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(sqlite_layout, "LAYOUT_WAIT_MS", 200)
     holder = _old_file_held_by_another_writer(tmp_path / "old.db", seconds=1.5)
     with pytest.raises(StoreError, match="stayed locked .* retry when that is done"):
         sqlite_store.SqliteStore(tmp_path / "old.db")
@@ -575,7 +576,8 @@ def test_sqlite_an_old_file_locked_too_long_says_so_and_to_retry(tmp_path, monke
 
 
 def test_sqlite_a_file_from_a_newer_reencrypt_is_refused_untouched(tmp_path):
-    from tracker_reencrypt.stores.sqlite import APPLICATION_ID, LAYOUT_VERSION, SqliteStore
+    from tracker_reencrypt.stores.sqlite import SqliteStore
+    from tracker_reencrypt.stores.sqlite_layout import APPLICATION_ID, LAYOUT_VERSION
 
     path = tmp_path / "newer.db"
     with closing_sqlite(path) as db:

@@ -17,7 +17,8 @@ import pytest
 
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.stores import open_store
-from tracker_reencrypt.stores.sqlite import LAYOUT_VERSION, effective_partition_key
+from tracker_reencrypt.stores.sqlite import effective_partition_key
+from tracker_reencrypt.stores.sqlite_layout import LAYOUT_VERSION
 
 ONLY_SEED_CREATES = "only 'reencrypt seed' and 'reencrypt keys init' create a store"
 

@@ -27,8 +27,9 @@ Through the real ``azure-keyvault-keys`` SDK:
   ``TRACKER_MEK_ID_<PRODUCTID>`` setting, since the vault's versionless get still returns
   the newest version.
 
-Every SDK error is translated into the project's hierarchy (see :meth:`_translate`); none
-escapes. Messages name the vault, the key id and the fix, never a data key or key material.
+Every SDK error is translated into the project's hierarchy (see
+:func:`tracker_reencrypt.keys.azure_errors.translate`); none escapes. Messages name the vault,
+the key id and the fix, never a data key or key material.
 """
 
 from __future__ import annotations
@@ -40,23 +41,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from azure.core.exceptions import (
-    AzureError, ClientAuthenticationError, HttpResponseError, ServiceRequestError, ServiceResponseError,
-)
-from azure.core.pipeline.policies import RetryPolicy
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.identity import DefaultAzureCredential
 from azure.keyvault.keys import KeyClient, KeyOperation, KeyProperties, KeyVaultKey, KeyVaultKeyIdentifier
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tracker_reencrypt.errors import (
-    ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, KeyProviderUnavailableError, UnwrapError,
-    first_line,
-)
+from tracker_reencrypt.errors import ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError, first_line
 from tracker_reencrypt.keys import (
     CURRENT_VERSION_ENTRY, LOCAL_WRAP_CALL, UNWRAP_CALL, WRAP_ALGORITHM, KeyVersion, changed_metadata,
 )
+from tracker_reencrypt.keys.azure_errors import MAX_RETRY_AFTER_S, RETRY_DEFAULTS, BoundedRetryPolicy, is_disabled, translate
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +65,7 @@ KEY_OPERATIONS = [KeyOperation.wrap_key, KeyOperation.unwrap_key]
 # How long a resolved current version is trusted: the keyring asks for it on every new data
 # key, and a rotation made by another process reaches this one within this time.
 CURRENT_KID_TTL_S = 60.0
-# Bounded retries. retry_status must be raised with retry_total: its default (3) would give up
-# on a short 429 storm. The backoff applies only when the service sends no Retry-After.
-RETRY_DEFAULTS = {"retry_total": 6, "retry_status": 6, "retry_backoff_factor": 0.8, "retry_backoff_max": 20}
-MAX_RETRY_AFTER_S = 20.0
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-# Roles whose data actions each kind of call needs (Azure RBAC built-in roles).
-_CRYPTO_ROLE = "Key Vault Crypto User"
-_ADMIN_ROLE = "Key Vault Crypto Officer"
-_ADMIN_OPERATIONS = frozenset({"create_key", "update_key", "list_versions"})
-
-
-class _BoundedRetryPolicy(RetryPolicy):
-    """The SDK's retry policy with each server-requested wait capped.
-
-    The stock policy sleeps whatever Retry-After says; a worker must not stall for longer
-    than ``max_retry_after_s`` on one call, so longer requests are shortened (the retry then
-    meets another 429 and waits again, within the retry count).
-    """
-
-    def __init__(self, max_retry_after_s: float, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.max_retry_after_s = max_retry_after_s
-
-    def get_retry_after(self, response):
-        retry_after = super().get_retry_after(response)
-        return None if retry_after is None else min(retry_after, self.max_retry_after_s)
 
 
 @dataclass(frozen=True)
@@ -246,12 +217,12 @@ class AzureKeyVaultProvider:
         try:
             key = self._keys.get_key(self.key_name, version)
         except HttpResponseError as error:
-            if error.status_code != 403 or _is_disabled(error):
-                raise self._translate(error, "get_key", kid) from None
+            if error.status_code != 403 or is_disabled(error):
+                raise translate(error, "get_key", kid, self.vault_url, self.key_name) from None
             # No keys/get permission: the SDK client tries once more itself, then goes remote.
             return _Version(CryptographyClient(kid, self._credential, **self._sdk_kwargs()), None)
         except (AzureError, ValueError) as error:
-            raise self._translate(error, "get_key", kid) from None
+            raise translate(error, "get_key", kid, self.vault_url, self.key_name) from None
         if key.properties.enabled is False:
             raise KeyDisabledError(f"key {kid} is disabled in {self.vault_url}: refused until it is enabled again")
         crypto = CryptographyClient(key, self._credential, **self._sdk_kwargs())
@@ -272,7 +243,7 @@ class AzureKeyVaultProvider:
 
     def _sdk_kwargs(self) -> dict:
         """Options for one SDK client: the caller's, our response hook and a fresh retry policy."""
-        retry_policy = _BoundedRetryPolicy(self._max_retry_after_s, **self._retry)
+        retry_policy = BoundedRetryPolicy(self._max_retry_after_s, **self._retry)
         return {**self._client_kwargs, "retry_policy": retry_policy}
 
     # -- administration --------------------------------------------------------------------
@@ -382,50 +353,7 @@ class AzureKeyVaultProvider:
         try:
             return call()
         except (AzureError, ValueError) as error:
-            raise self._translate(error, operation, kid) from None
-
-    def _translate(self, error: Exception, operation: str, kid: str | None) -> KeyProviderError:
-        """One typed, one-line error naming the vault, the key and the fix."""
-        target = kid or f"{self.vault_url}/keys/{self.key_name}"
-        status = getattr(error, "status_code", None)
-        code, message = _service_error(error)
-        if status == 403 and _is_disabled(error):
-            return KeyDisabledError(
-                f"key {target} is disabled in {self.vault_url}: {operation} refused until it is enabled again"
-            )
-        if status == 401:
-            return KeyProviderError(
-                f"{self.vault_url} rejected the identity's token for {operation} ({code}): "
-                "check the tenant and that the identity exists"
-            )
-        if status == 403:
-            role = _ADMIN_ROLE if operation in _ADMIN_OPERATIONS else _CRYPTO_ROLE
-            return KeyProviderError(
-                f"{self.vault_url} refused {operation} on {target} ({status} {code}): grant the identity '{role}' on the vault"
-            )
-        if isinstance(error, ClientAuthenticationError):
-            return KeyProviderError(
-                f"no token for {self.vault_url}: {first_line(error)}; sign in (az login) or configure a managed identity"
-            )
-        if status == 404:
-            return KeyNotFoundError(
-                f"key {target} is not in {self.vault_url} ({code}): check the key id, or run 'reencrypt keys init'"
-            )
-        if status == 400 and operation == "unwrap_key":
-            return UnwrapError(
-                f"key {target} cannot unwrap this data key ({code}): tampered, truncated or wrapped by another key"
-            )
-        if status == 429:
-            return KeyProviderUnavailableError(
-                f"{self.vault_url} still throttled {operation} (429) after bounded retries: lower the fleet's Key Vault budget"
-            )
-        if isinstance(error, (ServiceRequestError, ServiceResponseError)):
-            return KeyProviderUnavailableError(f"cannot reach {self.vault_url} for {operation}: {first_line(error)}")
-        if isinstance(status, int) and (status >= 500 or status == 408):
-            return KeyProviderUnavailableError(f"{self.vault_url} failed {operation} on {target}: {status} {code}: {message}")
-        if isinstance(error, HttpResponseError):
-            return KeyProviderError(f"{self.vault_url} failed {operation} on {target}: {status} {code}: {message}")
-        return KeyProviderError(f"{operation} on {target} failed: {first_line(error)}")
+            raise translate(error, operation, kid, self.vault_url, self.key_name) from None
 
 
 def _key_version(properties, current_kid: str | None) -> KeyVersion:
@@ -463,20 +391,3 @@ def _check_tag_limits(tags: dict[str, str], where: str) -> None:
 def _public_key(key: KeyVaultKey) -> rsa.RSAPublicKey:
     n, e = (int.from_bytes(value, "big") for value in (key.key.n, key.key.e))
     return rsa.RSAPublicNumbers(e, n).public_key()
-
-
-def _service_error(error: Exception) -> tuple[str, str]:
-    """Key Vault's error code, with the inner one when given (Forbidden/KeyDisabled), and message."""
-    body = getattr(error, "error", None)
-    if body is None:
-        return "", ""
-    inner = body.innererror.get("code") if isinstance(body.innererror, dict) else None
-    code = f"{body.code}/{inner}" if inner else (body.code or "")
-    lines = (body.message or "").strip().splitlines()
-    return code, lines[0] if lines else ""
-
-
-def _is_disabled(error: Exception) -> bool:
-    """Key Vault refuses a disabled version with 403 Forbidden, inner code KeyDisabled."""
-    code, message = _service_error(error)
-    return "KeyDisabled" in code or "disabled key" in message.lower()
