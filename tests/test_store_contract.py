@@ -29,17 +29,11 @@ from conftest import free_port
 from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, StoreUnavailableError
 from tracker_reencrypt.stores import open_store
-from tracker_reencrypt.stores.cosmos import (
-    ENV_CA_BUNDLE,
-    ENV_KEY,
-    ENV_PRIORITY,
-    STATE_CONTAINER_SUFFIX,
-    CosmosStore,
-    covers_whole_container,
-    record_item_id,
-    split_feed_range,
-    store_error_for,
-)
+from tracker_reencrypt.stores.cosmos import CosmosStore
+from tracker_reencrypt.stores.cosmos_access import ENV_CA_BUNDLE, ENV_KEY, ENV_PRIORITY
+from tracker_reencrypt.stores.cosmos_errors import store_error_for
+from tracker_reencrypt.stores.cosmos_ranges import covers_whole_container, split_feed_range
+from tracker_reencrypt.stores.cosmos_records import STATE_CONTAINER_SUFFIX, record_item_id
 
 REPO = Path(__file__).resolve().parent.parent
 

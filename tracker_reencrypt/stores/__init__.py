@@ -146,7 +146,7 @@ def store_location(url: str) -> str:
 
         return f"sqlite:{Path(path_from_url(url)).expanduser().resolve()}"
     if url.startswith("cosmos://"):
-        from tracker_reencrypt.stores.cosmos import parse_url
+        from tracker_reencrypt.stores.cosmos_access import parse_url
 
         host, database, container = parse_url(url)
         return f"cosmos:{host.lower()}/{database}/{container}"

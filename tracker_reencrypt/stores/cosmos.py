@@ -1,14 +1,9 @@
-"""The Azure Cosmos DB NoSQL store: the tracker container, through ``azure-cosmos`` 4.x (sync).
+"""The Azure Cosmos DB NoSQL store: the tracker container as a DocumentStore, through
+``azure-cosmos`` 4.x (sync).
 
-``cosmos://<account host>[:port]/<database>/<container>`` names the container; from_url reads
-the rest from the environment (and is the only code here that does):
-
-- ``REENCRYPT_COSMOS_KEY``: an account key; unset or empty means Entra ID through
-  ``azure.identity.DefaultAzureCredential`` (managed identity, workload identity, ``az login``...);
-- ``REENCRYPT_COSMOS_CA_BUNDLE``: a PEM file of certificates to trust instead of the system's
-  (a test server's self-signed certificate). TLS is verified on every endpoint, loopback too;
-- ``REENCRYPT_COSMOS_PRIORITY``: ``low`` sends the sweep's document requests with priority-based
-  execution's ``Low`` priority, so the account throttles them before the application's.
+Its other parts sit beside it: cosmos_access (the ``cosmos://`` URL, the environment and the
+client's options), cosmos_ranges (EPK feed ranges), cosmos_errors (azure errors as ours) and
+cosmos_records (the sweep's records, in a second container).
 
 How the protocol maps onto Cosmos DB:
 
@@ -24,200 +19,42 @@ How the protocol maps onto Cosmos DB:
   retried ones included, and so does every 429 the SDK retried by itself.
 - The database and the tracker container are never created here: a missing one is a mistyped
   URL, refused with a ConfigError.
-- The sweep's records live in a second container of the same database,
-  ``<container>-reencrypt-state`` (partition key ``/kind``). It is created on opening only with
-  ``create=True``; otherwise on the first record written, never by a read, so a command that only
-  reads leaves the database as it found it (reads of a missing state container find nothing).
-  Records are always sent at the default priority so leases and checkpoints do not starve.
 - No azure exception leaves this module: they become the errors of tracker_reencrypt.errors.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError, ServiceResponseError
-from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration, exceptions
+from azure.core.exceptions import AzureError
+from azure.cosmos import CosmosClient, exceptions
 
-from tracker_reencrypt.errors import (
-    ConfigError, ConflictError, NotFoundError, StoreError, StoreUnavailableError, first_line, redact_url,
-)
+from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, first_line, redact_url
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument
+from tracker_reencrypt.stores.cosmos_access import (
+    ENV_PRIORITY, Priority, ca_bundle_from, check_account_key, cosmos_client_options, credential_from, parse_priority,
+    parse_url,
+)
+from tracker_reencrypt.stores.cosmos_errors import store_error_for
+from tracker_reencrypt.stores.cosmos_ranges import covers_whole_container, split_feed_range
+from tracker_reencrypt.stores.cosmos_records import STATE_CONTAINER_SUFFIX, CosmosRecordStore
 
 log = logging.getLogger(__name__)
 
-ENV_KEY = "REENCRYPT_COSMOS_KEY"
-ENV_CA_BUNDLE = "REENCRYPT_COSMOS_CA_BUNDLE"
-ENV_PRIORITY = "REENCRYPT_COSMOS_PRIORITY"
-
 #: Properties Cosmos DB adds to every document; never part of a body we return or write.
 SYSTEM_PROPERTIES = ("_rid", "_self", "_etag", "_attachments", "_ts")
-STATE_CONTAINER_SUFFIX = "-reencrypt-state"
 SCAN_QUERY = "SELECT * FROM c"
 
-#: 429s: the SDK waits as the service's x-ms-retry-after-ms says, at most this often and long,
-#: then the error reaches the sweep, which backs off as a whole (SDK defaults, made explicit).
-THROTTLE_RETRIES = 9
-THROTTLE_WAIT_MAX_S = 30
-#: Connection failures: a few quick retries, then the caller hears about it.
-CONNECTION_RETRIES = 3
 #: Concurrent requests of create_many (seeding) and replace_many (a page of the sweep): the sync
 #: SDK has no bulk executor.
 CONCURRENT_REQUESTS = 8
-
-#: The effective-partition-key space: "" to "FF" (exclusive). Hash v2 EPKs are 32 hex digits
-#: whose first byte is masked to 0x3F (azure.cosmos.partition_key), so the data lie below 0x40.
-EPK_MIN, EPK_MAX = "", "FF"
-_EPK_DIGITS = 32
-_HASH_V2_TOP = 0x40 << (8 * 15)
-
-Priority = Literal["Low", "High"]
-
-
-# -- URL and environment ---------------------------------------------------------------------
-
-
-def parse_url(url: str) -> tuple[str, str, str]:
-    """``cosmos://host[:port]/database/container`` -> (host[:port], database, container)."""
-    example = "cosmos://<account>.documents.azure.com/<database>/<container>"
-    if not url.startswith("cosmos://"):
-        raise ConfigError(f"store URL {redact_url(url)!r} is not a Cosmos URL: use {example}")
-    parts = urlsplit(url)
-    names = [name for name in parts.path.split("/") if name]
-    if not parts.hostname or len(names) != 2 or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"Cosmos store URL {redact_url(url)!r} must name an account host, a database and a container: use {example}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"Cosmos store URL {redact_url(url)!r} has a bad port: use {example}") from None
-    host = parts.hostname if port is None else f"{parts.hostname}:{port}"
-    return host, names[0], names[1]
-
-
-def parse_priority(text: str | None) -> Priority | None:
-    """``low``/``high`` (any case) -> the SDK's ``Low``/``High``; empty -> None (service default)."""
-    if not text:
-        return None
-    priority = {"low": "Low", "high": "High"}.get(text.strip().lower())
-    if priority is None:
-        raise ConfigError(f"{ENV_PRIORITY}={text!r} is not a priority: use low or high")
-    return priority  # type: ignore[return-value]
-
-
-# -- feed ranges -----------------------------------------------------------------------------
-
-
-def _range_bounds(feed_range: FeedRange) -> tuple[str, str]:
-    try:
-        inner = feed_range["Range"]
-        low, high = inner["min"], inner["max"]
-        if not isinstance(low, str) or not isinstance(high, str) or not low < high:
-            raise ValueError
-        if inner.get("isMinInclusive", True) is not True or inner.get("isMaxInclusive", False) is not False:
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise StoreError(f"feed range {feed_range!r} is not a Cosmos EPK range [min, max)") from None
-    return low, high
-
-
-def _epk_range(low: str, high: str) -> FeedRange:
-    """The SDK's own dict form of an EPK range (FeedRangeInternalEpk.to_dict)."""
-    return {"Range": {"min": low, "max": high, "isMinInclusive": True, "isMaxInclusive": False}}
-
-
-def covers_whole_container(feed_range: FeedRange) -> bool:
-    return _range_bounds(feed_range) == (EPK_MIN, EPK_MAX)
-
-
-def _epk_value(epk: str, top: int) -> int:
-    if epk == EPK_MIN:
-        return 0
-    if epk == EPK_MAX:
-        return top
-    return int(epk[:_EPK_DIGITS].ljust(_EPK_DIGITS, "0"), 16)
-
-
-def split_feed_range(feed_range: FeedRange, parts: int) -> list[FeedRange]:
-    """Split an EPK range of a hash-v2 container into ``parts`` disjoint sub-ranges covering it.
-
-    The cut points are spread evenly over the part of the range real EPKs occupy (below 0x40 in
-    the first byte) and kept only where strictly between the bounds as strings, the order EPKs
-    are compared in, so the pieces always cover the range exactly once even for odd bounds.
-    """
-    low, high = _range_bounds(feed_range)
-    if parts <= 1:
-        return [_epk_range(low, high)]
-    start = _epk_value(low, _HASH_V2_TOP)
-    end = _epk_value(high, _HASH_V2_TOP)
-    if high == EPK_MAX and end <= start:  # a range above the data: split the rest of the space
-        end = 1 << (4 * _EPK_DIGITS)
-    cuts: list[str] = []
-    for index in range(1, parts):
-        cut = f"{start + (end - start) * index // parts:0{_EPK_DIGITS}X}"
-        if low < cut < high and (not cuts or cuts[-1] < cut):
-            cuts.append(cut)
-    bounds = [low, *cuts, high]
-    return [_epk_range(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-def store_error_for(exc: Exception, doing: str, account: str, credential_kind: str) -> StoreError:
-    """Our error for an azure exception raised while ``doing`` something on ``account``."""
-    if isinstance(exc, exceptions.CosmosAccessConditionFailedError):
-        return ConflictError(f"{doing} on Cosmos account {account}: it changed since it was read (ETag mismatch)")
-    if isinstance(exc, exceptions.CosmosResourceExistsError):
-        return ConflictError(f"{doing} on Cosmos account {account}: it already exists")
-    if isinstance(exc, exceptions.CosmosResourceNotFoundError):
-        return NotFoundError(f"{doing} on Cosmos account {account}: not found")
-    if isinstance(exc, exceptions.CosmosHttpResponseError):
-        status = exc.status_code
-        if status == 401:
-            fix = (
-                f"set {ENV_KEY} to the account's current primary or secondary key"
-                if credential_kind == "key"
-                else f"check the identity's tenant, or set {ENV_KEY} to use an account key"
-            )
-            return StoreError(f"Cosmos account {account} rejected our credential (401) {doing}: {fix}")
-        if status == 403:
-            fix = (
-                "check the account's firewall and network rules and that the key is not read-only"
-                if credential_kind == "key"
-                else "grant this identity the Cosmos DB Built-in Data Contributor role on the account "
-                "(az cosmosdb sql role assignment create) and check the account's firewall"
-            )
-            return StoreError(f"Cosmos account {account} refused access (403: {first_line(exc.message)}) {doing}: {fix}")
-        if status == 429:
-            return StoreUnavailableError(
-                f"Cosmos account {account} kept throttling (429) {doing} after the SDK's retries: "
-                "lower the sweep's rate or give the container more RU/s"
-            )
-        if status >= 500 or status == 408:
-            return StoreUnavailableError(f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}")
-        return StoreError(f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}")
-    if isinstance(exc, ClientAuthenticationError):
-        return StoreError(
-            f"no Entra ID token for Cosmos account {account} ({first_line(exc.message)}): "
-            f"sign in (managed identity, az login) or set {ENV_KEY}"
-        )
-    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-        return StoreUnavailableError(f"cannot reach Cosmos endpoint https://{account}/ {doing}: {first_line(exc.message)}")
-    if isinstance(exc, exceptions.CosmosClientTimeoutError):
-        return StoreUnavailableError(f"Cosmos account {account} timed out {doing}")
-    if isinstance(exc, AzureError):
-        return StoreError(f"Cosmos request {doing} on account {account} failed: {first_line(exc.message)}")
-    return StoreError(f"Cosmos request {doing} on account {account} failed: {type(exc).__name__}: {first_line(exc)}")
 
 
 def _strip_system_properties(document: Mapping[str, Any]) -> dict:
@@ -271,27 +108,8 @@ class CosmosStore:
         self._writers: ThreadPoolExecutor | None = None
         self._writers_pid = 0
 
-        # The SDK skips TLS verification for 127.0.0.1 and localhost (the emulator) unless an
-        # SSLConfiguration is given: give one always, so verification is on everywhere.
-        tls = SSLConfiguration()
-        tls.SSLCaCerts = str(ca_bundle) if ca_bundle else True
-        options: dict[str, Any] = {
-            "ssl_config": tls,
-            "connection_verify": tls.SSLCaCerts,
-            "retry_throttle_total": THROTTLE_RETRIES,
-            "retry_throttle_backoff_max": THROTTLE_WAIT_MAX_S,
-            "retry_total": CONNECTION_RETRIES,
-            "retry_connect": CONNECTION_RETRIES,
-            "retry_read": CONNECTION_RETRIES,
-            "raw_response_hook": self._count_response,
-            **(client_options or {}),
-        }
-        if isinstance(credential, str):
-            try:
-                base64.b64decode(credential, validate=True)
-            except ValueError:
-                raise ConfigError(f"the account key for Cosmos account {account} is not base64: "
-                                  f"set {ENV_KEY} to a key as the portal or `az cosmosdb keys list` shows it") from None
+        options = cosmos_client_options(ca_bundle, self._count_response, client_options)
+        check_account_key(credential, account)
         with self._translated("connecting"):
             # The constructor already reads the account (its regions) over the network.
             self._client = CosmosClient(self.endpoint, credential=credential, **options)
@@ -346,16 +164,8 @@ class CosmosStore:
         """Build the store a ``cosmos://`` URL names, with credential and options from ``environ``."""
         environ = os.environ if environ is None else environ
         account, database, container = parse_url(url)
-        key = environ.get(ENV_KEY, "")
-        if key:
-            credential: Any = key
-        else:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-        ca_bundle = environ.get(ENV_CA_BUNDLE) or None
-        if ca_bundle and not Path(ca_bundle).is_file():
-            raise ConfigError(f"{ENV_CA_BUNDLE}={ca_bundle!r} is not a file: point it at a PEM certificate bundle")
+        credential = credential_from(environ)
+        ca_bundle = ca_bundle_from(environ)
         return cls(
             account,
             database,
@@ -532,93 +342,5 @@ class CosmosStore:
         self._client.close()
 
 
-# -- the sweep's records ---------------------------------------------------------------------
 
-#: Characters a Cosmos id may not hold, escaped in record ids ('%' first, so it reverses).
-_ID_ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C", "?": "%3F", "#": "%23"}
-
-
-def record_item_id(record_id: str) -> str:
-    return "".join(_ID_ESCAPES.get(char, char) for char in record_id)
-
-
-class CosmosRecordStore:
-    """RecordStore in ``<container>-reencrypt-state`` (partition key ``/kind``).
-
-    An item is ``{"id": <escaped record id>, "kind", "recordId", "body"}``: the record's body
-    sits in its own property so its fields never clash with Cosmos's.
-
-    A missing state container is made here with ``create=True``, else by the first
-    :meth:`create` (a sweep starting, an audit entry): until then every read finds nothing, as
-    in an empty one, and a replace finds no record. A read never creates it.
-    """
-
-    def __init__(self, store: CosmosStore, *, create: bool) -> None:
-        self._store = store
-        self._translated = store._translated
-        self._name = store.state_container_name
-        self._where = f"Cosmos container {store.database_name}/{self._name} on {store.account}"
-        self._container = store._database.get_container_client(self._name)
-        try:
-            with self._translated(f"reading container {store.database_name}/{self._name}"):
-                self._check_partitioning(self._container.read())
-        except NotFoundError:
-            if create:
-                self._create_container()
-
-    def _check_partitioning(self, properties: dict) -> None:
-        if (properties.get("partitionKey") or {}).get("paths") != ["/kind"]:
-            raise StoreError(f"{self._where} is not partitioned by /kind: give the sweep's state its own container")
-
-    def _create_container(self) -> None:
-        database = self._store.database_name
-        try:
-            with self._translated(f"creating container {database}/{self._name}"):
-                made = self._store._database.create_container(self._name, partition_key=PartitionKey(path="/kind"))
-                properties = made.read()
-        except ConflictError:  # another process created it first
-            with self._translated(f"reading container {database}/{self._name}"):
-                properties = self._container.read()
-        except StoreError as exc:
-            raise StoreError(
-                f"cannot create {self._where} ({exc}): create it with partition key /kind "
-                "(Entra ID data-plane roles cannot create containers)"
-            ) from None
-        self._check_partitioning(properties)
-
-    def get(self, kind: str, record_id: str) -> tuple[dict, str]:
-        with self._translated(f"reading {kind} {record_id!r}"):
-            item = self._container.read_item(record_item_id(record_id), partition_key=kind)
-        return item["body"], item["_etag"]
-
-    def create(self, kind: str, record_id: str, body: dict) -> str:
-        item = {"id": record_item_id(record_id), "kind": kind, "recordId": record_id, "body": body}
-        try:
-            return self._create_item(item)
-        except NotFoundError:  # the first record written: the state container is made now
-            self._create_container()
-            return self._create_item(item)
-
-    def _create_item(self, item: dict) -> str:
-        with self._translated(f"creating {item['kind']} {item['recordId']!r}"):
-            return self._container.create_item(item)["_etag"]
-
-    def replace(self, kind: str, record_id: str, body: dict, etag: str) -> str:
-        item = {"id": record_item_id(record_id), "kind": kind, "recordId": record_id, "body": body}
-        with self._translated(f"replacing {kind} {record_id!r}"):
-            return self._container.replace_item(
-                item["id"], item, etag=etag, match_condition=MatchConditions.IfNotModified
-            )["_etag"]
-
-    def list(self, kind: str, prefix: str = "") -> list[tuple[str, dict, str]]:
-        query = "SELECT * FROM c WHERE c.kind = @kind AND STARTSWITH(c.recordId, @prefix)"
-        parameters = [{"name": "@kind", "value": kind}, {"name": "@prefix", "value": prefix}]
-        try:
-            with self._translated(f"listing {kind} records"):
-                items = list(self._container.query_items(query, parameters=parameters, partition_key=kind))
-        except NotFoundError:  # no state container yet: no record was ever written
-            return []
-        return sorted(((item["recordId"], item["body"], item["_etag"]) for item in items), key=lambda row: row[0])
-
-
-__all__ = ["CosmosRecordStore", "CosmosStore", "parse_url", "split_feed_range", "store_error_for"]
+__all__ = ["CosmosStore"]

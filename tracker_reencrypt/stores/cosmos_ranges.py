@@ -1,0 +1,74 @@
+"""Feed ranges of a Cosmos container: effective-partition-key (EPK) ranges ``[min, max)``.
+
+A range is the SDK's own dict form (``FeedRangeInternalEpk.to_dict``); :func:`split_feed_range`
+cuts one into sub-ranges so a sweep can have more slices than the container has physical
+partitions, and :func:`covers_whole_container` tells the one range a scan may send as a
+cross-partition query instead.
+"""
+
+from __future__ import annotations
+
+from tracker_reencrypt.errors import StoreError
+from tracker_reencrypt.stores import FeedRange
+
+#: The effective-partition-key space: "" to "FF" (exclusive). Hash v2 EPKs are 32 hex digits
+#: whose first byte is masked to 0x3F (azure.cosmos.partition_key), so the data lie below 0x40.
+EPK_MIN, EPK_MAX = "", "FF"
+_EPK_DIGITS = 32
+_HASH_V2_TOP = 0x40 << (8 * 15)
+
+
+def _range_bounds(feed_range: FeedRange) -> tuple[str, str]:
+    try:
+        inner = feed_range["Range"]
+        low, high = inner["min"], inner["max"]
+        if not isinstance(low, str) or not isinstance(high, str) or not low < high:
+            raise ValueError
+        if inner.get("isMinInclusive", True) is not True or inner.get("isMaxInclusive", False) is not False:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise StoreError(f"feed range {feed_range!r} is not a Cosmos EPK range [min, max)") from None
+    return low, high
+
+
+def _epk_range(low: str, high: str) -> FeedRange:
+    """The SDK's own dict form of an EPK range (FeedRangeInternalEpk.to_dict)."""
+    return {"Range": {"min": low, "max": high, "isMinInclusive": True, "isMaxInclusive": False}}
+
+
+def covers_whole_container(feed_range: FeedRange) -> bool:
+    return _range_bounds(feed_range) == (EPK_MIN, EPK_MAX)
+
+
+def _epk_value(epk: str, top: int) -> int:
+    if epk == EPK_MIN:
+        return 0
+    if epk == EPK_MAX:
+        return top
+    return int(epk[:_EPK_DIGITS].ljust(_EPK_DIGITS, "0"), 16)
+
+
+def split_feed_range(feed_range: FeedRange, parts: int) -> list[FeedRange]:
+    """Split an EPK range of a hash-v2 container into ``parts`` disjoint sub-ranges covering it.
+
+    The cut points are spread evenly over the part of the range real EPKs occupy (below 0x40 in
+    the first byte) and kept only where strictly between the bounds as strings, the order EPKs
+    are compared in, so the pieces always cover the range exactly once even for odd bounds.
+    """
+    low, high = _range_bounds(feed_range)
+    if parts <= 1:
+        return [_epk_range(low, high)]
+    start = _epk_value(low, _HASH_V2_TOP)
+    end = _epk_value(high, _HASH_V2_TOP)
+    if high == EPK_MAX and end <= start:  # a range above the data: split the rest of the space
+        end = 1 << (4 * _EPK_DIGITS)
+    cuts: list[str] = []
+    for index in range(1, parts):
+        cut = f"{start + (end - start) * index // parts:0{_EPK_DIGITS}X}"
+        if low < cut < high and (not cuts or cuts[-1] < cut):
+            cuts.append(cut)
+    bounds = [low, *cuts, high]
+    return [_epk_range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+__all__ = ["EPK_MAX", "EPK_MIN", "covers_whole_container", "split_feed_range"]
