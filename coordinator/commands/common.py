@@ -1,0 +1,30 @@
+"""What every command module shares: the two consoles, the ``--json`` option and ``emit``."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+
+from coordinator.context import Context
+
+# soft_wrap: a line is never broken at the terminal's width (80 columns when piped), so logs
+# and scripts see ids, URLs and queue names whole; tables still fit the width.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+def emit(ctx: Context, as_json: bool, payload, human) -> None:
+    """Print JSON for scripts or the human form for people."""
+    if as_json:
+        out.print_json(json.dumps(payload, default=str))
+    else:
+        human()
+
+
+def note_unaudited(action: str, recorded: bool) -> None:
+    if not recorded:
+        err.print(f"note: '{action}' not recorded in the audit trail (no store configured)")
