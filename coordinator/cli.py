@@ -11,7 +11,6 @@ root-level ones) and are registered here.
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -23,8 +22,12 @@ from coordinator.context import Context
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ReencryptError
 
-app = typer.Typer(help="Re-encrypt the tracker's fields onto a new MEK version, safely and in the background.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Re-encrypt the tracker's fields onto a new MEK version, safely and in the background.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sweep_app, name="sweep")
 operate.register(app)
@@ -33,9 +36,15 @@ operate.register(app)
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    store: Optional[str] = typer.Option(None, "--store", help="Store URL (overrides REENCRYPT_STORE), e.g. sqlite:///tracker.db"),
-    keys: Optional[str] = typer.Option(None, "--keys", help="Key provider URL (overrides REENCRYPT_KEYS), e.g. local:keyring.json"),
-    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Broker URL (overrides REDIS_URL); unset: an embedded Redis"),
+    store: str | None = typer.Option(
+        None, "--store", help="Store URL (overrides REENCRYPT_STORE), e.g. sqlite:///tracker.db"
+    ),
+    keys: str | None = typer.Option(
+        None, "--keys", help="Key provider URL (overrides REENCRYPT_KEYS), e.g. local:keyring.json"
+    ),
+    redis_url: str | None = typer.Option(
+        None, "--redis-url", help="Broker URL (overrides REDIS_URL); unset: an embedded Redis"
+    ),
 ) -> None:
     ctx.obj = Context(load_settings(store=store, keys=keys, redis_url=redis_url))
 

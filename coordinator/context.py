@@ -36,8 +36,9 @@ class Context:
     @cached_property
     def store(self):
         self.settings.require("store")
-        return open_store(self.settings.store, partition_key_field=self.settings.partition_key_field,
-                          create=self.may_create_store)
+        return open_store(
+            self.settings.store, partition_key_field=self.settings.partition_key_field, create=self.may_create_store
+        )
 
     def store_text(self) -> str:
         return self.store.describe() if self.settings.store else "no store"
@@ -49,7 +50,9 @@ class Context:
 
     @cached_property
     def keyring(self) -> Keyring:
-        return Keyring(self.provider, dek_max_uses=self.settings.dek_max_uses, dek_max_age_s=self.settings.dek_max_age_s)
+        return Keyring(
+            self.provider, dek_max_uses=self.settings.dek_max_uses, dek_max_age_s=self.settings.dek_max_age_s
+        )
 
     @cached_property
     def state(self) -> SweepState:
@@ -67,7 +70,10 @@ class Context:
         try:
             redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
         except (redis.RedisError, OSError, ValueError) as exc:
-            raise ConfigError(f"Redis at {redact_url(self.settings.redis_url)} is unreachable ({type(exc).__name__}): start it or fix REDIS_URL") from None
+            raise ConfigError(
+                f"Redis at {redact_url(self.settings.redis_url)} is unreachable ({type(exc).__name__}): "
+                "start it or fix REDIS_URL"
+            ) from None
         return self.settings.redis_url
 
     @cached_property

@@ -25,8 +25,13 @@ def run_demo(parent: Context, *, docs: int, workers: int, console: Console) -> i
     home = state_dir() / "demo"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    ctx = Context(load_settings(store=f"sqlite:///{home.resolve()}/tracker.db", keys=f"local:{home.resolve()}/keyring.json",
-                                redis_url=parent.settings.redis_url))
+    ctx = Context(
+        load_settings(
+            store=f"sqlite:///{home.resolve()}/tracker.db",
+            keys=f"local:{home.resolve()}/keyring.json",
+            redis_url=parent.settings.redis_url,
+        )
+    )
     ctx.may_create_store = True  # the demo makes its own container, as 'keys init' and 'seed' would
     embedded = not ctx.settings.redis_url
     try:

@@ -24,7 +24,10 @@ class Estimate:
     def text(self, limits: dict) -> str:
         given = describe_limits(limits)
         if self.seconds is None:
-            return f"~{self.request_units:,.0f} RU and ~{self.kv_ops:,} Key Vault calls; no budget given, so the fleet's speed bounds it"
+            return (
+                f"~{self.request_units:,.0f} RU and ~{self.kv_ops:,} Key Vault calls; "
+                "no budget given, so the fleet's speed bounds it"
+            )
         return f"at {given}: ~{_duration(self.seconds)}, bound by {self.bound_by}"
 
 
@@ -34,10 +37,19 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} m" if hours else (f"{minutes} m" if minutes else f"{seconds:.0f} s")
 
 
-def estimate(*, documents: int, documents_to_write: int, document_bytes: int, distinct_source_deks: int,
-             limits: dict, worker_processes: int = 1) -> Estimate:
+def estimate(
+    *,
+    documents: int,
+    documents_to_write: int,
+    document_bytes: int,
+    distinct_source_deks: int,
+    limits: dict,
+    worker_processes: int = 1,
+) -> Estimate:
     average = document_bytes / max(1, documents)
-    request_units = documents * estimated_request_units(average, write=False) + documents_to_write * estimated_request_units(average, write=True)
+    request_units = documents * estimated_request_units(
+        average, write=False
+    ) + documents_to_write * estimated_request_units(average, write=True)
     kv_ops = distinct_source_deks * max(1, worker_processes)
     candidates = {}
     if limits.get("rate"):
@@ -48,5 +60,5 @@ def estimate(*, documents: int, documents_to_write: int, document_bytes: int, di
         candidates["store request units"] = request_units / limits["ru_per_s"]
     if not candidates:
         return Estimate(None, "the fleet", request_units, kv_ops)
-    bound_by = max(candidates, key=candidates.get)
+    bound_by = max(candidates, key=lambda name: candidates[name])
     return Estimate(candidates[bound_by], bound_by, request_units, kv_ops)

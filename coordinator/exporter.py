@@ -20,8 +20,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
@@ -34,7 +34,17 @@ from tracker_reencrypt.errors import ReencryptError
 from tracker_reencrypt.fleet import pending_messages, store_queue
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
 from tracker_reencrypt.sweep.records import (
-    CANCELLED, CANCELLING, COMPLETED, COUNTERS, FAILED, PAUSED, PLANNED, RUNNING, Counts, Sweep, parse_utc,
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    COUNTERS,
+    FAILED,
+    PAUSED,
+    PLANNED,
+    RUNNING,
+    Counts,
+    Sweep,
+    parse_utc,
 )
 
 log = logging.getLogger("reencrypt.exporter")
@@ -76,14 +86,20 @@ class SweepView:
     workers: int
 
     @classmethod
-    def of(cls, progress: sweeps.Progress, now: float) -> "SweepView":
+    def of(cls, progress: sweeps.Progress, now: float) -> SweepView:
         live_owners = {s.lease_owner for s in progress.slices if s.lease_is_live(now)}
         return cls(
-            sweep=progress.sweep, totals=progress.totals,
-            slices=[{"index": s.index, "done": s.done, "documents_scanned": s.counts.get("documents_scanned", 0)}
-                    for s in progress.slices],
-            docs_per_s=progress.docs_per_s, eta_s=progress.eta_s, elapsed_s=progress.elapsed_s,
-            leases=progress.active_leases, workers=len(live_owners),
+            sweep=progress.sweep,
+            totals=progress.totals,
+            slices=[
+                {"index": s.index, "done": s.done, "documents_scanned": s.counts.get("documents_scanned", 0)}
+                for s in progress.slices
+            ],
+            docs_per_s=progress.docs_per_s,
+            eta_s=progress.eta_s,
+            elapsed_s=progress.elapsed_s,
+            leases=progress.active_leases,
+            workers=len(live_owners),
         )
 
 
@@ -117,44 +133,74 @@ def exported_sweeps(all_sweeps: list[Sweep], active_id: str | None) -> list[Swee
 
 def families(snapshot: Snapshot) -> Iterator[Metric]:
     """The metric families of one snapshot (pure: no I/O)."""
-    totals = {name: CounterMetricFamily(total_metric_name(name), TOTAL_HELP.get(name, name), labels=["sweep"])
-              for name in COUNTERS}
-    info = GaugeMetricFamily("reencrypt_sweep_info", "One per exported sweep: its target key and mode (always 1)",
-                             labels=["sweep", "target_kid", "mode"])
-    status = GaugeMetricFamily("reencrypt_sweep_status", "1 for the sweep's current status, 0 for the others",
-                               labels=["sweep", "status"])
-    estimate = GaugeMetricFamily("reencrypt_sweep_documents_estimate", "Documents in the container when the sweep started",
-                                 labels=["sweep"])
-    progress = GaugeMetricFamily("reencrypt_sweep_progress_ratio",
-                                 "Documents scanned over the estimate, capped at 1 (1 once the sweep completed)", labels=["sweep"])
-    throughput = GaugeMetricFamily("reencrypt_sweep_documents_per_second",
-                                   "Documents scanned per second between the exporter's last two reads", labels=["sweep"])
-    eta = GaugeMetricFamily("reencrypt_sweep_eta_seconds", "Estimated seconds left (only while running and moving)",
-                            labels=["sweep"])
-    elapsed = GaugeMetricFamily("reencrypt_sweep_elapsed_seconds", "Seconds since the sweep started (to its end once finished)",
-                                labels=["sweep"])
-    started = GaugeMetricFamily("reencrypt_sweep_start_time_seconds", "When the sweep started, seconds since the epoch",
-                                labels=["sweep"])
-    ended = GaugeMetricFamily("reencrypt_sweep_end_time_seconds", "When the sweep finished, seconds since the epoch",
-                              labels=["sweep"])
+    totals = {
+        name: CounterMetricFamily(total_metric_name(name), TOTAL_HELP.get(name, name), labels=["sweep"])
+        for name in COUNTERS
+    }
+    info = GaugeMetricFamily(
+        "reencrypt_sweep_info",
+        "One per exported sweep: its target key and mode (always 1)",
+        labels=["sweep", "target_kid", "mode"],
+    )
+    status = GaugeMetricFamily(
+        "reencrypt_sweep_status", "1 for the sweep's current status, 0 for the others", labels=["sweep", "status"]
+    )
+    estimate = GaugeMetricFamily(
+        "reencrypt_sweep_documents_estimate", "Documents in the container when the sweep started", labels=["sweep"]
+    )
+    progress = GaugeMetricFamily(
+        "reencrypt_sweep_progress_ratio",
+        "Documents scanned over the estimate, capped at 1 (1 once the sweep completed)",
+        labels=["sweep"],
+    )
+    throughput = GaugeMetricFamily(
+        "reencrypt_sweep_documents_per_second",
+        "Documents scanned per second between the exporter's last two reads",
+        labels=["sweep"],
+    )
+    eta = GaugeMetricFamily(
+        "reencrypt_sweep_eta_seconds", "Estimated seconds left (only while running and moving)", labels=["sweep"]
+    )
+    elapsed = GaugeMetricFamily(
+        "reencrypt_sweep_elapsed_seconds",
+        "Seconds since the sweep started (to its end once finished)",
+        labels=["sweep"],
+    )
+    started = GaugeMetricFamily(
+        "reencrypt_sweep_start_time_seconds", "When the sweep started, seconds since the epoch", labels=["sweep"]
+    )
+    ended = GaugeMetricFamily(
+        "reencrypt_sweep_end_time_seconds", "When the sweep finished, seconds since the epoch", labels=["sweep"]
+    )
     slice_count = GaugeMetricFamily("reencrypt_sweep_slices", "Slices (feed ranges) of the sweep", labels=["sweep"])
     slices_done = GaugeMetricFamily("reencrypt_sweep_slices_done", "Slices scanned to their end", labels=["sweep"])
-    slice_scanned = CounterMetricFamily("reencrypt_sweep_slice_documents_scanned_total",
-                                        "Documents scanned in one slice, from its durable checkpoint", labels=["sweep", "slice"])
-    slice_done = GaugeMetricFamily("reencrypt_sweep_slice_done", "1 once the slice is scanned to its end",
-                                   labels=["sweep", "slice"])
+    slice_scanned = CounterMetricFamily(
+        "reencrypt_sweep_slice_documents_scanned_total",
+        "Documents scanned in one slice, from its durable checkpoint",
+        labels=["sweep", "slice"],
+    )
+    slice_done = GaugeMetricFamily(
+        "reencrypt_sweep_slice_done", "1 once the slice is scanned to its end", labels=["sweep", "slice"]
+    )
     leases = GaugeMetricFamily("reencrypt_sweep_leases_active", "Slices under a live worker lease", labels=["sweep"])
-    workers = GaugeMetricFamily("reencrypt_sweep_workers_active", "Distinct worker processes holding a live lease",
-                                labels=["sweep"])
-    limits = GaugeMetricFamily("reencrypt_sweep_limit_per_second", "Fleet-wide limits set on the sweep (absent: unlimited)",
-                               labels=["sweep", "limit"])
+    workers = GaugeMetricFamily(
+        "reencrypt_sweep_workers_active", "Distinct worker processes holding a live lease", labels=["sweep"]
+    )
+    limits = GaugeMetricFamily(
+        "reencrypt_sweep_limit_per_second",
+        "Fleet-wide limits set on the sweep (absent: unlimited)",
+        labels=["sweep", "limit"],
+    )
     paused_by_error = GaugeMetricFamily(
         "reencrypt_sweep_paused_by_error",
         "1 if the fleet paused the sweep on a problem only a person can fix ('reencrypt sweep status' says why)",
-        labels=["sweep"])
-    last_error = GaugeMetricFamily("reencrypt_sweep_last_error",
-                                   "1 while the sweep records an error since its last committed batch (retried)",
-                                   labels=["sweep"])
+        labels=["sweep"],
+    )
+    last_error = GaugeMetricFamily(
+        "reencrypt_sweep_last_error",
+        "1 while the sweep records an error since its last committed batch (retried)",
+        labels=["sweep"],
+    )
 
     for view in snapshot.sweeps:
         sweep, sid = view.sweep, view.sweep.id
@@ -190,28 +236,56 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         last_error.add_metric([sid], 1 if sweep.last_error else 0)
 
     yield from totals.values()
-    yield from (info, status, estimate, progress, throughput, eta, elapsed, started, ended,
-                slice_count, slices_done, slice_scanned, slice_done, leases, workers, limits,
-                paused_by_error, last_error)
+    yield from (
+        info,
+        status,
+        estimate,
+        progress,
+        throughput,
+        eta,
+        elapsed,
+        started,
+        ended,
+        slice_count,
+        slices_done,
+        slice_scanned,
+        slice_done,
+        leases,
+        workers,
+        limits,
+        paused_by_error,
+        last_error,
+    )
 
-    queue = GaugeMetricFamily("reencrypt_queue_messages", "Task messages waiting in the broker queue (Redis LLEN)",
-                              labels=["queue"])
+    queue = GaugeMetricFamily(
+        "reencrypt_queue_messages", "Task messages waiting in the broker queue (Redis LLEN)", labels=["queue"]
+    )
     if snapshot.queue_messages is not None:
         queue.add_metric([snapshot.queue], snapshot.queue_messages)
     yield queue
-    unacked = GaugeMetricFamily("reencrypt_queue_unacked_messages",
-                                "Task messages delivered to workers and not yet acknowledged (running, or waiting on a countdown)")
+    unacked = GaugeMetricFamily(
+        "reencrypt_queue_unacked_messages",
+        "Task messages delivered to workers and not yet acknowledged (running, or waiting on a countdown)",
+    )
     if snapshot.unacked_messages is not None:
         unacked.add_metric([], snapshot.unacked_messages)
     yield unacked
-    yield GaugeMetricFamily("reencrypt_exporter_store_up", "1 if the last read of the sweep state succeeded",
-                            value=1 if snapshot.store_up else 0)
-    yield GaugeMetricFamily("reencrypt_exporter_redis_up", "1 if the last read of the broker succeeded",
-                            value=1 if snapshot.redis_up else 0)
-    yield GaugeMetricFamily("reencrypt_exporter_last_refresh_timestamp_seconds",
-                            "When the sweep state was last read successfully (0: never)", value=snapshot.refreshed_at)
-    yield GaugeMetricFamily("reencrypt_exporter_refresh_duration_seconds", "How long the last read took",
-                            value=snapshot.refresh_seconds)
+    yield GaugeMetricFamily(
+        "reencrypt_exporter_store_up",
+        "1 if the last read of the sweep state succeeded",
+        value=1 if snapshot.store_up else 0,
+    )
+    yield GaugeMetricFamily(
+        "reencrypt_exporter_redis_up", "1 if the last read of the broker succeeded", value=1 if snapshot.redis_up else 0
+    )
+    yield GaugeMetricFamily(
+        "reencrypt_exporter_last_refresh_timestamp_seconds",
+        "When the sweep state was last read successfully (0: never)",
+        value=snapshot.refreshed_at,
+    )
+    yield GaugeMetricFamily(
+        "reencrypt_exporter_refresh_duration_seconds", "How long the last read took", value=snapshot.refresh_seconds
+    )
 
 
 class SweepCollector:
@@ -260,8 +334,16 @@ class Exporter:
         except Exception as exc:  # noqa: BLE001 - as above, shows as redis_up 0
             self._redis = None
             self._problem("redis", exc)
-        self.snapshot = Snapshot(views, messages, unacked, store_up, messages is not None, refreshed_at,
-                                 time.perf_counter() - started, self.queue)
+        self.snapshot = Snapshot(
+            views,
+            messages,
+            unacked,
+            store_up,
+            messages is not None,
+            refreshed_at,
+            time.perf_counter() - started,
+            self.queue,
+        )
         return self.snapshot
 
     def _read_sweeps(self) -> list[SweepView]:
@@ -294,8 +376,9 @@ class Exporter:
             log.warning("reading the %s works again", what)
 
 
-def serve(ctx: Context, *, port: int = DEFAULT_PORT, interval: float = DEFAULT_INTERVAL_S, addr: str = "0.0.0.0",
-          ready=None) -> None:
+def serve(
+    ctx: Context, *, port: int = DEFAULT_PORT, interval: float = DEFAULT_INTERVAL_S, addr: str = "0.0.0.0", ready=None
+) -> None:
     """Serve the metrics on ``addr:port`` and refresh them every ``interval`` s until SIGTERM or SIGINT."""
     exporter = Exporter(ctx)
     exporter.refresh()  # the first scrape already has data

@@ -40,8 +40,10 @@ def no_worker_notice(ctx: Context, progress: sweeps.Progress, now: float | None 
     idle = (now or time.time()) - max(piece.updated_at for piece in progress.slices)
     if idle < NO_WORKER_S:
         return ""
-    return (f"no worker has taken a slice of this sweep for {idle:.0f} s: start workers with 'reencrypt worker' "
-            f"on the same store ({broker_text(ctx)})")
+    return (
+        f"no worker has taken a slice of this sweep for {idle:.0f} s: start workers with 'reencrypt worker' "
+        f"on the same store ({broker_text(ctx)})"
+    )
 
 
 @dataclass
@@ -58,8 +60,11 @@ class Recovery:
         sent = len(rescue_expired_leases(self.ctx.celery, self.ctx.state))
         now = now or time.time()
         idle = [piece for piece in progress.slices if not piece.done and not piece.lease_is_live(now)]
-        stalled = [piece for piece in idle if now - piece.updated_at > STALL_S
-                   and (piece.index, piece.fence) not in self.requeued]
+        stalled = [
+            piece
+            for piece in idle
+            if now - piece.updated_at > STALL_S and (piece.index, piece.fence) not in self.requeued
+        ]
         if not stalled or self._messages_waiting() >= len(idle):
             return sent
         for piece in stalled:

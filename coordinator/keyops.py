@@ -12,7 +12,11 @@ from coordinator.verify import require_known_kid, scan_container
 from tracker_reencrypt import custody
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import (
-    KeyDisabledError, KeyNotFoundError, KeyProviderError, KeyringFileError, SweepError,
+    KeyDisabledError,
+    KeyNotFoundError,
+    KeyProviderError,
+    KeyringFileError,
+    SweepError,
 )
 from tracker_reencrypt.keys import KeyVersion
 from tracker_reencrypt.stores import open_store, store_fingerprint
@@ -34,8 +38,9 @@ def _refuse_existing_key(ctx: Context) -> None:
     except (KeyNotFoundError, KeyringFileError):
         return  # no key yet (a missing keyring file, a key the vault does not have): init may go on
     if existing:
-        raise KeyProviderError(f"{ctx.provider.describe()} already holds {existing[-1].kid}: "
-                               f"use 'reencrypt keys rotate' to add a version")
+        raise KeyProviderError(
+            f"{ctx.provider.describe()} already holds {existing[-1].kid}: use 'reencrypt keys rotate' to add a version"
+        )
 
 
 def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
@@ -46,8 +51,10 @@ def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
         active = ctx.state.active_sweep_id()
         if active:
             sweep = ctx.state.get_sweep(active)
-            raise SweepError(f"sweep {active} is {sweep.status} towards {sweep.target_kid}: finish or cancel it "
-                             f"before rotating (or pass --force)")
+            raise SweepError(
+                f"sweep {active} is {sweep.status} towards {sweep.target_kid}: finish or cancel it "
+                f"before rotating (or pass --force)"
+            )
     version = ctx.provider.rotate()
     return version, ctx.record_key_operation("key rotated", kid=version.kid)
 
@@ -74,15 +81,20 @@ def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
     _open_store_first(ctx)
     if not force:
         if ctx.provider.current_kid() == kid:  # the real reason, before the gate's (which would name a missing verify)
-            raise KeyDisabledError(f"key {kid} is the current version; rotate to a new version (or promote an older "
-                                   f"one) before disabling it")
+            raise KeyDisabledError(
+                f"key {kid} is the current version; rotate to a new version (or promote an older "
+                f"one) before disabling it"
+            )
         ctx.settings.require("store")
         in_use = scan_container(ctx.store, keyring=None).fields_by_kid.get(kid, 0)
         if in_use:
-            raise KeyDisabledError(f"{in_use} fields in {ctx.store.describe()} still use {kid}: "
-                                   f"finish the sweep and verify, or pass --force")
-        refusal = custody.disable_refusal(ctx.provider, kid, ctx.settings.store, _audit_entries_of(ctx),
-                                          _replaced_at(ctx, kid))
+            raise KeyDisabledError(
+                f"{in_use} fields in {ctx.store.describe()} still use {kid}: "
+                f"finish the sweep and verify, or pass --force"
+            )
+        refusal = custody.disable_refusal(
+            ctx.provider, kid, ctx.settings.store, _audit_entries_of(ctx), _replaced_at(ctx, kid)
+        )
         if refusal:
             raise KeyDisabledError(f"{kid} not disabled: {refusal}")
     version = ctx.provider.set_enabled(kid, False)
@@ -117,6 +129,7 @@ def audit_problems(ctx: Context) -> list[str]:
 def _audit_entries_of(ctx: Context):
     """Read a container's audit trail by URL: this store's through the context, others opened
     read-only (a container that no longer exists refuses the gate, naming it)."""
+
     def entries(url: str) -> list[dict]:
         if url == ctx.settings.store:
             return ctx.audit.entries()
@@ -125,6 +138,7 @@ def _audit_entries_of(ctx: Context):
             return AuditTrail(store.records()).entries()
         finally:
             store.close()
+
     return entries
 
 
@@ -137,5 +151,5 @@ def _replaced_at(ctx: Context, kid: str) -> str | None:
     taken for none, refusing the gate with "never replaced as current"."""
     versions = ctx.provider.versions()
     kids = [v.kid for v in versions]
-    following = versions[kids.index(kid) + 1:] if kid in kids else []
+    following = versions[kids.index(kid) + 1 :] if kid in kids else []
     return (following[0].created or None) if following else None

@@ -20,9 +20,13 @@ def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0
     settings = ctx.settings.require("store", "keys")
     env = dict(os.environ)
     # A flag given wins over the setting; an unset flag (0) leaves REENCRYPT_*_PORT as configured.
-    env.update(REENCRYPT_STORE=settings.store, REENCRYPT_KEYS=settings.keys, REDIS_URL=ctx.redis_url,
-               REENCRYPT_METRICS_PORT=str(metrics_port or settings.metrics_port),
-               REENCRYPT_HEALTH_PORT=str(health_port or settings.health_port))
+    env.update(
+        REENCRYPT_STORE=settings.store,
+        REENCRYPT_KEYS=settings.keys,
+        REDIS_URL=ctx.redis_url,
+        REENCRYPT_METRICS_PORT=str(metrics_port or settings.metrics_port),
+        REENCRYPT_HEALTH_PORT=str(health_port or settings.health_port),
+    )
     # prometheus_client reads this when it is imported, so it must be set before Python starts.
     # A fresh directory per worker: stale files from an earlier run would be counted again.
     multiproc_dir = Path(tempfile.mkdtemp(prefix="reencrypt-metrics-"))
@@ -32,12 +36,27 @@ def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0
 
 def worker_argv(queue: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--queues", queue, "--concurrency", str(concurrency),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "--queues",
+        queue,
+        "--concurrency",
+        str(concurrency),
         # -O fair: hand a task to a child only when it is free, so one slow batch never
         # holds a second task hostage in its pipe.
-        "-O", "fair", "--loglevel", loglevel, "--hostname", f"reencrypt-{uuid.uuid4().hex[:6]}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-O",
+        "fair",
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        f"reencrypt-{uuid.uuid4().hex[:6]}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
 
 
@@ -59,9 +78,15 @@ class WorkerFleet:
             env = worker_environment(ctx, port)
             self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
             log = open(log_dir / f"worker-{number}.log", "ab")
-            self.processes.append(subprocess.Popen(
-                worker_argv(store_queue(ctx.settings), 1, "INFO"), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
+            self.processes.append(
+                subprocess.Popen(
+                    worker_argv(store_queue(ctx.settings), 1, "INFO"),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             log.close()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -78,7 +103,7 @@ class WorkerFleet:
         for directory in self.metrics_dirs:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def __enter__(self) -> "WorkerFleet":
+    def __enter__(self) -> WorkerFleet:
         return self
 
     def __exit__(self, *exc) -> None:

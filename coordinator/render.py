@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import time
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 
-from coordinator import follow as following, sweeps
+from coordinator import follow as following
+from coordinator import sweeps
 from coordinator.context import Context
 from tracker_reencrypt.pacing.limits import describe_limits
 from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Sweep
@@ -71,31 +72,47 @@ def _status_view(progress: sweeps.Progress, notice: str = "") -> Group:
     estimate = max(1, sweep.documents_estimate)
     per_slice = max(1, estimate / max(1, len(progress.slices)))
     # One line that wraps between words: a grid cut the sweep id (what every command takes) to "sw-2026…".
-    head = (f"[bold]{sweep.id}[/]  status [bold]{sweep.status}[/]  → {sweep.target_kid}  "
-            f"mode {sweep.mode}  limits {limits_text(sweep)}")
+    head = (
+        f"[bold]{sweep.id}[/]  status [bold]{sweep.status}[/]  → {sweep.target_kid}  "
+        f"mode {sweep.mode}  limits {limits_text(sweep)}"
+    )
     overall = Table.grid(padding=(0, 2))
     done = totals.get("documents_scanned", 0)
     overall.add_row(
         ProgressBar(total=estimate, completed=min(done, estimate), width=40),
-        f"{done}/{sweep.documents_estimate} docs", f"{totals.get('fields_reencrypted', 0)} fields moved",
-        f"{progress.docs_per_s:,.0f} docs/s", f"ETA {_eta(progress.eta_s)}",
-        f"conflicts {totals.get('conflicts', 0)}", f"failures {totals.get('failures', 0)}",
+        f"{done}/{sweep.documents_estimate} docs",
+        f"{totals.get('fields_reencrypted', 0)} fields moved",
+        f"{progress.docs_per_s:,.0f} docs/s",
+        f"ETA {_eta(progress.eta_s)}",
+        f"conflicts {totals.get('conflicts', 0)}",
+        f"failures {totals.get('failures', 0)}",
         f"workers {progress.active_leases}",
     )
     slices = Table("slice", "progress", "docs", "fields", "conflicts", "failures", "state", box=None)
     for s in progress.slices:
         counts = s.counts
         state = "done" if s.done else ("working" if s.lease_owner else "queued")
-        bar = ProgressBar(total=per_slice, completed=per_slice if s.done else min(counts["documents_scanned"], per_slice * 0.99),
-                          width=20)
-        slices.add_row(str(s.index), bar, str(counts["documents_scanned"]), str(counts["fields_reencrypted"]),
-                       str(counts["conflicts"]), str(counts["failures"]), state)
-    parts = [head, overall, slices]
+        bar = ProgressBar(
+            total=per_slice,
+            completed=per_slice if s.done else min(counts["documents_scanned"], per_slice * 0.99),
+            width=20,
+        )
+        slices.add_row(
+            str(s.index),
+            bar,
+            str(counts["documents_scanned"]),
+            str(counts["fields_reencrypted"]),
+            str(counts["conflicts"]),
+            str(counts["failures"]),
+            state,
+        )
+    parts: list[RenderableType] = [head, overall, slices]
     if progress.budget_estimate and not sweep.finished:
         parts.append(f"remaining under its limits: {progress.budget_estimate}")
     if sweep.paused_reason:
-        parts.append(f"[red]paused because: {escape(sweep.paused_reason)}[/]\n"
-                     f"fix it, then 'reencrypt sweep resume {sweep.id}'")
+        parts.append(
+            f"[red]paused because: {escape(sweep.paused_reason)}[/]\nfix it, then 'reencrypt sweep resume {sweep.id}'"
+        )
     elif sweep.last_error:
         parts.append(f"[yellow]last error (retrying): {escape(sweep.last_error)}[/]")
     if notice:
@@ -118,15 +135,17 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
     progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id))
     recovery = following.Recovery(ctx) if kick_stalled else None
     if console:
-        console.print(f"following sweep {sweep_id} ({following.broker_text(ctx)}); Ctrl-C stops following, not the sweep")
-    live = Live(_status_view(progress), console=console, refresh_per_second=2, transient=False) if console else contextlib.nullcontext()
-    with live:
+        console.print(
+            f"following sweep {sweep_id} ({following.broker_text(ctx)}); Ctrl-C stops following, not the sweep"
+        )
+    live = Live(_status_view(progress), console=console, refresh_per_second=2, transient=False) if console else None
+    with live if live is not None else contextlib.nullcontext():
         while progress.sweep.status not in FINISHED | {PAUSED}:
             time.sleep(REFRESH_S)
             progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id), previous=progress)
             if recovery is not None:
                 recovery.step(progress)
-            if console:
+            if live is not None:
                 live.update(_status_view(progress, following.no_worker_notice(ctx, progress)))
     return progress
 
@@ -136,7 +155,8 @@ def summary(console: Console, progress: sweeps.Progress) -> None:
     console.print(
         f"sweep {progress.sweep.id} {progress.sweep.status}: {totals.get('documents_scanned', 0)} documents scanned, "
         f"{totals.get('documents_written', 0)} rewritten, {totals.get('fields_reencrypted', 0)} fields moved to "
-        f"{progress.sweep.target_kid}, {totals.get('conflicts', 0)} conflicts retried, {totals.get('failures', 0)} failures "
+        f"{progress.sweep.target_kid}, {totals.get('conflicts', 0)} conflicts retried, "
+        f"{totals.get('failures', 0)} failures "
         f"in {progress.elapsed_s:.1f}s"
     )
     if totals.get("failures"):
@@ -145,7 +165,9 @@ def summary(console: Console, progress: sweeps.Progress) -> None:
 
 def sweep_list(console: Console, listed: list[Sweep]) -> None:
     # The id is what every other sweep command takes: never cut it (nor status and target) to fit 80 columns.
-    table = Table(*(Column(name, no_wrap=True) for name in ("sweep", "status", "target")), "mode", "started by", "started at")
+    table = Table(
+        *(Column(name, no_wrap=True) for name in ("sweep", "status", "target")), "mode", "started by", "started at"
+    )
     for s in listed:
         table.add_row(s.id, s.status, s.target_kid, s.mode, s.started_by, s.started_at)
     console.print(table)
@@ -160,7 +182,10 @@ def failures(console: Console, rows: list[Failure]) -> None:
 
 
 def dry_run(console: Console, payload: dict) -> None:
-    console.print(f"dry run: {payload['documents']} documents; {payload['fields_to_move']} fields would move to {payload['target_kid']}")
+    console.print(
+        f"dry run: {payload['documents']} documents; "
+        f"{payload['fields_to_move']} fields would move to {payload['target_kid']}"
+    )
     table = Table("from kid", "kind", "fields")
     for kid, kinds in payload["would_move"].items():
         for kind, count in sorted(kinds.items()):
@@ -171,9 +196,14 @@ def dry_run(console: Console, payload: dict) -> None:
         if stuck:
             listed = ", ".join(f"{kid}: {count}" for kid, count in sorted(stuck.items()))
             # kids come from the documents: printed as text, never read as markup
-            console.print(f"{sum(stuck.values())} fields are under {what} ({listed}): they cannot be moved; "
-                          f"the sweep will record each as a failure", style="yellow", markup=False,
-                          highlight=False, soft_wrap=True)
+            console.print(
+                f"{sum(stuck.values())} fields are under {what} ({listed}): they cannot be moved; "
+                f"the sweep will record each as a failure",
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
     console.print(f"estimate: {payload['estimate']['text']}")
 
 
@@ -185,8 +215,10 @@ def verify(console: Console, payload: dict) -> None:
     for example in payload["undecryptable_examples"]:
         console.print(f"undecryptable: {example['document_id']} {example['field_path']} ({example['reason']})")
     verdict = "[green]PASS[/]" if payload["ok"] else "[red]FAIL[/]"
-    console.print(f"verify {verdict} on {payload['store']}: {payload['documents']} documents, {payload['fields']} fields, "
-                  f"{payload['off_target']} not on {payload['expect']}, {payload['undecryptable']} undecryptable")
+    console.print(
+        f"verify {verdict} on {payload['store']}: {payload['documents']} documents, {payload['fields']} fields, "
+        f"{payload['off_target']} not on {payload['expect']}, {payload['undecryptable']} undecryptable"
+    )
     if payload["empty"] and not payload["ok"]:
         console.print("the container holds no document: check the store URL (pass --allow-empty if it really is empty)")
 
@@ -201,4 +233,6 @@ def audit(console: Console, entries: list[dict], problems: list[str] | None) -> 
     if problems is not None:
         for problem in problems:
             console.print(f"[red]{problem}[/]")
-        console.print("[green]audit chain intact[/]" if not problems else f"[red]audit chain broken: {len(problems)} problems[/]")
+        console.print(
+            "[green]audit chain intact[/]" if not problems else f"[red]audit chain broken: {len(problems)} problems[/]"
+        )

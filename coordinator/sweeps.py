@@ -8,17 +8,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from coordinator.context import Context
+from coordinator.estimate import estimate
+from coordinator.verify import ScanReport, count_document, scan_container
 from tracker_reencrypt.audit import actor
 from tracker_reencrypt.documents import MODES, partition_key_or_none
 from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
 from tracker_reencrypt.sweep.records import (
-    CANCELLING, PAUSED, PLANNED, RUNNING, Counts, Slice, Sweep, new_sweep_id, parse_utc, sum_counts, utc_now,
+    CANCELLING,
+    PAUSED,
+    PLANNED,
+    RUNNING,
+    Counts,
+    Slice,
+    Sweep,
+    new_sweep_id,
+    parse_utc,
+    sum_counts,
+    utc_now,
 )
-from coordinator.context import Context
-from coordinator.estimate import estimate
-from coordinator.verify import ScanReport, count_document, scan_container
 
 DEFAULT_SLICES = 16
 #: More slices than this only adds per-slice overhead (records, messages, listings): a fleet
@@ -59,8 +69,9 @@ class LimitFlags:
         return values
 
 
-def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int,
-          limits: LimitFlags = LimitFlags()) -> Sweep:
+def start(
+    ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, limits: LimitFlags = LimitFlags()
+) -> Sweep:
     if mode not in MODES:
         raise SweepError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
     if not 1 <= slices <= MAX_SLICES:
@@ -69,17 +80,37 @@ def start(ctx: Context, *, to: str, sources: list[str], mode: str, slices: int,
     check_target(ctx, to, sources)
     active = ctx.state.active_sweep_id()
     if active:
-        raise SweepError(f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'")
+        raise SweepError(
+            f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'"
+        )
     celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
     ctx.mark_store_with_key()
     feed_ranges = ctx.store.feed_ranges(slices)
-    sweep = ctx.state.create_sweep(Sweep(
-        id=new_sweep_id(), target_kid=to, source_kids=tuple(sources) or None, mode=mode, limits=given,
-        status=RUNNING, started_by=actor(), started_at=utc_now(),
-        documents_estimate=ctx.store.count(), store=ctx.store.describe(), sample=_sample(ctx, feed_ranges),
-    ), feed_ranges)
-    ctx.audit.append("sweep started", sweep_id=sweep.id, target_kid=to, source_kids=sources or "all others",
-                     mode=mode, slices=len(feed_ranges), **given)
+    sweep = ctx.state.create_sweep(
+        Sweep(
+            id=new_sweep_id(),
+            target_kid=to,
+            source_kids=tuple(sources) or None,
+            mode=mode,
+            limits=given,
+            status=RUNNING,
+            started_by=actor(),
+            started_at=utc_now(),
+            documents_estimate=ctx.store.count(),
+            store=ctx.store.describe(),
+            sample=_sample(ctx, feed_ranges),
+        ),
+        feed_ranges,
+    )
+    ctx.audit.append(
+        "sweep started",
+        sweep_id=sweep.id,
+        target_kid=to,
+        source_kids=sources or "all others",
+        mode=mode,
+        slices=len(feed_ranges),
+        **given,
+    )
     for index in range(len(feed_ranges)):
         enqueue_slice(celery, sweep.id, index, 0)
     return sweep
@@ -102,16 +133,30 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags) ->
     would = {kid: dict(report.kinds_by_kid[kid]) for kid in moving}
     distinct = report.distinct_deks(moving)
     guess = estimate(
-        documents=report.documents, documents_to_write=report.documents_with_kids(moving),
-        document_bytes=report.document_bytes, distinct_source_deks=distinct, limits=given,
+        documents=report.documents,
+        documents_to_write=report.documents_with_kids(moving),
+        document_bytes=report.document_bytes,
+        distinct_source_deks=distinct,
+        limits=given,
     )
     return {
-        "dry_run": True, "target_kid": to, "documents": report.documents, "fields_by_kid": dict(report.fields_by_kid),
-        "would_move": would, "fields_to_move": sum(sum(kinds.values()) for kinds in would.values()),
-        "unknown_kids": unknown, "disabled_kids": disabled,
-        "distinct_source_deks": distinct, "limits": given,
-        "estimate": {"seconds": guess.seconds, "bound_by": guess.bound_by, "request_units": round(guess.request_units),
-                     "kv_ops": guess.kv_ops, "text": guess.text(given)},
+        "dry_run": True,
+        "target_kid": to,
+        "documents": report.documents,
+        "fields_by_kid": dict(report.fields_by_kid),
+        "would_move": would,
+        "fields_to_move": sum(sum(kinds.values()) for kinds in would.values()),
+        "unknown_kids": unknown,
+        "disabled_kids": disabled,
+        "distinct_source_deks": distinct,
+        "limits": given,
+        "estimate": {
+            "seconds": guess.seconds,
+            "bound_by": guess.bound_by,
+            "request_units": round(guess.request_units),
+            "kv_ops": guess.kv_ops,
+            "text": guess.text(given),
+        },
     }
 
 
@@ -131,8 +176,11 @@ def _sample(ctx: Context, feed_ranges) -> dict:
     for doc in documents:
         count_document(report, doc.body, partition_key_or_none(ctx.store, doc.body), None, unreadable=doc.unreadable)
     count = max(1, report.documents - report.undecryptable)
-    return {"documents": report.documents, "average_bytes": report.document_bytes / count,
-            "deks_per_document": sum(len(deks) for deks in report.deks_by_kid.values()) / count}
+    return {
+        "documents": report.documents,
+        "average_bytes": report.document_bytes / count,
+        "deks_per_document": sum(len(deks) for deks in report.deks_by_kid.values()) / count,
+    }
 
 
 def limits_estimate(sweep: Sweep, remaining_documents: int) -> str:
@@ -142,9 +190,11 @@ def limits_estimate(sweep: Sweep, remaining_documents: int) -> str:
         return ""
     sample = sweep.sample or {"average_bytes": 2048, "deks_per_document": 1.0}
     return estimate(
-        documents=remaining_documents, documents_to_write=remaining_documents,
-        document_bytes=remaining_documents * sample["average_bytes"],
-        distinct_source_deks=round(remaining_documents * sample["deks_per_document"]), limits=limits,
+        documents=remaining_documents,
+        documents_to_write=remaining_documents,
+        document_bytes=round(remaining_documents * sample["average_bytes"]),
+        distinct_source_deks=round(remaining_documents * sample["deks_per_document"]),
+        limits=limits,
     ).text(limits)
 
 
@@ -172,8 +222,10 @@ def resume(ctx: Context, sweep_id: str | None) -> tuple[Sweep, int]:
     if sweep.status == PAUSED:
         # The reason it was paused for is the operator's to fix; resuming says it is fixed.
         sweep = ctx.state.update_sweep(
-            sweep.id, lambda body: body.but(status=RUNNING, paused_reason=None, last_error=None),
-            only_if=lambda body: body.status == PAUSED)
+            sweep.id,
+            lambda body: body.but(status=RUNNING, paused_reason=None, last_error=None),
+            only_if=lambda body: body.status == PAUSED,
+        )
     ctx.audit.append("sweep resumed", sweep_id=sweep.id)
     return sweep, kick(ctx, sweep.id, celery)
 
@@ -218,9 +270,12 @@ def throttle(ctx: Context, sweep_id: str | None, limits: LimitFlags, *, unlimite
     sweep = resolve(ctx, sweep_id)
     if sweep.finished:
         raise SweepError(f"sweep {sweep.id} is {sweep.status}; there is nothing to throttle")
-    sweep = ctx.state.update_sweep(sweep.id, lambda body: body.but(limits={} if unlimited else {**body.limits, **changes}))
-    ctx.audit.append("sweep throttled", sweep_id=sweep.id,
-                     **(dict.fromkeys(LimitFlags.FLAGS) if unlimited else changes))
+    sweep = ctx.state.update_sweep(
+        sweep.id, lambda body: body.but(limits={} if unlimited else {**body.limits, **changes})
+    )
+    ctx.audit.append(
+        "sweep throttled", sweep_id=sweep.id, **(dict.fromkeys(LimitFlags.FLAGS) if unlimited else changes)
+    )
     return sweep
 
 
@@ -237,12 +292,15 @@ class Progress:
 
     def as_json(self) -> dict:
         return {
-            "sweep": self.sweep.to_record(), "totals": self.totals, "elapsed_s": round(self.elapsed_s, 1),
-            "docs_per_s": round(self.docs_per_s, 1), "eta_s": None if self.eta_s is None else round(self.eta_s),
-            "active_leases": self.active_leases, "budget_estimate": self.budget_estimate,
+            "sweep": self.sweep.to_record(),
+            "totals": self.totals,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "docs_per_s": round(self.docs_per_s, 1),
+            "eta_s": None if self.eta_s is None else round(self.eta_s),
+            "active_leases": self.active_leases,
+            "budget_estimate": self.budget_estimate,
             "slices": [
-                {"index": s.index, "done": s.done, "leased_by": s.lease_owner, "counts": s.counts}
-                for s in self.slices
+                {"index": s.index, "done": s.done, "leased_by": s.lease_owner, "counts": s.counts} for s in self.slices
             ],
         }
 

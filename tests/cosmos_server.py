@@ -120,7 +120,7 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tracker-reencrypt test Cosmos server")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -183,7 +183,9 @@ def start(directory: Path) -> tuple[CosmosServer, subprocess.Popen]:
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
         first_line = process.stdout.readline() if ready else b""  # {"port": N}; EOF if node died
         if not first_line:
-            raise RuntimeError(f"the Cosmos test server exited at start: {log_path.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"the Cosmos test server exited at start: {log_path.read_text(errors='replace')[-2000:]}"
+            )
         server = CosmosServer(f"127.0.0.1:{json.loads(first_line)['port']}", EMULATOR_KEY, cert_path)
         _wait_until_answering(server, process, deadline)
     except BaseException:

@@ -60,8 +60,12 @@ class MemoryBroker:
     def send_task(self, name: str, args=None, kwargs=None, countdown=None, queue=None) -> None:
         assert name == PROCESS_SLICE, name
         due = self.clock() + (countdown or 0)
-        heapq.heappush(self.messages, Message(due, next(self._order), queue or self.conf.task_default_queue,
-                                              list(args or []), dict(kwargs or {})))
+        heapq.heappush(
+            self.messages,
+            Message(
+                due, next(self._order), queue or self.conf.task_default_queue, list(args or []), dict(kwargs or {})
+            ),
+        )
         self.published += 1
 
     def take(self) -> Message | None:
@@ -75,8 +79,9 @@ class InProcessFleet:
         self.clock = clock or Clock()
         self.settings = settings
         self.broker = MemoryBroker(store_queue(settings), self.clock)
-        self.runtime = Runtime(settings, None, pacing=MemoryPacing(clock=self.clock), clock=self.clock,
-                               sleep=self.clock.sleep)
+        self.runtime = Runtime(
+            settings, None, pacing=MemoryPacing(clock=self.clock), clock=self.clock, sleep=self.clock.sleep
+        )
         self.outcomes: list[str] = []
 
     @property
@@ -91,7 +96,7 @@ class InProcessFleet:
         self.clock.now = max(self.clock.now, message.due)
         if message.queue != self.broker.conf.task_default_queue:
             # Another store's queue: no worker of this fleet listens there.
-            self.outcomes.append(f"not ours: {message.queue[len(QUEUE_PREFIX):]}")
+            self.outcomes.append(f"not ours: {message.queue[len(QUEUE_PREFIX) :]}")
             return self.outcomes[-1]
         outcome = tasks.handle(self.broker, lambda: self.runtime, *message.args, **message.kwargs)
         self.outcomes.append(outcome)

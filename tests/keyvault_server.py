@@ -187,7 +187,7 @@ class KeyVaultServer:
                 self.challenges += 1
             missing = "AKV10000: Request is missing a Bearer or PoP token."
             raise VaultError(401, "Unauthorized", missing, headers={"WWW-Authenticate": CHALLENGE})
-        if authorization[len("Bearer "):] in self.denied_tokens:
+        if authorization[len("Bearer ") :] in self.denied_tokens:
             raise VaultError(403, "Forbidden", RBAC_DENIED, "ForbiddenByRbac")
 
     def _admit(self, operation: str) -> None:
@@ -251,7 +251,7 @@ class KeyVaultServer:
         versions = self._versions(name)
         size = int(query.get("maxresults", [self.page_size])[0])
         start = int(query.get("$skiptoken", ["0"])[0])
-        page = versions[start:start + size]
+        page = versions[start : start + size]
         next_link = None
         if start + size < len(versions):
             params = urlencode({"api-version": query["api-version"][0], "$skiptoken": start + size, "maxresults": size})
@@ -339,7 +339,9 @@ def _refuse_if_disabled(version: KeyVersion, operation: str) -> None:
 
 def _require_oaep_256(body: dict) -> None:
     if body.get("alg") != "RSA-OAEP-256":
-        raise VaultError(400, "BadParameter", f"This test vault supports alg RSA-OAEP-256 only, not {body.get('alg')!r}.")
+        raise VaultError(
+            400, "BadParameter", f"This test vault supports alg RSA-OAEP-256 only, not {body.get('alg')!r}."
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -377,7 +379,7 @@ def _write_self_signed(cert_path: Path, key_path: Path) -> None:
     """A CA-flagged self-signed certificate for 127.0.0.1, usable as its own trust anchor."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyvault-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()
@@ -387,7 +389,9 @@ def _write_self_signed(cert_path: Path, key_path: Path) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK), x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK), x509.DNSName("localhost")]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -4,7 +4,7 @@
 A real vault needs nothing of this: Azure's DefaultAzureCredential finds the pod's identity,
 the vault's certificate chains to a public CA and its challenge names vault.azure.net. The
 loopback vault has none of these, so the provider a ``https://127.0.0.1:<port>/keys/<name>``
-URL names is built the way the in-process tests build it (tests/test_budgets.py): a static
+URL names is built the way the in-process tests build it (tests/e2e/test_budgets.py): a static
 token, the vault's own certificate ($TEST_VAULT_CA) and no challenge-domain check. Everything
 else (the commands, the worker, the provider's SDK calls and their retries) is the real code.
 
@@ -32,10 +32,16 @@ class StaticTokenCredential:
 
 
 def open_provider(vault_url: str, key_name: str, ca_path: str) -> AzureKeyVaultProvider:
-    # Short SDK back-off between its own retries, as tests/test_budgets.py uses: the sweep's
+    # Short SDK back-off between its own retries, as tests/e2e/test_budgets.py uses: the sweep's
     # handling of an outage is what is under test, not the SDK's patience.
-    return AzureKeyVaultProvider(vault_url, key_name, StaticTokenCredential(), connection_verify=ca_path,
-                                 verify_challenge_resource=False, retry_backoff_factor=0.001)
+    return AzureKeyVaultProvider(
+        vault_url,
+        key_name,
+        StaticTokenCredential(),
+        connection_verify=ca_path,
+        verify_challenge_resource=False,
+        retry_backoff_factor=0.001,
+    )
 
 
 def open_key_provider(url: str):

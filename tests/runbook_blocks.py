@@ -1,5 +1,5 @@
-"""The runbook's code blocks, as tests/test_ops.py (commands and flags exist) and
-tests/test_runbook_e2e.py (the procedure runs as written) read them.
+"""The runbook's code blocks, as tests/e2e/test_ops.py (commands and flags exist) and
+tests/e2e/test_runbook_e2e.py (the procedure runs as written) read them.
 
 The convention, stated at the top of ops/runbooks/MEK_ROTATION.md: a ```sh block in the
 numbered sections is a step of the procedure, run in order in one shell; a ```console block is
@@ -43,8 +43,14 @@ def runbook_blocks(text: str | None = None) -> list[Block]:
     blocks = []
     for fence in _FENCE.finditer(text):
         above = [title for start, title in headings if start < fence.start()]
-        blocks.append(Block(above[-1] if above else "", fence.group("kind"), textwrap.dedent(fence.group("code")),
-                            text.count("\n", 0, fence.start()) + 1))
+        blocks.append(
+            Block(
+                above[-1] if above else "",
+                fence.group("kind"),
+                textwrap.dedent(fence.group("code")),
+                text.count("\n", 0, fence.start()) + 1,
+            )
+        )
     return blocks
 
 

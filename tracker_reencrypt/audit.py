@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import socket
+from typing import Any
 
 from tracker_reencrypt.errors import ConflictError
 from tracker_reencrypt.stores import RecordStore
@@ -39,12 +40,20 @@ class AuditTrail:
     def entries(self) -> list[dict]:
         return [body for _, body, _ in self.records.list(AUDIT)]
 
-    def append(self, action: str, who: str | None = None, **details) -> dict:
+    def append(self, action: str, who: str | None = None, /, **details: Any) -> dict:
+        """Append one entry; ``who`` is positional so any detail may be named freely."""
         while True:
             entries = self.entries()
             prev_hash = entries[-1]["hash"] if entries else GENESIS
             seq = entries[-1]["seq"] + 1 if entries else 1
-            entry = {"seq": seq, "at": utc_now(), "who": who or actor(), "action": action, "details": details, "prev_hash": prev_hash}
+            entry = {
+                "seq": seq,
+                "at": utc_now(),
+                "who": who or actor(),
+                "action": action,
+                "details": details,
+                "prev_hash": prev_hash,
+            }
             entry["hash"] = _digest(prev_hash, entry)
             try:
                 self.records.create(AUDIT, f"{seq:012d}", entry)

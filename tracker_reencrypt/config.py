@@ -38,7 +38,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.keys.keyring import DEFAULT_DEK_MAX_AGE_S, DEFAULT_DEK_MAX_USES
 
-
 #: The shortest lease, in batch bounds.
 LEASE_TO_BATCH = 2
 
@@ -74,15 +73,17 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _lease_outlives_a_batch(self) -> "Settings":
+    def _lease_outlives_a_batch(self) -> Settings:
         # A batch may overrun its time bound by a page and a commit; a lease shorter than that
         # would let another worker take the slice from a live batch (safe, but wasted work).
         if self.lease_seconds < LEASE_TO_BATCH * self.batch_seconds:
-            raise ValueError(f"REENCRYPT_LEASE_SECONDS ({self.lease_seconds:g}) must be at least {LEASE_TO_BATCH}x "
-                             f"REENCRYPT_BATCH_SECONDS ({self.batch_seconds:g}): raise the lease or shorten batches")
+            raise ValueError(
+                f"REENCRYPT_LEASE_SECONDS ({self.lease_seconds:g}) must be at least {LEASE_TO_BATCH}x "
+                f"REENCRYPT_BATCH_SECONDS ({self.batch_seconds:g}): raise the lease or shorten batches"
+            )
         return self
 
-    def require(self, *names: str) -> "Settings":
+    def require(self, *names: str) -> Settings:
         """Fail with one clear line if a setting a command needs is empty."""
         hints = {
             "store": "set REENCRYPT_STORE or --store (e.g. sqlite:///tracker.db)",
@@ -105,5 +106,3 @@ def load_settings(**overrides) -> Settings:
             raise ConfigError(f"settings are inconsistent: {first['msg'].removeprefix('Value error, ')}") from None
         name = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"setting {name} is invalid: {first['msg']}") from None
-
-

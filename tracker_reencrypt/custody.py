@@ -45,7 +45,7 @@ class StoreMark:
         return f"{self.anchor_seq}:{self.anchor_hash}|{self.location}"
 
     @classmethod
-    def decode(cls, fingerprint: str, value: str) -> "StoreMark":
+    def decode(cls, fingerprint: str, value: str) -> StoreMark:
         head, _, location = value.partition("|")
         seq, _, digest = head.partition(":")
         return cls(fingerprint, location, int(seq) if seq.isdigit() else 0, digest)
@@ -59,8 +59,11 @@ class StoreMark:
 
 def marks(provider: KeyProvider) -> dict[str, StoreMark]:
     """The containers the key protects, by fingerprint."""
-    return {name[len(MARK_PREFIX):]: StoreMark.decode(name[len(MARK_PREFIX):], value)
-            for name, value in provider.metadata().items() if name.startswith(MARK_PREFIX)}
+    return {
+        name[len(MARK_PREFIX) :]: StoreMark.decode(name[len(MARK_PREFIX) :], value)
+        for name, value in provider.metadata().items()
+        if name.startswith(MARK_PREFIX)
+    }
 
 
 def mark_store(provider: KeyProvider, store_url: str, head: dict | None) -> StoreMark:
@@ -85,8 +88,10 @@ def anchor_problems(mark: StoreMark | None, entries: list[dict], where: str) -> 
     newest = entries[-1].get("seq", 0) if entries else 0
     anchored = by_seq.get(mark.anchor_seq)
     if anchored is None:
-        return [f"the trail ends at entry {newest}, but {where} anchors entry {mark.anchor_seq}: "
-                f"entries were deleted from its end"]
+        return [
+            f"the trail ends at entry {newest}, but {where} anchors entry {mark.anchor_seq}: "
+            f"entries were deleted from its end"
+        ]
     if not str(anchored.get("hash", "")).startswith(mark.anchor_hash):
         return [f"entry {mark.anchor_seq} differs from the one {where} anchors: the trail was rebuilt"]
     return []
@@ -117,12 +122,13 @@ def write_window(entries: list[dict], kid: str) -> WriteWindow:
             elif current_since is not None and stopped is None:
                 stopped = entry
         elif action == "sweep started" and details.get("target_kid") == kid:
-            sweeps_to_kid.add(details.get("sweep_id"))
+            sweeps_to_kid.add(str(details.get("sweep_id")))
         elif action in SWEEP_ENDS and details.get("sweep_id") in sweeps_to_kid:
             ended[details["sweep_id"]] = entry
     last = max((e for e in (stopped, *ended.values()) if e), key=lambda e: e.get("seq", 0), default=None)
-    return WriteWindow(last["at"] if last else None, tuple(sorted(sweeps_to_kid - set(ended))),
-                       last.get("seq", 0) if last else 0)
+    return WriteWindow(
+        last["at"] if last else None, tuple(sorted(sweeps_to_kid - set(ended))), last.get("seq", 0) if last else 0
+    )
 
 
 def proving_verify(entries: list[dict], kid: str, after: str, after_seq: int = 0) -> dict | None:
@@ -132,8 +138,12 @@ def proving_verify(entries: list[dict], kid: str, after: str, after_seq: int = 0
         if entry.get("at", "") < after or entry.get("seq", 0) <= after_seq:
             return None
         details = entry.get("details") or {}
-        if (entry.get("action") == "verify" and details.get("ok") and details.get("expect") != kid
-                and not (details.get("fields_by_kid") or {}).get(kid)):
+        if (
+            entry.get("action") == "verify"
+            and details.get("ok")
+            and details.get("expect") != kid
+            and not (details.get("fields_by_kid") or {}).get(kid)
+        ):
             return entry
     return None
 
@@ -147,13 +157,16 @@ def gate_problem(entries: list[dict], kid: str, fallback_end: str | None, where:
     if ends_at is None:
         return f"{where}: nothing shows when writes under {kid} stopped (it was never replaced as current)"
     if proving_verify(entries, kid, ends_at, window.ends_seq if window.ends_at else 0) is None:
-        return (f"{where} has no passing verify since {ends_at} (when writes under {kid} last could happen): "
-                f"run 'reencrypt --store <it> verify --expect <current kid>' there first")
+        return (
+            f"{where} has no passing verify since {ends_at} (when writes under {kid} last could happen): "
+            f"run 'reencrypt --store <it> verify --expect <current kid>' there first"
+        )
     return None
 
 
-def disable_refusal(provider: KeyProvider, kid: str, store_url: str, trail_of: Callable[[str], list[dict]],
-                    fallback_end: str | None) -> str | None:
+def disable_refusal(
+    provider: KeyProvider, kid: str, store_url: str, trail_of: Callable[[str], list[dict]], fallback_end: str | None
+) -> str | None:
     """Why ``kid`` may not be disabled yet, checking this store and every other container the
     key protects (``trail_of(url)`` reads a store's audit entries, raising our error when the
     store cannot be opened); None when every one of them proved it unused."""

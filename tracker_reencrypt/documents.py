@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -80,7 +80,7 @@ def schema_path(parts: PathParts) -> str:
 
 def find_envelopes(value: Any, parts: PathParts = ()) -> Iterator[tuple[PathParts, dict]]:
     """Every envelope in a document, depth first, arrays included. Envelopes are leaves."""
-    return iter(_envelopes_within(value, parts, math.inf))
+    return iter(_envelopes_within(value, parts, math.inf) or ())  # never None: no depth limit
 
 
 def _envelopes_within(value: Any, parts: PathParts, limit: float) -> list[tuple[PathParts, dict]] | None:
@@ -100,7 +100,7 @@ def _envelopes_within(value: Any, parts: PathParts, limit: float) -> list[tuple[
             if value.keys() == envelope.ENVELOPE_FIELDS:  # envelope.is_envelope, inlined for the hot path
                 found.append((parts, value))
                 continue
-            children = value.items()
+            children: Iterable[tuple[Any, Any]] = value.items()
         else:
             children = enumerate(value)
         pending.extend([(parts + (key,), child) for key, child in children if isinstance(child, (dict, list))][::-1])
@@ -146,7 +146,7 @@ def partition_key_or_none(store: DocumentStore, body: Any) -> Any:
     return None
 
 
-def location(body: dict, partition_key: str, parts: PathParts) -> Location:
+def location(body: dict, partition_key: Any, parts: PathParts) -> Location:
     return Location(document_id=str(body["id"]), partition_key=str(partition_key), field_path=schema_path(parts))
 
 
@@ -155,10 +155,7 @@ def _replace_at(value: Any, parts: PathParts, new: Any) -> Any:
     if not parts:
         return new
     head, rest = parts[0], parts[1:]
-    if isinstance(value, list):
-        copy = list(value)
-    else:
-        copy = dict(value)
+    copy: Any = list(value) if isinstance(value, list) else dict(value)
     copy[head] = _replace_at(value[head], rest, new)
     return copy
 

@@ -80,8 +80,10 @@ def _await_lock(lock: IO[str], lock_path: Path) -> None:
             return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                raise ConfigError(f"{lock_path} is held by a stuck process for over {LOCK_TIMEOUT_S:.0f}s: "
-                                  "stop the other reencrypt command or set REDIS_URL") from None
+                raise ConfigError(
+                    f"{lock_path} is held by a stuck process for over {LOCK_TIMEOUT_S:.0f}s: "
+                    "stop the other reencrypt command or set REDIS_URL"
+                ) from None
             time.sleep(0.05)
 
 
@@ -90,8 +92,9 @@ def ensure_running(state_dir: Path) -> str:
     state_dir.mkdir(parents=True, exist_ok=True)
     # Unix socket paths are limited to ~107 bytes.
     if len(str(_socket(state_dir).resolve())) > 100:
-        raise ConfigError(f"state directory {state_dir} is too deep for a Unix socket: "
-                          "set REDIS_URL or a shorter REENCRYPT_HOME")
+        raise ConfigError(
+            f"state directory {state_dir} is too deep for a Unix socket: set REDIS_URL or a shorter REENCRYPT_HOME"
+        )
     with _exclusive(state_dir):
         if not is_running(state_dir):
             _start(state_dir)
@@ -106,19 +109,35 @@ def _start(state_dir: Path) -> None:
     """
     subprocess.run(
         [
-            _server_binary(), "--port", "0",
-            "--unixsocket", str(_socket(state_dir).resolve()), "--unixsocketperm", "700",
-            "--daemonize", "yes", "--pidfile", str((state_dir / "redis.pid").resolve()),
-            "--dir", str(state_dir.resolve()), "--save", "", "--appendonly", "no",
-            "--logfile", str((state_dir / "redis.log").resolve()),
+            _server_binary(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(_socket(state_dir).resolve()),
+            "--unixsocketperm",
+            "700",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str((state_dir / "redis.pid").resolve()),
+            "--dir",
+            str(state_dir.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str((state_dir / "redis.log").resolve()),
         ],
-        check=True, stdout=subprocess.DEVNULL,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while not is_running(state_dir):
         if time.monotonic() > deadline:
-            raise ConfigError(f"embedded Redis did not start (see {state_dir / 'redis.log'}): "
-                              "set REDIS_URL to a Redis server")
+            raise ConfigError(
+                f"embedded Redis did not start (see {state_dir / 'redis.log'}): set REDIS_URL to a Redis server"
+            )
         time.sleep(0.05)
 
 

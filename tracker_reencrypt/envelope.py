@@ -25,8 +25,8 @@ import math
 import os
 import re
 import struct
-from functools import cached_property
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -136,8 +136,11 @@ def associated_data(where: Location) -> bytes:
     ``bad_location``: every operation computes this first, before it looks at the envelope.
     """
     parts = [AAD_CONTEXT]
-    for name, value in (("document id", where.document_id), ("partition key", where.partition_key),
-                        ("field path", where.field_path)):
+    for name, value in (
+        ("document id", where.document_id),
+        ("partition key", where.partition_key),
+        ("field path", where.field_path),
+    ):
         if not isinstance(value, str):
             raise EnvelopeError("bad_location", f"location {name} must be a string, not {type(value).__name__}")
         try:
@@ -165,7 +168,8 @@ def encrypt(value: Any, where: Location, keyring: KeySource, kid: str | None = N
     aad = associated_data(where)
     if is_envelope(value):
         raise EnvelopeError(
-            "already_encrypted", f"field {where.field_path} already holds an envelope; refusing to nest it")
+            "already_encrypted", f"field {where.field_path} already holds an envelope; refusing to nest it"
+        )
     # json.dumps would write a member name 1 as "1" (so {1: "a", "1": "b"} as two "1"s) and recurse
     # without a limit: both are refused first, so that decrypt gives back exactly the value.
     problem = _shape_problem(value) if isinstance(value, _CONTAINERS) else ""
@@ -196,7 +200,8 @@ def decrypt(envelope: Any, where: Location, keyring: KeySource) -> Any:
     # Every level opens a bracket: a text with at most MAX_DEPTH of them (nearly every field) needs no walk.
     if plaintext.count(b"[") + plaintext.count(b"{") > MAX_DEPTH and _shape_problem(value):
         raise EnvelopeError(
-            "malformed", f"field {where.field_path}: decrypted payload nests deeper than {MAX_DEPTH} levels")
+            "malformed", f"field {where.field_path}: decrypted payload nests deeper than {MAX_DEPTH} levels"
+        )
     return value
 
 
@@ -300,11 +305,12 @@ def _parse(envelope: Any) -> _Parsed:
         raise EnvelopeError("malformed", f"envelope fields wrong (missing {missing}, unexpected {extra})")
     if envelope["v"] != VERSION or isinstance(envelope["v"], bool):
         raise EnvelopeError(
-            "unsupported_version", f"envelope version {envelope['v']!r} is not supported (expected {VERSION})")
+            "unsupported_version", f"envelope version {envelope['v']!r} is not supported (expected {VERSION})"
+        )
     if envelope["alg"] != CONTENT_ALGORITHM:
         raise EnvelopeError(
-            "unsupported_algorithm",
-            f"envelope alg {envelope['alg']!r} is not supported (expected {CONTENT_ALGORITHM})")
+            "unsupported_algorithm", f"envelope alg {envelope['alg']!r} is not supported (expected {CONTENT_ALGORITHM})"
+        )
     for name in ("kid", "wrap"):
         if not isinstance(envelope[name], str) or not envelope[name]:
             raise EnvelopeError("malformed", f"envelope field '{name}' must be a non-empty string")
@@ -371,4 +377,5 @@ def _call_keyring(operation, kid: str):
         raise EnvelopeError("kid_disabled", f"key {kid} is disabled; enable it to decrypt") from None
     except UnwrapError:
         raise EnvelopeError(
-            "unwrap_failed", f"key {kid} could not unwrap the data key (tampered or foreign dek)") from None
+            "unwrap_failed", f"key {kid} could not unwrap the data key (tampered or foreign dek)"
+        ) from None

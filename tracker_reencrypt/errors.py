@@ -109,13 +109,16 @@ class LeaseLostError(SweepError):
 
 # -- messages ----------------------------------------------------------------------------------
 
+
 def redact_url(url: str) -> str:
     """A URL fit for messages: a user:password part and a query string (where credentials
     travel) replaced by ``***``. Every error that echoes a URL passes it through here."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None and not parts.query:
         return url
-    netloc = parts.netloc if parts.username is None and parts.password is None else "***@" + parts.netloc.rpartition("@")[2]
+    netloc = (
+        parts.netloc if parts.username is None and parts.password is None else "***@" + parts.netloc.rpartition("@")[2]
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))
 
 

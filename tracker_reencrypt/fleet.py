@@ -39,8 +39,10 @@ def store_queue(settings: Settings) -> str:
     Kubernetes manifests set it for KEDA), must agree with it."""
     queue = queue_for(store_fingerprint(settings.require("store").store))
     if settings.queue and settings.queue != queue:
-        raise ConfigError(f"REENCRYPT_QUEUE={settings.queue} is not the queue of REENCRYPT_STORE ({queue}): "
-                          f"set it to the output of 'reencrypt queue'")
+        raise ConfigError(
+            f"REENCRYPT_QUEUE={settings.queue} is not the queue of REENCRYPT_STORE ({queue}): "
+            f"set it to the output of 'reencrypt queue'"
+        )
     return queue
 
 
@@ -73,19 +75,25 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
     return app
 
 
-def enqueue_slice(app: Celery, sweep_id: str, index: int, fence: int, countdown: float = 0,
-                  fingerprint: str | None = None) -> None:
+def enqueue_slice(
+    app: Celery, sweep_id: str, index: int, fence: int, countdown: float = 0, fingerprint: str | None = None
+) -> None:
     """Queue one batch of work on a slice, naming the fence the task must find and the store it
     belongs to (by default the app's own store; a misrouted message is sent on to its own)."""
     queue = queue_for(fingerprint) if fingerprint else app.conf.task_default_queue
-    app.send_task(PROCESS_SLICE, args=[sweep_id, index, fence], kwargs={"store": queue[len(QUEUE_PREFIX):]},
-                  countdown=countdown or None, queue=queue)
+    app.send_task(
+        PROCESS_SLICE,
+        args=[sweep_id, index, fence],
+        kwargs={"store": queue[len(QUEUE_PREFIX) :]},
+        countdown=countdown or None,
+        queue=queue,
+    )
 
 
 def celery_broker_url(redis_url: str) -> str:
     """Kombu spells a Redis Unix socket ``redis+socket://``; redis-py spells it ``unix://``."""
     if redis_url.startswith("unix://"):
-        return "redis+socket://" + redis_url[len("unix://"):]
+        return "redis+socket://" + redis_url[len("unix://") :]
     return redis_url
 
 

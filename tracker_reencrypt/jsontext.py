@@ -52,8 +52,10 @@ def dumps(value: Any) -> str:
     except RecursionError:
         document_id = value.get("id") if isinstance(value, dict) else None
         what = f"document {document_id!r}" if isinstance(document_id, str) else "a document"
-        raise StoreError(f"{what} nests objects and arrays too deep to be written as JSON (tracker documents nest "
-                         f"a handful of levels, Cosmos DB allows 128): fix the document where it was made") from None
+        raise StoreError(
+            f"{what} nests objects and arrays too deep to be written as JSON (tracker documents nest "
+            f"a handful of levels, Cosmos DB allows 128): fix the document where it was made"
+        ) from None
 
 
 def _dumps(value: Any) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from tracker_reencrypt import envelope
 from tracker_reencrypt.documents import location
@@ -53,22 +54,49 @@ def _shapes(rng: random.Random, index: int, product: str) -> dict:
         return {**base, "type": "product", "name": f"Product {product}", "_encrypt": []}
     if roll < 0.45:
         name, email = _person(rng)
-        custom = [{"name": "severity", "value": rng.choice(["low", "high"])}]
-        custom.append({"name": "customer_contact", "value": {"phone": f"+1-555-{rng.randint(1000, 9999)}", "name": name}})
+        custom: list[dict[str, Any]] = [{"name": "severity", "value": rng.choice(["low", "high"])}]
+        custom.append(
+            {"name": "customer_contact", "value": {"phone": f"+1-555-{rng.randint(1000, 9999)}", "name": name}}
+        )
         return {
-            **base, "type": "item", "status": rng.choice(["open", "closed", "triage"]),
+            **base,
+            "type": "item",
+            "status": rng.choice(["open", "closed", "triage"]),
             "title": _sentence(rng, 5),
-            "description": f"{_sentence(rng, 20)} Reported by {name} ({email}), phone +1-555-{rng.randint(1000, 9999)}.",
-            "reporterEmail": email, "priority": rng.randint(1, 4), "customFields": custom,
+            "description": f"{_sentence(rng, 20)} Reported by {name} ({email}), "
+            f"phone +1-555-{rng.randint(1000, 9999)}.",
+            "reporterEmail": email,
+            "priority": rng.randint(1, 4),
+            "customFields": custom,
             "_encrypt": [("title",), ("description",), ("reporterEmail",), ("customFields", 1, "value")],
         }
     item = f"doc-{max(0, index - rng.randint(1, 20)):07d}"
     if roll < 0.8:
-        return {**base, "type": "comment", "itemId": item, "author": _person(rng)[0], "body": _sentence(rng, 30), "_encrypt": [("body",)]}
+        return {
+            **base,
+            "type": "comment",
+            "itemId": item,
+            "author": _person(rng)[0],
+            "body": _sentence(rng, 30),
+            "_encrypt": [("body",)],
+        }
     if roll < 0.95:
         url = f"https://files.example.com/{rng.getrandbits(64):016x}?sig={rng.getrandbits(128):032x}"
-        return {**base, "type": "attachment", "itemId": item, "fileName": f"log-{index}.txt", "signedUrl": url, "_encrypt": [("signedUrl",)]}
-    return {**base, "type": "api_key", "agent": f"agent-{rng.randint(1, 50)}", "keySeed": f"{rng.getrandbits(256):064x}", "_encrypt": [("keySeed",)]}
+        return {
+            **base,
+            "type": "attachment",
+            "itemId": item,
+            "fileName": f"log-{index}.txt",
+            "signedUrl": url,
+            "_encrypt": [("signedUrl",)],
+        }
+    return {
+        **base,
+        "type": "api_key",
+        "agent": f"agent-{rng.randint(1, 50)}",
+        "keySeed": f"{rng.getrandbits(256):064x}",
+        "_encrypt": [("keySeed",)],
+    }
 
 
 def _set(body: dict, parts: tuple, value) -> None:
@@ -83,8 +111,15 @@ def seeding_keyring(provider) -> Keyring:
     return Keyring(provider, dek_max_uses=2**31, dek_max_age_s=float("inf"))
 
 
-def generate(count: int, keyring: Keyring, *, seed: int = 1, products: int = DEFAULT_PRODUCTS,
-             dek_share: int = DEFAULT_DEK_SHARE, kid: str | None = None) -> Iterator[dict]:
+def generate(
+    count: int,
+    keyring: Keyring,
+    *,
+    seed: int = 1,
+    products: int = DEFAULT_PRODUCTS,
+    dek_share: int = DEFAULT_DEK_SHARE,
+    kid: str | None = None,
+) -> Iterator[dict]:
     """Yield ``count`` encrypted tracker documents."""
     rng = random.Random(seed)
     kid = kid or keyring.current_kid()
@@ -100,8 +135,16 @@ def generate(count: int, keyring: Keyring, *, seed: int = 1, products: int = DEF
         yield body
 
 
-def seed_store(store: DocumentStore, keyring: Keyring, count: int, *, seed: int = 1, products: int = DEFAULT_PRODUCTS,
-               dek_share: int = DEFAULT_DEK_SHARE, progress: Callable[[int], None] | None = None) -> int:
+def seed_store(
+    store: DocumentStore,
+    keyring: Keyring,
+    count: int,
+    *,
+    seed: int = 1,
+    products: int = DEFAULT_PRODUCTS,
+    dek_share: int = DEFAULT_DEK_SHARE,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Write ``count`` generated documents into ``store``; returns how many are there now.
 
     Resumable: document ids depend only on their position, so after an interruption the same

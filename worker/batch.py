@@ -15,13 +15,14 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from tracker_reencrypt.documents import (
     UNKNOWN_ID,
     WHOLE_DOCUMENT,
     DocumentPlan,
     FieldOutcome,
+    Mode,
     document_label,
     partition_key_or_none,
     rekey_document,
@@ -57,8 +58,15 @@ class BatchReport:
 class SliceBatch:
     """Everything one batch needs; built per task by the worker runtime."""
 
-    def __init__(self, store: DocumentStore, state: SweepState, keyring: Keyring, sweep: Sweep, limits: BatchLimits,
-                 pacer: Pacer | None = None) -> None:
+    def __init__(
+        self,
+        store: DocumentStore,
+        state: SweepState,
+        keyring: Keyring,
+        sweep: Sweep,
+        limits: BatchLimits,
+        pacer: Pacer | None = None,
+    ) -> None:
         self.store, self.state, self.keyring, self.sweep, self.limits = store, state, keyring, sweep, limits
         self.pacer = pacer
         self.source_kids = frozenset(sweep.source_kids) if sweep.source_kids else None
@@ -88,14 +96,15 @@ class SliceBatch:
         One round per page rather than one commit per document: on SQLite a single short
         transaction, so workers queue for the write lock once a page, not once a document.
         """
-        writes = []
+        writes: list[tuple[StoredDocument, Any, DocumentPlan, dict]] = []
         for document in documents:
             report.result.counts["documents_scanned"] += 1
             partition_key, plan = self._plan(document)
-            if not self._settled_without_write(index, document, partition_key, plan, report):
-                writes.append((document, partition_key, plan))
-        written = self.store.replace_many([(plan.new_body, document.etag) for document, _, plan in writes]) if writes else []
-        for (document, partition_key, plan), result in zip(writes, written):
+            body = self._body_to_write(index, document, partition_key, plan, report)
+            if body is not None:
+                writes.append((document, partition_key, plan, body))
+        written = self.store.replace_many([(body, document.etag) for document, _, _, body in writes]) if writes else []
+        for (document, partition_key, plan, _), result in zip(writes, written, strict=True):
             if result is not None:
                 self._count_written(plan, report)
             else:
@@ -110,22 +119,28 @@ class SliceBatch:
             failed = FieldOutcome(WHOLE_DOCUMENT, "other", "", "failed", document.unreadable)
             return partition_key, DocumentPlan(new_body=None, fields=[failed])
         return partition_key, rekey_document(
-            document.body, partition_key, target_kid=self.sweep.target_kid, keyring=self.keyring,
-            mode=self.sweep.mode, source_kids=self.source_kids,
+            document.body,
+            partition_key,
+            target_kid=self.sweep.target_kid,
+            keyring=self.keyring,
+            mode=cast(Mode, self.sweep.mode),  # checked against MODES when the sweep was started
+            source_kids=self.source_kids,
         )
 
-    def _settled_without_write(self, index: int, document: StoredDocument, partition_key: Any, plan: DocumentPlan,
-                               report: BatchReport) -> bool:
-        """Record failures or count an already-done document; True when nothing is to be written."""
+    def _body_to_write(
+        self, index: int, document: StoredDocument, partition_key: Any, plan: DocumentPlan, report: BatchReport
+    ) -> dict | None:
+        """The body to write; None when nothing is, after recording failures or counting an
+        already-done document."""
         if plan.failures:
-            self._record_failures(index, document, partition_key, [(f.pointer, f.reason) for f in plan.failures],
-                                  report)
-            return True
+            self._record_failures(
+                index, document, partition_key, [(f.pointer, f.reason) for f in plan.failures], report
+            )
+            return None
         if plan.new_body is None:
             report.documents_skipped += 1
             self._count_fields(plan, report)
-            return True
-        return False
+        return plan.new_body
 
     def _redo(self, index: int, document: StoredDocument, partition_key: Any, report: BatchReport) -> None:
         """The live tracker wrote this document since we read it: its write wins, and we redo
@@ -138,10 +153,11 @@ class SliceBatch:
             except NotFoundError:
                 return  # deleted meanwhile: nothing left to re-encrypt
             written_key, plan = self._plan(document)
-            if self._settled_without_write(index, document, written_key, plan, report):
+            body = self._body_to_write(index, document, written_key, plan, report)
+            if body is None:
                 return
             try:
-                self.store.replace(plan.new_body, document.etag)
+                self.store.replace(body, document.etag)
             except ConflictError:
                 report.result.counts["conflicts"] += 1
                 continue
@@ -164,8 +180,9 @@ class SliceBatch:
         if moved:
             report.fields_by_kind[plan.fields[0].kind] += moved
 
-    def _record_failures(self, index: int, document: StoredDocument, partition_key: Any, fields,
-                         report: BatchReport) -> None:
+    def _record_failures(
+        self, index: int, document: StoredDocument, partition_key: Any, fields, report: BatchReport
+    ) -> None:
         """One failed document: ``fields`` are (field path, reason) pairs, the path "" for the whole
         document. A document without a usable id or partition key is recorded as "?" and ""; one without
         a usable id is told apart from others like it by the store's key of its row (where the store

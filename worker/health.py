@@ -26,8 +26,11 @@ PROBE_TIMEOUT_S = 2.0
 
 def broker_answers(redis_url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(redis_url, socket_connect_timeout=PROBE_TIMEOUT_S,
-                                         socket_timeout=PROBE_TIMEOUT_S).ping())
+        return bool(
+            redis.Redis.from_url(
+                redis_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
+            ).ping()
+        )
     except (redis.RedisError, OSError):
         return False
 

@@ -15,28 +15,39 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 
 DOCUMENTS_SCANNED = Counter("reencrypt_documents_scanned_total", "Documents read by the sweep")
 DOCUMENTS_WRITTEN = Counter("reencrypt_documents_written_total", "Documents rewritten under the target key")
-DOCUMENTS_SKIPPED = Counter("reencrypt_documents_skipped_total", "Documents needing no write (already on target, or nothing to move)")
+DOCUMENTS_SKIPPED = Counter(
+    "reencrypt_documents_skipped_total", "Documents needing no write (already on target, or nothing to move)"
+)
 FIELDS_REENCRYPTED = Counter("reencrypt_fields_reencrypted_total", "Fields moved onto the target key", ["kind", "mode"])
 CONFLICTS = Counter("reencrypt_conflicts_total", "Conditional writes lost to a concurrent tracker write (then redone)")
 FAILURES = Counter("reencrypt_failures_total", "Fields that could not be moved, by reason", ["reason"])
 BATCH_SECONDS = Histogram(
-    "reencrypt_batch_duration_seconds", "Wall time of one slice batch",
+    "reencrypt_batch_duration_seconds",
+    "Wall time of one slice batch",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
 )
 BATCHES = Counter("reencrypt_batches_total", "Slice batches by outcome", ["outcome"])
 KEY_CALLS = Counter("reencrypt_keyvault_calls_total", "Calls that reached the key provider", ["operation", "outcome"])
 KEY_LATENCY = Histogram(
-    "reencrypt_keyvault_latency_seconds", "Latency of key provider calls", ["operation"],
+    "reencrypt_keyvault_latency_seconds",
+    "Latency of key provider calls",
+    ["operation"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 DEK_CACHE = Counter("reencrypt_dek_cache_total", "Data-key unwrap cache lookups", ["result"])
-REQUEST_UNITS = Counter("reencrypt_store_request_units_total", "Request units charged by the store (estimated on SQLite)")
+REQUEST_UNITS = Counter(
+    "reencrypt_store_request_units_total", "Request units charged by the store (estimated on SQLite)"
+)
 THROTTLES = Counter("reencrypt_store_throttles_total", "Store requests answered 429 (retried)")
 BUDGET_FACTOR = Gauge(
-    "reencrypt_budget_factor", "Share of each budget the fleet currently uses (adaptive back-off after 429s)",
-    ["resource"], multiprocess_mode="livemostrecent",
+    "reencrypt_budget_factor",
+    "Share of each budget the fleet currently uses (adaptive back-off after 429s)",
+    ["resource"],
+    multiprocess_mode="livemostrecent",
 )
-RATE_LIMIT_WAIT = Counter("reencrypt_ratelimit_wait_seconds_total", "Seconds spent waiting on fleet-wide rate limits", ["limit"])
+RATE_LIMIT_WAIT = Counter(
+    "reencrypt_ratelimit_wait_seconds_total", "Seconds spent waiting on fleet-wide rate limits", ["limit"]
+)
 
 
 def observe_key_call(operation: str, seconds: float, succeeded: bool) -> None:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import redis
 
 from tracker_reencrypt.config import Settings
+from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.keys import KeyProvider, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
-from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.pacing.backend import PacingBackend
 from tracker_reencrypt.pacing.backends.redis import RedisPacing
 from tracker_reencrypt.pacing.pacer import Pacer
@@ -28,9 +28,16 @@ from worker import metrics
 
 
 class Runtime:
-    def __init__(self, settings: Settings, redis_url: str | None, *, provider: KeyProvider | None = None,
-                 pacing: PacingBackend | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str | None,
+        *,
+        provider: KeyProvider | None = None,
+        pacing: PacingBackend | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         """``provider`` replaces the one ``settings.keys`` names (a vault client built with its
         own credential and options, as tests do); ``pacing`` the Redis backend at ``redis_url``."""
         settings.require("store")
@@ -61,11 +68,16 @@ class Runtime:
         """Pacing for one batch of ``sweep``: the keyring's provider calls are paced by it
         until the next batch's (a pool process runs one batch at a time)."""
         self._pacer = Pacer(
-            self.pacing, sweep.id, sweep.limits, self.store.cost, self.keyring.provider,
+            self.pacing,
+            sweep.id,
+            sweep.limits,
+            self.store.cost,
+            self.keyring.provider,
             reread_limits=lambda: self.state.get_sweep(sweep.id).limits,
             on_wait=lambda limit, seconds: metrics.RATE_LIMIT_WAIT.labels(limit).inc(seconds),
             on_share=lambda resource, share: metrics.BUDGET_FACTOR.labels(resource).set(share),
-            clock=self._clock, sleep=self._sleep,
+            clock=self._clock,
+            sleep=self._sleep,
         )
         return self._pacer
 

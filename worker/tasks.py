@@ -35,11 +35,12 @@ def error_backoff(failures_in_a_row: int) -> float:
     return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** max(0, failures_in_a_row - 1))
 
 
-def handle(app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int,
-           store: str | None = None) -> str:
+def handle(
+    app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int, store: str | None = None
+) -> str:
     """One task message, as the Celery task (worker/app.py) and the tests' in-process fleet
     receive it: ours is worked, another store's is sent on to its own queue."""
-    if store != app.conf.task_default_queue[len(QUEUE_PREFIX):]:
+    if store != app.conf.task_default_queue[len(QUEUE_PREFIX) :]:
         return forward_misrouted(app, sweep_id, index, fence, store)
     return process_slice(app, runtime_of(), sweep_id, index, fence)
 
@@ -62,8 +63,9 @@ def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | N
     """A message of another store's sweep reached this worker (a queue shared by hand, an old
     message): send it on to its own queue rather than acknowledge and lose it."""
     if not store:
-        log.error("slice %s/%d: message names no store; dropped (re-queue it with 'reencrypt sweep resume')",
-                  sweep_id, index)
+        log.error(
+            "slice %s/%d: message names no store; dropped (re-queue it with 'reencrypt sweep resume')", sweep_id, index
+        )
         return "dropped: message names no store"
     enqueue_slice(app, sweep_id, index, fence, fingerprint=store)
     log.warning("slice %s/%d belongs to store %s, not ours: sent on to its queue", sweep_id, index, store)
@@ -92,8 +94,13 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> str:
         # Built inside the try: it reads the budget state from Redis, and an outage there must
         # give the claimed slice back like any other, not leave it leased until expiry.
         batch = SliceBatch(
-            runtime.store, state, runtime.keyring, sweep,
-            BatchLimits(settings.batch_documents, settings.batch_seconds, settings.page_size, settings.conflict_retries),
+            runtime.store,
+            state,
+            runtime.keyring,
+            sweep,
+            BatchLimits(
+                settings.batch_documents, settings.batch_seconds, settings.page_size, settings.conflict_retries
+            ),
             runtime.pacer(sweep),
         )
         assert claim.slice is not None  # a "work" claim always carries its slice
@@ -112,8 +119,11 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> str:
     _count(report, sweep.mode)
     metrics.BATCHES.labels("committed").inc()
     if sweep.last_error:
-        state.update_sweep(sweep_id, lambda body: body.but(last_error=None),
-                           only_if=lambda body: body.status == RUNNING and body.last_error is not None)
+        state.update_sweep(
+            sweep_id,
+            lambda body: body.but(last_error=None),
+            only_if=lambda body: body.status == RUNNING and body.last_error is not None,
+        )
     if report.result.done:
         return "slice done"
     if state.get_sweep(sweep_id).status == RUNNING:
@@ -129,10 +139,19 @@ def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc
     transient = isinstance(exc, ReencryptError) and exc.transient
     # Our errors are one line without secrets; anything else is named by its type only, since
     # its message could quote a document.
-    message = str(exc) if isinstance(exc, ReencryptError) else f"unexpected {type(exc).__name__} in a batch (a bug: see the worker log)"
+    message = (
+        str(exc)
+        if isinstance(exc, ReencryptError)
+        else f"unexpected {type(exc).__name__} in a batch (a bug: see the worker log)"
+    )
     if not isinstance(exc, ReencryptError):
-        log.error("slice %s/%d: unexpected %s at\n%s", sweep_id, index, type(exc).__name__,
-                  "".join(traceback.format_tb(exc.__traceback__)))
+        log.error(
+            "slice %s/%d: unexpected %s at\n%s",
+            sweep_id,
+            index,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
     try:
         released = state.release_slice(sweep_id, index, fence, failed=True)
     except LeaseLostError:
@@ -169,7 +188,10 @@ def _settle(runtime: Runtime, sweep_id: str, outcome: str) -> None:
         return
     if finished is not None:
         AuditTrail(runtime.store.records()).append(
-            f"sweep {finished.status}", who=runtime.owner, sweep_id=sweep_id, totals=finished.totals,
+            f"sweep {finished.status}",
+            runtime.owner,
+            sweep_id=sweep_id,
+            totals=finished.totals,
         )
 
 

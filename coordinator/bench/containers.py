@@ -32,8 +32,15 @@ from tracker_reencrypt.stores.sqlite import SqliteStore
 class BenchContainers:
     """The seeded cache under ``home``/cache and this invocation's copies under ``run_dir``."""
 
-    def __init__(self, settings: Settings, options: BenchOptions, home: Path, run_dir: Path,
-                 progress: Console | None, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: BenchOptions,
+        home: Path,
+        run_dir: Path,
+        progress: Console | None,
+        say: Callable[[str], None],
+    ) -> None:
         self.settings, self.options, self.home, self.run_dir = settings, options, home, run_dir
         self.progress, self.say = progress, say
         self.remote_keys = bool(settings.keys) and not settings.keys.startswith("local:")
@@ -71,12 +78,14 @@ class BenchContainers:
         """The configured remote container, which must exist and be empty, seeded under ``keys_url``."""
         store = open_store(store_url, partition_key_field=self.settings.partition_key_field)
         if store.count():
-            raise ConfigError(f"{store.describe()} is not empty: the bench seeds and sweeps a container once "
-                              "(v1 -> v2), so every run needs a fresh, empty container")
+            raise ConfigError(
+                f"{store.describe()} is not empty: the bench seeds and sweeps a container once "
+                "(v1 -> v2), so every run needs a fresh, empty container"
+            )
         provider = open_key_provider(keys_url)
         if self.remote_keys:
             _existing_key(provider)
-        elif not Path(keys_url[len("local:"):]).exists():
+        elif not Path(keys_url[len("local:") :]).exists():
             provider.init()
         container = self._seed(store, provider)
         store.close()
@@ -92,9 +101,14 @@ class BenchContainers:
             seed_store(store, keyring, o.docs, seed=o.seed, dek_share=o.dek_share, progress=advance)
         source_kid = keyring.current_kid()
         report = scan_container(store, keyring=None, sizing=True)
-        return Container(documents=report.documents, fields=report.fields, document_bytes=report.document_bytes,
-                         distinct_source_deks=report.distinct_deks([source_kid]), source_kid=source_kid,
-                         seed_seconds=round(clock.seconds, 1))
+        return Container(
+            documents=report.documents,
+            fields=report.fields,
+            document_bytes=report.document_bytes,
+            distinct_source_deks=report.distinct_deks([source_kid]),
+            source_kid=source_kid,
+            seed_seconds=round(clock.seconds, 1),
+        )
 
     def run_keyring(self, cache: Path) -> str:
         """The keys URL of this invocation: a copy of the cached local keyring, or the vault."""

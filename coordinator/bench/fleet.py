@@ -25,8 +25,17 @@ READY_TIMEOUT_S = 60.0
 STALL_S = 120.0
 
 
-def run_fleet(ctx: Context, workers: int, *, target_kid: str, container: Container, slices: int, poll_s: float,
-              log_dir: Path, say: Callable[[str], None]) -> FleetRun:
+def run_fleet(
+    ctx: Context,
+    workers: int,
+    *,
+    target_kid: str,
+    container: Container,
+    slices: int,
+    poll_s: float,
+    log_dir: Path,
+    say: Callable[[str], None],
+) -> FleetRun:
     """Start ``workers`` processes, wait until they consume, sweep to ``target_kid`` and measure it."""
     ports = [_free_port() for _ in range(workers)]
     clock = Stopwatch()
@@ -41,15 +50,19 @@ def run_fleet(ctx: Context, workers: int, *, target_kid: str, container: Contain
         totals = ctx.state.totals(sweep.id)
         scraped = scrape_settled(ports, totals["documents_scanned"])
     if status != COMPLETED:
-        raise SweepError(f"benchmark sweep {sweep.id} ended {status} ({totals['failures']} failures); "
-                         f"worker logs in {log_dir}")
+        raise SweepError(
+            f"benchmark sweep {sweep.id} ended {status} ({totals['failures']} failures); worker logs in {log_dir}"
+        )
 
     def total(name: str, **labels: str) -> float:
         return sum(metric(samples, name, **labels) for samples in scraped)
 
     return FleetRun(
-        workers=workers, seconds=round(clock.seconds, 3), documents=totals["documents_scanned"],
-        fields=totals["fields_reencrypted"], document_bytes=container.document_bytes,
+        workers=workers,
+        seconds=round(clock.seconds, 3),
+        documents=totals["documents_scanned"],
+        fields=totals["fields_reencrypted"],
+        document_bytes=container.document_bytes,
         unwraps=int(total("reencrypt_keyvault_calls_total", operation="unwrap")),
         wraps=int(total("reencrypt_keyvault_calls_total", operation="wrap")),
         dek_cache_hits=int(total("reencrypt_dek_cache_total", result="hit")),
@@ -60,7 +73,10 @@ def run_fleet(ctx: Context, workers: int, *, target_kid: str, container: Contain
         key_seconds=round(total("reencrypt_keyvault_latency_seconds_sum"), 3),
         peak_rss_mb_per_worker=[round(mb, 1) for mb in memory.peak],
         rss_growth_mb_per_worker=[round(growth, 1) for growth in memory.growth()],
-        status=status, failures=totals["failures"], worker_cores=cores.workers, other_cores=cores.others,
+        status=status,
+        failures=totals["failures"],
+        worker_cores=cores.workers,
+        other_cores=cores.others,
     )
 
 
@@ -86,12 +102,14 @@ class _WorkerMemory:
 
     def growth(self) -> list[float]:
         """Peak minus the RSS at a tenth (0 for a worker the sweep outran before a sample at a tenth)."""
-        return [peak - (tenth if tenth is not None else peak)
-                for peak, tenth in zip(self.peak, self.at_tenth, strict=True)]
+        return [
+            peak - (tenth if tenth is not None else peak) for peak, tenth in zip(self.peak, self.at_tenth, strict=True)
+        ]
 
 
-def _await_finish(ctx: Context, fleet: WorkerFleet, sweep_id: str, memory: _WorkerMemory, *, poll_s: float,
-                  log_dir: Path) -> str:
+def _await_finish(
+    ctx: Context, fleet: WorkerFleet, sweep_id: str, memory: _WorkerMemory, *, poll_s: float, log_dir: Path
+) -> str:
     """Poll the sweep record until it is finished (its status), sampling the workers' memory
     meanwhile; a dead worker or a sweep that stalls is an error."""
     sampled, scanned, moved_at = float("-inf"), -1, time.monotonic()
@@ -107,8 +125,9 @@ def _await_finish(ctx: Context, fleet: WorkerFleet, sweep_id: str, memory: _Work
             if scanned != before:
                 moved_at = now
             elif now - moved_at > STALL_S:
-                raise SweepError(f"benchmark sweep {sweep_id} made no progress for {STALL_S:.0f}s; "
-                                 f"worker logs in {log_dir}")
+                raise SweepError(
+                    f"benchmark sweep {sweep_id} made no progress for {STALL_S:.0f}s; worker logs in {log_dir}"
+                )
             memory.sample(scanned)
         time.sleep(poll_s)
 

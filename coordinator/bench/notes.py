@@ -11,14 +11,22 @@ BUSY_CORES = 0.15
 def busy_notes(fleets: dict[int, FleetRun], refs: ReferenceRuns) -> list[str]:
     """A warning for every measurement during which other processes took real CPU."""
     phases = [(f"fleet W={w}", run.other_cores) for w, run in sorted(fleets.items())]
-    phases += [(label, run.other_cores) for label, run in (("naive", refs.naive), ("bound", refs.bound),
-                                                            ("warm re-keying", refs.warm),
-                                                            ("store only", refs.store_only))]
+    phases += [
+        (label, run.other_cores)
+        for label, run in (
+            ("naive", refs.naive),
+            ("bound", refs.bound),
+            ("warm re-keying", refs.warm),
+            ("store only", refs.store_only),
+        )
+    ]
     busy = [f"{name} {cores:.2f}" for name, cores in phases if cores > BUSY_CORES]
     if not busy:
         return []
-    return [f"WARNING: other processes used CPU while measuring (cores: {', '.join(busy)}); on a shared machine "
-            "these figures are disturbed: rerun when it is idle"]
+    return [
+        f"WARNING: other processes used CPU while measuring (cores: {', '.join(busy)}); on a shared machine "
+        "these figures are disturbed: rerun when it is idle"
+    ]
 
 
 def standing_notes(remote_store: bool, sample: int, container_documents: int, documents: int) -> list[str]:
@@ -46,6 +54,7 @@ def standing_notes(remote_store: bool, sample: int, container_documents: int, do
         "dispatch, slice claims and idle tail; Redis alone is not measurable here",
     ]
     if not remote_store:
-        notes.append("request units on SQLite are the store's estimate (1 KB read ~1 RU, 1 KB replace ~10 RU), "
-                     "not billing")
+        notes.append(
+            "request units on SQLite are the store's estimate (1 KB read ~1 RU, 1 KB replace ~10 RU), not billing"
+        )
     return notes

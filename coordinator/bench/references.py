@@ -49,8 +49,11 @@ class ScanCursor:
 def load_sample(store: DocumentStore, count: int) -> list[Loaded]:
     """The first ``count`` documents in scan order. A document without a partition key (None) is
     re-keyed as the sweep does: one failure, nothing moved."""
-    return [(document.body, partition_key_or_none(store, document.body), _json_bytes([document.body]))
-            for page in ScanCursor(store).pages(count) for document in page]
+    return [
+        (document.body, partition_key_or_none(store, document.body), _json_bytes([document.body]))
+        for page in ScanCursor(store).pages(count)
+        for document in page
+    ]
 
 
 def _json_bytes(bodies: list[dict]) -> int:
@@ -80,8 +83,13 @@ def _bound(store: DocumentStore, cursor: ScanCursor, keyring: Keyring, target_ki
         documents += len(page)
         size += _json_bytes([document.body for document in page])
     return InProcessRun(
-        name="bound", documents=documents, fields=fields, document_bytes=size, seconds=round(clock.seconds, 4),
-        cpu_seconds=round(clock.cpu_seconds, 4), unwraps=keyring.stats.provider_unwraps - unwraps_before,
+        name="bound",
+        documents=documents,
+        fields=fields,
+        document_bytes=size,
+        seconds=round(clock.seconds, 4),
+        cpu_seconds=round(clock.cpu_seconds, 4),
+        unwraps=keyring.stats.provider_unwraps - unwraps_before,
     )
 
 
@@ -95,9 +103,13 @@ def _rekey_warm(sample: list[Loaded], keyring: Keyring, target_kid: str) -> InPr
             _rekey_pass(sample, keyring, target_kid)
         passes += 1
     return InProcessRun(
-        name="rekey_warm", documents=len(sample) * passes, fields=fields * passes,
-        document_bytes=sum(size for _, _, size in sample) * passes, seconds=round(clock.seconds, 4),
-        cpu_seconds=round(clock.cpu_seconds, 4), unwraps=keyring.stats.provider_unwraps - unwraps_before,
+        name="rekey_warm",
+        documents=len(sample) * passes,
+        fields=fields * passes,
+        document_bytes=sum(size for _, _, size in sample) * passes,
+        seconds=round(clock.seconds, 4),
+        cpu_seconds=round(clock.cpu_seconds, 4),
+        unwraps=keyring.stats.provider_unwraps - unwraps_before,
     )
 
 
@@ -114,15 +126,20 @@ def _store_only(store: DocumentStore, cursor: ScanCursor, count: int) -> InProce
         with clock.span():
             page = next(pages, None)
             if page is not None:
-                store.replace_many([(document.body, document.etag) for document in page
-                                    if document.unreadable is None])
+                store.replace_many([(document.body, document.etag) for document in page if document.unreadable is None])
         if page is None:
             break
         documents += len(page)
         size += _json_bytes([document.body for document in page])
     return InProcessRun(
-        name="store_only", documents=documents, fields=0, document_bytes=size, seconds=round(clock.seconds, 4),
-        cpu_seconds=round(clock.cpu_seconds, 4), unwraps=0, store_seconds=round(clock.seconds, 4),
+        name="store_only",
+        documents=documents,
+        fields=0,
+        document_bytes=size,
+        seconds=round(clock.seconds, 4),
+        cpu_seconds=round(clock.cpu_seconds, 4),
+        unwraps=0,
+        store_seconds=round(clock.seconds, 4),
         request_units=store.cost.request_units - units_before,
     )
 
@@ -141,17 +158,23 @@ def _naive(store: DocumentStore, cursor: ScanCursor, keyring: Keyring, target_ki
             if page is None:
                 break
             for document in page:
-                plan = rekey_document(document.body, partition_key_or_none(store, document.body),
-                                      target_kid=target_kid, keyring=keyring)
+                plan = rekey_document(
+                    document.body, partition_key_or_none(store, document.body), target_kid=target_kid, keyring=keyring
+                )
                 if plan.new_body is not None:
                     with store_clock.span():
                         store.replace(plan.new_body, document.etag)
                 fields += plan.count("reencrypted")
                 seen.append(document.body)
     return InProcessRun(
-        name="naive", documents=len(seen), fields=fields, document_bytes=_json_bytes(seen),
-        seconds=round(clock.seconds, 4), cpu_seconds=round(clock.cpu_seconds, 4),
-        unwraps=keyring.stats.provider_unwraps - unwraps_before, store_seconds=round(store_clock.seconds, 4),
+        name="naive",
+        documents=len(seen),
+        fields=fields,
+        document_bytes=_json_bytes(seen),
+        seconds=round(clock.seconds, 4),
+        cpu_seconds=round(clock.cpu_seconds, 4),
+        unwraps=keyring.stats.provider_unwraps - unwraps_before,
+        store_seconds=round(store_clock.seconds, 4),
         request_units=store.cost.request_units - units_before,
     )
 
@@ -166,8 +189,16 @@ class ReferenceSpans:
     meets v1 throughout (store only writes bodies back unchanged).
     """
 
-    def __init__(self, store: DocumentStore, sample: list[Loaded], provider, target_kid: str,
-                 settings, spans: int, container_documents: int) -> None:
+    def __init__(
+        self,
+        store: DocumentStore,
+        sample: list[Loaded],
+        provider,
+        target_kid: str,
+        settings,
+        spans: int,
+        container_documents: int,
+    ) -> None:
         self.store, self.sample, self.target_kid, self.spans = store, sample, target_kid, spans
         self.container_documents = container_documents
 
@@ -202,9 +233,12 @@ class ReferenceSpans:
                 run = measure()
             run.other_cores = cpu.others
             self.parts[name].append(run)
-            say(f"{name.replace('_', ' ')} (span {span + 1} of {self.spans}): {run.docs_per_s:,.0f} docs/s "
-                f"on {run.documents:,} documents")
+            say(
+                f"{name.replace('_', ' ')} (span {span + 1} of {self.spans}): {run.docs_per_s:,.0f} docs/s "
+                f"on {run.documents:,} documents"
+            )
 
     def results(self) -> ReferenceRuns:
-        return ReferenceRuns(*(InProcessRun.from_spans(self.parts[name])
-                               for name in ("bound", "rekey_warm", "store_only", "naive")))
+        return ReferenceRuns(
+            *(InProcessRun.from_spans(self.parts[name]) for name in ("bound", "rekey_warm", "store_only", "naive"))
+        )

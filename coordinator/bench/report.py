@@ -22,9 +22,19 @@ from tracker_reencrypt.config import Settings
 WIDE = 170
 
 
-def build_report(container: Container, fleets: dict[int, FleetRun], refs: ReferenceRuns, *, target_kid: str,
-                 options: BenchOptions, settings: Settings, store: str, keys: str, remote_store: bool,
-                 notes: list[str]) -> dict:
+def build_report(
+    container: Container,
+    fleets: dict[int, FleetRun],
+    refs: ReferenceRuns,
+    *,
+    target_kid: str,
+    options: BenchOptions,
+    settings: Settings,
+    store: str,
+    keys: str,
+    remote_store: bool,
+    notes: list[str],
+) -> dict:
     """Every figure of the report, the ratios and time shares between them, the targets and the notes."""
     bound, naive, store_only = refs.bound, refs.naive, refs.store_only
     fleet = fleets[max(fleets)]
@@ -48,8 +58,13 @@ def build_report(container: Container, fleets: dict[int, FleetRun], refs: Refere
         # One worker on one core: the bound plus the queue, checkpoint and store, nothing else.
         "w1_per_core_vs_bound": round(w1.docs_per_s / bound.docs_per_s, 3) if w1 and fleet is not w1 else None,
     }
-    runs: dict[str, Any] = {"fleet": [fleets[w].as_json() for w in sorted(fleets)], "naive": naive.as_json(),
-            "bound": bound.as_json(), "rekey_warm": refs.warm.as_json(), "store_only": store_only.as_json()}
+    runs: dict[str, Any] = {
+        "fleet": [fleets[w].as_json() for w in sorted(fleets)],
+        "naive": naive.as_json(),
+        "bound": bound.as_json(),
+        "rekey_warm": refs.warm.as_json(),
+        "store_only": store_only.as_json(),
+    }
     fleet_json = runs["fleet"][-1]
     report = {
         "docs": container.documents,
@@ -60,12 +75,20 @@ def build_report(container: Container, fleets: dict[int, FleetRun], refs: Refere
         "target_kid": target_kid,
         "store": store,
         "keys": keys,
-        "machine": {"cpus": cores, "python": platform.python_version(), "platform": platform.platform(),
-                    "processor": _processor()},
-        "worker_settings": {"batch_documents": settings.batch_documents, "batch_seconds": settings.batch_seconds,
-                            "page_size": settings.page_size, "slices": options.slices,
-                            "dek_max_uses": settings.dek_max_uses,
-                            "redis": "REDIS_URL" if settings.redis_url else "embedded"},
+        "machine": {
+            "cpus": cores,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "processor": _processor(),
+        },
+        "worker_settings": {
+            "batch_documents": settings.batch_documents,
+            "batch_seconds": settings.batch_seconds,
+            "page_size": settings.page_size,
+            "slices": options.slices,
+            "dek_max_uses": settings.dek_max_uses,
+            "redis": "REDIS_URL" if settings.redis_url else "embedded",
+        },
         "container": asdict(container),
         "fleet_workers": fleet.workers,
         "fleet_docs_per_s": fleet_json["docs_per_s"],
@@ -88,7 +111,8 @@ def build_report(container: Container, fleets: dict[int, FleetRun], refs: Refere
         **ratios,
         "time_shares": _time_shares(fleet, refs),
         "runs": runs,
-        "notes": notes + busy_notes(fleets, refs)
+        "notes": notes
+        + busy_notes(fleets, refs)
         + standing_notes(remote_store, naive.documents, bound.documents, container.documents),
     }
     report["targets"] = [asdict(t) for t in targets(report, fleets, refs, cores)]
@@ -134,38 +158,62 @@ def render_report(console: Console, report: dict) -> None:
         console.print(text, soft_wrap=True)
 
     container, machine, ws = report["container"], report["machine"], report["worker_settings"]
-    line(f"[bold]reencrypt bench[/]: {report['docs']:,} documents, {container['fields']:,} encrypted fields, "
-         f"{container['document_bytes'] / MB:,.1f} MiB of documents, {report['distinct_source_deks']:,} distinct "
-         f"source DEKs (--dek-share {report['dek_share']}); {report['source_kid']} -> {report['target_kid']}")
+    line(
+        f"[bold]reencrypt bench[/]: {report['docs']:,} documents, {container['fields']:,} encrypted fields, "
+        f"{container['document_bytes'] / MB:,.1f} MiB of documents, {report['distinct_source_deks']:,} distinct "
+        f"source DEKs (--dek-share {report['dek_share']}); {report['source_kid']} -> {report['target_kid']}"
+    )
     line(f"machine: {machine['cpus']} CPUs ({machine['processor']}), Python {machine['python']}")
     line(f"store: {report['store']}; keys: {report['keys']}; Redis: {ws['redis']}")
-    line(f"workers: batch {ws['batch_documents']} documents / {ws['batch_seconds']:g} s, page {ws['page_size']}, "
-         f"{ws['slices']} slices, DEK reuse {ws['dek_max_uses']} fields")
+    line(
+        f"workers: batch {ws['batch_documents']} documents / {ws['batch_seconds']:g} s, page {ws['page_size']}, "
+        f"{ws['slices']} slices, DEK reuse {ws['dek_max_uses']} fields"
+    )
     console.print(_throughput(report))
     spans = {name: report["runs"][name]["span_docs_per_s"] for name in ("bound", "rekey_warm", "store_only", "naive")}
     if len(spans["bound"]) > 1:
-        line(f"the references ran in {len(spans['bound'])} spans around the fleets (before W=1, between, after W=2), "
-             "docs/s: " + "; ".join(f"{name.replace('_', ' ')} " + " / ".join(f"{rate:,.0f}" for rate in rates)
-                                   for name, rates in spans.items()))
-    line(f"bound: {report['runs']['bound']['unwraps']:,} unwraps (each distinct source DEK once); re-keying with "
-         f"every key already unwrapped: {report['rekey_warm_docs_per_s']:,.0f} docs/s")
-    line(f"key provider calls per document (fleet W={report['fleet_workers']}): {report['key_calls_per_doc']:.4f} "
-         f"({report['unwraps']:,} unwraps, DEK cache hit ratio {_percent(report['dek_cache_hit_ratio'])}); "
-         f"store request units per document: {report['request_units_per_doc']:.2f}")
-    line(f"fleet W={report['fleet_workers']}: {report['fleet_vs_naive']:.1f}x naive; per core "
-         f"{report['fleet_per_core_vs_bound']:.2f}x the in-process bound "
-         f"({report['fleet_per_core_vs_rekey_and_store']:.2f}x re-keying plus the store alone)"
-         + (f"; {report['w2_vs_w1']:.2f}x W=1, which is {report['w1_per_core_vs_bound']:.2f}x the bound per core"
-            if report["w2_vs_w1"] else ""))
+        line(
+            f"the references ran in {len(spans['bound'])} spans around the fleets (before W=1, between, after W=2), "
+            "docs/s: "
+            + "; ".join(
+                f"{name.replace('_', ' ')} " + " / ".join(f"{rate:,.0f}" for rate in rates)
+                for name, rates in spans.items()
+            )
+        )
+    line(
+        f"bound: {report['runs']['bound']['unwraps']:,} unwraps (each distinct source DEK once); re-keying with "
+        f"every key already unwrapped: {report['rekey_warm_docs_per_s']:,.0f} docs/s"
+    )
+    line(
+        f"key provider calls per document (fleet W={report['fleet_workers']}): {report['key_calls_per_doc']:.4f} "
+        f"({report['unwraps']:,} unwraps, DEK cache hit ratio {_percent(report['dek_cache_hit_ratio'])}); "
+        f"store request units per document: {report['request_units_per_doc']:.2f}"
+    )
+    line(
+        f"fleet W={report['fleet_workers']}: {report['fleet_vs_naive']:.1f}x naive; per core "
+        f"{report['fleet_per_core_vs_bound']:.2f}x the in-process bound "
+        f"({report['fleet_per_core_vs_rekey_and_store']:.2f}x re-keying plus the store alone)"
+        + (
+            f"; {report['w2_vs_w1']:.2f}x W=1, which is {report['w1_per_core_vs_bound']:.2f}x the bound per core"
+            if report["w2_vs_w1"]
+            else ""
+        )
+    )
     s = report["time_shares"]
-    rest = (f"rest {_percent(s['batch_rest'])}; " if s["batch_rest"] >= 0 else
-            f"rest ~0 (the single-process estimates overshoot by {_percent(-s['batch_rest'])}); ")
-    line(f"where the W={report['fleet_workers']} fleet's {s['worker_seconds']:.1f} worker-seconds went: "
-         f"in batches {_percent(s['in_batches'])} = key provider {_percent(s['key_provider'])} "
-         f"+ re-keying CPU ~{_percent(s['rekey_cpu_estimate'])} (est. from warm re-keying) "
-         f"+ store ~{_percent(s['store_estimate'])} (est. from store only) + " + rest
-         + f"outside batches (Celery and Redis dispatch, slice claims, idle) {_percent(s['outside_batches'])}; "
-         "Redis alone: not measurable")
+    rest = (
+        f"rest {_percent(s['batch_rest'])}; "
+        if s["batch_rest"] >= 0
+        else f"rest ~0 (the single-process estimates overshoot by {_percent(-s['batch_rest'])}); "
+    )
+    line(
+        f"where the W={report['fleet_workers']} fleet's {s['worker_seconds']:.1f} worker-seconds went: "
+        f"in batches {_percent(s['in_batches'])} = key provider {_percent(s['key_provider'])} "
+        f"+ re-keying CPU ~{_percent(s['rekey_cpu_estimate'])} (est. from warm re-keying) "
+        f"+ store ~{_percent(s['store_estimate'])} (est. from store only) + "
+        + rest
+        + f"outside batches (Celery and Redis dispatch, slice claims, idle) {_percent(s['outside_batches'])}; "
+        "Redis alone: not measurable"
+    )
     console.print(_targets_table(report))
     for note in report["notes"]:
         console.print(f"- {note}", markup=False, highlight=False, soft_wrap=True)
@@ -174,25 +222,63 @@ def render_report(console: Console, report: dict) -> None:
 def _throughput(report: dict) -> Table:
     fleets = {run["workers"]: run for run in report["runs"]["fleet"]}
     fleet_rate = report["fleet_docs_per_s"]
-    table = Table("run", "docs", "s", "docs/s", "fields/s", "MiB/s", "unwraps/1k docs", "DEK cache hits",
-                  "peak RSS MiB/worker", "RU/doc", "worker cores", "other cores", "rate/fleet", title="throughput")
+    table = Table(
+        "run",
+        "docs",
+        "s",
+        "docs/s",
+        "fields/s",
+        "MiB/s",
+        "unwraps/1k docs",
+        "DEK cache hits",
+        "peak RSS MiB/worker",
+        "RU/doc",
+        "worker cores",
+        "other cores",
+        "rate/fleet",
+        title="throughput",
+    )
     for workers in sorted(fleets, reverse=True):
         run = fleets[workers]
-        table.add_row(f"fleet W={workers}", f"{run['documents']:,}", f"{run['seconds']:.1f}",
-                      f"{run['docs_per_s']:,.0f}", f"{run['fields_per_s']:,.0f}", f"{run['bytes_per_s'] / MB:,.2f}",
-                      f"{run['unwraps_per_1000_docs']:.1f}", _percent(run["dek_cache_hit_ratio"]),
-                      " / ".join(f"{mb:.0f}" for mb in run["peak_rss_mb_per_worker"]),
-                      f"{run['request_units_per_doc']:.1f}", f"{run['worker_cores']:.2f}",
-                      f"{run['other_cores']:.2f}", f"{run['docs_per_s'] / fleet_rate:.2f}")
-    rows = (("naive (sample)", "naive", "none"), ("bound", "bound", "cold start"),
-            ("re-keying, keys warm (sample)", "rekey_warm", "warm"), ("store only", "store_only", "-"))
+        table.add_row(
+            f"fleet W={workers}",
+            f"{run['documents']:,}",
+            f"{run['seconds']:.1f}",
+            f"{run['docs_per_s']:,.0f}",
+            f"{run['fields_per_s']:,.0f}",
+            f"{run['bytes_per_s'] / MB:,.2f}",
+            f"{run['unwraps_per_1000_docs']:.1f}",
+            _percent(run["dek_cache_hit_ratio"]),
+            " / ".join(f"{mb:.0f}" for mb in run["peak_rss_mb_per_worker"]),
+            f"{run['request_units_per_doc']:.1f}",
+            f"{run['worker_cores']:.2f}",
+            f"{run['other_cores']:.2f}",
+            f"{run['docs_per_s'] / fleet_rate:.2f}",
+        )
+    rows = (
+        ("naive (sample)", "naive", "none"),
+        ("bound", "bound", "cold start"),
+        ("re-keying, keys warm (sample)", "rekey_warm", "warm"),
+        ("store only", "store_only", "-"),
+    )
     for label, name, cache in rows:
         run = report["runs"][name]
         request_units = f"{run['request_units_per_doc']:.1f}" if name in ("naive", "store_only") else "-"
-        table.add_row(label, f"{run['documents']:,}", f"{run['seconds']:.2f}", f"{run['docs_per_s']:,.0f}",
-                      f"{run['fields_per_s']:,.0f}", f"{run['bytes_per_s'] / MB:,.2f}",
-                      f"{run['unwraps_per_1000_docs']:.1f}", cache, "-", request_units, "1 (in process)",
-                      f"{run['other_cores']:.2f}", f"{run['docs_per_s'] / fleet_rate:.3f}")
+        table.add_row(
+            label,
+            f"{run['documents']:,}",
+            f"{run['seconds']:.2f}",
+            f"{run['docs_per_s']:,.0f}",
+            f"{run['fields_per_s']:,.0f}",
+            f"{run['bytes_per_s'] / MB:,.2f}",
+            f"{run['unwraps_per_1000_docs']:.1f}",
+            cache,
+            "-",
+            request_units,
+            "1 (in process)",
+            f"{run['other_cores']:.2f}",
+            f"{run['docs_per_s'] / fleet_rate:.3f}",
+        )
     return table
 
 
@@ -200,8 +286,9 @@ def _targets_table(report: dict) -> Table:
     table = Table("target", "measured", "goal", "result", "note", title="targets (measured, not asserted)")
     for target in report["targets"]:
         colour = {"PASS": "green", "MISS": "red"}.get(target["result"], "yellow")
-        table.add_row(target["name"], target["measured"], target["goal"], f"[{colour}]{target['result']}[/]",
-                      target["note"])
+        table.add_row(
+            target["name"], target["measured"], target["goal"], f"[{colour}]{target['result']}[/]", target["note"]
+        )
     return table
 
 

@@ -85,15 +85,21 @@ class InProcessRun:
     @classmethod
     def from_spans(cls, spans: list[InProcessRun]) -> InProcessRun:
         """One reference from its spans: totals over all of them, so the rate is their time-weighted mean."""
+
         def total(name: str) -> float:
             return sum(getattr(span, name) for span in spans)
 
         seconds = total("seconds")
         return cls(
-            name=spans[0].name, documents=int(total("documents")), fields=int(total("fields")),
-            document_bytes=int(total("document_bytes")), seconds=round(seconds, 4),
-            cpu_seconds=round(total("cpu_seconds"), 4), unwraps=int(total("unwraps")),
-            store_seconds=round(total("store_seconds"), 4), request_units=total("request_units"),
+            name=spans[0].name,
+            documents=int(total("documents")),
+            fields=int(total("fields")),
+            document_bytes=int(total("document_bytes")),
+            seconds=round(seconds, 4),
+            cpu_seconds=round(total("cpu_seconds"), 4),
+            unwraps=int(total("unwraps")),
+            store_seconds=round(total("store_seconds"), 4),
+            request_units=total("request_units"),
             other_cores=round(sum(span.other_cores * span.seconds for span in spans) / max(1e-9, seconds), 2),
             span_docs_per_s=[round(span.docs_per_s, 1) for span in spans],
         )

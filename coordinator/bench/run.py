@@ -37,8 +37,9 @@ def run_bench(parent: Context, options: BenchOptions, progress: Console | None) 
 
 
 class _BenchRun:
-    def __init__(self, parent: Context, options: BenchOptions, home: Path, run_dir: Path,
-                 progress: Console | None) -> None:
+    def __init__(
+        self, parent: Context, options: BenchOptions, home: Path, run_dir: Path, progress: Console | None
+    ) -> None:
         self.parent, self.options, self.home, self.run_dir, self.progress = parent, options, home, run_dir, progress
         settings = parent.settings
         self.remote_store = bool(settings.store) and not settings.store.startswith("sqlite:")
@@ -72,23 +73,41 @@ class _BenchRun:
         # W=2): this machine's speed drifts, and each reference should see it as the fleets did.
         counts = WORKER_COUNTS[-1:] if self.remote_store else WORKER_COUNTS
         work = containers.working_store(store_url, "in-process")
-        references = ReferenceSpans(work, load_sample(work, options.sample), provider, target_kid, settings,
-                                    spans=1 if self.remote_store else len(counts) + 1,
-                                    container_documents=options.sample if self.remote_store else container.documents)
+        references = ReferenceSpans(
+            work,
+            load_sample(work, options.sample),
+            provider,
+            target_kid,
+            settings,
+            spans=1 if self.remote_store else len(counts) + 1,
+            container_documents=options.sample if self.remote_store else container.documents,
+        )
         references.measure_span(self.say)
         if self.remote_store:
-            self.notes.append(f"store only and naive ran first on the same container: the {options.sample} sample "
-                              f"documents were already on {target_kid} when the fleet scanned them (skipped, counted "
-                              "as scanned)")
+            self.notes.append(
+                f"store only and naive ran first on the same container: the {options.sample} sample "
+                f"documents were already on {target_kid} when the fleet scanned them (skipped, counted "
+                "as scanned)"
+            )
 
         fleets: dict[int, FleetRun] = {}
         for workers in counts:
             name = f"fleet-w{workers}"
-            ctx = Context(load_settings(store=store_url or containers.working_copy(name), keys=keys_url,
-                                        redis_url=settings.redis_url))
-            fleets[workers] = run_fleet(ctx, workers, target_kid=target_kid, container=container,
-                                        slices=options.slices, poll_s=REMOTE_POLL_S if self.remote_store else POLL_S,
-                                        log_dir=self.run_dir / f"logs-w{workers}", say=self.say)
+            ctx = Context(
+                load_settings(
+                    store=store_url or containers.working_copy(name), keys=keys_url, redis_url=settings.redis_url
+                )
+            )
+            fleets[workers] = run_fleet(
+                ctx,
+                workers,
+                target_kid=target_kid,
+                container=container,
+                slices=options.slices,
+                poll_s=REMOTE_POLL_S if self.remote_store else POLL_S,
+                log_dir=self.run_dir / f"logs-w{workers}",
+                say=self.say,
+            )
             ctx.store.close()
             containers.drop_working_copy(name)
             self.say(f"fleet W={workers}: {fleets[workers].docs_per_s:,.0f} docs/s")
@@ -97,13 +116,22 @@ class _BenchRun:
         work.close()
         containers.drop_working_copy("in-process")
         if self.remote_store:
-            self.notes.append(f"only W={counts[0]} measured: the container was swept once ({container.source_kid} -> "
-                              f"{target_kid}); a rerun needs a fresh, empty container")
+            self.notes.append(
+                f"only W={counts[0]} measured: the container was swept once ({container.source_kid} -> "
+                f"{target_kid}); a rerun needs a fresh, empty container"
+            )
         return build_report(
-            container, fleets, references.results(), target_kid=target_kid, options=options, settings=settings,
+            container,
+            fleets,
+            references.results(),
+            target_kid=target_kid,
+            options=options,
+            settings=settings,
             store=settings.store if self.remote_store else "SQLite (a fresh copy of the seeded file per run)",
             keys=provider.describe() if self.remote_keys else "local JWKS keyring (RSA-2048, RSA-OAEP-256)",
-            remote_store=self.remote_store, notes=self.notes)
+            remote_store=self.remote_store,
+            notes=self.notes,
+        )
 
 
 def _target(provider, source_kid: str) -> str:

@@ -29,8 +29,11 @@ def scrape(port: int) -> Samples:
 def metric(samples: Samples, name: str, **labels: str) -> float:
     """Sum of every sample named ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
-    return sum(value for (sample_name, sample_labels), value in samples.items()
-               if sample_name == name and wanted <= set(sample_labels))
+    return sum(
+        value
+        for (sample_name, sample_labels), value in samples.items()
+        if sample_name == name and wanted <= set(sample_labels)
+    )
 
 
 def scrape_settled(ports: list[int], documents: int) -> list[Samples]:

@@ -44,51 +44,87 @@ def targets(report: dict, fleets: dict[int, FleetRun], refs: ReferenceRuns, core
     vs_naive = fleet.docs_per_s / refs.naive.docs_per_s
     per_core = fleet.docs_per_s / min(fleet.workers, cores) / bound.docs_per_s
     fleet_per_core = report["fleet_docs_per_s"] / min(fleet.workers, cores)
-    scale = "" if report["docs"] >= TARGET_DOCS else (
-        f"target is for {TARGET_DOCS:,} docs; this run has {report['docs']:,}")
+    scale = (
+        ""
+        if report["docs"] >= TARGET_DOCS
+        else (f"target is for {TARGET_DOCS:,} docs; this run has {report['docs']:,}")
+    )
     found = [
-        Target(f"fleet W={fleet.workers} >= 10x naive", f"{_cut(vs_naive, 1)}x", ">= 10x", _verdict(vs_naive >= 10),
-               scale),
-        Target(f"fleet per core >= 1/2 in-process bound (W={fleet.workers})", _cut(per_core, 3),
-               ">= 0.50", _verdict(per_core >= 0.5),
-               f"{fleet_per_core:,.0f} docs/s per core vs bound {bound.docs_per_s:,.0f}; "
-               f"per CPU-second used: {fleet.docs_per_cpu_s:,.0f} vs {bound.docs_per_cpu_s:,.0f} "
-               f"({report['fleet_per_cpu_s_vs_bound']:.2f}); vs re-keying with every key already unwrapped "
-               f"{warm.docs_per_s:,.0f}: {fleet_per_core / warm.docs_per_s:.2f}; "
-               f"re-keying plus "
-               f"the store alone, no queue: {report['rekey_and_store_docs_per_s']:,.0f} docs/s "
-               f"({report['rekey_and_store_vs_bound']:.2f} of the bound), of which the fleet reaches "
-               f"{report['fleet_per_core_vs_rekey_and_store']:.2f}"),
+        Target(
+            f"fleet W={fleet.workers} >= 10x naive", f"{_cut(vs_naive, 1)}x", ">= 10x", _verdict(vs_naive >= 10), scale
+        ),
+        Target(
+            f"fleet per core >= 1/2 in-process bound (W={fleet.workers})",
+            _cut(per_core, 3),
+            ">= 0.50",
+            _verdict(per_core >= 0.5),
+            f"{fleet_per_core:,.0f} docs/s per core vs bound {bound.docs_per_s:,.0f}; "
+            f"per CPU-second used: {fleet.docs_per_cpu_s:,.0f} vs {bound.docs_per_cpu_s:,.0f} "
+            f"({report['fleet_per_cpu_s_vs_bound']:.2f}); vs re-keying with every key already unwrapped "
+            f"{warm.docs_per_s:,.0f}: {fleet_per_core / warm.docs_per_s:.2f}; "
+            f"re-keying plus "
+            f"the store alone, no queue: {report['rekey_and_store_docs_per_s']:,.0f} docs/s "
+            f"({report['rekey_and_store_vs_bound']:.2f} of the bound), of which the fleet reaches "
+            f"{report['fleet_per_core_vs_rekey_and_store']:.2f}",
+        ),
     ]
     if w1 is not None:
         w1_per_core = w1.docs_per_s / bound.docs_per_s
-        found.append(Target(
-            "fleet per core >= 1/2 in-process bound (W=1)", _cut(w1_per_core, 3), ">= 0.50",
-            _verdict(w1_per_core >= 0.5),
-            "one worker process on one core: the bound's work plus the queue, checkpoint and store; at W=2 each "
-            "process also unwraps every DEK it meets (one cache each) and the idle tail of the last batches counts"))
-    found.append(Target(
-        "W=2 >= 1.7x W=1", f"{_cut(fleet.docs_per_s / w1.docs_per_s, 2)}x" if w1 else "not measured", ">= 1.7x",
-        _verdict(fleet.docs_per_s / w1.docs_per_s >= 1.7 if w1 else None),
-        f"{cores} CPUs; worker processes used " + ", ".join(
-            f"{run.worker_cores:.2f} cores at W={w} (others {run.other_cores:.2f})"
-            for w, run in sorted(fleets.items()))))
+        found.append(
+            Target(
+                "fleet per core >= 1/2 in-process bound (W=1)",
+                _cut(w1_per_core, 3),
+                ">= 0.50",
+                _verdict(w1_per_core >= 0.5),
+                "one worker process on one core: the bound's work plus the queue, checkpoint and store; at W=2 each "
+                "process also unwraps every DEK it meets (one cache each) and the idle tail of the last batches counts",
+            )
+        )
+    found.append(
+        Target(
+            "W=2 >= 1.7x W=1",
+            f"{_cut(fleet.docs_per_s / w1.docs_per_s, 2)}x" if w1 else "not measured",
+            ">= 1.7x",
+            _verdict(fleet.docs_per_s / w1.docs_per_s >= 1.7 if w1 else None),
+            f"{cores} CPUs; worker processes used "
+            + ", ".join(
+                f"{run.worker_cores:.2f} cores at W={w} (others {run.other_cores:.2f})"
+                for w, run in sorted(fleets.items())
+            ),
+        )
+    )
     distinct = report["distinct_source_deks_per_1000_docs"]
     for run in ([w1] if w1 else []) + [fleet]:
         per_1000 = 1000 * run.unwraps / max(1, run.documents)
-        note = "one DEK cache" if run.workers == 1 else (
-            f"{run.workers} processes, one cache each: the guarantee is <= {run.workers} x distinct "
-            f"({run.workers * distinct:.1f}), {_verdict(per_1000 <= run.workers * distinct + 1e-9)}")
-        found.append(Target(f"unwraps per 1,000 docs <= distinct DEKs (W={run.workers})", f"{per_1000:.1f}",
-                            f"<= {distinct:.1f}", _verdict(per_1000 <= distinct + 1e-9), note))
+        note = (
+            "one DEK cache"
+            if run.workers == 1
+            else (
+                f"{run.workers} processes, one cache each: the guarantee is <= {run.workers} x distinct "
+                f"({run.workers * distinct:.1f}), {_verdict(per_1000 <= run.workers * distinct + 1e-9)}"
+            )
+        )
+        found.append(
+            Target(
+                f"unwraps per 1,000 docs <= distinct DEKs (W={run.workers})",
+                f"{per_1000:.1f}",
+                f"<= {distinct:.1f}",
+                _verdict(per_1000 <= distinct + 1e-9),
+                note,
+            )
+        )
     peak, growth = max(fleet.peak_rss_mb_per_worker), max(fleet.rss_growth_mb_per_worker)
-    found.append(Target(
-        "peak RSS per worker bounded, independent of container size", f"{peak:.0f} MiB, +{growth:.1f} MiB after 10%",
-        f"<= {RSS_LIMIT_MB:.0f} MiB, growth <= {RSS_GROWTH_LIMIT_MB:.0f} MiB",
-        _verdict(peak <= RSS_LIMIT_MB and growth <= RSS_GROWTH_LIMIT_MB),
-        f"growth: peak minus the RSS when 10% of documents were scanned; the unwrap cache adds ~{UNWRAP_ENTRY_KB} KB "
-        f"per distinct DEK a worker meets, up to {DEFAULT_UNWRAP_CACHE_ENTRIES:,} entries "
-        f"(~{DEFAULT_UNWRAP_CACHE_ENTRIES * UNWRAP_ENTRY_KB / 1024:.0f} MiB), so with a DEK per document it grows "
-        "until that cap",
-    ))
+    found.append(
+        Target(
+            "peak RSS per worker bounded, independent of container size",
+            f"{peak:.0f} MiB, +{growth:.1f} MiB after 10%",
+            f"<= {RSS_LIMIT_MB:.0f} MiB, growth <= {RSS_GROWTH_LIMIT_MB:.0f} MiB",
+            _verdict(peak <= RSS_LIMIT_MB and growth <= RSS_GROWTH_LIMIT_MB),
+            f"growth: peak minus the RSS when 10% of documents were scanned; "
+            f"the unwrap cache adds ~{UNWRAP_ENTRY_KB} KB "
+            f"per distinct DEK a worker meets, up to {DEFAULT_UNWRAP_CACHE_ENTRIES:,} entries "
+            f"(~{DEFAULT_UNWRAP_CACHE_ENTRIES * UNWRAP_ENTRY_KB / 1024:.0f} MiB), so with a DEK per document it grows "
+            "until that cap",
+        )
+    )
     return found

@@ -16,7 +16,12 @@ def keys_init(c: typer.Context, as_json: bool = JsonOption) -> None:
     c.obj.may_create_store = True
     version, recorded = keyops.init(c.obj)
     note_unaudited("key created", recorded)
-    emit(c.obj, as_json, version.as_json(), lambda: out.print(f"created {version.kid} (current) in {c.obj.provider.describe()}"))
+    emit(
+        c.obj,
+        as_json,
+        version.as_json(),
+        lambda: out.print(f"created {version.kid} (current) in {c.obj.provider.describe()}"),
+    )
 
 
 @keys_app.command("rotate")
@@ -47,21 +52,34 @@ def keys_current(c: typer.Context, as_json: bool = JsonOption) -> None:
 
 @keys_app.command("disable")
 def keys_disable(
-    c: typer.Context, kid: str,
-    force: bool = typer.Option(False, "--force", help="Disable even though fields still use it (they become unreadable)."),
+    c: typer.Context,
+    kid: str,
+    force: bool = typer.Option(
+        False, "--force", help="Disable even though fields still use it (they become unreadable)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Disable a version: refused until every container the key protects verified it unused."""
     version, recorded = keyops.disable(c.obj, kid, force=force)
     note_unaudited("key disabled", recorded)
-    emit(c.obj, as_json, {**version.as_json(), "store": c.obj.store_text()},
-         lambda: out.print(f"disabled {kid} (checked {c.obj.store_text()} and every container the key protects)"
-                           if not force else f"disabled {kid} (forced: nothing was checked)"))
+    emit(
+        c.obj,
+        as_json,
+        {**version.as_json(), "store": c.obj.store_text()},
+        lambda: out.print(
+            f"disabled {kid} (checked {c.obj.store_text()} and every container the key protects)"
+            if not force
+            else f"disabled {kid} (forced: nothing was checked)"
+        ),
+    )
 
 
 @keys_app.command("promote")
-def keys_promote(c: typer.Context, kid: str = typer.Argument(..., help="The enabled version to make current again."),
-                 as_json: bool = JsonOption) -> None:
+def keys_promote(
+    c: typer.Context,
+    kid: str = typer.Argument(..., help="The enabled version to make current again."),
+    as_json: bool = JsonOption,
+) -> None:
     """Make an older enabled version current again (rollback); new writes use it."""
     version, recorded = keyops.promote(c.obj, kid)
     note_unaudited("key promoted", recorded)

@@ -31,17 +31,30 @@ def seed(
     keyring = seeding_keyring(ctx.provider)
     ctx.mark_store_with_key()
     with render.counter_progress(err, "seeding", docs, enabled=not as_json) as advance:
-        written = seed_store(ctx.store, keyring, docs, seed=seed_value, products=products, dek_share=dek_share, progress=advance)
-    emit(ctx, as_json, {"documents": written, "kid": keyring.current_kid(), "store": ctx.store.describe()},
-         lambda: out.print(f"seeded {written} documents under {keyring.current_kid()} into {ctx.store.describe()}"))
+        written = seed_store(
+            ctx.store, keyring, docs, seed=seed_value, products=products, dek_share=dek_share, progress=advance
+        )
+    emit(
+        ctx,
+        as_json,
+        {"documents": written, "kid": keyring.current_kid(), "store": ctx.store.describe()},
+        lambda: out.print(f"seeded {written} documents under {keyring.current_kid()} into {ctx.store.describe()}"),
+    )
 
 
 def worker(
     c: typer.Context,
-    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Worker processes in this member of the fleet."),
+    concurrency: int = typer.Option(
+        1, "--concurrency", "-c", min=1, help="Worker processes in this member of the fleet."
+    ),
     metrics_port: int = typer.Option(0, "--metrics-port", help="Serve Prometheus metrics on this port (0: off)."),
-    health_port: int = typer.Option(0, "--health-port", min=0, max=65535,
-                                    help="Serve /livez and /readyz for Kubernetes probes on this port (0: off)."),
+    health_port: int = typer.Option(
+        0,
+        "--health-port",
+        min=0,
+        max=65535,
+        help="Serve /livez and /readyz for Kubernetes probes on this port (0: off).",
+    ),
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run one member of the worker fleet (a Celery worker) until stopped (SIGTERM finishes the batch in hand).
@@ -64,7 +77,9 @@ def queue(c: typer.Context, as_json: bool = JsonOption) -> None:
 def verify(
     c: typer.Context,
     expect: str = typer.Option(..., "--expect", help="The key id every field must be on."),
-    allow_empty: bool = typer.Option(False, "--allow-empty", help="Pass on a container with no documents (else it fails)."),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Pass on a container with no documents (else it fails)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Scan every field: count by kid and kind, check each decrypts. Exit 0 only if all are on EXPECT and decrypt."""
@@ -78,15 +93,21 @@ def verify(
 
 def audit_trail(
     c: typer.Context,
-    check: bool = typer.Option(False, "--check", help="Verify the hash chain; exit 1 if an entry was removed or altered."),
+    check: bool = typer.Option(
+        False, "--check", help="Verify the hash chain; exit 1 if an entry was removed or altered."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """The rotation's audit trail: who did what, when."""
     ctx: Context = c.obj
     entries = ctx.audit.entries()
     problems = keyops.audit_problems(ctx) if check else []
-    emit(ctx, as_json, {"entries": entries, "problems": problems} if check else entries,
-         lambda: render.audit(out, entries, problems if check else None))
+    emit(
+        ctx,
+        as_json,
+        {"entries": entries, "problems": problems} if check else entries,
+        lambda: render.audit(out, entries, problems if check else None),
+    )
     if problems:
         raise typer.Exit(1)
 
@@ -105,34 +126,58 @@ def demo(
 def bench(
     c: typer.Context,
     docs: int = typer.Option(100_000, "--docs", min=1, help="Documents in the benchmark container."),
-    dek_share: int = typer.Option(DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one source data key (1: worst case)."),
-    seed_value: int = typer.Option(1, "--seed", help="Content seed (the seeded container is cached per docs/dek-share/seed)."),
-    sample: int = typer.Option(2_000, "--sample", min=1, help="Documents the naive way, the in-process bound and the store-only pass are measured on."),
+    dek_share: int = typer.Option(
+        DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one source data key (1: worst case)."
+    ),
+    seed_value: int = typer.Option(
+        1, "--seed", help="Content seed (the seeded container is cached per docs/dek-share/seed)."
+    ),
+    sample: int = typer.Option(
+        2_000,
+        "--sample",
+        min=1,
+        help="Documents the naive way, the in-process bound and the store-only pass are measured on.",
+    ),
     slices: int = typer.Option(sweeps.DEFAULT_SLICES, "--slices", min=1, help="Slices of each benchmark sweep."),
     as_json: bool = JsonOption,
 ) -> None:
     """Measure a full sweep with 1 and 2 worker processes against the naive way and the in-process bound."""
     from coordinator.bench import BenchOptions, render_report, run_bench
 
-    report = run_bench(c.obj, BenchOptions(docs=docs, dek_share=dek_share, seed=seed_value, sample=sample, slices=slices),
-                       progress=err)
+    report = run_bench(
+        c.obj, BenchOptions(docs=docs, dek_share=dek_share, seed=seed_value, sample=sample, slices=slices), progress=err
+    )
     emit(c.obj, as_json, report, lambda: render_report(out, report))
 
 
 def exporter(
     c: typer.Context,
     port: int = typer.Option(9809, "--port", min=1, max=65535, help="Serve the metrics on this port (all interfaces)."),
-    interval: float = typer.Option(5.0, "--interval", min=0.5, help="Seconds between reads of the sweep state and the queue."),
+    interval: float = typer.Option(
+        5.0, "--interval", min=0.5, help="Seconds between reads of the sweep state and the queue."
+    ),
 ) -> None:
     """Serve sweep-level Prometheus metrics (progress, ETA, totals, failures, workers, queue depth) until stopped."""
     from coordinator.exporter import serve
 
-    serve(c.obj, port=port, interval=interval,
-          ready=lambda bound: err.print(f"serving sweep metrics on :{bound}/metrics, refreshed every {interval:g}s"))
+    serve(
+        c.obj,
+        port=port,
+        interval=interval,
+        ready=lambda bound: err.print(f"serving sweep metrics on :{bound}/metrics, refreshed every {interval:g}s"),
+    )
 
 
-COMMANDS = (("seed", seed), ("worker", worker), ("queue", queue), ("verify", verify), ("audit", audit_trail),
-            ("demo", demo), ("bench", bench), ("exporter", exporter))
+COMMANDS = (
+    ("seed", seed),
+    ("worker", worker),
+    ("queue", queue),
+    ("verify", verify),
+    ("audit", audit_trail),
+    ("demo", demo),
+    ("bench", bench),
+    ("exporter", exporter),
+)
 
 
 def register(app: typer.Typer) -> None:

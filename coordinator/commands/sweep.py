@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -23,14 +22,22 @@ sweep_app = typer.Typer(help="Start and steer a re-encryption sweep.", no_args_i
 def sweep_start(
     c: typer.Context,
     to: str = typer.Option(..., "--to", help="Target key id (full, versioned)."),
-    sources: list[str] = typer.Option([], "--from", help="Only move fields on these key ids (default: every other kid)."),
-    mode: str = typer.Option("reencrypt", "--mode", help="reencrypt (fresh DEK and ciphertext) or rewrap (DEK re-wrapped only)."),
-    slices: int = typer.Option(sweeps.DEFAULT_SLICES, "--slices", help="Work slices (feed ranges) to split the container into."),
-    rate: Optional[float] = typer.Option(None, "--rate", help="Fleet-wide limit in documents/s (default: none)."),
-    kv_ops_per_s: Optional[float] = typer.Option(None, "--kv-ops-per-s", help="Fleet-wide Key Vault budget in calls/s."),
-    ru_per_s: Optional[float] = typer.Option(None, "--ru-per-s", help="Fleet-wide store budget in request units/s."),
+    sources: list[str] = typer.Option(
+        [], "--from", help="Only move fields on these key ids (default: every other kid)."
+    ),
+    mode: str = typer.Option(
+        "reencrypt", "--mode", help="reencrypt (fresh DEK and ciphertext) or rewrap (DEK re-wrapped only)."
+    ),
+    slices: int = typer.Option(
+        sweeps.DEFAULT_SLICES, "--slices", help="Work slices (feed ranges) to split the container into."
+    ),
+    rate: float | None = typer.Option(None, "--rate", help="Fleet-wide limit in documents/s (default: none)."),
+    kv_ops_per_s: float | None = typer.Option(None, "--kv-ops-per-s", help="Fleet-wide Key Vault budget in calls/s."),
+    ru_per_s: float | None = typer.Option(None, "--ru-per-s", help="Fleet-wide store budget in request units/s."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Scan and report what would change; write nothing."),
-    wait: bool = typer.Option(False, "--wait", help="Follow the sweep to its end; exit 0 only if it completed with no failures."),
+    wait: bool = typer.Option(
+        False, "--wait", help="Follow the sweep to its end; exit 0 only if it completed with no failures."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Plan and start a sweep; prints its id."""
@@ -54,10 +61,14 @@ def _following(ctx: Context, sweep_id: str, console: Console | None, *, kick_sta
     try:
         return render.follow(ctx, sweep_id, console, kick_stalled=kick_stalled)
     except KeyboardInterrupt:
-        err.print(f"\nstopped following; sweep {sweep_id} goes on running on the workers. "
-                  f"Follow it again: reencrypt sweep status --watch {sweep_id}; "
-                  f"stop it: reencrypt sweep pause {sweep_id} (resumable) or reencrypt sweep cancel {sweep_id}",
-                  markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"\nstopped following; sweep {sweep_id} goes on running on the workers. "
+            f"Follow it again: reencrypt sweep status --watch {sweep_id}; "
+            f"stop it: reencrypt sweep pause {sweep_id} (resumable) or reencrypt sweep cancel {sweep_id}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(130) from None
 
 
@@ -69,7 +80,8 @@ def _finish(ctx: Context, progress: sweeps.Progress, as_json: bool) -> None:
 
 @sweep_app.command("status")
 def sweep_status(
-    c: typer.Context, sweep_id: Optional[str] = typer.Argument(None, help="Sweep id (default: the latest)."),
+    c: typer.Context,
+    sweep_id: str | None = typer.Argument(None, help="Sweep id (default: the latest)."),
     watch: bool = typer.Option(False, "--watch", help="Refresh until the sweep finishes."),
     all_sweeps: bool = typer.Option(False, "--all", help="List every sweep on this store."),
     as_json: bool = JsonOption,
@@ -89,22 +101,26 @@ def sweep_status(
 
 
 @sweep_app.command("pause")
-def sweep_pause(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
+def sweep_pause(c: typer.Context, sweep_id: str | None = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Stop taking new batches (each worker finishes the batch in hand)."""
     sweep = sweeps.pause(c.obj, sweep_id)
     emit(c.obj, as_json, sweep.to_record(), lambda: out.print(f"sweep {sweep.id} paused"))
 
 
 @sweep_app.command("resume")
-def sweep_resume(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
+def sweep_resume(c: typer.Context, sweep_id: str | None = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Resume a paused sweep, or re-queue a running one from its checkpoints (after Redis lost its queue)."""
     sweep, queued = sweeps.resume(c.obj, sweep_id)
-    emit(c.obj, as_json, {"sweep_id": sweep.id, "status": sweep.status, "slices_queued": queued},
-         lambda: out.print(f"sweep {sweep.id} running; {queued} slices queued from their checkpoints"))
+    emit(
+        c.obj,
+        as_json,
+        {"sweep_id": sweep.id, "status": sweep.status, "slices_queued": queued},
+        lambda: out.print(f"sweep {sweep.id} running; {queued} slices queued from their checkpoints"),
+    )
 
 
 @sweep_app.command("cancel")
-def sweep_cancel(c: typer.Context, sweep_id: Optional[str] = typer.Argument(None), as_json: bool = JsonOption) -> None:
+def sweep_cancel(c: typer.Context, sweep_id: str | None = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Cancel a sweep; fields already moved stay moved (both keys remain readable). Run it again
     on a sweep still cancelling to settle it once its batches in hand are over."""
     sweep = sweeps.cancel(c.obj, sweep_id)
@@ -116,29 +132,32 @@ def _cancel_text(ctx: Context, sweep: Sweep) -> None:
         out.print(f"sweep {sweep.id} {sweep.status}")
         return
     batches, seconds = sweeps.leases_in_hand(ctx, sweep.id)
-    out.print(f"sweep {sweep.id} cancelling: {batches} batches in hand finish first (their leases end within "
-              f"{seconds:.0f} s); it becomes cancelled then, or run 'reencrypt sweep cancel {sweep.id}' again")
+    out.print(
+        f"sweep {sweep.id} cancelling: {batches} batches in hand finish first (their leases end within "
+        f"{seconds:.0f} s); it becomes cancelled then, or run 'reencrypt sweep cancel {sweep.id}' again"
+    )
 
 
 @sweep_app.command("throttle")
 def sweep_throttle(
-    c: typer.Context, sweep_id: Optional[str] = typer.Argument(None),
-    rate: Optional[float] = typer.Option(None, "--rate", help="New fleet-wide limit in documents/s."),
-    kv_ops_per_s: Optional[float] = typer.Option(None, "--kv-ops-per-s", help="New Key Vault budget in calls/s."),
-    ru_per_s: Optional[float] = typer.Option(None, "--ru-per-s", help="New store budget in request units/s."),
+    c: typer.Context,
+    sweep_id: str | None = typer.Argument(None),
+    rate: float | None = typer.Option(None, "--rate", help="New fleet-wide limit in documents/s."),
+    kv_ops_per_s: float | None = typer.Option(None, "--kv-ops-per-s", help="New Key Vault budget in calls/s."),
+    ru_per_s: float | None = typer.Option(None, "--ru-per-s", help="New store budget in request units/s."),
     unlimited: bool = typer.Option(False, "--unlimited", help="Remove every limit."),
     as_json: bool = JsonOption,
 ) -> None:
     """Change a running sweep's limits; workers pick them up at their next batch."""
     limits = sweeps.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
     sweep = sweeps.throttle(c.obj, sweep_id, limits, unlimited=unlimited)
-    emit(c.obj, as_json, sweep.to_record(), lambda: out.print(
-        f"sweep {sweep.id} limits: {render.limits_text(sweep)}"))
+    emit(c.obj, as_json, sweep.to_record(), lambda: out.print(f"sweep {sweep.id} limits: {render.limits_text(sweep)}"))
 
 
 @sweep_app.command("failures")
 def sweep_failures(
-    c: typer.Context, sweep_id: Optional[str] = typer.Argument(None),
+    c: typer.Context,
+    sweep_id: str | None = typer.Argument(None),
     output_format: str = typer.Option("table", "--format", help="table, csv or json."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -150,8 +169,11 @@ def sweep_failures(
     if output_format == "json":
         out.print_json(json.dumps(rows))
     elif output_format == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=["document_id", "partition_key", "field_path", "reason", "slice", "at"],
-                                extrasaction="ignore")
+        writer = csv.DictWriter(
+            sys.stdout,
+            fieldnames=["document_id", "partition_key", "field_path", "reason", "slice", "at"],
+            extrasaction="ignore",
+        )
         writer.writeheader()
         writer.writerows(rows)
     elif output_format == "table":

@@ -127,7 +127,7 @@ def open_key_provider(url: str) -> KeyProvider:
     if url.startswith("local:"):
         from tracker_reencrypt.keys.local import LocalKeyProvider
 
-        path = url[len("local:"):]
+        path = url[len("local:") :]
         if not path:
             raise ConfigError("key provider URL 'local:' names no file: use local:<path to keyring.json>")
         return LocalKeyProvider(path)

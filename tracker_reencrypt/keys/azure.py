@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from azure.core.exceptions import AzureError, HttpResponseError
@@ -48,11 +49,29 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tracker_reencrypt.errors import ConfigError, KeyDisabledError, KeyNotFoundError, KeyProviderError, UnwrapError, first_line
-from tracker_reencrypt.keys import (
-    CURRENT_VERSION_ENTRY, LOCAL_WRAP_CALL, UNWRAP_CALL, WRAP_ALGORITHM, KeyVersion, changed_metadata,
+from tracker_reencrypt.errors import (
+    ConfigError,
+    KeyDisabledError,
+    KeyNotFoundError,
+    KeyProviderError,
+    UnwrapError,
+    first_line,
 )
-from tracker_reencrypt.keys.azure_errors import MAX_RETRY_AFTER_S, RETRY_DEFAULTS, BoundedRetryPolicy, is_disabled, translate
+from tracker_reencrypt.keys import (
+    CURRENT_VERSION_ENTRY,
+    LOCAL_WRAP_CALL,
+    UNWRAP_CALL,
+    WRAP_ALGORITHM,
+    KeyVersion,
+    changed_metadata,
+)
+from tracker_reencrypt.keys.azure_errors import (
+    MAX_RETRY_AFTER_S,
+    RETRY_DEFAULTS,
+    BoundedRetryPolicy,
+    is_disabled,
+    translate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +80,7 @@ RSA_BITS = 2048
 MAX_TAGS = 15
 MAX_TAG_NAME_CHARS = 512
 MAX_TAG_VALUE_CHARS = 256
-KEY_OPERATIONS = [KeyOperation.wrap_key, KeyOperation.unwrap_key]
+KEY_OPERATIONS: list[str | KeyOperation] = [KeyOperation.wrap_key, KeyOperation.unwrap_key]
 # How long a resolved current version is trusted: the keyring asks for it on every new data
 # key, and a rotation made by another process reaches this one within this time.
 CURRENT_KID_TTL_S = 60.0
@@ -84,7 +103,13 @@ class AzureKeyVaultProvider:
     """
 
     def __init__(
-        self, vault_url: str, key_name: str, credential=None, *, max_retry_after_s: float = MAX_RETRY_AFTER_S, **client_kwargs
+        self,
+        vault_url: str,
+        key_name: str,
+        credential=None,
+        *,
+        max_retry_after_s: float = MAX_RETRY_AFTER_S,
+        **client_kwargs,
     ) -> None:
         self.vault_url = vault_url.rstrip("/")
         self.key_name = key_name
@@ -92,7 +117,10 @@ class AzureKeyVaultProvider:
         self.calls: dict[str, int] = {}
         self.throttled = 0
         self._credential = credential or DefaultAzureCredential()
-        self._retry = {**RETRY_DEFAULTS, **{k: client_kwargs.pop(k) for k in list(client_kwargs) if k.startswith("retry_")}}
+        self._retry = {
+            **RETRY_DEFAULTS,
+            **{k: client_kwargs.pop(k) for k in list(client_kwargs) if k.startswith("retry_")},
+        }
         self._max_retry_after_s = max_retry_after_s
         self._client_kwargs = {**client_kwargs, "raw_response_hook": self._on_response}
         try:
@@ -226,14 +254,17 @@ class AzureKeyVaultProvider:
         if key.properties.enabled is False:
             raise KeyDisabledError(f"key {kid} is disabled in {self.vault_url}: refused until it is enabled again")
         crypto = CryptographyClient(key, self._credential, **self._sdk_kwargs())
-        local = KeyOperation.wrap_key in (key.key.key_ops or []) and key.key.n and key.key.e
+        jwk: Any = key.key  # JsonWebKey sets its members (key_ops, n, e) dynamically: untyped in the SDK
+        local = KeyOperation.wrap_key in (jwk.key_ops or []) and jwk.n and jwk.e
         return _Version(crypto, _public_key(key) if local else None)
 
     def _parse_kid(self, kid: str) -> KeyVaultKeyIdentifier:
         try:
             identifier = KeyVaultKeyIdentifier(kid)
         except ValueError:
-            raise KeyNotFoundError(f"{kid!r} is not a Key Vault key id (https://<vault>/keys/<name>/<version>)") from None
+            raise KeyNotFoundError(
+                f"{kid!r} is not a Key Vault key id (https://<vault>/keys/<name>/<version>)"
+            ) from None
         same_vault = urlparse(identifier.vault_url).netloc.lower() == urlparse(self.vault_url).netloc.lower()
         if not same_vault or identifier.name != self.key_name:
             raise KeyNotFoundError(f"key {kid} is not a version of {self.describe()}")
@@ -276,7 +307,7 @@ class AzureKeyVaultProvider:
         if target.properties.version == newest.version:
             tags.pop(CURRENT_VERSION_ENTRY, None)  # back to the vault's own choice
         else:
-            tags[CURRENT_VERSION_ENTRY] = target.properties.version
+            tags[CURRENT_VERSION_ENTRY] = str(target.properties.version)
         if tags != (newest.tags or {}):  # promoting the current version writes nothing
             self._write_tags(newest, tags)
         self._current = (target.id, time.monotonic())
@@ -389,5 +420,6 @@ def _check_tag_limits(tags: dict[str, str], where: str) -> None:
 
 
 def _public_key(key: KeyVaultKey) -> rsa.RSAPublicKey:
-    n, e = (int.from_bytes(value, "big") for value in (key.key.n, key.key.e))
+    jwk: Any = key.key  # as in _fetch: the SDK's JsonWebKey members are untyped
+    n, e = (int.from_bytes(value, "big") for value in (jwk.n, jwk.e))
     return rsa.RSAPublicNumbers(e, n).public_key()

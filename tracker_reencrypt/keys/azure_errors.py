@@ -8,11 +8,21 @@ the vault, the key id and the fix, never a data key or key material.
 
 from __future__ import annotations
 
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.core.pipeline.policies import RetryPolicy
 
 from tracker_reencrypt.errors import (
-    KeyDisabledError, KeyNotFoundError, KeyProviderError, KeyProviderUnavailableError, UnwrapError, first_line,
+    KeyDisabledError,
+    KeyNotFoundError,
+    KeyProviderError,
+    KeyProviderUnavailableError,
+    UnwrapError,
+    first_line,
 )
 
 # Bounded retries. retry_status must be raised with retry_total: its default (3) would give up

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -61,10 +61,22 @@ def jwk_from_private_key(key: rsa.RSAPrivateKey, kid: str) -> dict:
     numbers = key.private_numbers()
     public = numbers.public_numbers
     values = {
-        "n": public.n, "e": public.e, "d": numbers.d, "p": numbers.p, "q": numbers.q,
-        "dp": numbers.dmp1, "dq": numbers.dmq1, "qi": numbers.iqmp,
+        "n": public.n,
+        "e": public.e,
+        "d": numbers.d,
+        "p": numbers.p,
+        "q": numbers.q,
+        "dp": numbers.dmp1,
+        "dq": numbers.dmq1,
+        "qi": numbers.iqmp,
     }
-    return {"kty": "RSA", "kid": kid, "alg": WRAP_ALGORITHM, "use": "enc", **{k: _int_to_b64(v) for k, v in values.items()}}
+    return {
+        "kty": "RSA",
+        "kid": kid,
+        "alg": WRAP_ALGORITHM,
+        "use": "enc",
+        **{k: _int_to_b64(v) for k, v in values.items()},
+    }
 
 
 def private_key_from_jwk(jwk: dict) -> rsa.RSAPrivateKey:
@@ -102,10 +114,13 @@ class LocalKeyProvider:
             try:
                 info = self.path.stat()
             except FileNotFoundError:
-                raise KeyringFileError(f"keyring file {self.path} does not exist: create it with 'reencrypt keys init'") from None
+                raise KeyringFileError(
+                    f"keyring file {self.path} does not exist: create it with 'reencrypt keys init'"
+                ) from None
             if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise KeyringFileError(
-                    f"keyring file {self.path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):o}): run 'chmod 600 {self.path}'"
+                    f"keyring file {self.path} is readable by group or others "
+                    f"(mode {stat.S_IMODE(info.st_mode):o}): run 'chmod 600 {self.path}'"
                 )
             try:
                 # The bytes themselves tell whether the file changed: (mtime, size) misses a
@@ -148,7 +163,12 @@ class LocalKeyProvider:
 
     def versions(self) -> list[KeyVersion]:
         return [
-            KeyVersion(kid=j["kid"], enabled=j.get("status") == "enabled", current=bool(j.get("current")), created=j.get("created", ""))
+            KeyVersion(
+                kid=j["kid"],
+                enabled=j.get("status") == "enabled",
+                current=bool(j.get("current")),
+                created=j.get("created", ""),
+            )
             for j in self._load()["keys"]
         ]
 
@@ -165,7 +185,7 @@ class LocalKeyProvider:
     def _metadata_of(self, document: dict) -> dict[str, str]:
         metadata = document.get("metadata", {})
         if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
-            raise KeyringFileError(f"keyring file {self.path} has a \"metadata\" that is not an object of strings")
+            raise KeyringFileError(f'keyring file {self.path} has a "metadata" that is not an object of strings')
         return dict(metadata)
 
     # -- crypto ----------------------------------------------------------------------------
@@ -196,7 +216,9 @@ class LocalKeyProvider:
 
     def init(self, name: str = DEFAULT_NAME) -> KeyVersion:
         if self.path.exists():
-            raise KeyringFileError(f"keyring file {self.path} already exists: use 'reencrypt keys rotate' to add a version")
+            raise KeyringFileError(
+                f"keyring file {self.path} already exists: use 'reencrypt keys rotate' to add a version"
+            )
         self._write({"name": name, "keys": []})
         return self.rotate()
 
@@ -205,7 +227,7 @@ class LocalKeyProvider:
         number = 1 + max((int(j["kid"].rsplit("/v", 1)[1]) for j in document["keys"]), default=0)
         kid = f"{document['name']}/v{number}"
         jwk = jwk_from_private_key(rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS), kid)
-        jwk.update(status="enabled", current=True, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        jwk.update(status="enabled", current=True, created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         keys = [{**j, "current": False} for j in document["keys"]] + [jwk]
         self._write({**document, "keys": keys})
         return next(v for v in self.versions() if v.kid == kid)
@@ -215,7 +237,9 @@ class LocalKeyProvider:
         jwk = self._jwk(kid)
         if not enabled and jwk.get("current"):
             raise KeyDisabledError(f"key {kid} is the current version; rotate to a new version before disabling it")
-        keys = [{**j, "status": "enabled" if enabled else "disabled"} if j["kid"] == kid else j for j in document["keys"]]
+        keys = [
+            {**j, "status": "enabled" if enabled else "disabled"} if j["kid"] == kid else j for j in document["keys"]
+        ]
         self._write({**document, "keys": keys})
         return next(v for v in self.versions() if v.kid == kid)
 

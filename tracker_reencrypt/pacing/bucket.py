@@ -16,8 +16,15 @@ class TokenBucket:
     given per call, so a 'sweep throttle' (or a lowered share) applies from the next call.
     """
 
-    def __init__(self, backend: PacingBackend, sweep_id: str, resource: str, *, burst_seconds: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        backend: PacingBackend,
+        sweep_id: str,
+        resource: str,
+        *,
+        burst_seconds: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.backend, self.sweep_id, self.resource = backend, sweep_id, resource
         self.burst_seconds = burst_seconds
         self._sleep = sleep

@@ -33,20 +33,34 @@ class Pacer:
     (limit label, seconds waited) and ``on_share`` (resource, share) for metrics.
     """
 
-    def __init__(self, backend: PacingBackend, sweep_id: str, limits: Mapping[str, Any], cost: RequestCost,
-                 provider: KeyProvider, *, reread_limits: Callable[[], Mapping[str, Any]] | None = None,
-                 on_wait: Callable[[str, float], None] | None = None,
-                 on_share: Callable[[str, float], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        backend: PacingBackend,
+        sweep_id: str,
+        limits: Mapping[str, Any],
+        cost: RequestCost,
+        provider: KeyProvider,
+        *,
+        reread_limits: Callable[[], Mapping[str, Any]] | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
+        on_share: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.limits, self.cost, self.provider = limits, cost, provider
         self._reread_limits, self._on_wait, self._on_share, self._clock = reread_limits, on_wait, on_share, clock
         self._read_at = clock()
         self._buckets = {limit: TokenBucket(backend, sweep_id, limit.label, sleep=sleep) for limit in SWEEP_LIMITS}
-        self._shares = {limit: AdaptiveShare(backend, sweep_id, limit.label, clock=clock)
-                        for limit in (KEY_VAULT, REQUEST_UNITS)}
+        self._shares = {
+            limit: AdaptiveShare(backend, sweep_id, limit.label, clock=clock) for limit in (KEY_VAULT, REQUEST_UNITS)
+        }
         # Totals at the start of the batch: each page is charged what they grew by.
-        self._seen = {"request_units": cost.request_units, "store_throttles": float(cost.throttled),
-                      "kv_throttles": float(provider.throttled), "other_vault_calls": float(self._other_vault_calls())}
+        self._seen = {
+            "request_units": cost.request_units,
+            "store_throttles": float(cost.throttled),
+            "kv_throttles": float(provider.throttled),
+            "other_vault_calls": float(self._other_vault_calls()),
+        }
 
     def before_page(self, documents: int) -> None:
         self._spend(DOCUMENTS, documents)
@@ -69,8 +83,9 @@ class Pacer:
     def _other_vault_calls(self) -> int:
         """Calls that reached the vault besides unwraps: remote wraps (when the version's public
         key is not readable) and key reads."""
-        return sum(count for operation, count in self.provider.calls.items()
-                   if operation not in (UNWRAP_CALL, LOCAL_WRAP_CALL))
+        return sum(
+            count for operation, count in self.provider.calls.items() if operation not in (UNWRAP_CALL, LOCAL_WRAP_CALL)
+        )
 
     def _since(self, total: str, now: float) -> float:
         grown, self._seen[total] = now - self._seen[total], now

@@ -23,8 +23,16 @@ class AdaptiveShare:
     """One sweep's share of one resource's limit (``kv_ops``, ``request_units``), as this
     process last learnt it from the backend."""
 
-    def __init__(self, backend: PacingBackend, sweep_id: str, resource: str, *, back_off: BackOff = BackOff(),
-                 calm_sync_s: float = CALM_SYNC_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        backend: PacingBackend,
+        sweep_id: str,
+        resource: str,
+        *,
+        back_off: BackOff = BackOff(),
+        calm_sync_s: float = CALM_SYNC_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.backend, self.sweep_id, self.resource = backend, sweep_id, resource
         self.back_off, self.calm_sync_s = back_off, calm_sync_s
         self._clock = clock

@@ -65,8 +65,8 @@ class RequestCost:
 def estimated_request_units(size_bytes: float, write: bool) -> float:
     """A rough Cosmos RU figure (Microsoft's "Request Units in Azure Cosmos DB" and the
     estimates of learn.microsoft.com/azure/cosmos-db/understand-request-unit-consumption): a
-    1 KB point read costs ~1 RU, a 1 KB replace ~10 RU, both growing with size. SQLite reports it so budgets work there too,
-    and the duration estimate uses it before a sweep starts."""
+    1 KB point read costs ~1 RU, a 1 KB replace ~10 RU, both growing with size. SQLite reports it
+    so budgets work there too, and the duration estimate uses it before a sweep starts."""
     kilobytes = max(1.0, size_bytes / 1024)
     return 5.0 + 5.0 * kilobytes if write else kilobytes
 
@@ -110,7 +110,7 @@ class DocumentStore(Protocol):
 
     def count(self) -> int: ...
 
-    def records(self) -> "RecordStore":
+    def records(self) -> RecordStore:
         """The sweep's durable state, kept beside the documents in the same backend."""
 
     def close(self) -> None: ...
@@ -178,5 +178,6 @@ def open_store(url: str, *, partition_key_field: str = "productId", create: bool
 
         return CosmosStore.from_url(url, partition_key_field=partition_key_field, create=create)
     raise ConfigError(
-        f"store URL {redact_url(url)!r} is not understood: use sqlite:///<path> or cosmos://<account host>/<database>/<container>"
+        f"store URL {redact_url(url)!r} is not understood: "
+        "use sqlite:///<path> or cosmos://<account host>/<database>/<container>"
     )

@@ -39,7 +39,13 @@ from azure.cosmos import CosmosClient, exceptions
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, first_line, redact_url
 from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument
 from tracker_reencrypt.stores.cosmos_access import (
-    ENV_PRIORITY, Priority, ca_bundle_from, check_account_key, cosmos_client_options, credential_from, parse_priority,
+    ENV_PRIORITY,
+    Priority,
+    ca_bundle_from,
+    check_account_key,
+    cosmos_client_options,
+    credential_from,
+    parse_priority,
     parse_url,
 )
 from tracker_reencrypt.stores.cosmos_errors import store_error_for
@@ -149,8 +155,10 @@ class CosmosStore:
                 self._database.read()
         except NotFoundError:
             url = redact_url(f"cosmos://{self.account}/{database}/{container}")
-            raise ConfigError(f"database {database} of store {url} does not exist on Cosmos account {self.account}: "
-                              "check the database in the store URL; reencrypt never creates databases") from None
+            raise ConfigError(
+                f"database {database} of store {url} does not exist on Cosmos account {self.account}: "
+                "check the database in the store URL; reencrypt never creates databases"
+            ) from None
 
     @classmethod
     def from_url(
@@ -160,7 +168,7 @@ class CosmosStore:
         partition_key_field: str = "productId",
         environ: Mapping[str, str] | None = None,
         **kwargs: Any,
-    ) -> "CosmosStore":
+    ) -> CosmosStore:
         """Build the store a ``cosmos://`` URL names, with credential and options from ``environ``."""
         environ = os.environ if environ is None else environ
         account, database, container = parse_url(url)
@@ -210,7 +218,9 @@ class CosmosStore:
         try:
             return body[self.partition_key_field]
         except KeyError:
-            raise StoreError(f"document {body.get('id')!r} has no partition key field {self.partition_key_field!r}") from None
+            raise StoreError(
+                f"document {body.get('id')!r} has no partition key field {self.partition_key_field!r}"
+            ) from None
 
     # -- ranges and scans --------------------------------------------------------------------
 
@@ -230,8 +240,9 @@ class CosmosStore:
 
     def _can_split(self, sample: FeedRange) -> bool:
         if self._partition_kind not in ("Hash", "MultiHash") or self._partition_version != 2:
-            log.info("%s: partition key is not hash v2; feed ranges are not split below physical partitions",
-                     self.describe())
+            log.info(
+                "%s: partition key is not hash v2; feed ranges are not split below physical partitions", self.describe()
+            )
             return False
         if self._sub_ranges_work is None:
             probe = split_feed_range(sample, 2)[0]
@@ -241,9 +252,15 @@ class CosmosStore:
                 self._sub_ranges_work = True
             except exceptions.CosmosHttpResponseError as exc:
                 if exc.status_code != 400:
-                    raise store_error_for(exc, "probing feed-range queries", self.account, self._credential_kind) from None
-                log.warning("%s refuses queries scoped to part of a partition (%s); feed ranges stay one per "
-                            "physical partition", self.describe(), first_line(exc.message))
+                    raise store_error_for(
+                        exc, "probing feed-range queries", self.account, self._credential_kind
+                    ) from None
+                log.warning(
+                    "%s refuses queries scoped to part of a partition (%s); feed ranges stay one per "
+                    "physical partition",
+                    self.describe(),
+                    first_line(exc.message),
+                )
                 self._sub_ranges_work = False
             except AzureError as exc:
                 raise store_error_for(exc, "probing feed-range queries", self.account, self._credential_kind) from None
@@ -259,12 +276,14 @@ class CosmosStore:
             options["feed_range"] = feed_range
         with self._translated(f"scanning {self.describe()}"):
             try:
-                pages = self._container.query_items(SCAN_QUERY, **options).by_page(continuation)
+                # by_page's pager carries continuation_token, which its annotation does not show.
+                pages: Any = self._container.query_items(SCAN_QUERY, **options).by_page(continuation)
                 page = next(pages, None)
                 documents = [_stored(document) for document in page] if page is not None else []
             except ValueError as exc:
-                raise StoreError(f"continuation {continuation!r} does not fit this range of {self.describe()}: "
-                                 f"{first_line(exc)}") from None
+                raise StoreError(
+                    f"continuation {continuation!r} does not fit this range of {self.describe()}: {first_line(exc)}"
+                ) from None
             return ScanPage(documents, (pages.continuation_token or None) if page is not None else None)
 
     # -- point operations --------------------------------------------------------------------
@@ -328,9 +347,10 @@ class CosmosStore:
 
     def count(self) -> int:
         with self._translated(f"counting documents of {self.describe()}"):
-            return sum(self._container.query_items("SELECT VALUE COUNT(1) FROM c", enable_cross_partition_query=True))
+            counts: Any = self._container.query_items("SELECT VALUE COUNT(1) FROM c", enable_cross_partition_query=True)
+            return sum(counts)  # one number per physical partition
 
-    def records(self) -> "CosmosRecordStore":
+    def records(self) -> CosmosRecordStore:
         if self._records is None:
             self._records = CosmosRecordStore(self, create=self._create)
         return self._records
@@ -340,7 +360,6 @@ class CosmosStore:
             self._writers.shutdown()
         self._writers = None
         self._client.close()
-
 
 
 __all__ = ["CosmosStore"]

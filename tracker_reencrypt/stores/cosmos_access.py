@@ -51,7 +51,9 @@ def parse_url(url: str) -> tuple[str, str, str]:
     parts = urlsplit(url)
     names = [name for name in parts.path.split("/") if name]
     if not parts.hostname or len(names) != 2 or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"Cosmos store URL {redact_url(url)!r} must name an account host, a database and a container: use {example}")
+        raise ConfigError(
+            f"Cosmos store URL {redact_url(url)!r} must name an account host, a database and a container: use {example}"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -124,11 +126,21 @@ def check_account_key(credential: Any, account: str) -> None:
         try:
             base64.b64decode(credential, validate=True)
         except ValueError:
-            raise ConfigError(f"the account key for Cosmos account {account} is not base64: "
-                              f"set {ENV_KEY} to a key as the portal or `az cosmosdb keys list` shows it") from None
+            raise ConfigError(
+                f"the account key for Cosmos account {account} is not base64: "
+                f"set {ENV_KEY} to a key as the portal or `az cosmosdb keys list` shows it"
+            ) from None
 
 
 __all__ = [
-    "ENV_CA_BUNDLE", "ENV_KEY", "ENV_PRIORITY", "Priority", "ca_bundle_from", "check_account_key",
-    "cosmos_client_options", "credential_from", "parse_priority", "parse_url",
+    "ENV_CA_BUNDLE",
+    "ENV_KEY",
+    "ENV_PRIORITY",
+    "Priority",
+    "ca_bundle_from",
+    "check_account_key",
+    "cosmos_client_options",
+    "credential_from",
+    "parse_priority",
+    "parse_url",
 ]

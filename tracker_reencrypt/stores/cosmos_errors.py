@@ -34,14 +34,18 @@ def store_error_for(exc: Exception, doing: str, account: str, credential_kind: s
                 else "grant this identity the Cosmos DB Built-in Data Contributor role on the account "
                 "(az cosmosdb sql role assignment create) and check the account's firewall"
             )
-            return StoreError(f"Cosmos account {account} refused access (403: {first_line(exc.message)}) {doing}: {fix}")
+            return StoreError(
+                f"Cosmos account {account} refused access (403: {first_line(exc.message)}) {doing}: {fix}"
+            )
         if status == 429:
             return StoreUnavailableError(
                 f"Cosmos account {account} kept throttling (429) {doing} after the SDK's retries: "
                 "lower the sweep's rate or give the container more RU/s"
             )
-        if status >= 500 or status == 408:
-            return StoreUnavailableError(f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}")
+        if status is not None and (status >= 500 or status == 408):
+            return StoreUnavailableError(
+                f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}"
+            )
         return StoreError(f"Cosmos account {account} answered {status} {doing}: {first_line(exc.message)}")
     if isinstance(exc, ClientAuthenticationError):
         return StoreError(
@@ -49,7 +53,9 @@ def store_error_for(exc: Exception, doing: str, account: str, credential_kind: s
             f"sign in (managed identity, az login) or set {ENV_KEY}"
         )
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-        return StoreUnavailableError(f"cannot reach Cosmos endpoint https://{account}/ {doing}: {first_line(exc.message)}")
+        return StoreUnavailableError(
+            f"cannot reach Cosmos endpoint https://{account}/ {doing}: {first_line(exc.message)}"
+        )
     if isinstance(exc, exceptions.CosmosClientTimeoutError):
         return StoreUnavailableError(f"Cosmos account {account} timed out {doing}")
     if isinstance(exc, AzureError):

@@ -8,6 +8,8 @@ cross-partition query instead.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from tracker_reencrypt.errors import StoreError
 from tracker_reencrypt.stores import FeedRange
 
@@ -68,7 +70,7 @@ def split_feed_range(feed_range: FeedRange, parts: int) -> list[FeedRange]:
         if low < cut < high and (not cuts or cuts[-1] < cut):
             cuts.append(cut)
     bounds = [low, *cuts, high]
-    return [_epk_range(a, b) for a, b in zip(bounds, bounds[1:])]
+    return [_epk_range(a, b) for a, b in pairwise(bounds)]
 
 
 __all__ = ["EPK_MAX", "EPK_MIN", "covers_whole_container", "split_feed_range"]

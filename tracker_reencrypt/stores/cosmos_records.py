@@ -91,15 +91,16 @@ class CosmosRecordStore:
             return self._container.create_item(item)["_etag"]
 
     def replace(self, kind: str, record_id: str, body: dict, etag: str) -> str:
-        item = {"id": record_item_id(record_id), "kind": kind, "recordId": record_id, "body": body}
+        item_id = record_item_id(record_id)
+        item = {"id": item_id, "kind": kind, "recordId": record_id, "body": body}
         with self._translated(f"replacing {kind} {record_id!r}"):
             return self._container.replace_item(
-                item["id"], item, etag=etag, match_condition=MatchConditions.IfNotModified
+                item_id, item, etag=etag, match_condition=MatchConditions.IfNotModified
             )["_etag"]
 
     def list(self, kind: str, prefix: str = "") -> list[tuple[str, dict, str]]:
         query = "SELECT * FROM c WHERE c.kind = @kind AND STARTSWITH(c.recordId, @prefix)"
-        parameters = [{"name": "@kind", "value": kind}, {"name": "@prefix", "value": prefix}]
+        parameters: list[dict[str, object]] = [{"name": "@kind", "value": kind}, {"name": "@prefix", "value": prefix}]
         try:
             with self._translated(f"listing {kind} records"):
                 items = list(self._container.query_items(query, parameters=parameters, partition_key=kind))

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import sqlite3
+from itertools import pairwise
 from pathlib import Path
 
 from tracker_reencrypt import jsontext
@@ -40,8 +41,10 @@ def path_from_url(url: str) -> Path:
     """``sqlite:///relative.db`` -> relative.db; ``sqlite:////abs/x.db`` -> /abs/x.db."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"store URL {redact_url(url)!r} is not a SQLite file URL: use sqlite:///relative.db or sqlite:////absolute/path.db")
-    return Path(url[len(prefix):])
+        raise ConfigError(
+            f"store URL {redact_url(url)!r} is not a SQLite file URL: use sqlite:///relative.db or sqlite:////absolute/path.db"
+        )
+    return Path(url[len(prefix) :])
 
 
 def effective_partition_key(partition_key: str) -> int:
@@ -61,7 +64,9 @@ def _balanced_bounds(documents_at: list[tuple[int, int]], count: int) -> set[int
     for cut in range(1, count):
         wanted = running * cut / count
         at = bisect.bisect_left(before, wanted)
-        nearest = min((i for i in (at - 1, at) if 0 <= i < len(before)), key=lambda i: abs(before[i] - wanted), default=None)
+        nearest = min(
+            (i for i in (at - 1, at) if 0 <= i < len(before)), key=lambda i: abs(before[i] - wanted), default=None
+        )
         if nearest:  # index 0 is the first EPK: a range starting there is the first range
             starts.add(documents_at[nearest][0])
     return starts
@@ -111,7 +116,9 @@ class SqliteStore:
         try:
             return str(body[self.partition_key_field])
         except KeyError:
-            raise StoreError(f"document {body.get('id')!r} has no partition key field {self.partition_key_field!r}") from None
+            raise StoreError(
+                f"document {body.get('id')!r} has no partition key field {self.partition_key_field!r}"
+            ) from None
 
     # -- ranges and scans --------------------------------------------------------------------
 
@@ -127,12 +134,12 @@ class SqliteStore:
         bounds = {0, EPK_SPACE} | _balanced_bounds(documents_at, count)
         while len(bounds) < count + 1:  # fewer partition keys than ranges: halve the widest
             ordered = sorted(bounds)
-            low, high = max(zip(ordered, ordered[1:]), key=lambda pair: pair[1] - pair[0])
+            low, high = max(pairwise(ordered), key=lambda pair: pair[1] - pair[0])
             if high - low < 2:
                 break
             bounds.add((low + high) // 2)
         ordered = sorted(bounds)
-        return [{"epk_min": low, "epk_max": high} for low, high in zip(ordered, ordered[1:])]
+        return [{"epk_min": low, "epk_max": high} for low, high in pairwise(ordered)]
 
     def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage:
         try:
@@ -162,7 +169,9 @@ class SqliteStore:
             (effective_partition_key(pk), pk, document_id),
         ).fetchone()
         if row is None:
-            raise NotFoundError(f"document {document_id!r} (partition {partition_key!r}) not found in {self.describe()}")
+            raise NotFoundError(
+                f"document {document_id!r} (partition {partition_key!r}) not found in {self.describe()}"
+            )
         self.cost.request_units += estimated_request_units(len(row[1]), write=False)
         return _parsed(row[1], row[0], pk, document_id, self.partition_key_field)
 
@@ -211,17 +220,22 @@ class SqliteStore:
             if updated == len(rows):  # the usual case: nobody wrote these documents meanwhile
                 landed = [True] * len(rows)
             else:  # ours are the rows now holding the ETag we gave them (fresh random ones)
-                landed = [db.execute("SELECT 1 FROM documents WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
-                                     (epk, pk, body["id"], new_etag)).fetchone() is not None
-                          for body, _, pk, epk, _, new_etag in rows]
-        results = [StoredDocument(row[0], row[5]) if ok else None for row, ok in zip(rows, landed)]
+                landed = [
+                    db.execute(
+                        "SELECT 1 FROM documents WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
+                        (epk, pk, body["id"], new_etag),
+                    ).fetchone()
+                    is not None
+                    for body, _, pk, epk, _, new_etag in rows
+                ]
+        results = [StoredDocument(row[0], row[5]) if ok else None for row, ok in zip(rows, landed, strict=True)]
         self.cost.request_units += sum(estimated_request_units(len(row[4]), write=True) for row in rows)
         return results
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
 
-    def records(self) -> "SqliteRecordStore":
+    def records(self) -> SqliteRecordStore:
         return SqliteRecordStore(self._connections, self.describe())
 
     def close(self) -> None:
@@ -239,9 +253,11 @@ class SqliteRecordStore:
         self._where = where
 
     def get(self, kind: str, record_id: str) -> tuple[dict, str]:
-        row = self._connections.get().execute(
-            "SELECT body, etag FROM records WHERE kind = ? AND id = ?", (kind, record_id)
-        ).fetchone()
+        row = (
+            self._connections.get()
+            .execute("SELECT body, etag FROM records WHERE kind = ? AND id = ?", (kind, record_id))
+            .fetchone()
+        )
         if row is None:
             raise NotFoundError(f"{kind} {record_id!r} not found in {self._where}")
         return jsontext.loads(row[0]), row[1]
@@ -250,7 +266,8 @@ class SqliteRecordStore:
         etag = _new_etag()
         try:
             self._connections.get().execute(
-                "INSERT INTO records (kind, id, etag, body) VALUES (?, ?, ?, ?)", (kind, record_id, etag, jsontext.dumps(body))
+                "INSERT INTO records (kind, id, etag, body) VALUES (?, ?, ?, ?)",
+                (kind, record_id, etag, jsontext.dumps(body)),
             )
         except sqlite3.IntegrityError:
             raise ConflictError(f"{kind} {record_id!r} already exists in {self._where}") from None
@@ -258,18 +275,26 @@ class SqliteRecordStore:
 
     def replace(self, kind: str, record_id: str, body: dict, etag: str) -> str:
         new_etag = _new_etag()
-        updated = self._connections.get().execute(
-            "UPDATE records SET body = ?, etag = ? WHERE kind = ? AND id = ? AND etag = ?",
-            (jsontext.dumps(body), new_etag, kind, record_id, etag),
-        ).rowcount
+        updated = (
+            self._connections.get()
+            .execute(
+                "UPDATE records SET body = ?, etag = ? WHERE kind = ? AND id = ? AND etag = ?",
+                (jsontext.dumps(body), new_etag, kind, record_id, etag),
+            )
+            .rowcount
+        )
         if updated == 0:
             self.get(kind, record_id)  # raises NotFoundError when it is gone
             raise ConflictError(f"{kind} {record_id!r} changed since it was read")
         return new_etag
 
     def list(self, kind: str, prefix: str = "") -> list[tuple[str, dict, str]]:
-        rows = self._connections.get().execute(
-            "SELECT id, body, etag FROM records WHERE kind = ? AND substr(id, 1, ?) = ? ORDER BY id",
-            (kind, len(prefix), prefix),
-        ).fetchall()
+        rows = (
+            self._connections.get()
+            .execute(
+                "SELECT id, body, etag FROM records WHERE kind = ? AND substr(id, 1, ?) = ? ORDER BY id",
+                (kind, len(prefix), prefix),
+            )
+            .fetchall()
+        )
         return [(record_id, jsontext.loads(body), etag) for record_id, body, etag in rows]

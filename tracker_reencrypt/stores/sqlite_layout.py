@@ -75,8 +75,11 @@ def _has_our_tables(connection: sqlite3.Connection) -> bool:
 
 def _is_blank(connection: sqlite3.Connection) -> bool:
     """A database nobody has written anything into (what connecting to a new path makes)."""
-    return (_layout_of(connection) == 0 and connection.execute("PRAGMA application_id").fetchone()[0] == 0
-            and connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0)
+    return (
+        _layout_of(connection) == 0
+        and connection.execute("PRAGMA application_id").fetchone()[0] == 0
+        and connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    )
 
 
 def _is_ours(connection: sqlite3.Connection) -> bool:
@@ -89,7 +92,8 @@ def _is_ours(connection: sqlite3.Connection) -> bool:
 
 
 def _url_of(path: Path) -> str:
-    """The store URL naming ``path`` (the inverse of :func:`tracker_reencrypt.stores.sqlite.path_from_url`), fit for messages."""
+    """The store URL naming ``path``, fit for messages (the inverse of
+    :func:`tracker_reencrypt.stores.sqlite.path_from_url`)."""
     return redact_url(f"sqlite:///{path}")
 
 
@@ -114,10 +118,14 @@ class Connections:
 
     def _open(self) -> sqlite3.Connection:
         if not self.create and not self.path.exists():
-            raise ConfigError(f"store {_url_of(self.path)} does not exist (no file {self.path.absolute()}): check the "
-                              f"path; only 'reencrypt seed' and 'reencrypt keys init' create a store")
+            raise ConfigError(
+                f"store {_url_of(self.path)} does not exist (no file {self.path.absolute()}): check the "
+                f"path; only 'reencrypt seed' and 'reencrypt keys init' create a store"
+            )
         if not self.path.parent.exists():
-            raise ConfigError(f"directory {self.path.parent} for SQLite store {self.path} does not exist: create it first")
+            raise ConfigError(
+                f"directory {self.path.parent} for SQLite store {self.path} does not exist: create it first"
+            )
         # mode=rw: a file removed since the check above must not be made again, empty.
         location = f"file:{quote(str(self.path.absolute()))}?mode={'rwc' if self.create else 'rw'}"
         try:
@@ -129,10 +137,14 @@ class Connections:
                 raise
         except sqlite3.DatabaseError as exc:
             if "locked" in str(exc):
-                raise StoreError(f"SQLite store {self.path} stayed locked for {LAYOUT_WAIT_MS / 1000:.0f} s while it was "
-                                 f"opened (another process rewriting it to layout {LAYOUT_VERSION}?): retry when that is done") from None
-            raise ConfigError(f"store {_url_of(self.path)} cannot be opened ({exc}): check the path names a store "
-                              f"made by 'reencrypt seed' or 'reencrypt keys init'") from None
+                raise StoreError(
+                    f"SQLite store {self.path} stayed locked for {LAYOUT_WAIT_MS / 1000:.0f} s while it was "
+                    f"opened (another process rewriting it to layout {LAYOUT_VERSION}?): retry when that is done"
+                ) from None
+            raise ConfigError(
+                f"store {_url_of(self.path)} cannot be opened ({exc}): check the path names a store "
+                f"made by 'reencrypt seed' or 'reencrypt keys init'"
+            ) from None
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
@@ -159,12 +171,17 @@ class Connections:
                 return
             self._refuse_newer(version)
             had_documents = connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'").fetchone()
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'"
+            ).fetchone()
             if had_documents:
-                log.info("SQLite store %s: rewriting its documents in scan order (layout 0 -> %d)", self.path, LAYOUT_VERSION)
+                log.info(
+                    "SQLite store %s: rewriting its documents in scan order (layout 0 -> %d)", self.path, LAYOUT_VERSION
+                )
                 connection.execute(_DOCUMENTS_TABLE.format(name="documents_clustered"))
-                connection.execute("INSERT INTO documents_clustered (epk, pk, id, etag, body)"
-                                   " SELECT epk, pk, id, etag, body FROM documents ORDER BY epk, pk, id")
+                connection.execute(
+                    "INSERT INTO documents_clustered (epk, pk, id, etag, body)"
+                    " SELECT epk, pk, id, etag, body FROM documents ORDER BY epk, pk, id"
+                )
                 connection.execute("DROP TABLE documents")  # and its EPK-order index
                 connection.execute("ALTER TABLE documents_clustered RENAME TO documents")
             else:
@@ -180,16 +197,22 @@ class Connections:
         if _is_blank(connection):
             if self.create:
                 return
-            raise ConfigError(f"store {_url_of(self.path)} is an empty SQLite file, not a reencrypt store: check the "
-                              f"path; only 'reencrypt seed' and 'reencrypt keys init' create a store")
-        raise ConfigError(f"store {_url_of(self.path)} is a SQLite database reencrypt did not make (no tracker "
-                          f"documents and records tables): check the path; reencrypt never adds its tables to "
-                          f"another application's database")
+            raise ConfigError(
+                f"store {_url_of(self.path)} is an empty SQLite file, not a reencrypt store: check the "
+                f"path; only 'reencrypt seed' and 'reencrypt keys init' create a store"
+            )
+        raise ConfigError(
+            f"store {_url_of(self.path)} is a SQLite database reencrypt did not make (no tracker "
+            f"documents and records tables): check the path; reencrypt never adds its tables to "
+            f"another application's database"
+        )
 
     def _refuse_newer(self, version: int) -> None:
         if version > LAYOUT_VERSION:
-            raise ConfigError(f"SQLite store {self.path} has layout {version}, newer than this reencrypt's "
-                              f"({LAYOUT_VERSION}): upgrade reencrypt")
+            raise ConfigError(
+                f"SQLite store {self.path} has layout {version}, newer than this reencrypt's "
+                f"({LAYOUT_VERSION}): upgrade reencrypt"
+            )
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)

@@ -11,11 +11,11 @@ stored in the record store (tolerating fields added later, with their defaults) 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args
-import uuid
 
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
 
@@ -26,8 +26,14 @@ FINISHED: frozenset[str] = frozenset({CANCELLED, COMPLETED, FAILED})
 
 #: What a slice counts, summed into the sweep's totals.
 COUNTERS = (
-    "documents_scanned", "documents_written", "documents_failed", "fields_reencrypted",
-    "fields_on_target", "fields_not_source", "conflicts", "failures",
+    "documents_scanned",
+    "documents_written",
+    "documents_failed",
+    "fields_reencrypted",
+    "fields_on_target",
+    "fields_not_source",
+    "conflicts",
+    "failures",
 )
 Counts = dict[str, int]
 
@@ -41,16 +47,16 @@ def add_counts(base: Mapping[str, int], more: Mapping[str, int]) -> Counts:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_utc(text: str) -> float:
     """Seconds since the epoch of a utc_now() timestamp."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def new_sweep_id() -> str:
-    return f"sw-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return f"sw-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def slice_id(sweep_id: str, index: int) -> str:

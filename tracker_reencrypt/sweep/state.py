@@ -44,8 +44,23 @@ from typing import Literal
 from tracker_reencrypt.errors import ConflictError, LeaseLostError, NotFoundError, SweepError, UnknownNameError
 from tracker_reencrypt.stores import FeedRange, RecordStore
 from tracker_reencrypt.sweep.records import (
-    CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, PLANNED, RUNNING, Counts, Failure, Slice, Status, Sweep,
-    add_counts, slice_id, sum_counts, utc_now, zero_counts,
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    PLANNED,
+    RUNNING,
+    Counts,
+    Failure,
+    Slice,
+    Status,
+    Sweep,
+    add_counts,
+    slice_id,
+    sum_counts,
+    utc_now,
+    zero_counts,
 )
 
 SWEEP, SLICE, FAILURE, LOCK = "sweep", "slice", "failure", "lock"
@@ -126,8 +141,9 @@ class SweepState:
             return None
         return self._live_holder(body)
 
-    def update_sweep(self, sweep_id: str, change: Callable[[Sweep], Sweep], *,
-                     only_if: Callable[[Sweep], bool] | None = None) -> Sweep:
+    def update_sweep(
+        self, sweep_id: str, change: Callable[[Sweep], Sweep], *, only_if: Callable[[Sweep], bool] | None = None
+    ) -> Sweep:
         """Apply ``change(sweep) -> sweep`` conditionally; ``only_if(sweep)`` False refuses."""
         while True:
             try:
@@ -150,11 +166,15 @@ class SweepState:
         current = self.get_sweep(sweep_id)
         if current.status not in allowed_from:
             raise SweepError(
-                f"sweep {sweep_id} is {current.status}; it can become {status} only from {', '.join(sorted(allowed_from))}"
+                f"sweep {sweep_id} is {current.status}; "
+                f"it can become {status} only from {', '.join(sorted(allowed_from))}"
             )
         finished_at = utc_now() if status in (CANCELLED, COMPLETED, FAILED) else current.finished_at
-        return self.update_sweep(sweep_id, lambda sweep: sweep.but(status=status, finished_at=finished_at),
-                                 only_if=lambda sweep: sweep.status in allowed_from)
+        return self.update_sweep(
+            sweep_id,
+            lambda sweep: sweep.but(status=status, finished_at=finished_at),
+            only_if=lambda sweep: sweep.status in allowed_from,
+        )
 
     def _take_active_lock(self, sweep_id: str) -> None:
         mine = {"sweep_id": sweep_id, "taken_at": self.clock()}
@@ -174,7 +194,9 @@ class SweepState:
         try:
             self.records.replace(LOCK, ACTIVE_LOCK_ID, mine, etag)
         except ConflictError:
-            raise SweepError("another sweep started on this container at the same moment: check 'reencrypt sweep status'") from None
+            raise SweepError(
+                "another sweep started on this container at the same moment: check 'reencrypt sweep status'"
+            ) from None
 
     def _live_holder(self, lock: dict) -> str | None:
         """The lock's sweep while it is live: not finished, or with no record yet but taken less
@@ -213,7 +235,9 @@ class SweepState:
                 return Claim("retry", retry_after=piece.lease_expires - now, why=f"leased by {piece.lease_owner}")
             if not piece.lease_owner and piece.fence != expected_fence:
                 return Claim("drop", why="stale message: the slice moved on")
-            claimed = piece.but(fence=piece.fence + 1, lease_owner=owner, lease_expires=now + lease_seconds, updated_at=now)
+            claimed = piece.but(
+                fence=piece.fence + 1, lease_owner=owner, lease_expires=now + lease_seconds, updated_at=now
+            )
             try:
                 self.records.replace(SLICE, record_id, claimed.to_record(), etag)
             except ConflictError:
@@ -222,15 +246,24 @@ class SweepState:
 
     def commit_slice(self, sweep_id: str, index: int, fence: int, result: BatchResult) -> Slice:
         """Write checkpoint and counts, release the lease: only while the fence is ours."""
-        return self._settle_slice(sweep_id, index, fence, lambda piece: piece.but(
-            continuation=result.continuation, done=result.done, error_retries=0,
-            counts=add_counts(piece.counts, result.counts)))
+        return self._settle_slice(
+            sweep_id,
+            index,
+            fence,
+            lambda piece: piece.but(
+                continuation=result.continuation,
+                done=result.done,
+                error_retries=0,
+                counts=add_counts(piece.counts, result.counts),
+            ),
+        )
 
     def release_slice(self, sweep_id: str, index: int, fence: int, *, failed: bool = False) -> Slice:
         """Give a claimed slice back at its checkpoint (the sweep was paused or cancelled, or the
         batch failed: then ``error_retries`` counts on, for the back-off of the next try)."""
-        return self._settle_slice(sweep_id, index, fence,
-                                  lambda piece: piece.but(error_retries=piece.error_retries + int(failed)))
+        return self._settle_slice(
+            sweep_id, index, fence, lambda piece: piece.but(error_retries=piece.error_retries + int(failed))
+        )
 
     def _settle_slice(self, sweep_id: str, index: int, fence: int, change: Callable[[Slice], Slice]) -> Slice:
         record_id = slice_id(sweep_id, index)
@@ -290,20 +323,35 @@ class SweepState:
             totals = sum_counts(slices)
             target = FAILED if totals["failures"] else COMPLETED
         before = sweep.status
-        after = self.update_sweep(sweep_id, lambda body: body.but(status=target, totals=totals, finished_at=utc_now()),
-                                  only_if=lambda body: body.status == before)
+        after = self.update_sweep(
+            sweep_id,
+            lambda body: body.but(status=target, totals=totals, finished_at=utc_now()),
+            only_if=lambda body: body.status == before,
+        )
         return after if after.status == target else None
 
     def pause_for(self, sweep_id: str, reason: str) -> Sweep:
         """Pause a running sweep because of a problem only a person can fix; ``reason`` is shown
         by ``sweep status``, the exporter and an alert, and cleared by ``sweep resume``."""
-        return self.update_sweep(sweep_id, lambda sweep: sweep.but(status=PAUSED, paused_reason=reason, last_error=reason),
-                                 only_if=lambda sweep: sweep.status == RUNNING)
+        return self.update_sweep(
+            sweep_id,
+            lambda sweep: sweep.but(status=PAUSED, paused_reason=reason, last_error=reason),
+            only_if=lambda sweep: sweep.status == RUNNING,
+        )
 
     # -- failures --------------------------------------------------------------------------
 
-    def record_failure(self, sweep_id: str, index: int, document_id: str, partition_key: str, field_path: str,
-                       reason: str, *, row: str = "") -> None:
+    def record_failure(
+        self,
+        sweep_id: str,
+        index: int,
+        document_id: str,
+        partition_key: str,
+        field_path: str,
+        reason: str,
+        *,
+        row: str = "",
+    ) -> None:
         """Record one field that could not be moved. Idempotent: a redone batch adds nothing.
 
         A failure is the same failure when its document id, partition key and field path are.
@@ -314,8 +362,16 @@ class SweepState:
         """
         identity = f"{document_id}\0{partition_key}\0{field_path}" + (f"\0{row}" if row else "")
         digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
-        failure = Failure(sweep_id=sweep_id, slice=index, document_id=document_id, partition_key=partition_key,
-                          field_path=field_path, reason=reason, at=utc_now(), row=row or None)
+        failure = Failure(
+            sweep_id=sweep_id,
+            slice=index,
+            document_id=document_id,
+            partition_key=partition_key,
+            field_path=field_path,
+            reason=reason,
+            at=utc_now(),
+            row=row or None,
+        )
         try:
             self.records.create(FAILURE, f"{sweep_id}/{digest}", failure.to_record())
         except ConflictError:

@@ -23,12 +23,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from keyvault_server import KeyVaultServer
-from loopback_vault import open_provider
-
-from conftest import FAST_RECOVERY, ROOT, Rotation, assert_every_field_on, free_port, make_rotation, run_cli, wait_for
-from coordinator.follow import STALL_S
 from test_sweep_fleet import all_documents, cli_json, pool_owners, start_sweep
+
+from coordinator.follow import STALL_S
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ConflictError
 from tracker_reencrypt.fleet import PROCESS_SLICE, make_celery, pending_messages
@@ -36,6 +33,10 @@ from tracker_reencrypt.seed import seed_store, seeding_keyring
 from tracker_reencrypt.stores import store_fingerprint
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep.state import SLICE, SWEEP
+
+from conftest import FAST_RECOVERY, ROOT, Rotation, assert_every_field_on, free_port, make_rotation, run_cli, wait_for
+from keyvault_server import KeyVaultServer
+from loopback_vault import open_provider
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,7 @@ FINISHED = ("cancelled", "completed", "failed")
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
 
 class Stored:
     """A sweep's records as the store keeps them (the JSON the workers and the CLI share),
@@ -58,8 +60,12 @@ class Stored:
 
     def find_sweep(self, timeout: float = 30) -> str:
         """The id of the store's one sweep, once a command has written it."""
-        self.sweep_id = wait_for(lambda: next((body["id"] for _, body, _ in self.records.list(SWEEP)), None),
-                                 timeout, 0.05, message="the sweep to be recorded")
+        self.sweep_id = wait_for(
+            lambda: next((body["id"] for _, body, _ in self.records.list(SWEEP)), None),
+            timeout,
+            0.05,
+            message="the sweep to be recorded",
+        )
         return self.sweep_id
 
     def sweep(self) -> dict:
@@ -79,8 +85,10 @@ class Stored:
         return {body["lease_owner"] for body in self.slices() if body["lease_owner"] and body["lease_expires"] > now}
 
     def describe(self) -> str:
-        slices = [(s["index"], s["done"], s["fence"], s["lease_owner"], s["counts"].get("documents_scanned"))
-                  for s in self.slices()]
+        slices = [
+            (s["index"], s["done"], s["fence"], s["lease_owner"], s["counts"].get("documents_scanned"))
+            for s in self.slices()
+        ]
         return f"sweep {self.sweep()}, slices (index, done, fence, lease, scanned): {slices}"
 
     def wait_finished(self, timeout: float, logs=lambda: "") -> dict:
@@ -120,8 +128,9 @@ def spawn(tmp_path):
     def spawn_one(name: str, argv: list[str], env: dict[str, str]) -> Spawned:
         log = tmp_path / f"{name}.log"
         with open(log, "ab") as out:
-            process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         started.append(Spawned(process, log))
         return started[-1]
 
@@ -137,8 +146,11 @@ def cli_worker(*options: str) -> list[str]:
 
 def wait_ready(worker: Spawned, timeout: float = 30) -> None:
     try:
-        wait_for(lambda: " ready." in worker.output() or worker.process.poll() is not None, timeout,
-                 message="the worker to say ready")
+        wait_for(
+            lambda: " ready." in worker.output() or worker.process.poll() is not None,
+            timeout,
+            message="the worker to say ready",
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{worker.output()[-3000:]}") from None
     assert worker.process.poll() is None, worker.output()[-3000:]
@@ -161,8 +173,11 @@ def outcomes(log: str, sweep_id: str) -> list[str]:
 # -- case 2: a cancel settles ----------------------------------------------------------------
 
 #: A worker whose one batch covers a whole slice (150 documents here).
-WHOLE_SLICE_BATCHES = {"REENCRYPT_BATCH_DOCUMENTS": "1000", "REENCRYPT_BATCH_SECONDS": "20",
-                       "REENCRYPT_LEASE_SECONDS": "40"}
+WHOLE_SLICE_BATCHES = {
+    "REENCRYPT_BATCH_DOCUMENTS": "1000",
+    "REENCRYPT_BATCH_SECONDS": "20",
+    "REENCRYPT_LEASE_SECONDS": "40",
+}
 
 
 def test_cancel_settles_to_cancelled_audits_both_steps_and_frees_the_container(rotation, fleet):
@@ -172,8 +187,12 @@ def test_cancel_settles_to_cancelled_audits_both_steps_and_frees_the_container(r
     long, _ = fleet.start(count=1, **WHOLE_SLICE_BATCHES)[0], fleet.start(count=1)
     sweep_id = start_sweep(rotation, "--slices", "4", "--rate", "50")
     stored = Stored(rotation, sweep_id)
-    wait_for(lambda: stored.scanned() > 0 and stored.live_leases() & pool_owners(long), 30, 0.05,
-             message="the first batch committed and a whole-slice batch in hand")
+    wait_for(
+        lambda: stored.scanned() > 0 and stored.live_leases() & pool_owners(long),
+        30,
+        0.05,
+        message="the first batch committed and a whole-slice batch in hand",
+    )
 
     asked = cli_json(rotation, "sweep", "cancel", sweep_id, "--json")
     assert asked["status"] == "cancelling", asked["status"]
@@ -194,6 +213,7 @@ def test_cancel_settles_to_cancelled_audits_both_steps_and_frees_the_container(r
 
 
 # -- case 4: workers of another store --------------------------------------------------------
+
 
 def test_a_worker_of_another_store_leaves_the_sweep_and_its_own_container_alone(rotation, fleet, spawn, tmp_path):
     other = make_rotation(tmp_path / "other", 100, rotation.redis_url)
@@ -230,12 +250,19 @@ def test_a_message_delivered_to_another_stores_worker_is_forwarded_not_lost(rota
     assert client.delete(ours) == 1 and pending_messages(client, ours) == (0, 0)
     their_app = make_celery(load_settings(store=other.store_url, redis_url=rotation.redis_url), rotation.redis_url)
     for index in range(slices):
-        their_app.send_task(PROCESS_SLICE, args=[sweep_id, index, 0],
-                            kwargs={"store": store_fingerprint(rotation.store_url)}, queue=theirs)
+        their_app.send_task(
+            PROCESS_SLICE,
+            args=[sweep_id, index, 0],
+            kwargs={"store": store_fingerprint(rotation.store_url)},
+            queue=theirs,
+        )
 
     try:
-        wait_for(lambda: len(outcomes(foreign.output(), sweep_id)) == slices, 30,
-                 message="the other store's worker to handle the misrouted messages")
+        wait_for(
+            lambda: len(outcomes(foreign.output(), sweep_id)) == slices,
+            30,
+            message="the other store's worker to handle the misrouted messages",
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{foreign.output()[-3000:]}") from None
     assert outcomes(foreign.output(), sweep_id) == ["forwarded to its own store's queue"] * slices
@@ -250,6 +277,7 @@ def test_a_message_delivered_to_another_stores_worker_is_forwarded_not_lost(rota
 
 
 # -- case 5: permanent and transient problems ------------------------------------------------
+
 
 @pytest.mark.parametrize("broken", ["keyring file", "store"])
 def test_a_worker_with_a_broken_configuration_exits_naming_the_problem(rotation, spawn, tmp_path, broken):
@@ -288,8 +316,11 @@ def test_a_healthy_worker_answers_its_liveness_and_readiness_probes(rotation, sp
     port = free_port()
     worker = spawn("healthy-worker", cli_worker("--health-port", str(port)), rotation.env())
     try:
-        wait_for(lambda: probe(port, "/readyz") == 200 or worker.process.poll() is not None, 30,
-                 message="/readyz to answer 200")
+        wait_for(
+            lambda: probe(port, "/readyz") == 200 or worker.process.poll() is not None,
+            30,
+            message="/readyz to answer 200",
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{worker.output()[-3000:]}") from None
     assert worker.process.poll() is None, worker.output()[-3000:]
@@ -320,21 +351,46 @@ def vault_rotation(home: Path, vault: KeyVaultServer, documents: int, redis_url:
         v2 = provider.rotate().kid
     finally:
         provider.close()
-    return Rotation(home, f"sqlite:///{home / 'tracker.db'}", f"{vault.url}/keys/{KEY_NAME}", v1, v2, documents,
-                    redis_url)
+    return Rotation(
+        home, f"sqlite:///{home / 'tracker.db'}", f"{vault.url}/keys/{KEY_NAME}", v1, v2, documents, redis_url
+    )
 
 
 def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(tmp_path, redis_url, vault, spawn):
     rotation = vault_rotation(tmp_path / "vaulted", vault, 300, redis_url)
     env = rotation.env(**FAST_RECOVERY, TEST_VAULT_CA=vault.cert_path, PYTHONPATH=str(ROOT / "tests"))
-    worker = spawn("vault-worker", [sys.executable, "-m", "celery", "-A", "vault_worker", "worker", "--queues",
-                                    rotation.queue(), "--concurrency", "2", "--loglevel", "INFO",
-                                    "--without-gossip", "--without-mingle", "--without-heartbeat"], env)
+    worker = spawn(
+        "vault-worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "vault_worker",
+            "worker",
+            "--queues",
+            rotation.queue(),
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env,
+    )
     wait_ready(worker)
 
     def reencrypt(*args: str) -> subprocess.CompletedProcess:  # the CLI, as a client of the loopback vault
-        return subprocess.run([sys.executable, "-m", "loopback_vault", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "loopback_vault", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     started = reencrypt("sweep", "start", "--to", rotation.v2, "--slices", "4", "--rate", "60", "--json")
     assert started.returncode == 0, started.stderr
@@ -370,6 +426,7 @@ def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(tm
 
 # -- case 10: a killed worker ----------------------------------------------------------------
 
+
 def test_a_killed_workers_slice_is_taken_over_within_its_lease_not_the_visibility_timeout(rotation, fleet):
     lease = float(FAST_RECOVERY["REENCRYPT_LEASE_SECONDS"])
     # The broker would hand the dead worker's message back only after ten minutes.
@@ -381,8 +438,12 @@ def test_a_killed_workers_slice_is_taken_over_within_its_lease_not_the_visibilit
         owners, now = pool_owners(doomed), time.time()
         return next((s for s in stored.slices() if s["lease_owner"] in owners and s["lease_expires"] > now), None)
 
-    held = wait_for(lambda: stored.scanned() > 0 and stored.status() == "running" and doomed_slice(), 20, 0.05,
-                    message="the doomed worker holding a slice lease mid-sweep")
+    held = wait_for(
+        lambda: stored.scanned() > 0 and stored.status() == "running" and doomed_slice(),
+        20,
+        0.05,
+        message="the doomed worker holding a slice lease mid-sweep",
+    )
     fleet.kill(doomed)
     killed = time.monotonic()
 
@@ -405,6 +466,7 @@ def test_a_killed_workers_slice_is_taken_over_within_its_lease_not_the_visibilit
 
 # -- case 11: --wait does not flood the queue ------------------------------------------------
 
+
 def backdate_untouched_slices(stored: Stored, seconds: float) -> int:
     """Make every slice no worker has touched yet look idle for ``seconds`` more: what a slow
     fleet's last slices look like after that long, without waiting for it."""
@@ -425,13 +487,35 @@ def test_sweep_start_wait_sends_no_flood_of_do_nothing_tasks(rotation, fleet, tm
     output = tmp_path / "wait.out"
     with open(output, "wb") as out:
         follower = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "sweep", "start", "--to", rotation.v2, "--slices", str(slices),
-             "--rate", "40", "--wait", "--json"], cwd=ROOT, env=rotation.env(), stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "sweep",
+                "start",
+                "--to",
+                rotation.v2,
+                "--slices",
+                str(slices),
+                "--rate",
+                "40",
+                "--wait",
+                "--json",
+            ],
+            cwd=ROOT,
+            env=rotation.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         stored = Stored(rotation)
         sweep_id = stored.find_sweep()
-        wait_for(lambda: len(stored.slices()) == slices and stored.status() == "running", 10, 0.05,
-                 message="the sweep's slices")
+        wait_for(
+            lambda: len(stored.slices()) == slices and stored.status() == "running",
+            10,
+            0.05,
+            message="the sweep's slices",
+        )
         # The slices still queued behind the worker have waited past the follower's stall
         # window: the old follower re-queued every idle slice each second from then on.
         assert backdate_untouched_slices(stored, 2 * STALL_S) >= slices // 2
@@ -461,18 +545,39 @@ def test_sweep_start_wait_sends_no_flood_of_do_nothing_tasks(rotation, fleet, tm
 
 # -- case 6: Ctrl-C on sweep start --wait ----------------------------------------------------
 
+
 def test_ctrl_c_on_sweep_start_wait_says_the_sweep_goes_on_and_how_to_stop_it(rotation, fleet, tmp_path):
     fleet.start(count=1)
     errors = tmp_path / "wait.err"
     with open(errors, "wb") as err:
         follower = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "sweep", "start", "--to", rotation.v2, "--slices", "4",
-             "--rate", "40", "--wait"], cwd=ROOT, env=rotation.env(), stdout=subprocess.PIPE, stderr=err)
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "sweep",
+                "start",
+                "--to",
+                rotation.v2,
+                "--slices",
+                "4",
+                "--rate",
+                "40",
+                "--wait",
+            ],
+            cwd=ROOT,
+            env=rotation.env(),
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
     try:
         stored = Stored(rotation)
         sweep_id = stored.find_sweep()
-        wait_for(lambda: stored.scanned() > 0 and f"sweep {sweep_id} started" in errors.read_text(), 30,
-                 message="the first progress")
+        wait_for(
+            lambda: stored.scanned() > 0 and f"sweep {sweep_id} started" in errors.read_text(),
+            30,
+            message="the first progress",
+        )
         try:  # the line saying where the sweep's messages wait comes first, when following starts
             wait_for(lambda: "following sweep" in errors.read_text(), 5, message="the following line")
         except AssertionError:

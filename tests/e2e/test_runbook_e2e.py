@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tracker_reencrypt.sweep.state import SweepState
+
 from conftest import Fleet, Rotation, assert_every_field_on, run_cli, wait_for
 from runbook_blocks import ROLLBACK_SECTIONS, ROTATION_SECTIONS, procedure
-from tracker_reencrypt.sweep.state import SweepState
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +40,17 @@ class Operator:
     def run(self, sections: tuple[int, ...]) -> subprocess.CompletedProcess:
         script = procedure(sections)
         assert script.strip(), f"no ```sh step in sections {sections} of the runbook"
-        env = self.rotation.env(REENCRYPT_ACTOR="runbook e2e (change CHG-TEST)",
-                                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-        result = subprocess.run(["bash", "-euxo", "pipefail", "-c", script], cwd=self.workdir, env=env,
-                                capture_output=True, text=True, timeout=600)
+        env = self.rotation.env(
+            REENCRYPT_ACTOR="runbook e2e (change CHG-TEST)", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        )
+        result = subprocess.run(
+            ["bash", "-euxo", "pipefail", "-c", script],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         # The transcript stays in the test's tmp dir, to read what each step printed.
         (self.workdir / f"sections-{'-'.join(map(str, sections))}.log").write_text(self.explain(result))
         return result
@@ -61,8 +69,10 @@ class Operator:
         return [entry["action"] for entry in json.loads(result.stdout)]
 
     def explain(self, result: subprocess.CompletedProcess) -> str:
-        return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n" \
-               f"--- workers\n{self.fleet.logs()[-3000:]}"
+        return (
+            f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n"
+            f"--- workers\n{self.fleet.logs()[-3000:]}"
+        )
 
 
 @pytest.fixture
@@ -70,8 +80,9 @@ def operator(tmp_path, redis_url):
     """`keys init` and `seed` through the CLI (the runbook itself rotates), two workers running."""
     home = tmp_path / "tracker"
     home.mkdir()
-    rotation = Rotation(home, f"sqlite:///{home / 'tracker.db'}", f"local:{home / 'keyring.json'}", "", "",
-                        DOCUMENTS, redis_url)
+    rotation = Rotation(
+        home, f"sqlite:///{home / 'tracker.db'}", f"local:{home / 'keyring.json'}", "", "", DOCUMENTS, redis_url
+    )
     for argv in (("keys", "init"), ("seed", "--docs", str(DOCUMENTS))):
         result = run_cli(*argv, env=rotation.env())
         assert result.returncode == 0, result.stderr
@@ -108,10 +119,23 @@ def test_rotation_then_rollback_as_written(operator):
 
     check = run_cli("audit", "--check", env=operator.rotation.env())
     assert check.returncode == 0, check.stdout + check.stderr
-    assert contains_in_order(operator.audit_actions(), [
-        "verify", "key rotated", "sweep started", "sweep completed", "verify", "key disabled",
-        "key enabled", "key promoted", "sweep started", "sweep completed", "verify", "key disabled",
-    ]), operator.audit_actions()
+    assert contains_in_order(
+        operator.audit_actions(),
+        [
+            "verify",
+            "key rotated",
+            "sweep started",
+            "sweep completed",
+            "verify",
+            "key disabled",
+            "key enabled",
+            "key promoted",
+            "sweep started",
+            "sweep completed",
+            "verify",
+            "key disabled",
+        ],
+    ), operator.audit_actions()
 
 
 def test_rollback_while_the_forward_sweep_runs(operator):
@@ -125,8 +149,11 @@ def test_rollback_while_the_forward_sweep_runs(operator):
     assert forward.returncode == 0, forward.stderr
     sweep_id = json.loads(forward.stdout)["sweep_id"]
     state = SweepState(operator.rotation.store().records())
-    wait_for(lambda: sum(s.counts.get("documents_written", 0) for s in state.slices(sweep_id)) > 0, 60,
-             message="the forward sweep to move some documents")
+    wait_for(
+        lambda: sum(s.counts.get("documents_written", 0) for s in state.slices(sweep_id)) > 0,
+        60,
+        message="the forward sweep to move some documents",
+    )
 
     rolled_back = operator.run(ROLLBACK_SECTIONS)
     assert rolled_back.returncode == 0, operator.explain(rolled_back)

@@ -17,12 +17,13 @@ from contextlib import closing
 
 import pytest
 
-from conftest import make_rotation, run_cli
 from coordinator.bench import references
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.stores.sqlite import SqliteStore, effective_partition_key
+
+from conftest import make_rotation, run_cli
 
 DOCS, SAMPLE, DEK_SHARE = 300, 100, 64
 
@@ -53,9 +54,21 @@ def test_bench_json_reports_every_figure_with_sane_values(tmp_path, redis_url):
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
 
-    for name in ("docs", "fleet_docs_per_s", "w1_docs_per_s", "naive_docs_per_s", "bound_docs_per_s", "unwraps",
-                 "distinct_source_deks", "peak_rss_mb_per_worker", "fleet_vs_naive", "w2_vs_w1",
-                 "fleet_per_core_vs_bound", "targets", "runs"):
+    for name in (
+        "docs",
+        "fleet_docs_per_s",
+        "w1_docs_per_s",
+        "naive_docs_per_s",
+        "bound_docs_per_s",
+        "unwraps",
+        "distinct_source_deks",
+        "peak_rss_mb_per_worker",
+        "fleet_vs_naive",
+        "w2_vs_w1",
+        "fleet_per_core_vs_bound",
+        "targets",
+        "runs",
+    ):
         assert name in report, name
     assert report["docs"] == DOCS
     assert report["sample"] == SAMPLE
@@ -106,12 +119,14 @@ def test_bench_json_reports_every_figure_with_sane_values(tmp_path, redis_url):
 
     # Re-keying plus the store, serially: the two single-process costs per document added up.
     assert report["rekey_and_store_docs_per_s"] == pytest.approx(
-        1 / (1 / bound["docs_per_s"] + 1 / store_only["docs_per_s"]), rel=0.01)
+        1 / (1 / bound["docs_per_s"] + 1 / store_only["docs_per_s"]), rel=0.01
+    )
 
     assert {t["result"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
     assert len(report["targets"]) == 7
-    assert report["w1_per_core_vs_bound"] == pytest.approx(report["w1_docs_per_s"] / report["bound_docs_per_s"],
-                                                           rel=0.01)
+    assert report["w1_per_core_vs_bound"] == pytest.approx(
+        report["w1_docs_per_s"] / report["bound_docs_per_s"], rel=0.01
+    )
 
 
 def test_references_scan_an_unreadable_row_but_never_write_it(tmp_path, monkeypatch):
@@ -121,12 +136,21 @@ def test_references_scan_an_unreadable_row_but_never_write_it(tmp_path, monkeypa
     rotation = make_rotation(tmp_path, 20)
     garbled = '{"id": "garbled", "productId": "p", "title": "'
     with closing(sqlite3.connect(tmp_path / "tracker.db")) as db, db:
-        db.execute("INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)",
-                   (effective_partition_key("p"), "p", "garbled", '"raw"', garbled))
+        db.execute(
+            "INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)",
+            (effective_partition_key("p"), "p", "garbled", '"raw"', garbled),
+        )
     store = SqliteStore(tmp_path / "tracker.db", create=False)
     provider = LocalKeyProvider(tmp_path / "keyring.json")
-    spans = references.ReferenceSpans(store, references.load_sample(store, 21), provider, rotation.v2,
-                                      load_settings(), spans=1, container_documents=21)
+    spans = references.ReferenceSpans(
+        store,
+        references.load_sample(store, 21),
+        provider,
+        rotation.v2,
+        load_settings(),
+        spans=1,
+        container_documents=21,
+    )
     spans.measure_span(lambda _: None)
     runs = spans.results()
     store.close()
@@ -134,4 +158,6 @@ def test_references_scan_an_unreadable_row_but_never_write_it(tmp_path, monkeypa
     assert runs.store_only.documents == runs.bound.documents == runs.naive.documents == 21
     with closing(sqlite3.connect(tmp_path / "tracker.db")) as db:
         assert db.execute("SELECT etag, CAST(body AS TEXT) FROM documents WHERE id = 'garbled'").fetchone() == (
-            '"raw"', garbled)
+            '"raw"',
+            garbled,
+        )

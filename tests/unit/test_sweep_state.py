@@ -8,7 +8,16 @@ from tracker_reencrypt.errors import LeaseLostError, SweepError, UnknownNameErro
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep import state as state_module
 from tracker_reencrypt.sweep.records import (
-    CANCELLED, CANCELLING, COMPLETED, FAILED, PAUSED, RUNNING, Failure, Slice, Sweep, zero_counts,
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    RUNNING,
+    Failure,
+    Slice,
+    Sweep,
+    zero_counts,
 )
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
 
@@ -35,8 +44,10 @@ def state(tmp_path, clock):
 
 def start(state, sweep_id="sw-1", slices=2):
     ranges = [{"epk_min": i, "epk_max": i + 1} for i in range(slices)]
-    return state.create_sweep(Sweep(id=sweep_id, target_kid="k/v2", mode="reencrypt", status=RUNNING,
-                                    started_at="2026-11-29T00:00:00Z"), ranges)
+    return state.create_sweep(
+        Sweep(id=sweep_id, target_kid="k/v2", mode="reencrypt", status=RUNNING, started_at="2026-11-29T00:00:00Z"),
+        ranges,
+    )
 
 
 def counts(**values):
@@ -49,7 +60,9 @@ def test_a_claimed_slice_is_worked_once_and_continues_at_the_new_fence(state):
     assert claim.action == "work" and claim.fence == 1
     state.commit_slice("sw-1", 0, claim.fence, BatchResult("cont-1", False, counts(documents_scanned=5)))
 
-    assert state.claim_slice("sw-1", 0, expected_fence=0, owner="b", lease_seconds=30).action == "drop"  # stale duplicate
+    assert (
+        state.claim_slice("sw-1", 0, expected_fence=0, owner="b", lease_seconds=30).action == "drop"
+    )  # stale duplicate
     again = state.claim_slice("sw-1", 0, expected_fence=1, owner="b", lease_seconds=30)
     assert again.action == "work" and again.slice.continuation == "cont-1"
 
@@ -72,7 +85,9 @@ def test_counts_add_up_across_batches_and_the_sweep_completes_when_every_slice_i
     start(state)
     for index in range(2):
         claim = state.claim_slice("sw-1", index, 0, "a", 30)
-        state.commit_slice("sw-1", index, claim.fence, BatchResult(None, True, counts(documents_scanned=3, fields_reencrypted=4)))
+        state.commit_slice(
+            "sw-1", index, claim.fence, BatchResult(None, True, counts(documents_scanned=3, fields_reencrypted=4))
+        )
     finished = state.settle("sw-1")
     assert finished.status == COMPLETED
     assert state.totals("sw-1")["fields_reencrypted"] == 8
@@ -88,7 +103,8 @@ def test_failures_make_the_sweep_failed_and_are_recorded_once(state):
     state.commit_slice("sw-1", 0, claim.fence, BatchResult(None, True, counts(failures=1)))
     assert state.settle("sw-1").status == FAILED
     assert [(f.document_id, f.field_path, f.reason) for f in state.failures("sw-1")] == [
-        ("doc-1", "/title", "authentication_failed")]
+        ("doc-1", "/title", "authentication_failed")
+    ]
 
 
 def test_one_active_sweep_per_container_until_it_finishes(state):
@@ -103,7 +119,9 @@ def test_one_active_sweep_per_container_until_it_finishes(state):
 
 def test_a_lock_whose_sweep_was_never_written_blocks_only_for_the_grace_period(state, clock):
     # A start that took the lock and is still writing its sweep record: nobody else may start.
-    state.records.create(state_module.LOCK, state_module.ACTIVE_LOCK_ID, {"sweep_id": "sw-writing", "taken_at": clock()})
+    state.records.create(
+        state_module.LOCK, state_module.ACTIVE_LOCK_ID, {"sweep_id": "sw-writing", "taken_at": clock()}
+    )
     assert state.active_sweep_id() == "sw-writing"
     with pytest.raises(SweepError, match="sw-writing is still active"):
         start(state, "sw-2")
@@ -176,11 +194,14 @@ def test_audit_chain_detects_an_altered_and_a_removed_entry(tmp_path):
     store = SqliteStore(tmp_path / "a.db")
     trail = AuditTrail(store.records())
     for action in ("key rotated", "sweep started", "verify", "key disabled"):
-        trail.append(action, who="ops@host", kid="k/v2")
+        trail.append(action, "ops@host", kid="k/v2")
     assert trail.check() == []
 
     db = store._db
-    db.execute("UPDATE records SET body = json_set(body, '$.details.kid', 'k/v9') WHERE kind = 'audit' AND id = ?", (f"{2:012d}",))
+    db.execute(
+        "UPDATE records SET body = json_set(body, '$.details.kid', 'k/v9') WHERE kind = 'audit' AND id = ?",
+        (f"{2:012d}",),
+    )
     assert trail.check() == ["entry 2 was altered (hash mismatch)"]
     db.execute("DELETE FROM records WHERE kind = 'audit' AND id = ?", (f"{2:012d}",))
     assert any("entry 2 is missing" in problem for problem in trail.check())
@@ -199,8 +220,20 @@ def test_records_round_trip_and_a_misspelt_field_is_an_error_not_a_silent_none(s
 
 
 def test_limits_travel_flat_in_the_record_as_the_cli_prints_them():
-    sweep = Sweep.from_record({"id": "s", "target_kid": "k", "mode": "reencrypt", "status": RUNNING,
-                               "rate": 50.0, "kv_ops_per_s": None, "ru_per_s": 0})
+    sweep = Sweep.from_record(
+        {
+            "id": "s",
+            "target_kid": "k",
+            "mode": "reencrypt",
+            "status": RUNNING,
+            "rate": 50.0,
+            "kv_ops_per_s": None,
+            "ru_per_s": 0,
+        }
+    )
     assert dict(sweep.limits) == {"rate": 50.0} and sweep.limit("ru_per_s") is None
     assert {key: sweep.to_record()[key] for key in ("rate", "kv_ops_per_s", "ru_per_s")} == {
-        "rate": 50.0, "kv_ops_per_s": None, "ru_per_s": None}
+        "rate": 50.0,
+        "kv_ops_per_s": None,
+        "ru_per_s": None,
+    }

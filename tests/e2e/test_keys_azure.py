@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from azure.core.credentials import AccessToken
 from azure.identity import CredentialUnavailableError
-from keyvault_server import TENANT, KeyVaultServer
 
 from tracker_reencrypt import envelope
 from tracker_reencrypt.envelope import Location
@@ -27,6 +26,8 @@ from tracker_reencrypt.errors import (
 from tracker_reencrypt.keys import WRAP_ALGORITHM, open_key_provider
 from tracker_reencrypt.keys.azure import AzureKeyVaultProvider
 from tracker_reencrypt.keys.keyring import Keyring
+
+from keyvault_server import TENANT, KeyVaultServer
 
 KEY_NAME = "tracker-mek"
 # Retry-After: 0 falls back to the SDK's exponential backoff; keep it short in tests.
@@ -450,7 +451,8 @@ def test_an_unknown_version_is_key_not_found(vault, provider):
 
 
 @pytest.mark.parametrize(
-    "kid", ["https://127.0.0.1:1/keys/tracker-mek/abc", "{vault}/keys/tracker-mek", "{vault}/keys/other/abc", "not a url"]
+    "kid",
+    ["https://127.0.0.1:1/keys/tracker-mek/abc", "{vault}/keys/tracker-mek", "{vault}/keys/other/abc", "not a url"],
 )
 def test_ids_that_are_not_a_version_of_this_key_are_refused_without_a_call(vault, provider, kid):
     kid = kid.format(vault=vault.url)

@@ -11,7 +11,7 @@ workers where a sweep must move fields.
 - the smaller refusals: lease vs batch bound, `--slices` bound, `keys rotate` during a sweep; a
   killed `seed` resumed; the dry run telling fields under a kid nobody knows from fields that move.
 
-Helpers (``cli``, ``invoke``, ``tree``...) are tests/test_cli.py's: every call is also checked
+Helpers (``cli``, ``invoke``, ``tree``...) are tests/e2e/test_cli.py's: every call is also checked
 for a traceback and for private key material in what it printed.
 """
 
@@ -28,8 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Fleet, Rotation, free_port, run_cli, wait_for
-from test_cli import assert_unchanged, base_env, cli, cli_json, invoke, invoke_all, one_error_line, records, tree
 from tracker_reencrypt import envelope
 from tracker_reencrypt.audit import GENESIS, _digest
 from tracker_reencrypt.custody import gate_problem
@@ -38,15 +36,24 @@ from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.stores.sqlite import SqliteStore
 
+from conftest import ROOT, Fleet, Rotation, free_port, run_cli, wait_for
+from test_cli import assert_unchanged, base_env, cli, cli_json, invoke, invoke_all, one_error_line, records, tree
+
 V1, V2, V9 = "tracker-mek/v1", "tracker-mek/v2", "tracker-mek/v9"
 
 
 # -- set-up as an operator does it ---------------------------------------------------------------
 
+
 def operator_env(home: Path, redis_url: str, store: str = "big.db", **extra: str) -> dict[str, str]:
     """REENCRYPT_STORE naming ``home/store``, the keyring ``home/keyring.json``, our Redis."""
-    return base_env(home, REENCRYPT_STORE=f"sqlite:///{home / store}", REENCRYPT_KEYS=f"local:{home / 'keyring.json'}",
-                    REDIS_URL=redis_url, **extra)
+    return base_env(
+        home,
+        REENCRYPT_STORE=f"sqlite:///{home / store}",
+        REENCRYPT_KEYS=f"local:{home / 'keyring.json'}",
+        REDIS_URL=redis_url,
+        **extra,
+    )
 
 
 def seeded_container(env: dict[str, str], docs: int, *, init: bool = True) -> None:
@@ -91,6 +98,7 @@ def sweep_to(env: dict[str, str], fleet: Fleet, to: str, *extra: str) -> dict:
 
 # -- 1. a mistyped or foreign store --------------------------------------------------------------
 
+
 def test_a_mistyped_or_foreign_store_is_refused_by_every_command_and_left_untouched(tmp_path, redis_url):
     env = operator_env(tmp_path, redis_url)
     seeded_container(env, 40)
@@ -120,8 +128,11 @@ def test_a_mistyped_or_foreign_store_is_refused_by_every_command_and_left_untouc
         "audit --check": ("audit", "--check"),
     }
     wrong = {"typo": (f"sqlite:///{typo}", "does not exist"), "foreign": (f"sqlite:///{foreign}", "did not make")}
-    calls = {(which, name): (("--store", url, *args), env) for which, (url, _) in wrong.items()
-             for name, args in commands.items()}
+    calls = {
+        (which, name): (("--store", url, *args), env)
+        for which, (url, _) in wrong.items()
+        for name, args in commands.items()
+    }
     # seed may create a store, never adopt another application's file (nor mark the key with it)
     calls[("foreign", "seed")] = (("--store", wrong["foreign"][0], "seed", "--docs", "5"), env)
     results = invoke_all({f"{which}: {name}": call for (which, name), call in calls.items()})
@@ -159,6 +170,7 @@ def test_verify_fails_on_a_container_with_no_document_unless_allowed(tmp_path, r
 
 # -- 2. the disable gate -------------------------------------------------------------------------
 
+
 def test_disable_needs_a_passing_verify_made_after_the_rotation(tmp_path, redis_url, fleets):
     env = operator_env(tmp_path, redis_url)
     db, keyring = tmp_path / "big.db", tmp_path / "keyring.json"
@@ -180,8 +192,10 @@ def test_disable_needs_a_passing_verify_made_after_the_rotation(tmp_path, redis_
     assert f"disabled {V1} (checked SQLite store {db} and every container the key protects)" in disabled
     assert keyring_versions(env) == [(V1, "disabled", False), (V2, "enabled", True)]
     entry = records(db, "audit")[-1][1]
-    assert (entry["action"], entry["details"]) == ("key disabled", {"kid": V1, "forced": False,
-                                                                     "store": f"SQLite store {db}"})
+    assert (entry["action"], entry["details"]) == (
+        "key disabled",
+        {"kid": V1, "forced": False, "store": f"SQLite store {db}"},
+    )
 
 
 def test_a_verify_older_than_the_rollback_is_no_proof(tmp_path, redis_url):
@@ -209,9 +223,12 @@ def test_a_verify_in_the_same_second_before_the_key_operation_is_no_proof():
     def entry(seq: int, action: str, **details) -> dict:
         return {"seq": seq, "at": second if seq > 2 else "2026-11-29T09:00:00Z", "action": action, "details": details}
 
-    trail = [entry(1, "key created", kid=V1), entry(2, "key rotated", kid=V2),
-             entry(3, "verify", expect=V1, ok=True, fields_by_kid={V1: 10}),
-             entry(4, "key promoted", kid=V1)]
+    trail = [
+        entry(1, "key created", kid=V1),
+        entry(2, "key rotated", kid=V2),
+        entry(3, "verify", expect=V1, ok=True, fields_by_kid={V1: 10}),
+        entry(4, "key promoted", kid=V1),
+    ]
     assert "has no passing verify since" in gate_problem(trail, V2, None, "container c")
     trail.append(entry(5, "verify", expect=V1, ok=True, fields_by_kid={V1: 10}))  # same second, after it
     assert gate_problem(trail, V2, None, "container c") is None
@@ -240,6 +257,7 @@ def test_a_key_protecting_two_containers_is_disabled_only_once_both_verified(tmp
 
 # -- 3. rollback ---------------------------------------------------------------------------------
 
+
 def sweep_record(db: Path, sweep_id: str) -> dict:
     return dict(records(db, "sweep"))[sweep_id]
 
@@ -253,8 +271,18 @@ def test_rollback_promotes_the_old_version_sweeps_back_and_disables_the_new(tmp_
 
     # The forward sweep, slowed down, abandoned half-way: some fields are on v2 already.
     forward = cli_json("sweep", "start", "--to", V2, "--slices", "2", "--rate", "40", env=env)["sweep_id"]
-    wait_for(lambda: sum(body["counts"]["fields_reencrypted"] for _, body in records(db, "slice")
-                         if body.get("sweep_id") == forward) > 0, 60, message="the forward sweep to move fields")
+    wait_for(
+        lambda: (
+            sum(
+                body["counts"]["fields_reencrypted"]
+                for _, body in records(db, "slice")
+                if body.get("sweep_id") == forward
+            )
+            > 0
+        ),
+        60,
+        message="the forward sweep to move fields",
+    )
     cli("sweep", "cancel", forward, env=env)  # the worker settles it once its batch in hand is over
     wait_for(lambda: sweep_record(db, forward)["status"] == "cancelled", 30, message="the forward sweep to settle")
 
@@ -279,10 +307,12 @@ def test_rollback_promotes_the_old_version_sweeps_back_and_disables_the_new(tmp_
 
 # -- 4. the audit anchor -------------------------------------------------------------------------
 
+
 def audit_rows(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as connection:
         rows = connection.execute(
-            "SELECT kind, id, etag, body FROM records WHERE kind = 'audit' ORDER BY id").fetchall()
+            "SELECT kind, id, etag, body FROM records WHERE kind = 'audit' ORDER BY id"
+        ).fetchall()
     connection.close()
     return rows
 
@@ -303,8 +333,12 @@ def test_audit_check_sees_a_trail_cut_short_or_rebuilt(tmp_path, redis_url):
     cli("keys", "promote", V1, env=env)
     cli("keys", "promote", V2, env=env)  # entry 4, anchored in the keyring
     original = audit_rows(db)
-    assert [json.loads(row[3])["action"] for row in original] == ["key created", "key rotated", "key promoted",
-                                                                  "key promoted"]
+    assert [json.loads(row[3])["action"] for row in original] == [
+        "key created",
+        "key rotated",
+        "key promoted",
+        "key promoted",
+    ]
     intact = cli("audit", "--check", env=env)
     assert "audit chain intact" in intact.stdout
 
@@ -336,6 +370,7 @@ def test_audit_check_sees_a_trail_cut_short_or_rebuilt(tmp_path, redis_url):
 
 
 # -- 5. the smaller points -----------------------------------------------------------------------
+
 
 def test_a_lease_shorter_than_two_batches_is_refused(tmp_path, redis_url):
     short = operator_env(tmp_path, redis_url, REENCRYPT_LEASE_SECONDS="15", REENCRYPT_BATCH_SECONDS="10")
@@ -386,11 +421,20 @@ def test_a_killed_seed_is_resumed_by_the_same_command(tmp_path, redis_url):
     env = operator_env(tmp_path, redis_url)
     db, docs = tmp_path / "big.db", 20_000
     cli("keys", "init", env=env)
-    seeding = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "seed", "--docs", str(docs)], cwd=ROOT,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seeding = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "seed", "--docs", str(docs)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: seeding.poll() is not None or document_count(db) > 0, 60, interval=0.01,
-                 message="the first documents")
+        wait_for(
+            lambda: seeding.poll() is not None or document_count(db) > 0,
+            60,
+            interval=0.01,
+            message="the first documents",
+        )
         seeding.send_signal(signal.SIGKILL)
     finally:
         seeding.kill()
@@ -437,13 +481,21 @@ def test_the_dry_run_reports_fields_under_an_unknown_kid_apart(rotation, fleet):
     orphans = add_document_under_unknown_kid(rotation)
     store = rotation.store()
     try:
-        on_v1 = sum(1 for d in store.scan(store.feed_ranges(1)[0], None, 10_000).documents
-                    for c in check_document(d.body, d.body["productId"], None) if c.kid == rotation.v1)
+        on_v1 = sum(
+            1
+            for d in store.scan(store.feed_ranges(1)[0], None, 10_000).documents
+            for c in check_document(d.body, d.body["productId"], None)
+            if c.kid == rotation.v1
+        )
     finally:
         store.close()
 
-    results = invoke_all({"json": (("sweep", "start", "--to", rotation.v2, "--dry-run", "--json"), env),
-                          "human": (("sweep", "start", "--to", rotation.v2, "--dry-run"), env)})
+    results = invoke_all(
+        {
+            "json": (("sweep", "start", "--to", rotation.v2, "--dry-run", "--json"), env),
+            "human": (("sweep", "start", "--to", rotation.v2, "--dry-run"), env),
+        }
+    )
     payload = json.loads(results["json"].stdout)
     assert payload["fields_by_kid"] == {rotation.v1: on_v1, V9: orphans}  # seen...
     assert list(payload["would_move"]) == [rotation.v1] and payload["fields_to_move"] == on_v1  # ...not "would move"

@@ -7,7 +7,7 @@ Refusals are checked to write nothing: the store file, the keyring and the home 
 stay byte for byte as they were.
 
 Sweeps here run without workers, so a started sweep stays active and its controls (pause,
-resume, throttle, cancel) can be observed; sweeps under real workers are tests/test_sweep_fleet.py.
+resume, throttle, cancel) can be observed; sweeps under real workers are tests/e2e/test_sweep_fleet.py.
 Independent read-only calls run a few at a time to keep the file fast. Redis is conftest's: each
 store has its own task queue, so no database of this file's own is needed (nor flushed).
 """
@@ -27,13 +27,12 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import ROOT, TEST_DB, Rotation, make_rotation, run_cli
 from tracker_reencrypt import envelope
 from tracker_reencrypt.documents import check_document, find_envelopes, location
 from tracker_reencrypt.keys.keyring import Keyring
@@ -41,15 +40,18 @@ from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep.state import SweepState
 
+from conftest import ROOT, TEST_DB, Rotation, make_rotation, run_cli
+
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 PARALLEL = 3
 
 
 # -- running the CLI ---------------------------------------------------------------------------
 
+
 def _keyring_path(env: dict[str, str]) -> Path | None:
     url = env.get("REENCRYPT_KEYS", "")
-    return Path(url[len("local:"):]) if url.startswith("local:") else None
+    return Path(url[len("local:") :]) if url.startswith("local:") else None
 
 
 def key_material(path: Path | None) -> set[str]:
@@ -113,12 +115,17 @@ def base_env(home: Path, **settings: str) -> dict[str, str]:
 
 # -- looking at what was written ---------------------------------------------------------------
 
+
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes; SQLite's shared-memory index and an empty WAL
     carry no data and are left out."""
     files = {}
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name.endswith("-shm") or (path.name.endswith("-wal") and path.stat().st_size == 0):
+        if (
+            not path.is_file()
+            or path.name.endswith("-shm")
+            or (path.name.endswith("-wal") and path.stat().st_size == 0)
+        ):
             continue
         files[str(path.relative_to(root))] = path.read_bytes()
     return files
@@ -164,11 +171,26 @@ def seeded(tmp_path_factory, redis_server_url) -> Rotation:
 # -- help and usage ----------------------------------------------------------------------------
 
 SUBCOMMANDS = [
-    (), ("keys",), ("sweep",),
-    ("keys", "init"), ("keys", "rotate"), ("keys", "list"), ("keys", "disable"), ("keys", "enable"),
-    ("sweep", "start"), ("sweep", "status"), ("sweep", "pause"), ("sweep", "resume"), ("sweep", "cancel"),
-    ("sweep", "throttle"), ("sweep", "failures"),
-    ("seed",), ("worker",), ("verify",), ("audit",), ("demo",),
+    (),
+    ("keys",),
+    ("sweep",),
+    ("keys", "init"),
+    ("keys", "rotate"),
+    ("keys", "list"),
+    ("keys", "disable"),
+    ("keys", "enable"),
+    ("sweep", "start"),
+    ("sweep", "status"),
+    ("sweep", "pause"),
+    ("sweep", "resume"),
+    ("sweep", "cancel"),
+    ("sweep", "throttle"),
+    ("sweep", "failures"),
+    ("seed",),
+    ("worker",),
+    ("verify",),
+    ("audit",),
+    ("demo",),
 ]
 
 
@@ -183,22 +205,30 @@ def test_every_help_works(tmp_path):
     for command in ("seed", "verify", "audit", "demo", "keys", "sweep"):
         assert command in results["(top)"].stdout
     # The console script itself, not only `python -m coordinator.cli`.
-    script = subprocess.run([str(Path(sys.executable).parent / "reencrypt"), "--help"], env=env, capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path)
+    script = subprocess.run(
+        [str(Path(sys.executable).parent / "reencrypt"), "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert script.returncode == 0 and "Usage:" in script.stdout, script.stderr
 
 
 def test_usage_errors_are_short_and_exit_2(tmp_path):
     """Typer vendors Click: its usage errors escaped main() as tracebacks before this was fixed."""
     env = base_env(tmp_path)
-    results = invoke_all({
-        "no command": ((), env),
-        "unknown command": (("bogus",), env),
-        "missing --to": (("sweep", "start"), env),
-        "missing --expect": (("verify",), env),
-        "bad number": (("sweep", "start", "--to", "x", "--slices", "many"), env),
-        "unknown option": (("keys", "list", "--colour"), env),
-    })
+    results = invoke_all(
+        {
+            "no command": ((), env),
+            "unknown command": (("bogus",), env),
+            "missing --to": (("sweep", "start"), env),
+            "missing --expect": (("verify",), env),
+            "bad number": (("sweep", "start", "--to", "x", "--slices", "many"), env),
+            "unknown option": (("keys", "list", "--colour"), env),
+        }
+    )
     for name, result in results.items():
         assert result.returncode == 2, f"{name}: exit {result.returncode}\n{result.stderr}"
     assert "Usage:" in results["no command"].stdout + results["no command"].stderr
@@ -212,12 +242,18 @@ def test_usage_errors_are_short_and_exit_2(tmp_path):
 
 # -- keys --------------------------------------------------------------------------------------
 
+
 def test_keys_init_rotate_list_on_a_local_keyring(tmp_path):
     keyring = tmp_path / "keys" / "keyring.json"
     env = base_env(tmp_path, REENCRYPT_KEYS=f"local:{keyring}")
 
     created = cli("keys", "init", "--json", env=env)
-    assert json.loads(created.stdout) == {**json.loads(created.stdout), "kid": "tracker-mek/v1", "status": "enabled", "current": True}
+    assert json.loads(created.stdout) == {
+        **json.loads(created.stdout),
+        "kid": "tracker-mek/v1",
+        "status": "enabled",
+        "current": True,
+    }
     assert "not recorded in the audit trail" in created.stderr  # no store configured: said, not hidden
     assert keyring.stat().st_mode & 0o777 == 0o600
     before = keyring.read_bytes()
@@ -230,15 +266,18 @@ def test_keys_init_rotate_list_on_a_local_keyring(tmp_path):
     assert (rotated["kid"], rotated["current"], rotated["status"]) == ("tracker-mek/v2", True, "enabled")
 
     before = keyring.read_bytes()
-    results = invoke_all({
-        "json": (("keys", "list", "--json"), env),
-        "table": (("keys", "list"), env),
-        # Disabling the current version is refused even with --force.
-        "disable current": (("keys", "disable", "tracker-mek/v2", "--force"), env),
-        "enable unknown": (("keys", "enable", "tracker-mek/v9"), env),
-    })
+    results = invoke_all(
+        {
+            "json": (("keys", "list", "--json"), env),
+            "table": (("keys", "list"), env),
+            # Disabling the current version is refused even with --force.
+            "disable current": (("keys", "disable", "tracker-mek/v2", "--force"), env),
+            "enable unknown": (("keys", "enable", "tracker-mek/v9"), env),
+        }
+    )
     assert [(v["kid"], v["status"], v["current"]) for v in json.loads(results["json"].stdout)] == [
-        ("tracker-mek/v1", "enabled", False), ("tracker-mek/v2", "enabled", True),
+        ("tracker-mek/v1", "enabled", False),
+        ("tracker-mek/v2", "enabled", True),
     ]
     assert "tracker-mek/v1" in results["table"].stdout and "tracker-mek/v2" in results["table"].stdout
     assert "current version" in one_error_line(results["disable current"])
@@ -254,10 +293,12 @@ def test_keys_disable_is_refused_while_fields_use_the_version(rotation):
     assert in_use > 0
     before = keyring.read_bytes()
 
-    refused = invoke_all({
-        "in use": (("keys", "disable", rotation.v1), env),
-        "current": (("keys", "disable", rotation.v2), env),
-    })
+    refused = invoke_all(
+        {
+            "in use": (("keys", "disable", rotation.v1), env),
+            "current": (("keys", "disable", rotation.v2), env),
+        }
+    )
     line = one_error_line(refused["in use"])
     assert f"{in_use} fields in SQLite store {rotation.home / 'tracker.db'} still use {rotation.v1}" in line
     assert "--force" in line
@@ -276,11 +317,14 @@ def test_keys_disable_is_refused_while_fields_use_the_version(rotation):
     assert statuses() == {rotation.v1: "enabled", rotation.v2: "enabled"}
 
     trail = [(e["action"], e["details"]) for _, e in records(db, "audit")]
-    assert trail == [("key disabled", {"kid": rotation.v1, "forced": True, "store": f"SQLite store {db}"}),
-                     ("key enabled", {"kid": rotation.v1})]
+    assert trail == [
+        ("key disabled", {"kid": rotation.v1, "forced": True, "store": f"SQLite store {db}"}),
+        ("key enabled", {"kid": rotation.v1}),
+    ]
 
 
 # -- seed --------------------------------------------------------------------------------------
+
 
 def _set(body, parts, value) -> None:
     for part in parts[:-1]:
@@ -299,7 +343,11 @@ def plaintext_documents(db: Path, keyring: Keyring) -> tuple[dict[str, dict], in
     for document in documents:
         body = json.loads(json.dumps(document.body))
         for parts, sealed in find_envelopes(document.body):
-            _set(body, parts, envelope.decrypt(sealed, location(document.body, document.body["productId"], parts), keyring))
+            _set(
+                body,
+                parts,
+                envelope.decrypt(sealed, location(document.body, document.body["productId"], parts), keyring),
+            )
             fields += 1
         plain[body["id"]] = body
     return plain, fields
@@ -312,10 +360,15 @@ def test_seed_is_deterministic_and_every_field_decrypts(tmp_path):
     cli("keys", "init", env=env)
 
     env["REENCRYPT_STORE"] = f"sqlite:///{ignored}"
-    seeds = invoke_all({
-        name: (("--store", f"sqlite:///{tmp_path / name}.db", "seed", "--docs", "200", "--seed", "7", "--json"), env)
-        for name in ("a", "b")
-    })
+    seeds = invoke_all(
+        {
+            name: (
+                ("--store", f"sqlite:///{tmp_path / name}.db", "seed", "--docs", "200", "--seed", "7", "--json"),
+                env,
+            )
+            for name in ("a", "b")
+        }
+    )
     for result in seeds.values():
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == {**json.loads(result.stdout), "documents": 200, "kid": "tracker-mek/v1"}
@@ -329,24 +382,35 @@ def test_seed_is_deterministic_and_every_field_decrypts(tmp_path):
     assert {body["type"] for body in first.values()} >= {"item", "comment", "attachment", "api_key"}
     assert any("@example.com" in str(body.get("reporterEmail")) for body in first.values())
     # Same content, fresh ciphertext: nonces and data keys are random.
-    raw_a = {d.id: d.body for d in SqliteStore(tmp_path / "a.db").scan({"epk_min": 0, "epk_max": 2**32}, None, 1000).documents}
-    raw_b = {d.id: d.body for d in SqliteStore(tmp_path / "b.db").scan({"epk_min": 0, "epk_max": 2**32}, None, 1000).documents}
+    raw_a = {
+        d.id: d.body
+        for d in SqliteStore(tmp_path / "a.db").scan({"epk_min": 0, "epk_max": 2**32}, None, 1000).documents
+    }
+    raw_b = {
+        d.id: d.body
+        for d in SqliteStore(tmp_path / "b.db").scan({"epk_min": 0, "epk_max": 2**32}, None, 1000).documents
+    }
     item = next(i for i, body in raw_a.items() if body["type"] == "item")
     assert raw_a[item]["title"]["ct"] != raw_b[item]["title"]["ct"]
 
 
 # -- sweep start: dry run and refusals ---------------------------------------------------------
 
+
 def test_dry_run_reports_counts_by_kid_and_kind_and_writes_nothing(seeded):
     env = seeded.env()
     before = tree(seeded.home)
     documents, by_kid, kinds = field_census(seeded)
 
-    results = invoke_all({
-        "json": (("sweep", "start", "--to", seeded.v2, "--dry-run", "--json"), env),
-        "human": (("sweep", "start", "--to", seeded.v2, "--from", seeded.v1, "--dry-run"), env),
-    })
-    assert results["json"].returncode == 0 and results["human"].returncode == 0, results["json"].stderr + results["human"].stderr
+    results = invoke_all(
+        {
+            "json": (("sweep", "start", "--to", seeded.v2, "--dry-run", "--json"), env),
+            "human": (("sweep", "start", "--to", seeded.v2, "--from", seeded.v1, "--dry-run"), env),
+        }
+    )
+    assert results["json"].returncode == 0 and results["human"].returncode == 0, (
+        results["json"].stderr + results["human"].stderr
+    )
     payload = json.loads(results["json"].stdout)
     assert payload["dry_run"] is True and payload["target_kid"] == seeded.v2
     assert payload["documents"] == documents == seeded.documents
@@ -370,16 +434,18 @@ def test_sweep_start_refusals_write_nothing(rotation):
     before = tree(rotation.home)
     start = ("sweep", "start", "--to")
     v3 = "tracker-mek/v3"
-    results = invoke_all({
-        "unknown target": ((*start, "tracker-mek/v9"), env),
-        "unknown target (dry run)": ((*start, "tracker-mek/v9", "--dry-run"), env),
-        "disabled target": ((*start, rotation.v2), env),
-        "--from is the target": ((*start, v3, "--from", v3), env),
-        "unknown --from": ((*start, v3, "--from", "tracker-mek/v8"), env),
-        "unknown mode": ((*start, v3, "--mode", "shuffle"), env),
-        "no slices": ((*start, v3, "--slices", "0"), env),
-        "negative rate": ((*start, v3, "--rate", "-5"), env),
-    })
+    results = invoke_all(
+        {
+            "unknown target": ((*start, "tracker-mek/v9"), env),
+            "unknown target (dry run)": ((*start, "tracker-mek/v9", "--dry-run"), env),
+            "disabled target": ((*start, rotation.v2), env),
+            "--from is the target": ((*start, v3, "--from", v3), env),
+            "unknown --from": ((*start, v3, "--from", "tracker-mek/v8"), env),
+            "unknown mode": ((*start, v3, "--mode", "shuffle"), env),
+            "no slices": ((*start, v3, "--slices", "0"), env),
+            "negative rate": ((*start, v3, "--rate", "-5"), env),
+        }
+    )
     expected = {
         "unknown target": "target key 'tracker-mek/v9' is unknown",
         "unknown target (dry run)": "target key 'tracker-mek/v9' is unknown",
@@ -421,6 +487,7 @@ def test_a_second_sweep_is_refused_while_one_is_active(rotation):
 
 # -- steering a sweep --------------------------------------------------------------------------
 
+
 def test_sweep_status_pause_resume_throttle_cancel(rotation):
     env = rotation.env()
     sweep_id = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "3", "--rate", "40", env=env)["sweep_id"]
@@ -428,22 +495,27 @@ def test_sweep_status_pause_resume_throttle_cancel(rotation):
     def status() -> dict:
         return cli_json("sweep", "status", sweep_id, env=env)
 
-    looks = invoke_all({
-        "by id": (("sweep", "status", sweep_id, "--json"), env),
-        "latest": (("sweep", "status", "--json"), env),
-        "human": (("sweep", "status"), env),
-        "unknown": (("sweep", "status", "sw-19990101-000000-abcdef"), env),
-        "all": (("sweep", "status", "--all", "--json"), env),
-        "all human": (("sweep", "status", "--all"), env),
-        "bare throttle": (("sweep", "throttle", sweep_id), env),
-    })
+    looks = invoke_all(
+        {
+            "by id": (("sweep", "status", sweep_id, "--json"), env),
+            "latest": (("sweep", "status", "--json"), env),
+            "human": (("sweep", "status"), env),
+            "unknown": (("sweep", "status", "sw-19990101-000000-abcdef"), env),
+            "all": (("sweep", "status", "--all", "--json"), env),
+            "all human": (("sweep", "status", "--all"), env),
+            "bare throttle": (("sweep", "throttle", sweep_id), env),
+        }
+    )
     shown = json.loads(looks["by id"].stdout)
     assert (shown["sweep"]["id"], shown["sweep"]["status"], shown["sweep"]["rate"]) == (sweep_id, "running", 40)
     assert len(shown["slices"]) == 3 and shown["totals"]["documents_scanned"] == 0 and shown["active_leases"] == 0
     assert shown["budget_estimate"].startswith("at 40 docs/s: ~")  # time left under the sweep's budget
     assert json.loads(looks["latest"].stdout)["sweep"]["id"] == sweep_id  # the latest by default
     assert sweep_id in looks["human"].stdout and "running" in looks["human"].stdout
-    assert "no sweep 'sw-19990101-000000-abcdef'" in one_error_line(looks["unknown"]) and "--all" in looks["unknown"].stderr
+    assert (
+        "no sweep 'sw-19990101-000000-abcdef'" in one_error_line(looks["unknown"])
+        and "--all" in looks["unknown"].stderr
+    )
     assert [(s["id"], s["status"]) for s in json.loads(looks["all"].stdout)] == [(sweep_id, "running")]
     assert sweep_id in looks["all human"].stdout
     assert "--rate" in one_error_line(looks["bare throttle"]) and "--unlimited" in looks["bare throttle"].stderr
@@ -452,56 +524,77 @@ def test_sweep_status_pause_resume_throttle_cancel(rotation):
     assert cli_json("sweep", "throttle", sweep_id, "--unlimited", env=env)["rate"] is None
 
     assert cli_json("sweep", "pause", sweep_id, env=env)["status"] == "paused"
-    paused = invoke_all({"status": (("sweep", "status", sweep_id, "--json"), env), "again": (("sweep", "pause", sweep_id), env)})
+    paused = invoke_all(
+        {"status": (("sweep", "status", sweep_id, "--json"), env), "again": (("sweep", "pause", sweep_id), env)}
+    )
     assert json.loads(paused["status"].stdout)["sweep"]["status"] == "paused"
     assert "is paused" in one_error_line(paused["again"])
 
     resumed = cli_json("sweep", "resume", sweep_id, env=env)
     assert resumed == {"sweep_id": sweep_id, "status": "running", "slices_queued": 3}
     unlimited = status()
-    assert (unlimited["sweep"]["status"], unlimited["sweep"]["rate"]) == ("running", None)  # --unlimited held through pause and resume
+    assert (unlimited["sweep"]["status"], unlimited["sweep"]["rate"]) == (
+        "running",
+        None,
+    )  # --unlimited held through pause and resume
     assert unlimited["budget_estimate"] == ""  # no budget, no estimate under one
 
     assert cli_json("sweep", "cancel", sweep_id, env=env)["status"] == "cancelled"
     assert status()["sweep"]["status"] == "cancelled"
     before = tree(rotation.home)
-    refused = invoke_all({
-        "resume": (("sweep", "resume", sweep_id), env),
-        "cancel": (("sweep", "cancel", sweep_id), env),
-        "throttle": (("sweep", "throttle", sweep_id, "--rate", "3"), env),
-        "pause": (("sweep", "pause", sweep_id), env),
-    })
+    refused = invoke_all(
+        {
+            "resume": (("sweep", "resume", sweep_id), env),
+            "cancel": (("sweep", "cancel", sweep_id), env),
+            "throttle": (("sweep", "throttle", sweep_id, "--rate", "3"), env),
+            "pause": (("sweep", "pause", sweep_id), env),
+        }
+    )
     assert "only a paused or running sweep can be resumed" in one_error_line(refused["resume"])
     for name in ("cancel", "throttle", "pause"):
         assert f"sweep {sweep_id} is cancelled" in one_error_line(refused[name]), name
     assert_unchanged(before, rotation.home, "refused controls of a cancelled sweep")
 
     actions = [body["action"] for _, body in records(rotation.home / "tracker.db", "audit")]
-    assert actions == ["sweep started", "sweep throttled", "sweep throttled", "sweep paused", "sweep resumed",
-                       "sweep cancel requested", "sweep cancelled"]  # no batch in hand: settled at once
+    assert actions == [
+        "sweep started",
+        "sweep throttled",
+        "sweep throttled",
+        "sweep paused",
+        "sweep resumed",
+        "sweep cancel requested",
+        "sweep cancelled",
+    ]  # no batch in hand: settled at once
 
 
 def test_sweep_failures_as_csv_and_json(rotation):
     env = rotation.env()
     sweep_id = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "2", env=env)["sweep_id"]
 
-    empty = invoke_all({"csv": (("sweep", "failures", sweep_id, "--format", "csv"), env),
-                        "json": (("sweep", "failures", sweep_id, "--format", "json"), env)})
+    empty = invoke_all(
+        {
+            "csv": (("sweep", "failures", sweep_id, "--format", "csv"), env),
+            "json": (("sweep", "failures", sweep_id, "--format", "json"), env),
+        }
+    )
     assert empty["csv"].stdout.splitlines() == ["document_id,partition_key,field_path,reason,slice,at"]
     assert json.loads(empty["json"].stdout) == []
 
     # A failure as a worker records it (workers themselves are test_sweep_fleet.py's business).
     store = rotation.store()
-    SweepState(store.records()).record_failure(sweep_id, 1, "doc-0000042", "product-007", "/customFields/1/value",
-                                               "authentication_failed")
+    SweepState(store.records()).record_failure(
+        sweep_id, 1, "doc-0000042", "product-007", "/customFields/1/value", "authentication_failed"
+    )
     store.close()
-    results = invoke_all({
-        "csv": (("sweep", "failures", sweep_id, "--format", "csv"), env),
-        "json": (("sweep", "failures", sweep_id, "--format", "json"), env),
-        "table": (("sweep", "failures", sweep_id), env),
-        "format": (("sweep", "failures", sweep_id, "--format", "xml"), env),
-        "sweep": (("sweep", "failures", "sw-nope", "--format", "csv"), env),
-    })
+    results = invoke_all(
+        {
+            "csv": (("sweep", "failures", sweep_id, "--format", "csv"), env),
+            "json": (("sweep", "failures", sweep_id, "--format", "json"), env),
+            "table": (("sweep", "failures", sweep_id), env),
+            "format": (("sweep", "failures", sweep_id, "--format", "xml"), env),
+            "sweep": (("sweep", "failures", "sw-nope", "--format", "csv"), env),
+        }
+    )
     rows = list(csv.DictReader(io.StringIO(results["csv"].stdout)))
     assert [(r["document_id"], r["partition_key"], r["field_path"], r["reason"], r["slice"]) for r in rows] == [
         ("doc-0000042", "product-007", "/customFields/1/value", "authentication_failed", "1"),
@@ -518,15 +611,18 @@ def test_sweep_failures_as_csv_and_json(rotation):
 
 # -- verify ------------------------------------------------------------------------------------
 
+
 def test_verify_fails_on_the_old_key_and_passes_after_a_sweep(rotation, fleet):
     env = rotation.env()
     _, by_kid, _ = field_census(rotation)
     fields = by_kid[rotation.v1]
 
-    results = invoke_all({
-        "verify": (("verify", "--expect", rotation.v2, "--json"), env),
-        "unknown": (("verify", "--expect", "tracker-mek/v7"), env),
-    })
+    results = invoke_all(
+        {
+            "verify": (("verify", "--expect", rotation.v2, "--json"), env),
+            "unknown": (("verify", "--expect", "tracker-mek/v7"), env),
+        }
+    )
     assert results["verify"].returncode == 1, results["verify"].stderr
     before = json.loads(results["verify"].stdout)
     assert before["documents"] == rotation.documents
@@ -541,7 +637,12 @@ def test_verify_fails_on_the_old_key_and_passes_after_a_sweep(rotation, fleet):
 
     after = cli_json("verify", "--expect", rotation.v2, env=env)
     assert after["fields_by_kid"] == {rotation.v2: fields}
-    assert (after["documents"], after["undecryptable"], after["off_target"], after["ok"]) == (rotation.documents, 0, 0, True)
+    assert (after["documents"], after["undecryptable"], after["off_target"], after["ok"]) == (
+        rotation.documents,
+        0,
+        0,
+        True,
+    )
     # Nothing uses it any more and the passing verify is in the trail: no --force needed.
     disabled = " ".join(cli("keys", "disable", rotation.v1, env=env).stdout.split())  # rich wraps at 80 columns
     assert f"disabled {rotation.v1} (checked SQLite store {rotation.home / 'tracker.db'}" in disabled
@@ -549,11 +650,17 @@ def test_verify_fails_on_the_old_key_and_passes_after_a_sweep(rotation, fleet):
 
 # -- audit -------------------------------------------------------------------------------------
 
+
 def test_audit_trail_records_who_did_what_and_detects_tampering(tmp_path, redis_url):
     db = tmp_path / "tracker.db"
-    env = base_env(tmp_path, REENCRYPT_STORE=f"sqlite:///{db}", REENCRYPT_KEYS=f"local:{tmp_path / 'keyring.json'}",
-                   REDIS_URL=redis_url, REENCRYPT_ACTOR="alice@ops")
-    started = datetime.now(timezone.utc).replace(microsecond=0)
+    env = base_env(
+        tmp_path,
+        REENCRYPT_STORE=f"sqlite:///{db}",
+        REENCRYPT_KEYS=f"local:{tmp_path / 'keyring.json'}",
+        REDIS_URL=redis_url,
+        REENCRYPT_ACTOR="alice@ops",
+    )
+    started = datetime.now(UTC).replace(microsecond=0)
     cli("keys", "init", env=env)
     cli("seed", "--docs", "20", env=env)
     cli("keys", "rotate", env=env)
@@ -565,8 +672,8 @@ def test_audit_trail_records_who_did_what_and_detects_tampering(tmp_path, redis_
     assert [e["action"] for e in entries] == ["key created", "key rotated", "sweep started", "verify", "key disabled"]
     assert {e["who"] for e in entries} == {"alice@ops"}
     for entry in entries:
-        when = datetime.strptime(entry["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        assert started <= when <= datetime.now(timezone.utc)
+        when = datetime.strptime(entry["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert started <= when <= datetime.now(UTC)
     assert entries[1]["details"] == {"kid": "tracker-mek/v2"}
     assert entries[2]["details"]["sweep_id"] == sweep_id
     assert (entries[3]["details"]["expect"], entries[3]["details"]["ok"]) == ("tracker-mek/v2", False)
@@ -578,15 +685,19 @@ def test_audit_trail_records_who_did_what_and_detects_tampering(tmp_path, redis_
     # Altered details: entry 2 now claims another key was rotated in.
     original = dict(records(db, "audit"))["000000000002"]
     with sqlite3.connect(db) as connection:
-        connection.execute("UPDATE records SET body = ? WHERE kind = 'audit' AND id = '000000000002'",
-                           (json.dumps({**original, "details": {"kid": "tracker-mek/v9"}}),))
+        connection.execute(
+            "UPDATE records SET body = ? WHERE kind = 'audit' AND id = '000000000002'",
+            (json.dumps({**original, "details": {"kid": "tracker-mek/v9"}}),),
+        )
     connection.close()
     altered = cli_json("audit", "--check", env=env, code=1)
     assert altered["problems"] == ["entry 2 was altered (hash mismatch)"]
 
     # Put it back, then delete a middle entry instead.
     with sqlite3.connect(db) as connection:
-        connection.execute("UPDATE records SET body = ? WHERE kind = 'audit' AND id = '000000000002'", (json.dumps(original),))
+        connection.execute(
+            "UPDATE records SET body = ? WHERE kind = 'audit' AND id = '000000000002'", (json.dumps(original),)
+        )
         connection.execute("DELETE FROM records WHERE kind = 'audit' AND id = '000000000003'")
     connection.close()
     deleted = cli("audit", "--check", env=env, code=1)
@@ -607,28 +718,67 @@ def _config_cases(rotation: Rotation, tmp_path: Path):
     open_keyring.chmod(0o644)
     to = ("sweep", "start", "--to", rotation.v2)
     return {
-        "no store (status)": (("sweep", "status"), {"REENCRYPT_STORE": None}, ["no store configured", "REENCRYPT_STORE", "--store"]),
+        "no store (status)": (
+            ("sweep", "status"),
+            {"REENCRYPT_STORE": None},
+            ["no store configured", "REENCRYPT_STORE", "--store"],
+        ),
         "no store (seed)": (("seed", "--docs", "5"), {"REENCRYPT_STORE": None}, ["no store configured"]),
         "no store (verify)": (("verify", "--expect", rotation.v2), {"REENCRYPT_STORE": None}, ["no store configured"]),
         "no keys": (("keys", "list"), {"REENCRYPT_KEYS": None}, ["no keys configured", "REENCRYPT_KEYS"]),
-        "mongodb store": (("sweep", "status"), {"REENCRYPT_STORE": "mongodb://x"}, ["store URL 'mongodb://x' is not understood"]),
-        "relative sqlite url": (("sweep", "status"), {"REENCRYPT_STORE": "sqlite://relative"}, ["'sqlite://relative' is not a SQLite file URL"]),
-        "bad keys url": (("keys", "list"), {"REENCRYPT_KEYS": "foo:bar"}, ["key provider URL 'foo:bar' is not understood"]),
+        "mongodb store": (
+            ("sweep", "status"),
+            {"REENCRYPT_STORE": "mongodb://x"},
+            ["store URL 'mongodb://x' is not understood"],
+        ),
+        "relative sqlite url": (
+            ("sweep", "status"),
+            {"REENCRYPT_STORE": "sqlite://relative"},
+            ["'sqlite://relative' is not a SQLite file URL"],
+        ),
+        "bad keys url": (
+            ("keys", "list"),
+            {"REENCRYPT_KEYS": "foo:bar"},
+            ["key provider URL 'foo:bar' is not understood"],
+        ),
         # A credential pasted into a URL is never echoed back (SECRET is checked absent below).
-        "cosmos url with a key": (("sweep", "status"), {"REENCRYPT_STORE": f"cosmos://acct:{SECRET}@host/db/c"},
-                                  ["'cosmos://***@host/db/c' must name"]),
-        "store url with a query": (("sweep", "status"), {"REENCRYPT_STORE": f"cosmos://host/db/c?key={SECRET}"},
-                                   ["'cosmos://host/db/c?***' must name"]),
-        "missing keyring": (("keys", "rotate"), {"REENCRYPT_KEYS": f"local:{tmp_path / 'absent.json'}"},
-                            ["absent.json does not exist", "keys init"]),
+        "cosmos url with a key": (
+            ("sweep", "status"),
+            {"REENCRYPT_STORE": f"cosmos://acct:{SECRET}@host/db/c"},
+            ["'cosmos://***@host/db/c' must name"],
+        ),
+        "store url with a query": (
+            ("sweep", "status"),
+            {"REENCRYPT_STORE": f"cosmos://host/db/c?key={SECRET}"},
+            ["'cosmos://host/db/c?***' must name"],
+        ),
+        "missing keyring": (
+            ("keys", "rotate"),
+            {"REENCRYPT_KEYS": f"local:{tmp_path / 'absent.json'}"},
+            ["absent.json does not exist", "keys init"],
+        ),
         "missing keyring (sweep)": (to, {"REENCRYPT_KEYS": f"local:{tmp_path / 'absent.json'}"}, ["does not exist"]),
-        "world-readable keyring": (("keys", "rotate"), {"REENCRYPT_KEYS": f"local:{open_keyring}"},
-                                   ["readable by group or others", f"chmod 600 {open_keyring}"]),
-        "world-readable keyring (verify)": (("verify", "--expect", rotation.v2), {"REENCRYPT_KEYS": f"local:{open_keyring}"},
-                                            ["chmod 600"]),
+        "world-readable keyring": (
+            ("keys", "rotate"),
+            {"REENCRYPT_KEYS": f"local:{open_keyring}"},
+            ["readable by group or others", f"chmod 600 {open_keyring}"],
+        ),
+        "world-readable keyring (verify)": (
+            ("verify", "--expect", rotation.v2),
+            {"REENCRYPT_KEYS": f"local:{open_keyring}"},
+            ["chmod 600"],
+        ),
         "malformed REDIS_URL": (to, {"REDIS_URL": "http://x"}, ["REDIS_URL", "redis://"]),
-        "unreachable Redis": (to, {"REDIS_URL": "redis://127.0.0.1:1/0"}, ["redis://127.0.0.1:1/0 is unreachable", "REDIS_URL"]),
-        "unreachable Redis (flag)": (("--redis-url", "redis://127.0.0.1:1/0", *to), {}, ["redis://127.0.0.1:1/0 is unreachable"]),
+        "unreachable Redis": (
+            to,
+            {"REDIS_URL": "redis://127.0.0.1:1/0"},
+            ["redis://127.0.0.1:1/0 is unreachable", "REDIS_URL"],
+        ),
+        "unreachable Redis (flag)": (
+            ("--redis-url", "redis://127.0.0.1:1/0", *to),
+            {},
+            ["redis://127.0.0.1:1/0 is unreachable"],
+        ),
     }
 
 
@@ -667,10 +817,27 @@ def test_configuration_errors_are_one_line_exit_2_and_write_nothing(seeded, tmp_
 
 def test_flags_override_the_environment(seeded):
     env = {**seeded.env(), "REENCRYPT_STORE": "mongodb://x", "REENCRYPT_KEYS": "foo:bar", "REDIS_URL": "http://x"}
-    results = invoke_all({
-        "store": (("--store", seeded.store_url, "--redis-url", "redis://127.0.0.1:1/0", "sweep", "status", "--all", "--json"), env),
-        "keys": (("--keys", seeded.keys_url, "--redis-url", "redis://127.0.0.1:1/0", "keys", "list", "--json"), env),
-    })
+    results = invoke_all(
+        {
+            "store": (
+                (
+                    "--store",
+                    seeded.store_url,
+                    "--redis-url",
+                    "redis://127.0.0.1:1/0",
+                    "sweep",
+                    "status",
+                    "--all",
+                    "--json",
+                ),
+                env,
+            ),
+            "keys": (
+                ("--keys", seeded.keys_url, "--redis-url", "redis://127.0.0.1:1/0", "keys", "list", "--json"),
+                env,
+            ),
+        }
+    )
     assert results["store"].returncode == 0 and json.loads(results["store"].stdout) == [], results["store"].stderr
     assert results["keys"].returncode == 0, results["keys"].stderr
     assert [v["kid"] for v in json.loads(results["keys"].stdout)] == [seeded.v1, seeded.v2]
@@ -687,11 +854,13 @@ def test_errors_never_show_key_material(seeded, tmp_path):
     damaged.chmod(0o600)
     env = {**seeded.env(), "REENCRYPT_KEYS": f"local:{damaged}"}
 
-    results = invoke_all({
-        "verify": (("verify", "--expect", seeded.v2), env),
-        "seed": (("--store", f"sqlite:///{tmp_path / 'new.db'}", "seed", "--docs", "3"), env),
-        "listed": (("keys", "list", "--json"), env),
-    })
+    results = invoke_all(
+        {
+            "verify": (("verify", "--expect", seeded.v2), env),
+            "seed": (("--store", f"sqlite:///{tmp_path / 'new.db'}", "seed", "--docs", "3"), env),
+            "listed": (("keys", "list", "--json"), env),
+        }
+    )
     assert f"keyring key '{seeded.v1}' is not a complete RSA private JWK" in one_error_line(results["verify"])
     assert f"keyring key '{seeded.v2}' is not a complete RSA private JWK" in one_error_line(results["seed"])
     assert results["listed"].returncode == 0
@@ -700,6 +869,7 @@ def test_errors_never_show_key_material(seeded, tmp_path):
 
 
 # -- demo --------------------------------------------------------------------------------------
+
 
 def _processes_mentioning(marker: str) -> list[psutil.Process]:
     """Live processes whose command line or environment names ``marker``."""
@@ -721,14 +891,25 @@ def test_demo_runs_a_whole_rotation_and_leaves_nothing_running(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("REENCRYPT_") and k != "REDIS_URL"}
     env["REENCRYPT_HOME"] = str(home)
     seen: set[str] = set()
-    demo = subprocess.Popen([str(Path(sys.executable).parent / "reencrypt"), "demo", "--docs", "300"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen(
+        [str(Path(sys.executable).parent / "reencrypt"), "demo", "--docs", "300"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while demo.poll() is None and time.monotonic() < deadline:
             for process in _processes_mentioning(str(home)):
-                seen.add("redis-server" if "redis-server" in (process.info["name"] or "") else
-                         "celery" if "celery" in " ".join(process.info["cmdline"] or []) else "other")
+                seen.add(
+                    "redis-server"
+                    if "redis-server" in (process.info["name"] or "")
+                    else "celery"
+                    if "celery" in " ".join(process.info["cmdline"] or [])
+                    else "other"
+                )
             time.sleep(0.4)
         stdout, stderr = demo.communicate(timeout=max(1, deadline - time.monotonic()))
         assert "Traceback" not in stderr

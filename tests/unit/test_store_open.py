@@ -157,9 +157,19 @@ def test_our_first_layout_is_recognised_and_migrated_by_a_plain_open(tmp_path):
     path = tmp_path / "old.db"
     sql(path, _LAYOUT_0)
     with closing(sqlite3.connect(path)) as db:
-        db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
-                       [(f"p-{n % 3}", f"doc-{n}", effective_partition_key(f"p-{n % 3}"), f'"e{n}"',
-                         json.dumps({"id": f"doc-{n}", "productId": f"p-{n % 3}"})) for n in range(9)])
+        db.executemany(
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    f"p-{n % 3}",
+                    f"doc-{n}",
+                    effective_partition_key(f"p-{n % 3}"),
+                    f'"e{n}"',
+                    json.dumps({"id": f"doc-{n}", "productId": f"p-{n % 3}"}),
+                )
+                for n in range(9)
+            ],
+        )
         db.commit()
 
     store = open_store(url(path))

@@ -23,7 +23,7 @@ from tracker_reencrypt.keys import keyring as keyring_module
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "envelope-v1.json").read_text(encoding="utf-8"))
+VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "envelope-v1.json").read_text(encoding="utf-8"))
 V1, V2, V3 = "tracker-mek/v1", "tracker-mek/v2", "tracker-mek/v3"
 
 
@@ -212,7 +212,8 @@ def test_each_kid_has_its_own_materials(provider):
     current = envelope.encrypt("d", where(3), keyring)  # no kid: the provider's current version (v2)
     assert dek_of(a1) == dek_of(a2) and current["kid"] == V2 and dek_of(current) == dek_of(b1)
     assert provider.unwrap(V1, "RSA-OAEP-256", base64.urlsafe_b64decode(a1["dek"] + "==")) != provider.unwrap(
-        V2, "RSA-OAEP-256", base64.urlsafe_b64decode(b1["dek"] + "=="))
+        V2, "RSA-OAEP-256", base64.urlsafe_b64decode(b1["dek"] + "==")
+    )
 
 
 def test_reencrypt_under_a_new_kid_uses_a_fresh_dek(provider):
@@ -224,9 +225,11 @@ def test_reencrypt_under_a_new_kid_uses_a_fresh_dek(provider):
     source_dek, target_dek = unwrap(sealed[0]), unwrap(moved[0])
     assert source_dek != target_dek
     assert len({dek_of(m) for m in moved}) == 1  # the fresh DEK is itself shared, within bounds
-    assert all(m["iv"] != s["iv"] and m["ct"] != s["ct"] for m, s in zip(moved, sealed))
+    assert all(m["iv"] != s["iv"] and m["ct"] != s["ct"] for m, s in zip(moved, sealed, strict=True))
     reader = Keyring(provider)
-    assert [envelope.decrypt(m, where(i), reader) for i, m in enumerate(moved)] == [f"user{i}@example.com" for i in range(5)]
+    assert [envelope.decrypt(m, where(i), reader) for i, m in enumerate(moved)] == [
+        f"user{i}@example.com" for i in range(5)
+    ]
 
 
 def test_rewrap_wraps_each_source_dek_once_per_target(provider):

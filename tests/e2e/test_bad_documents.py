@@ -9,7 +9,6 @@ from contextlib import closing
 
 import pytest
 
-from conftest import make_rotation, run_cli
 from coordinator.context import Context
 from coordinator.sweeps import SAMPLE_DOCUMENTS, _sample
 from tracker_reencrypt.config import load_settings
@@ -20,6 +19,8 @@ from tracker_reencrypt.stores.sqlite import SqliteStore, effective_partition_key
 from tracker_reencrypt.sweep.records import RUNNING, Sweep
 from tracker_reencrypt.sweep.state import SweepState
 from worker.batch import BatchLimits, SliceBatch
+
+from conftest import make_rotation, run_cli
 
 GOOD = 60
 #: Well past MAX_DEPTH, yet within what the SQLite store's JSON codec (msgspec, then json) can
@@ -53,8 +54,10 @@ def insert_raw(rotation, row_id: str, partition_key: str, text: str) -> None:
     write JSON nested past the codec's limit or text that is not JSON."""
     db = sqlite3.connect(rotation.home / "tracker.db")
     with db:
-        db.execute("INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)",
-                   (effective_partition_key(partition_key), partition_key, row_id, '"raw"', text))
+        db.execute(
+            "INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)",
+            (effective_partition_key(partition_key), partition_key, row_id, '"raw"', text),
+        )
     db.close()
 
 
@@ -84,16 +87,25 @@ def container(tmp_path):
         insert_raw(rotation, row_id, partition_key, text)
     store.create(nested(DEEP, "deep", partition_key))
     store.close()
-    expected = sorted([("no-pk", "", "", "no_partition_key"), ("42", partition_key, "", "bad_id"),
-                       ("?", "", "", "not_an_object"), ("?", "", "", "not_an_object"),
-                       ("deep", partition_key, "", "too_deep"), ("deeper", partition_key, "", "too_deep"),
-                       ("garbled", partition_key, "", "invalid_json")])
+    expected = sorted(
+        [
+            ("no-pk", "", "", "no_partition_key"),
+            ("42", partition_key, "", "bad_id"),
+            ("?", "", "", "not_an_object"),
+            ("?", "", "", "not_an_object"),
+            ("deep", partition_key, "", "too_deep"),
+            ("deeper", partition_key, "", "too_deep"),
+            ("garbled", partition_key, "", "invalid_json"),
+        ]
+    )
     return rotation, expected
 
 
 def start_sweep(state: SweepState, store: SqliteStore, target_kid: str) -> Sweep:
-    return state.create_sweep(Sweep(id="sw-bad", target_kid=target_kid, mode="reencrypt", status=RUNNING,
-                                    started_at="2026-11-29T00:00:00Z"), store.feed_ranges(1))
+    return state.create_sweep(
+        Sweep(id="sw-bad", target_kid=target_kid, mode="reencrypt", status=RUNNING, started_at="2026-11-29T00:00:00Z"),
+        store.feed_ranges(1),
+    )
 
 
 def run_slice(state: SweepState, store: SqliteStore, keyring: Keyring, sweep: Sweep) -> int:
@@ -111,8 +123,11 @@ def run_slice(state: SweepState, store: SqliteStore, keyring: Keyring, sweep: Sw
 
 def good_documents(store: SqliteStore) -> list[dict]:
     """The seeded documents, in scan order (the seed names them doc-NNNNNNN)."""
-    return [d.body for d in store.scan({"epk_min": 0, "epk_max": 2**32}, None, 1_000).documents
-            if isinstance(d.body, dict) and str(d.body.get("id")).startswith("doc-")]
+    return [
+        d.body
+        for d in store.scan({"epk_min": 0, "epk_max": 2**32}, None, 1_000).documents
+        if isinstance(d.body, dict) and str(d.body.get("id")).startswith("doc-")
+    ]
 
 
 def failures(state: SweepState, sweep_id: str) -> list[tuple]:
@@ -159,7 +174,9 @@ def test_a_redone_batch_records_each_failure_once_telling_apart_documents_withou
     assert failures(state, sweep.id) == expected  # ...and recorded once
     partition_key = next(f[1] for f in expected if f[3] == "bad_id")
     assert sorted(f.row for f in state.failures(sweep.id) if f.document_id == "?") == [
-        json.dumps([partition_key, "array"]), json.dumps([partition_key, "text"])]
+        json.dumps([partition_key, "array"]),
+        json.dumps([partition_key, "text"]),
+    ]
     assert all(f.row is None for f in state.failures(sweep.id) if f.document_id != "?")
 
 
@@ -173,10 +190,18 @@ def test_verify_reports_bad_documents_and_fails_without_a_traceback(container):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     payload = json.loads(result.stdout)
     assert payload["ok"] is False
-    assert (payload["documents"], payload["off_target"], payload["undecryptable"]) == (GOOD + len(expected), 0,
-                                                                                       len(expected))
-    assert sorted((e["document_id"], e["partition_key"], e["field_path"], e["reason"])
-                  for e in payload["undecryptable_examples"]) == expected
+    assert (payload["documents"], payload["off_target"], payload["undecryptable"]) == (
+        GOOD + len(expected),
+        0,
+        len(expected),
+    )
+    assert (
+        sorted(
+            (e["document_id"], e["partition_key"], e["field_path"], e["reason"])
+            for e in payload["undecryptable_examples"]
+        )
+        == expected
+    )
 
 
 def test_a_sweep_s_sample_measures_the_good_documents_and_passes_over_the_bad(container):
@@ -191,8 +216,9 @@ def test_a_sweep_s_sample_measures_the_good_documents_and_passes_over_the_bad(co
 
     sample = _sample(ctx, feed_ranges)
     assert sample["documents"] == len(page)
-    assert sample["average_bytes"] == pytest.approx(sum(len(json.dumps(b, separators=(",", ":"))) for b in good)
-                                                    / len(good))
+    assert sample["average_bytes"] == pytest.approx(
+        sum(len(json.dumps(b, separators=(",", ":"))) for b in good) / len(good)
+    )
 
 
 class TrackerWritesAfterScan(SqliteStore):
@@ -215,8 +241,9 @@ def test_a_document_the_tracker_rewrote_into_a_bad_one_is_a_failure_after_the_co
     rotation, expected = container
     store = rotation.store()
     target = next(body for body in good_documents(store) if body["type"] == "item")
-    rewritten = TrackerWritesAfterScan(rotation.home / "tracker.db", target["id"],
-                                       lambda body: {**body, "a": nested(MAX_DEPTH, "inner", "x")})
+    rewritten = TrackerWritesAfterScan(
+        rotation.home / "tracker.db", target["id"], lambda body: {**body, "a": nested(MAX_DEPTH, "inner", "x")}
+    )
     state = SweepState(rewritten.records())
     sweep = start_sweep(state, rewritten, rotation.v2)
 

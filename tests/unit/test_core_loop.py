@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_every_field_on, make_rotation
-from inprocess_fleet import InProcessFleet
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.sweep.records import CANCELLED, CANCELLING, COMPLETED, PAUSED, RUNNING, Sweep, utc_now
+
+from conftest import assert_every_field_on, make_rotation
+from inprocess_fleet import InProcessFleet
 
 DOCUMENTS = 300
 BATCH = 40
@@ -32,9 +33,17 @@ def fleet_for(rotation, **settings) -> InProcessFleet:
 def start(fleet: InProcessFleet, target_kid: str, slices: int = 4) -> Sweep:
     """What 'sweep start' writes and sends, without the CLI's checks."""
     store = fleet.runtime.store
-    sweep = fleet.state.create_sweep(Sweep(id="sw-core", target_kid=target_kid, mode="reencrypt", status=RUNNING,
-                                           started_at=utc_now(), documents_estimate=store.count()),
-                                     store.feed_ranges(slices))
+    sweep = fleet.state.create_sweep(
+        Sweep(
+            id="sw-core",
+            target_kid=target_kid,
+            mode="reencrypt",
+            status=RUNNING,
+            started_at=utc_now(),
+            documents_estimate=store.count(),
+        ),
+        store.feed_ranges(slices),
+    )
     for index in range(sweep.slice_count):
         enqueue_slice(fleet.broker, sweep.id, index, 0)
     return sweep

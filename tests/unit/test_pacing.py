@@ -59,11 +59,13 @@ class Pacing:
     def bucket(self, resource: str = "documents", sweep_id: str | None = None) -> TokenBucket:
         return TokenBucket(self.backend, sweep_id or self.sweep_id, resource, sleep=self.sleep)
 
-    def share(self, back_off: BackOff = BackOff(), *, peer: bool = False, resource: str = "kv_ops",
-              calm_sync_s: float = 0.0) -> AdaptiveShare:
+    def share(
+        self, back_off: BackOff = BackOff(), *, peer: bool = False, resource: str = "kv_ops", calm_sync_s: float = 0.0
+    ) -> AdaptiveShare:
         backend = self.peer() if peer else self.backend
-        return AdaptiveShare(backend, self.sweep_id, resource, back_off=back_off, calm_sync_s=calm_sync_s,
-                             clock=self.clock)
+        return AdaptiveShare(
+            backend, self.sweep_id, resource, back_off=back_off, calm_sync_s=calm_sync_s, clock=self.clock
+        )
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -84,6 +86,7 @@ def pacing(request) -> Pacing:
 
 
 # -- the token bucket ------------------------------------------------------------------------
+
 
 def test_token_bucket_grants_one_second_of_burst_then_queues_callers_behind_its_debt(pacing):
     bucket = pacing.bucket()
@@ -123,6 +126,7 @@ def test_every_process_takes_from_one_bucket_per_sweep_and_resource(pacing):
 
 
 # -- the adaptive share ----------------------------------------------------------------------
+
 
 def test_429_halves_the_share_once_per_cooldown_down_to_a_floor(pacing):
     cooldown = BackOff(cooldown_s=0.2)
@@ -182,6 +186,7 @@ def test_an_unreachable_redis_is_a_transient_error_naming_redis():
 
 # -- the limits ------------------------------------------------------------------------------
 
+
 def test_limits_are_described_in_the_units_people_read():
     record = {"rate": 100, "kv_ops_per_s": 50.5, "ru_per_s": None}
     assert describe_limits(record) == "100 docs/s, 50.5 KV ops/s"
@@ -190,6 +195,7 @@ def test_limits_are_described_in_the_units_people_read():
 
 
 # -- the pacer, on the twin ------------------------------------------------------------------
+
 
 @dataclass
 class VaultCounts:
@@ -212,11 +218,18 @@ class Batch:
     shares: list[tuple[str, float]] = field(default_factory=list)
 
     def pacer(self) -> Pacer:
-        return Pacer(self.backend, "sw-1", dict(self.limits), self.cost, self.vault,  # type: ignore[arg-type]
-                     reread_limits=lambda: dict(self.limits),
-                     on_wait=lambda limit, seconds: self.waits.append((limit, seconds)),
-                     on_share=lambda resource, share: self.shares.append((resource, share)),
-                     clock=self.clock, sleep=self.clock.sleep)
+        return Pacer(
+            self.backend,
+            "sw-1",
+            dict(self.limits),
+            self.cost,
+            self.vault,  # type: ignore[arg-type]
+            reread_limits=lambda: dict(self.limits),
+            on_wait=lambda limit, seconds: self.waits.append((limit, seconds)),
+            on_share=lambda resource, share: self.shares.append((resource, share)),
+            clock=self.clock,
+            sleep=self.clock.sleep,
+        )
 
     def waited(self, limit: str) -> float:
         return sum(seconds for name, seconds in self.waits if name == limit)

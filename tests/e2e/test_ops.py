@@ -41,6 +41,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 
 # -- what the code exports ----------------------------------------------------------------------
 
+
 def sample_names(name: str, kind: str) -> set[str]:
     """The series names a metric family of ``kind`` appears under in Prometheus."""
     if kind == "counter":
@@ -67,8 +68,21 @@ def exported_metric_names() -> set[str]:
     return names
 
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-                   "and", "or", "unless", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+}
 
 
 def metrics_in(expr: str) -> set[str]:
@@ -87,8 +101,10 @@ def metrics_in(expr: str) -> set[str]:
 
 
 def test_metrics_in_reads_selectors_not_labels_or_functions():
-    expr = ('histogram_quantile(0.99, sum by (le, operation) (rate(reencrypt_keyvault_latency_seconds_bucket'
-            '{instance=~"$instance"}[$__rate_interval]))) > 2.5 and on (sweep) up == 1e-9')
+    expr = (
+        "histogram_quantile(0.99, sum by (le, operation) (rate(reencrypt_keyvault_latency_seconds_bucket"
+        '{instance=~"$instance"}[$__rate_interval]))) > 2.5 and on (sweep) up == 1e-9'
+    )
     assert metrics_in(expr) == {"reencrypt_keyvault_latency_seconds_bucket", "up"}
 
 
@@ -121,10 +137,15 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def alert_rules() -> list[dict]:
-    return [rule for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+    return [
+        rule
+        for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
 
 
 # -- Prometheus ---------------------------------------------------------------------------------
+
 
 def test_prometheus_config_is_valid():
     result = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
@@ -166,6 +187,7 @@ def test_file_sd_example_is_a_target_list():
 
 # -- Grafana ------------------------------------------------------------------------------------
 
+
 def test_dashboards_query_only_exported_metrics():
     exported = exported_metric_names()
     queries = dashboard_queries()
@@ -179,7 +201,7 @@ def test_dashboards_query_only_exported_metrics():
 def test_dashboard_queries_parse(tmp_path):
     """Each panel query as a recording rule through promtool (Grafana's variables filled in)."""
     rules = []
-    for index, (where, expr) in enumerate(dashboard_queries()):
+    for index, (_where, expr) in enumerate(dashboard_queries()):
         filled = expr.replace("$__rate_interval", "5m").replace("$sweep", "x").replace("$instance", "x")
         rules.append({"record": f"dashboard:query:{index}", "expr": filled})
     rule_file = tmp_path / "dashboard_rules.yml"
@@ -199,7 +221,8 @@ def test_dashboards_match_their_generator(tmp_path):
     generator.main(tmp_path)
     for path in sorted(DASHBOARD_DIR.glob("*.json")):
         assert (tmp_path / path.name).read_text() == path.read_text(), (
-            f"{path.name} differs from ops/grafana/dashboards.py: run it and commit the JSON")
+            f"{path.name} differs from ops/grafana/dashboards.py: run it and commit the JSON"
+        )
     assert {p.name for p in tmp_path.glob("*.json")} == {p.name for p in DASHBOARD_DIR.glob("*.json")}
 
 
@@ -281,7 +304,9 @@ def test_compose_is_configured_by_environment_only():
     for name in ("worker", "exporter", "cli"):
         service = services[name]
         for variable in CONFIG_VARIABLES:
-            assert str(service["environment"][variable]).startswith("${"), f"{name}: {variable} must come from the environment"
+            assert str(service["environment"][variable]).startswith("${"), (
+                f"{name}: {variable} must come from the environment"
+            )
         command = " ".join(service.get("command", []))
         assert not re.search(r"--(store|keys|redis-url)\b", command), f"{name}: configuration by flag in {command}"
 
@@ -438,8 +463,9 @@ def apply_replacements(documents: list[dict], replacements: list[dict]) -> list[
 
 def render_with_replacements(directory: Path) -> list[dict]:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    documents = [doc for name in kustomization["resources"]
-                 for doc in yaml.safe_load_all((directory / name).read_text()) if doc]
+    documents = [
+        doc for name in kustomization["resources"] for doc in yaml.safe_load_all((directory / name).read_text()) if doc
+    ]
     return apply_replacements(documents, kustomization.get("replacements", []))
 
 
@@ -523,6 +549,7 @@ def test_k8s_uses_workload_identity_and_holds_no_secrets():
 
 # -- runbook ------------------------------------------------------------------------------------
 
+
 def heading_anchor(line: str) -> str:
     """GitHub's anchor for a Markdown heading."""
     text = line.lstrip("#").strip().lower()
@@ -557,10 +584,12 @@ def runbook_commands() -> list[list[str]]:
 def test_runbook_command_extraction_reads_substitutions_loops_and_pipes():
     from runbook_blocks import runbook_blocks
 
-    sample = ('## 1. Step\n\n   ```sh\n   OLD=$(reencrypt keys current)   # note\n'
-              '   while reencrypt sweep status --all --json | grep -E \'"(a|b)"\' >/dev/null; do\n'
-              '     reencrypt sweep cancel\n   done\n   ```\n\n'
-              '## 2. Other\n\n```console\nreencrypt audit --check\n```\n')
+    sample = (
+        "## 1. Step\n\n   ```sh\n   OLD=$(reencrypt keys current)   # note\n"
+        "   while reencrypt sweep status --all --json | grep -E '\"(a|b)\"' >/dev/null; do\n"
+        "     reencrypt sweep cancel\n   done\n   ```\n\n"
+        "## 2. Other\n\n```console\nreencrypt audit --check\n```\n"
+    )
     blocks = runbook_blocks(sample)
     assert [(b.number, b.kind) for b in blocks] == [(1, "sh"), (2, "console")]
     assert blocks[0].code.startswith("OLD=$(reencrypt keys current)")  # dedented out of its list item
@@ -568,8 +597,12 @@ def test_runbook_command_extraction_reads_substitutions_loops_and_pipes():
     for block in blocks:
         for line in block.code.splitlines():
             found += [shlex.split(m.group(1))[1:] for m in RUNBOOK_COMMAND.finditer(re.split(r"(?:^|\s)#", line)[0])]
-    assert found == [["keys", "current"], ["sweep", "status", "--all", "--json"], ["sweep", "cancel"],
-                     ["audit", "--check"]]
+    assert found == [
+        ["keys", "current"],
+        ["sweep", "status", "--all", "--json"],
+        ["sweep", "cancel"],
+        ["audit", "--check"],
+    ]
 
 
 def test_runbook_blocks_are_steps_or_examples():
@@ -608,11 +641,25 @@ def test_runbook_commands_and_flags_exist():
         for token in rest:
             if token.startswith("--"):
                 assert token.split("=")[0] in options, (
-                    f"runbook: 'reencrypt {' '.join(argv)}': {token} is not an option")
+                    f"runbook: 'reencrypt {' '.join(argv)}': {token} is not an option"
+                )
         seen.add(" ".join(path))
-    required = {"keys rotate", "keys current", "keys promote", "keys disable", "keys enable", "sweep start",
-                "sweep status", "verify", "audit", "sweep pause", "sweep resume", "sweep cancel", "sweep throttle",
-                "sweep failures"}
+    required = {
+        "keys rotate",
+        "keys current",
+        "keys promote",
+        "keys disable",
+        "keys enable",
+        "sweep start",
+        "sweep status",
+        "verify",
+        "audit",
+        "sweep pause",
+        "sweep resume",
+        "sweep cancel",
+        "sweep throttle",
+        "sweep failures",
+    }
     assert required <= seen, f"runbook lacks {sorted(required - seen)}"
 
 
@@ -634,11 +681,22 @@ def test_runbook_names_only_existing_panels():
 
 # -- the exporter's pure parts ------------------------------------------------------------------
 
+
 def _sweep(sweep_id: str, status: str, created: str, **extra):
     from tracker_reencrypt.sweep.records import Sweep
 
-    return Sweep.from_record({"id": sweep_id, "status": status, "created_at": created, "started_at": created,
-                              "target_kid": "tracker-mek/v2", "mode": "reencrypt", "documents_estimate": 100, **extra})
+    return Sweep.from_record(
+        {
+            "id": sweep_id,
+            "status": status,
+            "created_at": created,
+            "started_at": created,
+            "target_kid": "tracker-mek/v2",
+            "mode": "reencrypt",
+            "documents_estimate": 100,
+            **extra,
+        }
+    )
 
 
 def test_exporter_exports_the_active_and_the_latest_finished_sweep():
@@ -659,8 +717,15 @@ def test_exporter_families_are_bounded_and_named_by_convention():
 
     now = time.time()
     slices = [
-        Slice(sweep_id="sw-9", index=i, feed_range={}, done=i == 0, lease_owner="host-a:7" if i else None,
-              lease_expires=now + 30, counts={**zero_counts(), "documents_scanned": 10 * (i + 1)})
+        Slice(
+            sweep_id="sw-9",
+            index=i,
+            feed_range={},
+            done=i == 0,
+            lease_owner="host-a:7" if i else None,
+            lease_expires=now + 30,
+            counts={**zero_counts(), "documents_scanned": 10 * (i + 1)},
+        )
         for i in range(3)
     ]
     sweep = _sweep("sw-9", "running", "2026-01-03T00:00:00Z", rate=50.0, ru_per_s=None)
@@ -702,14 +767,22 @@ def test_exporter_flags_a_sweep_paused_by_error_apart_from_one_retrying():
     def flags(**fields) -> dict[str, float]:
         sweep = _sweep("sw-9", fields.pop("status"), "2026-01-03T00:00:00Z", **fields)
         view = SweepView.of(sweeps.Progress(sweep, [], {}, 1.0, 0.0, None, 0), time.time())
-        return {s.name: s.value for family in families(Snapshot([view])) for s in family.samples
-                if s.name in ("reencrypt_sweep_paused_by_error", "reencrypt_sweep_last_error")}
+        return {
+            s.name: s.value
+            for family in families(Snapshot([view]))
+            for s in family.samples
+            if s.name in ("reencrypt_sweep_paused_by_error", "reencrypt_sweep_last_error")
+        }
 
     reason = "target key tracker-mek/v2 is disabled"
     assert flags(status="paused", paused_reason=reason, last_error=reason) == {
-        "reencrypt_sweep_paused_by_error": 1, "reencrypt_sweep_last_error": 1}
+        "reencrypt_sweep_paused_by_error": 1,
+        "reencrypt_sweep_last_error": 1,
+    }
     assert flags(status="running", last_error="Key Vault unreachable") == {
-        "reencrypt_sweep_paused_by_error": 0, "reencrypt_sweep_last_error": 1}
+        "reencrypt_sweep_paused_by_error": 0,
+        "reencrypt_sweep_last_error": 1,
+    }
     assert flags(status="paused") == {"reencrypt_sweep_paused_by_error": 0, "reencrypt_sweep_last_error": 0}
 
 
@@ -718,6 +791,8 @@ def test_exporter_serves_no_sweep_series_before_any_sweep():
 
     samples = [s for family in families(Snapshot()) for s in family.samples]
     assert {s.name for s in samples} == {
-        "reencrypt_exporter_store_up", "reencrypt_exporter_redis_up",
-        "reencrypt_exporter_last_refresh_timestamp_seconds", "reencrypt_exporter_refresh_duration_seconds",
+        "reencrypt_exporter_store_up",
+        "reencrypt_exporter_redis_up",
+        "reencrypt_exporter_last_refresh_timestamp_seconds",
+        "reencrypt_exporter_refresh_duration_seconds",
     }

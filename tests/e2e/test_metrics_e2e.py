@@ -46,7 +46,8 @@ class Prometheus:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         jobs = "".join(
-            f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n" for job, target in targets.items()
+            f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+            for job, target in targets.items()
         )
         config = home / "prometheus.yml"
         # The project's alert rules load too: a rule Prometheus rejects fails this test.
@@ -58,9 +59,15 @@ class Prometheus:
         self.log = home / "prometheus.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={home / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={home / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def ready(self) -> bool:
@@ -98,7 +105,9 @@ def scanned_per_process(multiproc_dir: Path, scratch: Path) -> dict[int, float]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(alone))
         per_pid[pid] = sum(
-            sample.value for family in registry.collect() for sample in family.samples
+            sample.value
+            for family in registry.collect()
+            for sample in family.samples
             if sample.name == "reencrypt_documents_scanned_total"
         )
     return per_pid
@@ -113,12 +122,18 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
     exporter_log = open(tmp_path / "exporter.log", "wb")
     exporter = subprocess.Popen(
         [sys.executable, "-m", "coordinator.cli", "exporter", "--port", str(exporter_port), "--interval", "1"],
-        cwd=ROOT, env=env, stdout=exporter_log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=exporter_log,
+        stderr=subprocess.STDOUT,
     )
     exporter_log.close()
     (tmp_path / "prom").mkdir()
-    prom = Prometheus(prometheus_binary, tmp_path / "prom",
-                      {"reencrypt-worker": f"127.0.0.1:{worker_port}", "reencrypt-exporter": f"127.0.0.1:{exporter_port}"})
+    prom = Prometheus(
+        prometheus_binary,
+        tmp_path / "prom",
+        {"reencrypt-worker": f"127.0.0.1:{worker_port}", "reencrypt-exporter": f"127.0.0.1:{exporter_port}"},
+    )
     try:
         wait_for(prom.ready, 30, message="prometheus ready")
         wait_for(lambda: answers(f"http://127.0.0.1:{worker_port}/metrics"), 30, message="worker metrics port")
@@ -133,8 +148,11 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
         assert totals["fields_reencrypted"] > 0
 
         # The worker's counters, summed over both pool children, reach the sweep's totals.
-        wait_for(lambda: prom.value("sum(reencrypt_documents_scanned_total)") == rotation.documents, 20,
-                 message=f"sum(reencrypt_documents_scanned_total) == {rotation.documents}")
+        wait_for(
+            lambda: prom.value("sum(reencrypt_documents_scanned_total)") == rotation.documents,
+            20,
+            message=f"sum(reencrypt_documents_scanned_total) == {rotation.documents}",
+        )
         assert prom.value("sum(reencrypt_fields_reencrypted_total)") == totals["fields_reencrypted"]
         assert prom.value("sum(reencrypt_documents_written_total)") == totals["documents_written"]
         assert {labels["result"] for labels, _ in prom.query("reencrypt_dek_cache_total")} == {"hit", "miss"}
@@ -150,8 +168,11 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
 
         # The exporter's durable totals match too, and the sweep shows as completed.
         sel = f'{{sweep="{sweep_id}"}}'
-        wait_for(lambda: prom.value(f'reencrypt_sweep_status{{sweep="{sweep_id}",status="completed"}}') == 1, 20,
-                 message="exporter: sweep completed")
+        wait_for(
+            lambda: prom.value(f'reencrypt_sweep_status{{sweep="{sweep_id}",status="completed"}}') == 1,
+            20,
+            message="exporter: sweep completed",
+        )
         assert prom.value(f"reencrypt_sweep_documents_scanned_total{sel}") == rotation.documents
         assert prom.value(f"reencrypt_sweep_fields_reencrypted_total{sel}") == totals["fields_reencrypted"]
         assert prom.value(f"reencrypt_sweep_failures_total{sel}") == 0
@@ -161,9 +182,17 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
         assert prom.value(f"reencrypt_sweep_documents_estimate{sel}") == rotation.documents
         assert prom.value(f'reencrypt_sweep_info{{sweep="{sweep_id}",target_kid="{rotation.v2}"}}') == 1
         # The store's own queue, empty once the sweep completed; no error left on the sweep.
-        assert prom.query("reencrypt_queue_messages") == [(
-            {"__name__": "reencrypt_queue_messages", "job": "reencrypt-exporter",
-             "instance": f"127.0.0.1:{exporter_port}", "queue": rotation.queue()}, 0.0)]
+        assert prom.query("reencrypt_queue_messages") == [
+            (
+                {
+                    "__name__": "reencrypt_queue_messages",
+                    "job": "reencrypt-exporter",
+                    "instance": f"127.0.0.1:{exporter_port}",
+                    "queue": rotation.queue(),
+                },
+                0.0,
+            )
+        ]
         assert prom.value("reencrypt_queue_unacked_messages") == 0
         assert prom.value(f"reencrypt_sweep_paused_by_error{sel}") == 0
         assert prom.value(f"reencrypt_sweep_last_error{sel}") == 0
@@ -172,7 +201,9 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
         # The alert rules loaded and none fires after a clean sweep.
         rules = json.loads(http_get(f"{prom.url}/api/v1/rules"))["data"]["groups"]
         assert sum(len(group["rules"]) for group in rules) >= 5
-        firing = [a for a in json.loads(http_get(f"{prom.url}/api/v1/alerts"))["data"]["alerts"] if a["state"] == "firing"]
+        firing = [
+            a for a in json.loads(http_get(f"{prom.url}/api/v1/alerts"))["data"]["alerts"] if a["state"] == "firing"
+        ]
         assert not firing, firing
         assert time.monotonic() - started < 90
     finally:

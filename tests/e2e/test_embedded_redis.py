@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, TEST_DB, wait_for
 from tracker_reencrypt import embedded_redis
+
+from conftest import ROOT, TEST_DB, wait_for
 
 STARTERS = 6
 
@@ -68,8 +69,16 @@ def home(tmp_path):
 
 
 def _race_starters(home: Path) -> list[tuple[str, str]]:
-    starters = [subprocess.Popen([sys.executable, "-c", STARTER, str(home)], cwd=ROOT, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(STARTERS)]
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(home)],
+            cwd=ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(STARTERS)
+    ]
     for starter in starters:
         assert starter.stdout.readline() == "ready\n"
     for starter in starters:  # the go signal: closing stdin wakes them all at once

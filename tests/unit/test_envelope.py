@@ -26,15 +26,25 @@ from tracker_reencrypt.errors import EnvelopeError, KeyDisabledError, KeyNotFoun
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "envelope-v1.json").read_text(encoding="utf-8"))
+VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "envelope-v1.json").read_text(encoding="utf-8"))
 CASES = {case["name"]: case for case in VECTORS["cases"]}
 V1, V2, V3 = "tracker-mek/v1", "tracker-mek/v2", "tracker-mek/v3"
 SECRET = "SECRET-plaintext-Ünïcødé-4711"
 WHERE = Location("item-0001", "product-42", "/reporter/email")
 
 REASONS = {
-    "malformed", "truncated", "unsupported_version", "unsupported_algorithm", "authentication_failed",
-    "unknown_kid", "kid_disabled", "unwrap_failed", "bad_dek", "already_encrypted", "not_json", "bad_location",
+    "malformed",
+    "truncated",
+    "unsupported_version",
+    "unsupported_algorithm",
+    "authentication_failed",
+    "unknown_kid",
+    "kid_disabled",
+    "unwrap_failed",
+    "bad_dek",
+    "already_encrypted",
+    "not_json",
+    "bad_location",
 }
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -176,9 +186,12 @@ def test_aad_worked_example_from_the_spec():
     aad = envelope.associated_data(Location("item-0001", "product-42", "/reporter/email"))
     assert aad == (
         b"tracker-reencrypt/envelope/v1"
-        + b"\x00\x00\x00\x09" + b"item-0001"
-        + b"\x00\x00\x00\x0a" + b"product-42"
-        + b"\x00\x00\x00\x0f" + b"/reporter/email"
+        + b"\x00\x00\x00\x09"
+        + b"item-0001"
+        + b"\x00\x00\x00\x0a"
+        + b"product-42"
+        + b"\x00\x00\x00\x0f"
+        + b"/reporter/email"
     )
     # Lengths count UTF-8 bytes, not characters.
     assert envelope.associated_data(Location("é", "", "")).endswith(b"\x00\x00\x00\x02\xc3\xa9" + bytes(8))
@@ -225,8 +238,11 @@ def _drop(name):
 
 TAMPER = {
     "ct-bit": (lambda env: {**env, "ct": flip(env["ct"], 0)}, WHERE, "authentication_failed"),
-    "tag-bit": (lambda env: {**env, "ct": flip(env["ct"], len(unb64(env["ct"])) - 1, 0x80)}, WHERE,
-                "authentication_failed"),
+    "tag-bit": (
+        lambda env: {**env, "ct": flip(env["ct"], len(unb64(env["ct"])) - 1, 0x80)},
+        WHERE,
+        "authentication_failed",
+    ),
     "iv-bit": (lambda env: {**env, "iv": flip(env["iv"], 11)}, WHERE, "authentication_failed"),
     "dek-bit": (lambda env: {**env, "dek": flip(env["dek"], 0)}, WHERE, "unwrap_failed"),
     "dek-last-bit": (lambda env: {**env, "dek": flip(env["dek"], 255, 0x80)}, WHERE, "unwrap_failed"),
@@ -234,12 +250,21 @@ TAMPER = {
     "ct-truncated-to-tag": (lambda env: {**env, "ct": b64(unb64(env["ct"])[-16:])}, WHERE, "authentication_failed"),
     "ct-truncated-below-tag": (lambda env: {**env, "ct": b64(unb64(env["ct"])[:15])}, WHERE, "truncated"),
     "ct-appended-byte": (lambda env: {**env, "ct": b64(unb64(env["ct"]) + b"\0")}, WHERE, "authentication_failed"),
-    "other-document-id": (lambda env: env, Location("item-0002", WHERE.partition_key, WHERE.field_path),
-                          "authentication_failed"),
-    "other-partition-key": (lambda env: env, Location(WHERE.document_id, "product-43", WHERE.field_path),
-                            "authentication_failed"),
-    "other-field-path": (lambda env: env, Location(WHERE.document_id, WHERE.partition_key, "/reporter/name"),
-                         "authentication_failed"),
+    "other-document-id": (
+        lambda env: env,
+        Location("item-0002", WHERE.partition_key, WHERE.field_path),
+        "authentication_failed",
+    ),
+    "other-partition-key": (
+        lambda env: env,
+        Location(WHERE.document_id, "product-43", WHERE.field_path),
+        "authentication_failed",
+    ),
+    "other-field-path": (
+        lambda env: env,
+        Location(WHERE.document_id, WHERE.partition_key, "/reporter/name"),
+        "authentication_failed",
+    ),
     "unknown-kid": (_edit(kid="tracker-mek/v99"), WHERE, "unknown_kid"),
     "versionless-kid": (_edit(kid="tracker-mek"), WHERE, "unknown_kid"),
     "kid-of-other-version": (_edit(kid=V2), WHERE, "unwrap_failed"),
@@ -247,8 +272,11 @@ TAMPER = {
     "iv-padded": (lambda env: {**env, "iv": env["iv"] + "=="}, WHERE, "malformed"),
     "ct-plus": (lambda env: {**env, "ct": "+" + env["ct"][1:]}, WHERE, "malformed"),
     "ct-slash": (lambda env: {**env, "ct": env["ct"][:-1] + "/"}, WHERE, "malformed"),
-    "ct-impossible-length": (lambda env: {**env, "ct": env["ct"] + "A" * ((1 - len(env["ct"])) % 4)}, WHERE,
-                             "malformed"),
+    "ct-impossible-length": (
+        lambda env: {**env, "ct": env["ct"] + "A" * ((1 - len(env["ct"])) % 4)},
+        WHERE,
+        "malformed",
+    ),
     "dek-space": (lambda env: {**env, "dek": env["dek"][:8] + " " + env["dek"][8:]}, WHERE, "malformed"),
     "iv-junk": (_edit(iv="not base64!"), WHERE, "malformed"),
     "iv-bytes": (_edit(iv=[1, 2, 3]), WHERE, "malformed"),
@@ -316,8 +344,8 @@ def mutated_envelopes(draw, original: dict):
             edit = draw(st.sampled_from(["insert", "replace", "delete", "cut"]))
             value[name] = {
                 "insert": text[:at] + char + text[at:],
-                "replace": text[:at] + char + text[at + 1:],
-                "delete": text[:at] + text[at + 1:],
+                "replace": text[:at] + char + text[at + 1 :],
+                "delete": text[:at] + text[at + 1 :],
                 "cut": text[:at],
             }[edit]
         elif op == "bits" and name in ("iv", "ct", "dek") and isinstance(value.get(name), str):
@@ -334,7 +362,7 @@ def mutated_envelopes(draw, original: dict):
             text = json.dumps(value)
             at = draw(st.integers(0, len(text) - 1))
             try:
-                value = json.loads(text[:at] + draw(st.characters()) + text[at + 1:])
+                value = json.loads(text[:at] + draw(st.characters()) + text[at + 1 :])
             except ValueError:
                 pass
     return value
@@ -384,8 +412,10 @@ def test_rewrap_refuses_what_decrypt_refuses(name, sealed, provider):
 
 def test_rewrap_or_reencrypt_to_an_unusable_target_is_a_key_provider_error(sealed, keyring):
     """The target kid is the sweep's choice, not the envelope's fault: not an EnvelopeError."""
-    for operation in (lambda kid: envelope.rewrap(sealed, WHERE, keyring, kid),
-                      lambda kid: envelope.reencrypt(sealed, WHERE, keyring, kid)):
+    for operation in (
+        lambda kid: envelope.rewrap(sealed, WHERE, keyring, kid),
+        lambda kid: envelope.reencrypt(sealed, WHERE, keyring, kid),
+    ):
         with pytest.raises(KeyNotFoundError):
             operation("tracker-mek/v99")
         with pytest.raises(KeyDisabledError):
@@ -463,8 +493,11 @@ def test_brackets_inside_strings_do_not_count_as_nesting(keyring):
     assert envelope.decrypt(envelope.encrypt(value, WHERE, keyring), WHERE, keyring) == value
 
 
-@pytest.mark.parametrize("value", [{1: "a"}, {"1": "a", 1: "b"}, {None: 1}, {True: 1}, [{"ok": {2.5: "x"}}]],
-                         ids=["int", "int-and-string", "none", "bool", "float-deep-down"])
+@pytest.mark.parametrize(
+    "value",
+    [{1: "a"}, {"1": "a", 1: "b"}, {None: 1}, {True: 1}, [{"ok": {2.5: "x"}}]],
+    ids=["int", "int-and-string", "none", "bool", "float-deep-down"],
+)
 def test_encrypt_refuses_member_names_that_are_not_strings(value, keyring):
     """json.dumps would write 1 as "1" (and {1: .., "1": ..} as a duplicate): decrypt could not give it back."""
     with pytest.raises(EnvelopeError) as caught:
@@ -477,28 +510,53 @@ def seal_payload(plaintext: bytes, keyring: Keyring, where: Location = WHERE) ->
     key = keyring.data_key_for_encryption(V1)
     iv = os.urandom(12)
     ct = AESGCM(key.plaintext).encrypt(iv, plaintext, envelope.associated_data(where))
-    return {"v": 1, "kid": V1, "wrap": key.wrap_algorithm, "dek": b64(key.wrapped), "alg": "A256GCM",
-            "iv": b64(iv), "ct": b64(ct)}
+    return {
+        "v": 1,
+        "kid": V1,
+        "wrap": key.wrap_algorithm,
+        "dek": b64(key.wrapped),
+        "alg": "A256GCM",
+        "iv": b64(iv),
+        "ct": b64(ct),
+    }
 
 
-@pytest.mark.parametrize("plaintext", [
-    b"NaN", b"Infinity", b"-Infinity", b'{"estimate":NaN}', b"[1,2,Infinity]", b"1e999", b"-1e999",
-    b"1" * 400 + b".5", b'"\\udc80"', b'{"\\ud800":1}', b'["ok","\\ud83d"]', b'"\\ud83d\\ud83d"',
-])
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        b"NaN",
+        b"Infinity",
+        b"-Infinity",
+        b'{"estimate":NaN}',
+        b"[1,2,Infinity]",
+        b"1e999",
+        b"-1e999",
+        b"1" * 400 + b".5",
+        b'"\\udc80"',
+        b'{"\\ud800":1}',
+        b'["ok","\\ud83d"]',
+        b'"\\ud83d\\ud83d"',
+    ],
+)
 def test_decrypt_refuses_payloads_that_are_not_json_values(plaintext, keyring):
     """NaN/Infinity tokens are not JSON (Python's json.loads takes them by default); a number no double holds
     and a lone surrogate have no JSON value either. Refused like any invalid JSON: malformed."""
     assert reason_of(lambda: envelope.decrypt(seal_payload(plaintext, keyring), WHERE, keyring)) == "malformed"
 
 
-@pytest.mark.parametrize(("plaintext", "value"), [
-    (b' \n{ "a" : [ 1 , 2 ] }\t', {"a": [1, 2]}),  # any spacing
-    (b'"\\ud83d\\ude80 \\u00e9"', "\U0001f680 é"),  # an escaped surrogate pair is one character
-    (b'"\\\\ud800"', "\\ud800"),  # an escaped backslash, then text: not a surrogate
-    (b'{"a":1,"a":2}', {"a": 2}),  # a repeated member name: the last wins, as in JSON.parse
-    (b"1E2", 100.0), (b"-0", 0), (b"1.7976931348623157e308", 1.7976931348623157e308),
-    (b"18446744073709551616", 2**64),
-])
+@pytest.mark.parametrize(
+    ("plaintext", "value"),
+    [
+        (b' \n{ "a" : [ 1 , 2 ] }\t', {"a": [1, 2]}),  # any spacing
+        (b'"\\ud83d\\ude80 \\u00e9"', "\U0001f680 é"),  # an escaped surrogate pair is one character
+        (b'"\\\\ud800"', "\\ud800"),  # an escaped backslash, then text: not a surrogate
+        (b'{"a":1,"a":2}', {"a": 2}),  # a repeated member name: the last wins, as in JSON.parse
+        (b"1E2", 100.0),
+        (b"-0", 0),
+        (b"1.7976931348623157e308", 1.7976931348623157e308),
+        (b"18446744073709551616", 2**64),
+    ],
+)
 def test_decrypt_accepts_any_json_value_whatever_its_spelling(plaintext, value, keyring):
     assert envelope.decrypt(seal_payload(plaintext, keyring), WHERE, keyring) == value
 
@@ -508,7 +566,7 @@ def test_reencrypt_and_rewrap_move_a_payload_decrypt_refuses(keyring):
     sealed_nan = seal_payload(b"NaN", keyring)
     for moved in (envelope.reencrypt(sealed_nan, WHERE, keyring, V2), envelope.rewrap(sealed_nan, WHERE, keyring, V2)):
         assert moved["kid"] == V2
-        assert reason_of(lambda: envelope.decrypt(moved, WHERE, keyring)) == "malformed"
+        assert reason_of(lambda moved=moved: envelope.decrypt(moved, WHERE, keyring)) == "malformed"
 
 
 # -- the location: checked first -----------------------------------------------------------
@@ -534,14 +592,14 @@ def test_a_bad_location_is_refused_before_the_envelope_or_any_key_is_looked_at(o
     call, cold = OPERATIONS[operation], Keyring(provider)
     broken = [sealed, None, {**sealed, "v": 2}, {**sealed, "dek": flip(sealed["dek"], 0)}, {**sealed, "kid": V3}]
     for candidate in broken:
-        assert reason_of(lambda: call(candidate, where, cold)) == "bad_location"
+        assert reason_of(lambda candidate=candidate: call(candidate, where, cold)) == "bad_location"
     assert (cold.stats.unwrap_cache_hits, cold.stats.unwrap_cache_misses, cold.stats.provider_wraps) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("where", BAD_LOCATIONS.values(), ids=BAD_LOCATIONS)
 def test_encrypt_checks_the_location_first_too(where, sealed, keyring):
     for value in ("x", sealed, float("nan")):
-        assert reason_of(lambda: envelope.encrypt(value, where, keyring)) == "bad_location"
+        assert reason_of(lambda value=value: envelope.encrypt(value, where, keyring)) == "bad_location"
     assert reason_of(lambda: envelope.encrypt("x", where, keyring, kid=V3)) == "bad_location"  # before the key
 
 
@@ -632,11 +690,13 @@ def _canonical_by_reencoding(text: str) -> bytes | None:
 
 
 @settings(max_examples=3000, deadline=None)
-@given(st.one_of(
-    st.binary(max_size=40).map(envelope.b64encode),
-    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=12),
-    st.text(alphabet="AQgw_-+/=. \n\x00é", max_size=8),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=40).map(envelope.b64encode),
+        st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=12),
+        st.text(alphabet="AQgw_-+/=. \n\x00é", max_size=8),
+    )
+)
 def test_base64url_decoding_accepts_exactly_the_canonical_spellings(text):
     expected = _canonical_by_reencoding(text)
     if expected is None:

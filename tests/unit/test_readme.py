@@ -4,8 +4,9 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
 from tracker_reencrypt.keys.local import LocalKeyProvider
+
+from conftest import ROOT
 
 
 def test_the_readme_field_example_encrypts_and_decrypts(tmp_path):

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from contextlib import closing
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,6 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration, exceptions
 from azure.cosmos.partition_key import PartitionKey as SdkPartitionKey
 
-from conftest import free_port
-from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, StoreUnavailableError
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.stores.cosmos import CosmosStore
@@ -35,12 +34,17 @@ from tracker_reencrypt.stores.cosmos_errors import store_error_for
 from tracker_reencrypt.stores.cosmos_ranges import covers_whole_container, split_feed_range
 from tracker_reencrypt.stores.cosmos_records import STATE_CONTAINER_SUFFIX, record_item_id
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import free_port
+from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def closing_sqlite(path: Path):
     """A plain sqlite3 connection, closed on leaving the block (sqlite3's own only commits)."""
     return closing(sqlite3.connect(path))
+
+
 PARTITION_KEY_FIELD = "productId"
 BACKENDS = ["sqlite", pytest.param("cosmos", marks=pytest.mark.cosmos)]
 SEED_DOCUMENTS = 300
@@ -55,8 +59,12 @@ def cosmos_client(cosmos_server):  # noqa: F811
     """The test server, reached with the SDK directly (to make and inspect databases and containers)."""
     tls = SSLConfiguration()
     tls.SSLCaCerts = str(cosmos_server.ca_bundle)
-    client = CosmosClient(cosmos_server.endpoint, credential=cosmos_server.key, ssl_config=tls,
-                          connection_verify=str(cosmos_server.ca_bundle))
+    client = CosmosClient(
+        cosmos_server.endpoint,
+        credential=cosmos_server.key,
+        ssl_config=tls,
+        connection_verify=str(cosmos_server.ca_bundle),
+    )
     yield client
     client.close()
 
@@ -180,7 +188,7 @@ def test_feed_ranges_round_trip_through_json(store):
     ranges = store.feed_ranges(4)
     travelled = json.loads(json.dumps(ranges))
     assert travelled == ranges
-    for original, copy in zip(ranges, travelled):
+    for original, copy in zip(ranges, travelled, strict=True):
         assert scan_all(store, copy, page_size=50) == scan_all(store, original, page_size=50)
 
 
@@ -262,8 +270,11 @@ def test_a_page_of_writes_lands_except_where_the_document_changed_or_went(store,
     theirs = other.replace({**read[1].body, "counter": 41}, read[1].etag)  # the tracker wrote doc 21
     gone = {**read[2].body, "id": "never-existed"}
 
-    results = store.replace_many([({**r.body, "counter": 7}, r.etag) for r in read[:2]] + [(gone, read[2].etag)]
-                                 + [({**r.body, "counter": 7}, r.etag) for r in read[3:]])
+    results = store.replace_many(
+        [({**r.body, "counter": 7}, r.etag) for r in read[:2]]
+        + [(gone, read[2].etag)]
+        + [({**r.body, "counter": 7}, r.etag) for r in read[3:]]
+    )
 
     assert [result is not None for result in results] == [True, False, False, True, True, True]
     after = {body["id"]: store.read(body["id"], body[PARTITION_KEY_FIELD]) for body in bodies}
@@ -384,8 +395,14 @@ def test_sqlite_concurrent_writers_lose_no_update_and_keep_the_file_sound(tmp_pa
     store.create_many([{"id": doc_id, PARTITION_KEY_FIELD: "hot", "counter": 0} for doc_id in ids])
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     workers = [
-        subprocess.Popen([sys.executable, "-c", _INCREMENTER, str(path), json.dumps(ids), "60"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=environment)
+        subprocess.Popen(
+            [sys.executable, "-c", _INCREMENTER, str(path), json.dumps(ids), "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=environment,
+        )
         for _ in range(4)
     ]
     results = []
@@ -445,12 +462,17 @@ def test_sqlite_a_row_it_cannot_parse_comes_back_marked_unreadable_with_the_rest
     path = tmp_path / "tracker.db"
     store = SqliteStore(path, partition_key_field=PARTITION_KEY_FIELD)
     expected = seed(store, 40)
-    rows = {("deep", "product-01"): _deep_text(2_000, "deep"), ("deeper", "product-02"): _deep_text(100_000, "deeper"),
-            ("garbled", "product-03"): '{"id": "garbled", "title": "PLAINTEXT',
-            ("latin-1", "product-04"): '{"id": "latin-1", "title": "PLAINTEXT caf\xe9"}'.encode("latin-1")}
+    rows = {
+        ("deep", "product-01"): _deep_text(2_000, "deep"),
+        ("deeper", "product-02"): _deep_text(100_000, "deeper"),
+        ("garbled", "product-03"): '{"id": "garbled", "title": "PLAINTEXT',
+        ("latin-1", "product-04"): '{"id": "latin-1", "title": "PLAINTEXT caf\xe9"}'.encode("latin-1"),
+    }
     with closing_sqlite(path) as db, db:
-        db.executemany("INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, '\"raw\"', CAST(? AS TEXT))",
-                       [(effective_partition_key(pk), pk, row_id, text) for (row_id, pk), text in rows.items()])
+        db.executemany(
+            "INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, '\"raw\"', CAST(? AS TEXT))",
+            [(effective_partition_key(pk), pk, row_id, text) for (row_id, pk), text in rows.items()],
+        )
     reasons = {"deep": "too_deep", "deeper": "too_deep", "garbled": "invalid_json", "latin-1": "invalid_json"}
 
     page = store.scan(store.feed_ranges(1)[0], None, 100)
@@ -475,8 +497,10 @@ def test_sqlite_a_body_nested_too_deep_to_write_is_a_store_error_naming_only_its
     deep = {"secret": "PLAINTEXT"}
     for _ in range(2_000):
         deep = {"a": deep}
-    for write in (lambda: store.create({**document(7), "a": deep}),
-                  lambda: store.replace({**document(3), "a": deep}, store.read("doc-0003", "product-03").etag)):
+    for write in (
+        lambda: store.create({**document(7), "a": deep}),
+        lambda: store.replace({**document(3), "a": deep}, store.read("doc-0003", "product-03").etag),
+    ):
         with pytest.raises(StoreError) as raised:
             write()
         message = str(raised.value)
@@ -502,10 +526,14 @@ def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_not
     path = tmp_path / "old.db"
     with closing_sqlite(path) as db:
         db.executescript(_LAYOUT_0)
-        rows = [(f"product-{n % 7}", f"doc-{n:03}", f'"etag-{n}"', json.dumps({"id": f"doc-{n:03}", "n": n}))
-                for n in range(120)]
-        db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
-                       [(pk, doc_id, effective_partition_key(pk), etag, body) for pk, doc_id, etag, body in rows])
+        rows = [
+            (f"product-{n % 7}", f"doc-{n:03}", f'"etag-{n}"', json.dumps({"id": f"doc-{n:03}", "n": n}))
+            for n in range(120)
+        ]
+        db.executemany(
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
+            [(pk, doc_id, effective_partition_key(pk), etag, body) for pk, doc_id, etag, body in rows],
+        )
         db.execute("""INSERT INTO records VALUES ('sweep', 's-1', '"r1"', '{"status": "running"}')""")
         db.commit()
 
@@ -520,7 +548,12 @@ def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_not
     store.close()
     with closing_sqlite(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
-        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'documents_in_epk_order'").fetchall() == []
+        assert (
+            db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'documents_in_epk_order'"
+            ).fetchall()
+            == []
+        )
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
@@ -546,7 +579,8 @@ def _old_file_held_by_another_writer(path: Path, seconds: float) -> threading.Th
 
 
 def test_sqlite_opening_an_old_file_waits_while_another_process_lays_it_out(tmp_path, monkeypatch):
-    from tracker_reencrypt.stores import sqlite as sqlite_store, sqlite_layout
+    from tracker_reencrypt.stores import sqlite as sqlite_store
+    from tracker_reencrypt.stores import sqlite_layout
 
     monkeypatch.setattr(sqlite_layout, "BUSY_TIMEOUT_MS", 100)  # shorter than the hold: the layout wait must apply
     monkeypatch.setattr(sqlite_layout, "LAYOUT_WAIT_MS", 10_000)
@@ -559,7 +593,8 @@ def test_sqlite_opening_an_old_file_waits_while_another_process_lays_it_out(tmp_
 
 
 def test_sqlite_an_old_file_locked_too_long_says_so_and_to_retry(tmp_path, monkeypatch):
-    from tracker_reencrypt.stores import sqlite as sqlite_store, sqlite_layout
+    from tracker_reencrypt.stores import sqlite as sqlite_store
+    from tracker_reencrypt.stores import sqlite_layout
 
     monkeypatch.setattr(sqlite_layout, "BUSY_TIMEOUT_MS", 100)
     monkeypatch.setattr(sqlite_layout, "LAYOUT_WAIT_MS", 200)
@@ -658,8 +693,12 @@ def test_cosmos_partition_key_must_match_the_container(cosmos_server, cosmos_dat
 
 @pytest.mark.cosmos
 @pytest.mark.parametrize("create", [False, True])
-def test_cosmos_missing_database_is_refused_and_not_created(cosmos_server, cosmos_client, monkeypatch,  # noqa: F811
-                                                            create):
+def test_cosmos_missing_database_is_refused_and_not_created(
+    cosmos_server,  # noqa: F811 - the fixture imported above
+    cosmos_client,
+    monkeypatch,
+    create,
+):
     for variable, value in cosmos_server.env().items():
         monkeypatch.setenv(variable, value)
     name = f"mistyped-{uuid.uuid4().hex[:8]}"
@@ -770,19 +809,28 @@ def _epk(value: str) -> str:
 
 
 def _owners(ranges, epk: str) -> list[int]:
-    return [index for index, feed_range in enumerate(ranges)
-            if feed_range["Range"]["min"] <= epk < feed_range["Range"]["max"]]
+    return [
+        index
+        for index, feed_range in enumerate(ranges)
+        if feed_range["Range"]["min"] <= epk < feed_range["Range"]["max"]
+    ]
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 8, 64])
 @pytest.mark.parametrize(
-    "bounds", [("", "FF"), ("", "1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"), ("1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF", "FF"), ("05C1", "05C2")]
+    "bounds",
+    [
+        ("", "FF"),
+        ("", "1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"),
+        ("1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF", "FF"),
+        ("05C1", "05C2"),
+    ],
 )
 def test_split_feed_range_covers_each_partition_key_exactly_once(parts, bounds):
     whole = {"Range": {"min": bounds[0], "max": bounds[1], "isMinInclusive": True, "isMaxInclusive": False}}
     pieces = split_feed_range(whole, parts)
     assert pieces[0]["Range"]["min"] == bounds[0] and pieces[-1]["Range"]["max"] == bounds[1]
-    assert all(a["Range"]["max"] == b["Range"]["min"] for a, b in zip(pieces, pieces[1:]))
+    assert all(a["Range"]["max"] == b["Range"]["min"] for a, b in pairwise(pieces))
     assert all(piece["Range"]["min"] < piece["Range"]["max"] for piece in pieces)
     if bounds == ("", "FF"):
         assert len(pieces) == parts
@@ -823,7 +871,11 @@ def _http_error(status: int, cls=exceptions.CosmosHttpResponseError):
         (_http_error(403), StoreError, ["acct.example", "firewall"]),
         (_http_error(429), StoreUnavailableError, ["acct.example", "RU/s"]),
         (_http_error(503), StoreUnavailableError, ["acct.example", "503"]),
-        (ServiceRequestError("Connection refused"), StoreUnavailableError, ["https://acct.example/", "Connection refused"]),
+        (
+            ServiceRequestError("Connection refused"),
+            StoreUnavailableError,
+            ["https://acct.example/", "Connection refused"],
+        ),
         (ClientAuthenticationError("no credential"), StoreError, ["acct.example", ENV_KEY]),
     ],
 )

@@ -17,7 +17,6 @@ import psutil
 import pytest
 import redis
 
-from conftest import FAST_RECOVERY, Fleet, make_rotation, run_cli, wait_for
 from tracker_reencrypt import envelope
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes, json_pointer, location
@@ -27,12 +26,15 @@ from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.sweep.records import FINISHED
 from tracker_reencrypt.sweep.state import SweepState
 
+from conftest import FAST_RECOVERY, Fleet, make_rotation, run_cli, wait_for
+
 pytestmark = pytest.mark.slow
 
 SCAN_PAGE = 500
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
 
 def all_documents(store):
     """Every document of the container, in scan order."""
@@ -74,8 +76,9 @@ def assert_on_target(rotation, originals, *, kid: str, except_documents=(), extr
     now = read_fields(rotation, skip_documents=except_documents)
     expected = {key for key in originals if key[0] not in except_documents}
     present = {key for key in now if key[0] not in except_documents and key[1] not in extra_fields}
-    assert present == expected, \
+    assert present == expected, (
         f"fields lost {sorted(expected - present)[:5]}, appeared {sorted(present - expected)[:5]}"
+    )
     for key in expected:
         sealed, value = now[key]
         assert sealed["kid"] == kid, (key, sealed["kid"])
@@ -120,8 +123,10 @@ class Durable:
         return [s.lease_owner for s in self.state.slices(self.sweep_id) if s.lease_is_live(now)]
 
     def describe(self) -> str:
-        slices = [(s.index, s.done, s.fence, s.lease_owner, s.counts["documents_scanned"])
-                  for s in self.state.slices(self.sweep_id)]
+        slices = [
+            (s.index, s.done, s.fence, s.lease_owner, s.counts["documents_scanned"])
+            for s in self.state.slices(self.sweep_id)
+        ]
         return f"sweep {self.status()}, slices (index, done, fence, lease, scanned): {slices}"
 
 
@@ -165,13 +170,15 @@ def slice_order(rotation, slices: int) -> list[list]:
 
 # -- 1. the plain sweep ----------------------------------------------------------------------
 
+
 def test_sweep_moves_every_field_to_target_with_original_values_and_exact_counts(rotation, fleet):
     originals = read_fields(rotation)
     assert {sealed["kid"] for sealed, _ in originals.values()} == {rotation.v1}
     fleet.start(count=2)
 
-    result = run_cli("sweep", "start", "--to", rotation.v2, "--slices", "8", "--wait", "--json", env=rotation.env(),
-                     timeout=120)
+    result = run_cli(
+        "sweep", "start", "--to", rotation.v2, "--slices", "8", "--wait", "--json", env=rotation.env(), timeout=120
+    )
     assert result.returncode == 0, result.stderr + fleet.logs()[-3000:]
 
     assert_on_target(rotation, originals, kid=rotation.v2)
@@ -183,6 +190,7 @@ def test_sweep_moves_every_field_to_target_with_original_values_and_exact_counts
 
 
 # -- 2. the live tracker writes during the sweep ---------------------------------------------
+
 
 class TrackerWriter(threading.Thread):
     """The live tracker: read-modify-write of documents, new values encrypted under the current kid.
@@ -222,8 +230,9 @@ class TrackerWriter(threading.Thread):
             body = json.loads(json.dumps(current.body))
             body["status"] = f"writer-{number}"
             body["activity"] = body.get("activity", []) + [number]
-            body["writerNote"] = envelope.encrypt(f"note {number}", location(body, partition_key, ("writerNote",)),
-                                                  keyring, self.kid)
+            body["writerNote"] = envelope.encrypt(
+                f"note {number}", location(body, partition_key, ("writerNote",)), keyring, self.kid
+            )
             try:
                 store.replace(body, current.etag)
             except ConflictError:
@@ -282,15 +291,21 @@ def test_tracker_writes_during_the_sweep_survive_and_nothing_stays_on_the_old_ke
 
 # -- 3. a worker dies mid-batch --------------------------------------------------------------
 
+
 def test_worker_killed_mid_batch_loses_nothing_and_wraps_nothing_twice(rotation, fleet):
     originals = read_fields(rotation)
     doomed, survivor = fleet.start(count=2)
     sweep_id = start_sweep(rotation, "--slices", "6", "--rate", "60")
     durable = Durable(rotation, sweep_id)
 
-    wait_for(lambda: durable.scanned() > 0 and set(durable.live_leases()) & pool_owners(doomed)
-             and durable.status() == "running",
-             20, 0.05, message="the doomed worker holding a slice lease mid-sweep")
+    wait_for(
+        lambda: (
+            durable.scanned() > 0 and set(durable.live_leases()) & pool_owners(doomed) and durable.status() == "running"
+        ),
+        20,
+        0.05,
+        message="the doomed worker holding a slice lease mid-sweep",
+    )
     fleet.kill(doomed)
     assert durable.status() == "running"
     fleet.start(count=1)  # the operator replaces it
@@ -310,6 +325,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_wraps_nothing_twice(rotation,
 
 # -- 4. a tampered field ---------------------------------------------------------------------
 
+
 def flip_byte(text: str, index: int) -> str:
     raw = bytearray(envelope.b64decode(text, "ct"))
     raw[index] ^= 0x01
@@ -325,8 +341,9 @@ def test_tampered_field_is_recorded_and_left_untouched_while_the_rest_moves(rota
     originals = read_fields(rotation, skip_documents={victim.id})
     fleet.start(count=2)
 
-    result = run_cli("sweep", "start", "--to", rotation.v2, "--slices", "4", "--wait", "--json", env=rotation.env(),
-                     timeout=120)
+    result = run_cli(
+        "sweep", "start", "--to", rotation.v2, "--slices", "4", "--wait", "--json", env=rotation.env(), timeout=120
+    )
     assert result.returncode != 0, result.stdout
     sweep_id = json.loads(result.stdout)["sweep"]["id"]
 
@@ -347,11 +364,24 @@ def test_tampered_field_is_recorded_and_left_untouched_while_the_rest_moves(rota
 
 # -- 5. rewrap mode --------------------------------------------------------------------------
 
+
 def test_rewrap_mode_moves_only_the_data_key(rotation, fleet):
     originals = read_fields(rotation)
     fleet.start(count=2)
-    result = run_cli("sweep", "start", "--to", rotation.v2, "--mode", "rewrap", "--slices", "4", "--wait", "--json",
-                     env=rotation.env(), timeout=120)
+    result = run_cli(
+        "sweep",
+        "start",
+        "--to",
+        rotation.v2,
+        "--mode",
+        "rewrap",
+        "--slices",
+        "4",
+        "--wait",
+        "--json",
+        env=rotation.env(),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr + fleet.logs()[-3000:]
     assert json.loads(result.stdout)["sweep"]["mode"] == "rewrap"
 
@@ -365,6 +395,7 @@ def test_rewrap_mode_moves_only_the_data_key(rotation, fleet):
 
 
 # -- 6. Redis loses everything mid-sweep -----------------------------------------------------
+
 
 def test_flushed_redis_stalls_the_sweep_and_resume_finishes_it_from_checkpoints(rotation, fleet):
     originals = read_fields(rotation)
@@ -382,8 +413,11 @@ def test_flushed_redis_stalls_the_sweep_and_resume_finishes_it_from_checkpoints(
     def stalled() -> bool:  # six seconds with no lease and no progress
         samples.append((durable.scanned(), bool(durable.live_leases())))
         recent = samples[-12:]
-        return (len(recent) == 12 and not any(leased for _, leased in recent)
-                and len({scanned for scanned, _ in recent}) == 1)
+        return (
+            len(recent) == 12
+            and not any(leased for _, leased in recent)
+            and len({scanned for scanned, _ in recent}) == 1
+        )
 
     wait_for(stalled, 30, 0.5, message="the sweep to stall")
     stalled_at = durable.scanned()
@@ -400,6 +434,7 @@ def test_flushed_redis_stalls_the_sweep_and_resume_finishes_it_from_checkpoints(
 
 
 # -- 7. pause, resume, cancel ----------------------------------------------------------------
+
 
 def _slow_sweep_under_way(rotation, fleet) -> tuple[str, Durable]:
     """Two workers on a sweep held to 60 documents/s, once its first batch is committed."""
@@ -455,8 +490,9 @@ def test_cancel_leaves_a_readable_container_and_a_new_sweep_can_start(rotation, 
     verify = run_cli("verify", "--expect", rotation.v2, "--json", env=rotation.env())
     assert verify.returncode == 1 and json.loads(verify.stdout)["undecryptable"] == 0
 
-    again = run_cli("sweep", "start", "--to", rotation.v2, "--slices", "4", "--wait", "--json", env=rotation.env(),
-                    timeout=120)
+    again = run_cli(
+        "sweep", "start", "--to", rotation.v2, "--slices", "4", "--wait", "--json", env=rotation.env(), timeout=120
+    )
     assert again.returncode == 0, again.stderr + fleet.logs()[-3000:]
     second = json.loads(again.stdout)
     assert second["sweep"]["id"] != sweep_id and second["sweep"]["status"] == "completed"
@@ -466,6 +502,7 @@ def test_cancel_leaves_a_readable_container_and_a_new_sweep_can_start(rotation, 
 
 
 # -- 8. fencing ------------------------------------------------------------------------------
+
 
 def test_duplicate_slice_messages_are_not_processed_twice(rotation, fleet):
     originals = read_fields(rotation)
@@ -494,6 +531,7 @@ def test_duplicate_slice_messages_are_not_processed_twice(rotation, fleet):
 
 
 # -- 9. throttle -----------------------------------------------------------------------------
+
 
 def test_throttle_changes_the_rate_of_a_running_sweep(tmp_path, redis_url):
     # Big enough that the sweep is still running when the fast rate has been measured.

@@ -22,13 +22,22 @@ def stdlib_dumps(value) -> str:
 
 # Every value JSON text can hold, and some only Python's json writes: NaN, infinities, lone
 # surrogates, integers far beyond 64 bits.
-scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**40), max_value=10**40)
-           | st.floats() | st.text())
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
-no_floats = st.recursive(st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40) | st.text(),
-                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-                         max_leaves=20)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats()
+    | st.text()
+)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20
+)
+no_floats = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=400)
@@ -94,8 +103,11 @@ def deep(levels: int, document_id: str | None) -> dict:
 
 @pytest.mark.parametrize("levels", [2_000, 100_000])
 def test_a_value_nested_too_deep_to_write_is_a_store_error_naming_its_id_never_its_content(levels):
-    for value, named in ((deep(levels, "doc-7"), "document 'doc-7'"), (deep(levels, None), "a document"),
-                         ([deep(levels, "inner")], "a document")):
+    for value, named in (
+        (deep(levels, "doc-7"), "document 'doc-7'"),
+        (deep(levels, None), "a document"),
+        ([deep(levels, "inner")], "a document"),
+    ):
         with pytest.raises(StoreError) as raised:
             jsontext.dumps(value)
         message = str(raised.value)

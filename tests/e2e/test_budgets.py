@@ -17,13 +17,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 
 import pytest
 import redis
 from azure.core.credentials import AccessToken
-from keyvault_server import KeyVaultServer
 
-from conftest import Fleet, make_rotation, run_cli, wait_for
+from coordinator.context import Context
+from coordinator.sweeps import LimitFlags, start
 from tracker_reencrypt import envelope
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes, json_pointer, location
@@ -38,10 +39,11 @@ from tracker_reencrypt.stores import estimated_request_units
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep.records import RUNNING
 from tracker_reencrypt.sweep.state import SweepState
-from coordinator.context import Context
-from coordinator.sweeps import LimitFlags, start
 from worker.runtime import Runtime
 from worker.tasks import process_slice
+
+from conftest import Fleet, make_rotation, run_cli, wait_for
+from keyvault_server import KeyVaultServer
 
 BUDGETS_DB = 10
 
@@ -78,6 +80,7 @@ def client(redis_url):
 
 
 # -- measuring from the store ----------------------------------------------------------------
+
 
 def snapshot(store: SqliteStore) -> list[dict]:
     """Every document, in one query: a consistent snapshot of the container."""
@@ -161,7 +164,9 @@ def costs(container: Container, flag: str):
         share = container.documents / len(container.with_fields)  # documents without fields are scanned too
         return lambda body: share
     overhead = container.scan_overhead()
-    return lambda body: container.read_units[body["id"]] + estimated_request_units(stored_size(body), write=True) + overhead
+    return lambda body: (
+        container.read_units[body["id"]] + estimated_request_units(stored_size(body), write=True) + overhead
+    )
 
 
 @pytest.fixture
@@ -191,6 +196,7 @@ def warmed_up(moved: Moved, fleet: Fleet) -> None:
 
 
 # -- three processes share one budget -----------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flag, budget", [("--kv-ops-per-s", 40), ("--ru-per-s", 1000), ("--rate", 50)])
@@ -253,8 +259,14 @@ def vault():
 
 @pytest.fixture
 def vault_provider(vault):
-    provider = AzureKeyVaultProvider(vault.url, KEY_NAME, StaticTokenCredential(), connection_verify=vault.cert_path,
-                                     verify_challenge_resource=False, retry_backoff_factor=0.001)
+    provider = AzureKeyVaultProvider(
+        vault.url,
+        KEY_NAME,
+        StaticTokenCredential(),
+        connection_verify=vault.cert_path,
+        verify_challenge_resource=False,
+        retry_backoff_factor=0.001,
+    )
     yield provider
     provider.close()
 
@@ -294,8 +306,9 @@ def read_fields(store: SqliteStore, keyring: Keyring) -> dict[tuple[str, str], t
     return fields
 
 
-def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_field(tmp_path, redis_url, client, vault,
-                                                                                   vault_provider):
+def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_field(
+    tmp_path, redis_url, client, vault, vault_provider
+):
     budget, documents, backed_off = 120, 300, 0.25
     v1 = vault_provider.init().kid
     store = SqliteStore(tmp_path / "tracker.db")
@@ -304,8 +317,14 @@ def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_fiel
     originals = read_fields(store, Keyring(vault_provider))
     assert {kid for kid, _ in originals.values()} == {v1}
 
-    settings = load_settings(store=f"sqlite:///{tmp_path / 'tracker.db'}", redis_url=redis_url, batch_documents=20,
-                             batch_seconds=2, page_size=10, lease_seconds=30)
+    settings = load_settings(
+        store=f"sqlite:///{tmp_path / 'tracker.db'}",
+        redis_url=redis_url,
+        batch_documents=20,
+        batch_seconds=2,
+        page_size=10,
+        lease_seconds=30,
+    )
     ctx = Context(settings)
     ctx.provider = vault_provider  # the loopback vault, with its test credential and CA
     sweep_id = start(ctx, to=v2, sources=[], mode="reencrypt", slices=4, limits=LimitFlags(kv_ops_per_s=budget)).id
@@ -342,12 +361,14 @@ def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_fiel
     window = watch.window_after(backed_off, delay=1.0)
     seconds = window[-1][0] - window[0][0]
     assert seconds >= 2.0, "the sweep ended too soon after backing off to measure"
-    allowed = sum(budget * f0 * (t1 - t0) for (t0, f0, _), (t1, _, _) in zip(window, window[1:]))
+    allowed = sum(budget * f0 * (t1 - t0) for (t0, f0, _), (t1, _, _) in pairwise(window))
     burst = budget * max(f for _, f, _ in window) * 1.0
     served = window[-1][2] - window[0][2]
-    print(f"{vault.throttled} 429s; share down to {min(shares):.3f}; then {served} unwraps in {seconds:.1f} s "
-          f"({served / seconds:.1f}/s; limit x share allowed {allowed:.0f}, {allowed / seconds:.1f}/s); "
-          f"sweep took {took:.1f} s, {sum(o.startswith('error') for o in outcomes)} batches retried")
+    print(
+        f"{vault.throttled} 429s; share down to {min(shares):.3f}; then {served} unwraps in {seconds:.1f} s "
+        f"({served / seconds:.1f}/s; limit x share allowed {allowed:.0f}, {allowed / seconds:.1f}/s); "
+        f"sweep took {took:.1f} s, {sum(o.startswith('error') for o in outcomes)} batches retried"
+    )
     assert served <= TOLERANCE * allowed + burst, (served, allowed, burst)
     assert served / seconds <= 0.5 * budget, "the rate did not come down to half the budget"
     assert served >= 0.5 * allowed, f"only {served} of {allowed:.0f} allowed: the fleet, not the budget, bound the rate"
@@ -377,14 +398,16 @@ class ChargeLog(MemoryPacing):
 
 
 @pytest.mark.parametrize("public_key_readable", [True, False], ids=["local-wraps", "vault-wraps"])
-def test_every_call_that_reaches_the_vault_spends_the_kv_budget_once(tmp_path, vault, vault_provider,
-                                                                     public_key_readable):
+def test_every_call_that_reaches_the_vault_spends_the_kv_budget_once(
+    tmp_path, vault, vault_provider, public_key_readable
+):
     kid = vault_provider.init().kid
     if not public_key_readable:
         vault.keys[KEY_NAME][-1].key_ops = ["unwrapKey"]  # no public-key wraps: the vault wraps
     wrapped = [vault_provider.wrap(kid, bytes([i]) * 32) for i in range(2)]
-    cold = AzureKeyVaultProvider(vault.url, KEY_NAME, StaticTokenCredential(), connection_verify=vault.cert_path,
-                                 verify_challenge_resource=False)  # nothing fetched yet, as in a fresh worker
+    cold = AzureKeyVaultProvider(
+        vault.url, KEY_NAME, StaticTokenCredential(), connection_verify=vault.cert_path, verify_challenge_resource=False
+    )  # nothing fetched yet, as in a fresh worker
     try:
         pacing = ChargeLog()
         pacer = Pacer(pacing, "sw-pacing", {"kv_ops_per_s": 1000}, SqliteStore(tmp_path / "t.db").cost, cold)
@@ -407,6 +430,7 @@ def test_every_call_that_reaches_the_vault_spends_the_kv_budget_once(tmp_path, v
 
 # -- the dry run's estimate ----------------------------------------------------------------
 
+
 def test_dry_run_estimate_matches_a_hand_computation(tmp_path, redis_url):
     rotation = make_rotation(tmp_path, 400, redis_url, dek_share=3)
     bodies = snapshot(rotation.store())
@@ -417,8 +441,10 @@ def test_dry_run_estimate_matches_a_hand_computation(tmp_path, redis_url):
     # costs k RU, a replace 5 + 5k RU (1 KB: ~1 and ~10, as Microsoft gives for Cosmos).
     kilobytes = max(1.0, average / 1024)
     request_units = len(bodies) * kilobytes + len(on_v1) * (5 + 5 * kilobytes)
-    print(f"{len(bodies)} documents ({average:.0f} B average), {len(on_v1)} to rewrite, {len(deks)} distinct DEKs, "
-          f"{request_units:.0f} RU: {len(deks) / 200:.2f} s at 200 KV ops/s, {request_units / 5000:.2f} s at 5000 RU/s")
+    print(
+        f"{len(bodies)} documents ({average:.0f} B average), {len(on_v1)} to rewrite, {len(deks)} distinct DEKs, "
+        f"{request_units:.0f} RU: {len(deks) / 200:.2f} s at 200 KV ops/s, {request_units / 5000:.2f} s at 5000 RU/s"
+    )
     # The seeded sizes put each run below on the bound it means to show.
     assert request_units / 5000 > len(deks) / 200 and len(deks) / 40 > request_units / 5000 > len(bodies) / 1000
 

@@ -29,12 +29,11 @@ from tracker_reencrypt.errors import (
     KeyringFileError,
     UnwrapError,
 )
-from tracker_reencrypt.keys import WRAP_ALGORITHM, open_key_provider
-from tracker_reencrypt.keys import local
+from tracker_reencrypt.keys import WRAP_ALGORITHM, local, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 V1, V2, V3 = "tracker-mek/v1", "tracker-mek/v2", "tracker-mek/v3"
 DEK = bytes(range(32))
 
@@ -64,8 +63,15 @@ def mode_of(path: Path) -> int:
 
 def run_python(script: str, *args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 # -- init / rotate / versions / current ---------------------------------------------------
@@ -80,7 +86,13 @@ def test_init_creates_one_current_version_in_a_0600_file(tmp_path):
     assert mode_of(path) == 0o600
     assert provider.versions() == [version]
     assert provider.current_kid() == V1
-    assert version.as_json() == {"kid": V1, "enabled": True, "current": True, "created": version.created, "status": "enabled"}
+    assert version.as_json() == {
+        "kid": V1,
+        "enabled": True,
+        "current": True,
+        "created": version.created,
+        "status": "enabled",
+    }
     document = json.loads(path.read_text())
     assert document["name"] == "tracker-mek"
     (jwk,) = document["keys"]
@@ -106,7 +118,11 @@ def test_rotate_adds_a_version_and_makes_it_the_only_current_one(keyring_path):
     assert [(v.kid, v.current) for v in provider.versions()] == [(V1, False), (V2, True)]
     version = provider.rotate()
     assert version.kid == V3 and version.current
-    assert [(v.kid, v.current, v.enabled) for v in provider.versions()] == [(V1, False, True), (V2, False, True), (V3, True, True)]
+    assert [(v.kid, v.current, v.enabled) for v in provider.versions()] == [
+        (V1, False, True),
+        (V2, False, True),
+        (V3, True, True),
+    ]
     assert provider.current_kid() == V3
     assert mode_of(keyring_path) == 0o600
     # Older versions still unwrap what they wrapped: rotation never retires a key by itself.
