@@ -25,6 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from coordinator.launch import worker_argv
 from tracker_reencrypt.documents import check_document
 from tracker_reencrypt.fleet import queue_for
 from tracker_reencrypt.keys.keyring import Keyring
@@ -210,27 +211,7 @@ class Fleet:
             multiproc.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"worker-{number}.log", "ab")
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.app",
-                    "worker",
-                    "--queues",
-                    self.rotation.queue(),
-                    "--concurrency",
-                    str(concurrency),
-                    "-O",
-                    "fair",
-                    "--loglevel",
-                    "INFO",
-                    "--hostname",
-                    f"test-{number}-{os.getpid()}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ],
+                worker_argv(self.rotation.queue(), concurrency),  # as 'reencrypt worker' starts one
                 cwd=ROOT,
                 env=self.rotation.env(**{**FAST_RECOVERY, "PROMETHEUS_MULTIPROC_DIR": str(multiproc), **env}),
                 stdout=log,
@@ -314,3 +295,14 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.slow)
+
+
+#: The SQLite store's first file layout (documents keyed by partition key and id, an EPK index):
+#: what stores made before the clustered layout look like, for the migration tests.
+LAYOUT_0_SCHEMA = """
+CREATE TABLE documents (pk TEXT NOT NULL, id TEXT NOT NULL, epk INTEGER NOT NULL, etag TEXT NOT NULL,
+                        body TEXT NOT NULL, PRIMARY KEY (pk, id));
+CREATE INDEX documents_in_epk_order ON documents (epk, pk, id);
+CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
+                      PRIMARY KEY (kind, id));
+"""

@@ -3,8 +3,11 @@ Key Vault client pointed at the loopback test vault (see tests/loopback_vault.py
 
 from __future__ import annotations
 
-from worker.app import app  # noqa: E402
+# isort: off
+# loopback_vault first: worker.app binds the provider factory when it is imported.
+import loopback_vault  # noqa: F401
+from worker.app import app
 
-import loopback_vault  # noqa: F401 - first: worker.app reads the provider factory when imported
+# isort: on
 
 __all__ = ["app"]

@@ -34,7 +34,7 @@ from tracker_reencrypt.stores.cosmos_errors import store_error_for
 from tracker_reencrypt.stores.cosmos_ranges import covers_whole_container, split_feed_range
 from tracker_reencrypt.stores.cosmos_records import STATE_CONTAINER_SUFFIX, record_item_id
 
-from conftest import free_port
+from conftest import LAYOUT_0_SCHEMA, free_port
 from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -509,15 +509,6 @@ def test_sqlite_a_body_nested_too_deep_to_write_is_a_store_error_naming_only_its
     assert store.count() == 5 and store.read("doc-0003", "product-03").body == document(3)
 
 
-_LAYOUT_0 = """
-CREATE TABLE documents (pk TEXT NOT NULL, id TEXT NOT NULL, epk INTEGER NOT NULL, etag TEXT NOT NULL,
-                        body TEXT NOT NULL, PRIMARY KEY (pk, id));
-CREATE INDEX documents_in_epk_order ON documents (epk, pk, id);
-CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
-                      PRIMARY KEY (kind, id));
-"""
-
-
 def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_nothing(tmp_path):
     """Files made before the clustered layout (demo stores, bench caches) open as they were."""
     from tracker_reencrypt.stores.sqlite import SqliteStore, effective_partition_key
@@ -525,7 +516,7 @@ def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_not
 
     path = tmp_path / "old.db"
     with closing_sqlite(path) as db:
-        db.executescript(_LAYOUT_0)
+        db.executescript(LAYOUT_0_SCHEMA)
         rows = [
             (f"product-{n % 7}", f"doc-{n:03}", f'"etag-{n}"', json.dumps({"id": f"doc-{n:03}", "n": n}))
             for n in range(120)
@@ -561,7 +552,7 @@ def _old_file_held_by_another_writer(path: Path, seconds: float) -> threading.Th
     """A layout-0 file in WAL mode whose write lock another connection holds for ``seconds``,
     as while another process rewrites it."""
     with closing_sqlite(path) as db:
-        db.executescript(_LAYOUT_0)
+        db.executescript(LAYOUT_0_SCHEMA)
         db.execute("PRAGMA journal_mode=WAL")
     locked = threading.Event()
 

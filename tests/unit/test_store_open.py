@@ -20,6 +20,8 @@ from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.stores.sqlite import effective_partition_key
 from tracker_reencrypt.stores.sqlite_layout import LAYOUT_VERSION
 
+from conftest import LAYOUT_0_SCHEMA
+
 ONLY_SEED_CREATES = "only 'reencrypt seed' and 'reencrypt keys init' create a store"
 
 
@@ -144,18 +146,9 @@ def test_a_store_made_before_files_carried_our_marker_still_opens(tmp_path):
     store.close()
 
 
-_LAYOUT_0 = """
-CREATE TABLE documents (pk TEXT NOT NULL, id TEXT NOT NULL, epk INTEGER NOT NULL, etag TEXT NOT NULL,
-                        body TEXT NOT NULL, PRIMARY KEY (pk, id));
-CREATE INDEX documents_in_epk_order ON documents (epk, pk, id);
-CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
-                      PRIMARY KEY (kind, id));
-"""
-
-
 def test_our_first_layout_is_recognised_and_migrated_by_a_plain_open(tmp_path):
     path = tmp_path / "old.db"
-    sql(path, _LAYOUT_0)
+    sql(path, LAYOUT_0_SCHEMA)
     with closing(sqlite3.connect(path)) as db:
         db.executemany(
             "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
