@@ -1,0 +1,220 @@
+"""Rotation overview (uid ``reencrypt-rotation``): one sweep, from the exporter's durable totals.
+
+Status, progress, ETA, throughput, fields moved, failures, conflicts, slices, throttling and
+budgets; the ``sweep`` variable picks the sweep. Written by ``dashboards.py``.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import bargauge, dashboard, gauge
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.models import common
+from panels import (
+    DATASOURCE,
+    QUEUED,
+    RATE,
+    label_variable,
+    query,
+    reencrypt_dashboard,
+    series_panel,
+    stat_panel,
+    thresholds,
+)
+
+SWEEP = 'sweep=~"$sweep"'
+
+
+def rotation_overview() -> dashboard.Dashboard:
+    return (
+        reencrypt_dashboard(
+            "Re-encryption: rotation overview",
+            "reencrypt-rotation",
+            "One MEK rotation sweep from the durable sweep state (reencrypt exporter): never resets with workers.",
+            since="now-6h",
+            variable=label_variable("sweep", "Sweep", "reencrypt_sweep_info", include_all=False),
+        )
+        .with_row(dashboard.Row("Sweep"))
+        .with_panel(
+            stat_panel(
+                "Status",
+                f"reencrypt_sweep_status{{{SWEEP}}} == 1",
+                legend="{{status}}",
+                text_mode=common.BigValueTextMode.NAME,
+                span=4,
+                description="planned, running, paused, cancelling, cancelled, completed or failed",
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Target key",
+                f"reencrypt_sweep_info{{{SWEEP}}}",
+                legend="{{target_kid}} ({{mode}})",
+                text_mode=common.BigValueTextMode.NAME,
+                span=8,
+            )
+        )
+        .with_panel(
+            gauge.Panel()
+            .title("Progress")
+            .datasource(DATASOURCE)
+            .span(4)
+            .height(4)
+            .unit("percentunit")
+            .min(0)
+            .max(1)
+            .with_target(query(f"reencrypt_sweep_progress_ratio{{{SWEEP}}}"))
+            .thresholds(thresholds((None, "blue"), (1, "green")))
+        )
+        .with_panel(
+            stat_panel(
+                "ETA",
+                f"reencrypt_sweep_eta_seconds{{{SWEEP}}}",
+                unit="s",
+                span=4,
+                description="Documents left over the current throughput; empty unless running",
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Throughput",
+                f"reencrypt_sweep_documents_per_second{{{SWEEP}}}",
+                unit="short",
+                span=4,
+                description="Documents scanned per second (exporter, between its last two reads)",
+                decimals=1,
+            )
+        )
+        .with_panel(stat_panel("Documents scanned", f"reencrypt_sweep_documents_scanned_total{{{SWEEP}}}", span=4))
+        .with_panel(
+            stat_panel(
+                "Documents estimate",
+                f"reencrypt_sweep_documents_estimate{{{SWEEP}}}",
+                span=4,
+                description="Documents in the container when the sweep started",
+            )
+        )
+        .with_panel(stat_panel("Fields moved", f"reencrypt_sweep_fields_reencrypted_total{{{SWEEP}}}", span=4))
+        .with_panel(
+            stat_panel(
+                "Failures",
+                f"reencrypt_sweep_failures_total{{{SWEEP}}}",
+                span=4,
+                steps=((None, "green"), (1, "red")),
+                description="Fields that could not be moved: 'reencrypt sweep failures ID --format csv'",
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Conflicts",
+                f"reencrypt_sweep_conflicts_total{{{SWEEP}}}",
+                span=4,
+                description="Writes lost to the live tracker, then redone",
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Active workers",
+                f"reencrypt_sweep_workers_active{{{SWEEP}}}",
+                span=4,
+                steps=((None, "red"), (1, "green")),
+                description="Worker processes holding a live slice lease",
+            )
+        )
+        .with_panel(stat_panel("Slices done", f"reencrypt_sweep_slices_done{{{SWEEP}}}", span=8))
+        .with_panel(
+            stat_panel(
+                "Queue depth",
+                QUEUED,
+                span=8,
+                description="Task messages waiting in Redis (KEDA scales the workers on this)",
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Paused by error",
+                f"reencrypt_sweep_paused_by_error{{{SWEEP}}}",
+                span=8,
+                steps=((None, "green"), (1, "red")),
+                description="1: the fleet paused the sweep on a problem only a person can fix: "
+                "'reencrypt sweep status ID' says why, "
+                "'reencrypt sweep resume ID' once fixed",
+            )
+        )
+        .with_row(dashboard.Row("Over time"))
+        .with_panel(
+            series_panel(
+                "Throughput (documents/s)",
+                (f"rate(reencrypt_sweep_documents_scanned_total{{{SWEEP}}}[{RATE}])", "scanned"),
+                (f"rate(reencrypt_sweep_documents_written_total{{{SWEEP}}}[{RATE}])", "written"),
+                (f'reencrypt_sweep_limit_per_second{{{SWEEP},limit="documents"}}', "limit (--rate)"),
+            )
+        )
+        .with_panel(
+            series_panel(
+                "Progress",
+                (f"reencrypt_sweep_documents_scanned_total{{{SWEEP}}}", "scanned"),
+                (f"reencrypt_sweep_documents_estimate{{{SWEEP}}}", "estimate"),
+                (f"reencrypt_sweep_fields_reencrypted_total{{{SWEEP}}}", "fields moved"),
+            )
+        )
+        .with_panel(
+            series_panel(
+                "Failures and conflicts",
+                (f"increase(reencrypt_sweep_failures_total{{{SWEEP}}}[{RATE}])", "failed fields"),
+                (f"increase(reencrypt_sweep_conflicts_total{{{SWEEP}}}[{RATE}])", "conflicts"),
+                description="Per interval, from the durable totals",
+            )
+        )
+        .with_panel(
+            series_panel(
+                "Failures by reason",
+                (f"sum by (reason) (increase(reencrypt_failures_total[{RATE}]))", "{{reason}}"),
+                description="From the workers (reasons are a fixed set)",
+                stack=True,
+            )
+        )
+        .with_panel(
+            series_panel(
+                "Store throttles",
+                (f"sum(rate(reencrypt_store_throttles_total[{RATE}]))", "429/s"),
+                unit="short",
+                description="Cosmos DB 429s, retried by the SDK; sustained: lower --ru-per-s",
+            )
+        )
+        .with_panel(
+            series_panel(
+                "Request units/s",
+                (f"sum(rate(reencrypt_store_request_units_total[{RATE}]))", "RU/s"),
+                (f'reencrypt_sweep_limit_per_second{{{SWEEP},limit="request_units"}}', "budget (--ru-per-s)"),
+            )
+        )
+        .with_panel(
+            series_panel(
+                "Rate-limit waits",
+                (f"sum by (limit) (rate(reencrypt_ratelimit_wait_seconds_total[{RATE}]))", "{{limit}}"),
+                unit="s",
+                description="Seconds per second the fleet waited on its budgets (documents, kv_ops, request_units)",
+            )
+        )
+        .with_panel(
+            series_panel(
+                "Active workers and queue",
+                (f"reencrypt_sweep_workers_active{{{SWEEP}}}", "lease holders"),
+                (QUEUED, "queued"),
+                ("reencrypt_queue_unacked_messages", "in flight"),
+            )
+        )
+        .with_row(dashboard.Row("Slices"))
+        .with_panel(
+            bargauge.Panel()
+            .title("Slice progress")
+            .datasource(DATASOURCE)
+            .span(24)
+            .height(8)
+            .description("Documents scanned per slice (feed range); the last to finish set the end")
+            .with_target(query(f"reencrypt_sweep_slice_documents_scanned_total{{{SWEEP}}}", "slice {{slice}}"))
+            .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+            .orientation(common.VizOrientation.VERTICAL)
+            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        )
+    )
