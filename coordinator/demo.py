@@ -12,7 +12,7 @@ import shutil
 
 from rich.console import Console
 
-from coordinator import keyops, render, sweeps
+from coordinator import keyops, render, steering
 from coordinator.context import Context, state_dir
 from coordinator.launch import WorkerFleet
 from coordinator.verify import verify_rotation
@@ -59,7 +59,7 @@ def _rotation(ctx: Context, home, docs: int, workers: int, console: Console) -> 
     _step(console, f"3. sweep every field onto {v2.kid} with {workers} worker processes")
     console.print(f"broker: {'embedded Redis' if not ctx.settings.redis_url else 'REDIS_URL'}; worker logs in {home}")
     with WorkerFleet(ctx, workers, log_dir=home / "logs"):
-        sweep = sweeps.start(ctx, to=v2.kid, sources=[], mode="reencrypt", slices=8)
+        sweep = steering.start(ctx, to=v2.kid, sources=[], mode="reencrypt", slices=8)
         progress = render.follow(ctx, sweep.id, console, kick_stalled=True)
     render.summary(console, progress)
     if progress.sweep.status != "completed":

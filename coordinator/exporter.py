@@ -27,7 +27,7 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from coordinator import sweeps
+from coordinator import steering
 from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.errors import ReencryptError
@@ -86,7 +86,7 @@ class SweepView:
     workers: int
 
     @classmethod
-    def of(cls, progress: sweeps.Progress, now: float) -> SweepView:
+    def of(cls, progress: steering.Progress, now: float) -> SweepView:
         live_owners = {s.lease_owner for s in progress.slices if s.lease_is_live(now)}
         return cls(
             sweep=progress.sweep,
@@ -314,7 +314,7 @@ class Exporter:
             # An outage at start is served as store_up 0 until the store answers.
         self.ctx = ctx
         self.snapshot = Snapshot()
-        self._previous: dict[str, sweeps.Progress] = {}
+        self._previous: dict[str, steering.Progress] = {}
         self._redis: redis.Redis | None = None
         self._last_problem: dict[str, str] = {}
 
@@ -351,7 +351,7 @@ class Exporter:
         chosen = exported_sweeps(state.sweeps(), state.active_sweep_id())
         now, views, previous = time.time(), [], {}
         for sweep in chosen:
-            progress = sweeps.progress(self.ctx, sweep, self._previous.get(sweep.id))
+            progress = steering.progress(self.ctx, sweep, self._previous.get(sweep.id))
             previous[sweep.id] = progress
             views.append(SweepView.of(progress, now))
         self._previous = previous

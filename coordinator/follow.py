@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from coordinator import sweeps
+from coordinator import steering
 from coordinator.context import Context
 from tracker_reencrypt.errors import redact_url
 from tracker_reencrypt.fleet import enqueue_slice, pending_messages, rescue_expired_leases, store_queue
@@ -33,7 +33,7 @@ def broker_text(ctx: Context) -> str:
     return f"broker {redact_url(ctx.redis_url)} queue {store_queue(ctx.settings)}"
 
 
-def no_worker_notice(ctx: Context, progress: sweeps.Progress, now: float | None = None) -> str:
+def no_worker_notice(ctx: Context, progress: steering.Progress, now: float | None = None) -> str:
     """A line for a running sweep no worker has touched for NO_WORKER_S, else ''."""
     if progress.sweep.status != RUNNING or progress.active_leases or not progress.slices:
         return ""
@@ -53,7 +53,7 @@ class Recovery:
     ctx: Context
     requeued: set[tuple[int, int]] = field(default_factory=set)
 
-    def step(self, progress: sweeps.Progress, now: float | None = None) -> int:
+    def step(self, progress: steering.Progress, now: float | None = None) -> int:
         """Re-queue what needs it; returns how many messages were sent."""
         if progress.sweep.status != RUNNING:
             return 0

@@ -13,7 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 
 from coordinator import follow as following
-from coordinator import sweeps
+from coordinator import steering
 from coordinator.context import Context
 from tracker_reencrypt.pacing.limits import describe_limits
 from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Sweep
@@ -67,7 +67,7 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _status_view(progress: sweeps.Progress, notice: str = "") -> Group:
+def _status_view(progress: steering.Progress, notice: str = "") -> Group:
     sweep, totals = progress.sweep, progress.totals
     estimate = max(1, sweep.documents_estimate)
     per_slice = max(1, estimate / max(1, len(progress.slices)))
@@ -120,11 +120,11 @@ def _status_view(progress: sweeps.Progress, notice: str = "") -> Group:
     return Group(*parts)
 
 
-def status(console: Console, progress: sweeps.Progress) -> None:
+def status(console: Console, progress: steering.Progress) -> None:
     console.print(_status_view(progress))
 
 
-def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> sweeps.Progress:
+def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> steering.Progress:
     """Refresh the status until the sweep finishes; returns the final progress.
 
     A paused sweep ends the following too (paused by an operator, or by the fleet for a
@@ -132,7 +132,7 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
     KeyboardInterrupt out of here with the sweep untouched: the CLI says what goes on running
     and how to stop it.
     """
-    progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id))
+    progress = steering.progress(ctx, ctx.state.get_sweep(sweep_id))
     recovery = following.Recovery(ctx) if kick_stalled else None
     if console:
         console.print(
@@ -142,7 +142,7 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
     with live if live is not None else contextlib.nullcontext():
         while progress.sweep.status not in FINISHED | {PAUSED}:
             time.sleep(REFRESH_S)
-            progress = sweeps.progress(ctx, ctx.state.get_sweep(sweep_id), previous=progress)
+            progress = steering.progress(ctx, ctx.state.get_sweep(sweep_id), previous=progress)
             if recovery is not None:
                 recovery.step(progress)
             if live is not None:
@@ -150,7 +150,7 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
     return progress
 
 
-def summary(console: Console, progress: sweeps.Progress) -> None:
+def summary(console: Console, progress: steering.Progress) -> None:
     totals = progress.totals
     console.print(
         f"sweep {progress.sweep.id} {progress.sweep.status}: {totals.get('documents_scanned', 0)} documents scanned, "

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from coordinator import sweeps
+from coordinator import steering
 from coordinator.bench.measure import Stopwatch, cpu_share
 from coordinator.bench.results import Container, FleetRun
 from coordinator.bench.scrape import metric, scrape_settled, tree_rss_mb
@@ -44,7 +44,7 @@ def run_fleet(
         say(f"fleet W={workers}: workers ready, sweep starts")
         memory = _WorkerMemory(fleet, container.documents)
         with cpu_share([process.pid for process in fleet.processes]) as cores, clock.span():
-            sweep = sweeps.start(ctx, to=target_kid, sources=[], mode="reencrypt", slices=slices)
+            sweep = steering.start(ctx, to=target_kid, sources=[], mode="reencrypt", slices=slices)
             status = _await_finish(ctx, fleet, sweep.id, memory, poll_s=poll_s, log_dir=log_dir)
         memory.sample_peak()
         totals = ctx.state.totals(sweep.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator import sweeps
+from coordinator import steering
 
 DEFAULT_SAMPLE = 2_000
 
@@ -15,4 +15,4 @@ class BenchOptions:
     dek_share: int
     seed: int
     sample: int = DEFAULT_SAMPLE
-    slices: int = sweeps.DEFAULT_SLICES
+    slices: int = steering.DEFAULT_SLICES

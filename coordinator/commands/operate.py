@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from coordinator import keyops, render, sweeps
+from coordinator import keyops, render, steering
 from coordinator.commands.common import JsonOption, emit, err, out
 from coordinator.context import Context
 from coordinator.verify import verify_rotation
@@ -138,7 +138,7 @@ def bench(
         min=1,
         help="Documents the naive way, the in-process bound and the store-only pass are measured on.",
     ),
-    slices: int = typer.Option(sweeps.DEFAULT_SLICES, "--slices", min=1, help="Slices of each benchmark sweep."),
+    slices: int = typer.Option(steering.DEFAULT_SLICES, "--slices", min=1, help="Slices of each benchmark sweep."),
     as_json: bool = JsonOption,
 ) -> None:
     """Measure a full sweep with 1 and 2 worker processes against the naive way and the in-process bound."""

@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.console import Console
 
-from coordinator import render, sweeps
+from coordinator import render, steering
 from coordinator.commands.common import JsonOption, emit, err, out
 from coordinator.context import Context
 from tracker_reencrypt.errors import SweepError
@@ -29,7 +29,7 @@ def sweep_start(
         "reencrypt", "--mode", help="reencrypt (fresh DEK and ciphertext) or rewrap (DEK re-wrapped only)."
     ),
     slices: int = typer.Option(
-        sweeps.DEFAULT_SLICES, "--slices", help="Work slices (feed ranges) to split the container into."
+        steering.DEFAULT_SLICES, "--slices", help="Work slices (feed ranges) to split the container into."
     ),
     rate: float | None = typer.Option(None, "--rate", help="Fleet-wide limit in documents/s (default: none)."),
     kv_ops_per_s: float | None = typer.Option(None, "--kv-ops-per-s", help="Fleet-wide Key Vault budget in calls/s."),
@@ -42,12 +42,12 @@ def sweep_start(
 ) -> None:
     """Plan and start a sweep; prints its id."""
     ctx: Context = c.obj
-    limits = sweeps.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
+    limits = steering.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
     if dry_run:
-        payload = sweeps.dry_run(ctx, to=to, sources=sources, limits=limits)
+        payload = steering.dry_run(ctx, to=to, sources=sources, limits=limits)
         emit(ctx, as_json, payload, lambda: render.dry_run(out, payload))
         return
-    sweep = sweeps.start(ctx, to=to, sources=sources, mode=mode, slices=slices, limits=limits)
+    sweep = steering.start(ctx, to=to, sources=sources, mode=mode, slices=slices, limits=limits)
     if not wait:
         emit(ctx, as_json, {"sweep_id": sweep.id, "slices": sweep.slice_count}, lambda: out.print(sweep.id))
         return
@@ -56,7 +56,7 @@ def sweep_start(
     _finish(ctx, final, as_json)
 
 
-def _following(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> sweeps.Progress:
+def _following(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> steering.Progress:
     """Follow the sweep; on Ctrl-C say that it goes on and how to stop it, and exit 130."""
     try:
         return render.follow(ctx, sweep_id, console, kick_stalled=kick_stalled)
@@ -72,7 +72,7 @@ def _following(ctx: Context, sweep_id: str, console: Console | None, *, kick_sta
         raise typer.Exit(130) from None
 
 
-def _finish(ctx: Context, progress: sweeps.Progress, as_json: bool) -> None:
+def _finish(ctx: Context, progress: steering.Progress, as_json: bool) -> None:
     emit(ctx, as_json, progress.as_json(), lambda: render.summary(out, progress))
     if progress.sweep.status != "completed" or progress.totals.get("failures"):
         raise typer.Exit(1)
@@ -92,25 +92,25 @@ def sweep_status(
         listed = ctx.state.sweeps()
         emit(ctx, as_json, [sweep.to_record() for sweep in listed], lambda: render.sweep_list(out, listed))
         return
-    sweep = sweeps.resolve(ctx, sweep_id)
+    sweep = steering.resolve(ctx, sweep_id)
     if watch and not as_json:
         _following(ctx, sweep.id, out, kick_stalled=False)
         return
-    progress = sweeps.progress(ctx, sweep)
+    progress = steering.progress(ctx, sweep)
     emit(ctx, as_json, progress.as_json(), lambda: render.status(out, progress))
 
 
 @sweep_app.command("pause")
 def sweep_pause(c: typer.Context, sweep_id: str | None = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Stop taking new batches (each worker finishes the batch in hand)."""
-    sweep = sweeps.pause(c.obj, sweep_id)
+    sweep = steering.pause(c.obj, sweep_id)
     emit(c.obj, as_json, sweep.to_record(), lambda: out.print(f"sweep {sweep.id} paused"))
 
 
 @sweep_app.command("resume")
 def sweep_resume(c: typer.Context, sweep_id: str | None = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Resume a paused sweep, or re-queue a running one from its checkpoints (after Redis lost its queue)."""
-    sweep, queued = sweeps.resume(c.obj, sweep_id)
+    sweep, queued = steering.resume(c.obj, sweep_id)
     emit(
         c.obj,
         as_json,
@@ -123,7 +123,7 @@ def sweep_resume(c: typer.Context, sweep_id: str | None = typer.Argument(None), 
 def sweep_cancel(c: typer.Context, sweep_id: str | None = typer.Argument(None), as_json: bool = JsonOption) -> None:
     """Cancel a sweep; fields already moved stay moved (both keys remain readable). Run it again
     on a sweep still cancelling to settle it once its batches in hand are over."""
-    sweep = sweeps.cancel(c.obj, sweep_id)
+    sweep = steering.cancel(c.obj, sweep_id)
     emit(c.obj, as_json, sweep.to_record(), lambda: _cancel_text(c.obj, sweep))
 
 
@@ -131,7 +131,7 @@ def _cancel_text(ctx: Context, sweep: Sweep) -> None:
     if sweep.status != "cancelling":
         out.print(f"sweep {sweep.id} {sweep.status}")
         return
-    batches, seconds = sweeps.leases_in_hand(ctx, sweep.id)
+    batches, seconds = steering.leases_in_hand(ctx, sweep.id)
     out.print(
         f"sweep {sweep.id} cancelling: {batches} batches in hand finish first (their leases end within "
         f"{seconds:.0f} s); it becomes cancelled then, or run 'reencrypt sweep cancel {sweep.id}' again"
@@ -149,8 +149,8 @@ def sweep_throttle(
     as_json: bool = JsonOption,
 ) -> None:
     """Change a running sweep's limits; workers pick them up at their next batch."""
-    limits = sweeps.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
-    sweep = sweeps.throttle(c.obj, sweep_id, limits, unlimited=unlimited)
+    limits = steering.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
+    sweep = steering.throttle(c.obj, sweep_id, limits, unlimited=unlimited)
     emit(c.obj, as_json, sweep.to_record(), lambda: out.print(f"sweep {sweep.id} limits: {render.limits_text(sweep)}"))
 
 
@@ -163,7 +163,7 @@ def sweep_failures(
 ) -> None:
     """Fields a sweep could not move: document id, partition key, field path, reason."""
     ctx: Context = c.obj
-    failures = ctx.state.failures(sweeps.resolve(ctx, sweep_id).id)
+    failures = ctx.state.failures(steering.resolve(ctx, sweep_id).id)
     rows = [failure.to_record() for failure in failures]
     output_format = "json" if as_json else output_format
     if output_format == "json":

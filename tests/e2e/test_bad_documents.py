@@ -10,7 +10,7 @@ from contextlib import closing
 import pytest
 
 from coordinator.context import Context
-from coordinator.sweeps import SAMPLE_DOCUMENTS, _sample
+from coordinator.steering import SAMPLE_DOCUMENTS, _sample
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import MAX_DEPTH, check_document
 from tracker_reencrypt.errors import KeyProviderError

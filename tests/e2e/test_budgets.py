@@ -24,7 +24,7 @@ import redis
 from azure.core.credentials import AccessToken
 
 from coordinator.context import Context
-from coordinator.sweeps import LimitFlags, start
+from coordinator.steering import LimitFlags, start
 from tracker_reencrypt import envelope
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes, json_pointer, location

@@ -1,4 +1,4 @@
-"""Sweep operations the CLI exposes: start, pause, resume, cancel, throttle, progress.
+"""Steering sweeps, as the CLI exposes it: start, pause, resume, cancel, throttle, progress.
 
 Each checks its input before writing anything, so a refused command leaves no trace.
 """
