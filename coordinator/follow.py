@@ -10,16 +10,20 @@ idle slices (so a busy fleet with a long queue is never flooded with duplicates)
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import redis
+from kombu.exceptions import OperationalError
 
 from coordinator import steering
 from coordinator.context import Context
 from tracker_reencrypt.errors import redact_url
 from tracker_reencrypt.fleet import enqueue_slice, pending_messages, rescue_expired_leases, store_queue
 from tracker_reencrypt.sweep.records import RUNNING
+
+log = logging.getLogger("reencrypt.follow")
 
 #: A slice with no lease and no checkpoint for this long while the sweep runs may have lost
 #: its message (a crash between commit and enqueue, or Redis lost its queue).
@@ -54,23 +58,31 @@ class Recovery:
     requeued: set[tuple[int, int]] = field(default_factory=set)
 
     def step(self, progress: steering.Progress, now: float | None = None) -> int:
-        """Re-queue what needs it; returns how many messages were sent."""
+        """Re-queue what needs it; returns how many messages were sent. A broker that does not
+        answer is not this follower's to fix: it says so and tries again at the next refresh."""
         if progress.sweep.status != RUNNING:
             return 0
-        sent = len(rescue_expired_leases(self.ctx.celery, self.ctx.state))
-        now = now or time.time()
+        try:
+            return self._requeue(progress, now or time.time())
+        except (redis.RedisError, OSError, OperationalError) as exc:
+            log.warning("re-queuing skipped this time: the broker did not answer (%s)", type(exc).__name__)
+            return 0
+
+    def _requeue(self, progress: steering.Progress, now: float) -> int:
+        rescued = {index for index, _ in rescue_expired_leases(self.ctx.celery, self.ctx.state)}
         idle = [piece for piece in progress.slices if not piece.done and not piece.lease_is_live(now)]
         stalled = [
             piece
             for piece in idle
-            if now - piece.updated_at > STALL_S and (piece.index, piece.fence) not in self.requeued
+            if now - piece.updated_at > STALL_S
+            and piece.index not in rescued
+            and (piece.index, piece.fence) not in self.requeued
         ]
-        if not stalled or self._messages_waiting() >= len(idle):
-            return sent
-        for piece in stalled:
+        missing = len(idle) - self._messages_waiting()
+        for piece in stalled[: max(0, missing)]:  # no more than the broker is short of
             enqueue_slice(self.ctx.celery, progress.sweep.id, piece.index, piece.fence)
             self.requeued.add((piece.index, piece.fence))
-        return sent + len(stalled)
+        return len(rescued) + min(len(stalled), max(0, missing))
 
     def _messages_waiting(self) -> int:
         client = redis.Redis.from_url(self.ctx.redis_url, socket_connect_timeout=3, socket_timeout=3)

@@ -20,6 +20,7 @@ from tracker_reencrypt.errors import (
 )
 from tracker_reencrypt.keys import KeyVersion
 from tracker_reencrypt.stores import open_store, store_fingerprint
+from tracker_reencrypt.sweep.records import utc_now
 
 
 def init(ctx: Context) -> tuple[KeyVersion, bool]:
@@ -56,6 +57,7 @@ def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
                 f"before rotating (or pass --force)"
             )
     version = ctx.provider.rotate()
+    custody.note_switch(ctx.provider, utc_now())
     return version, ctx.record_key_operation("key rotated", kid=version.kid)
 
 
@@ -65,8 +67,9 @@ def promote(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
     _open_store_first(ctx)
     was_current = ctx.provider.current_kid() == kid
     version = ctx.provider.promote(kid)
-    if was_current:  # nothing changed: nothing to audit
+    if was_current:  # nothing changed: nothing to record
         return version, bool(ctx.settings.store)
+    custody.note_switch(ctx.provider, utc_now())
     return version, ctx.record_key_operation("key promoted", kid=kid)
 
 
@@ -86,14 +89,20 @@ def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
                 f"one) before disabling it"
             )
         ctx.settings.require("store")
-        in_use = scan_container(ctx.store, keyring=None).fields_by_kid.get(kid, 0)
+        scan = scan_container(ctx.store, keyring=None)
+        in_use = scan.fields_by_kid.get(kid, 0)
         if in_use:
             raise KeyDisabledError(
                 f"{in_use} fields in {ctx.store.describe()} still use {kid}: "
                 f"finish the sweep and verify, or pass --force"
             )
+        if scan.undecryptable:  # documents it could not read may hold fields on the version
+            raise KeyDisabledError(
+                f"{scan.undecryptable} documents of {ctx.store.describe()} could not be read, so their fields "
+                f"were not counted: see 'reencrypt verify --expect <current kid>', or pass --force"
+            )
         refusal = custody.disable_refusal(
-            ctx.provider, kid, ctx.settings.store, _audit_entries_of(ctx), _replaced_at(ctx, kid)
+            ctx.provider, kid, ctx.settings.store, _audit_entries_of(ctx), _writes_ended(ctx, kid)
         )
         if refusal:
             raise KeyDisabledError(f"{kid} not disabled: {refusal}")
@@ -116,19 +125,27 @@ def _open_store_first(ctx: Context) -> None:
 
 
 def audit_problems(ctx: Context) -> list[str]:
-    """The audit trail's hash chain checked, and its head against the anchor the key keeps
-    (when a key provider is configured): truncation or a rebuilt chain shows."""
+    """The audit trail's hash chain checked, and its head against the anchor the key keeps:
+    truncation or a rebuilt chain shows. A trail with key operations and no anchor to check
+    it against is a problem too: without one, deleting its newest entries would not show."""
     entries = ctx.audit.entries()
     problems = ctx.audit.check()
-    if ctx.settings.keys:
-        mark = custody.marks(ctx.provider).get(store_fingerprint(ctx.settings.store))
-        problems += custody.anchor_problems(mark, entries, ctx.provider.describe())
+    anchored = any(entry.get("action") in custody.KEY_OPERATIONS for entry in entries)
+    if not ctx.settings.keys:
+        if anchored:
+            problems.append("the anchor was not checked: give the key provider (--keys or REENCRYPT_KEYS)")
+        return problems
+    mark = custody.marks(ctx.provider).get(store_fingerprint(ctx.settings.store))
+    if anchored and (mark is None or not mark.anchor_seq):
+        problems.append(f"{ctx.provider.describe()} holds no anchor for this store's trail: it cannot be checked")
+    problems += custody.anchor_problems(mark, entries, ctx.provider.describe())
     return problems
 
 
 def _audit_entries_of(ctx: Context):
     """Read a container's audit trail by URL: this store's through the context, others opened
-    read-only (a container that no longer exists refuses the gate, naming it)."""
+    without create (a container that no longer exists refuses the gate, naming it; a SQLite
+    file of the first layout is migrated, as any open does)."""
 
     def entries(url: str) -> list[dict]:
         if url == ctx.settings.store:
@@ -142,14 +159,13 @@ def _audit_entries_of(ctx: Context):
     return entries
 
 
-def _replaced_at(ctx: Context, kid: str) -> str | None:
-    """When the version after ``kid`` was created: the end of writes under ``kid`` when no
-    audit trail recorded the rotation (it was made without a store configured).
-
-    The next version in the provider's order (oldest first), not the next newer timestamp:
-    timestamps are whole seconds, and a rotation within the second of its predecessor was
-    taken for none, refusing the gate with "never replaced as current"."""
+def _writes_ended(ctx: Context, kid: str) -> str | None:
+    """What the key itself says of when writes under ``kid`` may last have happened: the later
+    of its last change of current version (rotate, promote) and the creation of the version
+    after ``kid`` (the next in the provider's order, oldest first: timestamps are whole
+    seconds, so a later timestamp would miss a rotation within the same second)."""
     versions = ctx.provider.versions()
     kids = [v.kid for v in versions]
     following = versions[kids.index(kid) + 1 :] if kid in kids else []
-    return (following[0].created or None) if following else None
+    ends = [t for t in (custody.last_switch(ctx.provider), following[0].created if following else None) if t]
+    return max(ends, default=None)

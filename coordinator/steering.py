@@ -227,7 +227,13 @@ def resume(ctx: Context, sweep_id: str | None) -> tuple[Sweep, int]:
             only_if=lambda body: body.status == PAUSED,
         )
     ctx.audit.append("sweep resumed", sweep_id=sweep.id)
-    return sweep, kick(ctx, sweep.id, celery)
+    queued = kick(ctx, sweep.id, celery)
+    # Its last slices may have finished while it was paused: then no message is left to settle it.
+    finished = ctx.state.settle(sweep.id)
+    if finished is not None:
+        ctx.audit.append(f"sweep {finished.status}", sweep_id=sweep.id, totals=finished.totals)
+        sweep = finished
+    return sweep, queued
 
 
 def kick(ctx: Context, sweep_id: str, celery=None) -> int:

@@ -26,9 +26,14 @@ from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.stores import store_fingerprint, store_location
 
 MARK_PREFIX = "store-"
+#: When the key's current version last changed: writes under any other version may have
+#: happened until then, whichever store (or none) the operator had configured.
+SWITCHED_ENTRY = "current-switched-at"
 ANCHOR_HASH_CHARS = 32
 #: Audit actions after which new writes go to the version they name.
 MAKES_CURRENT = ("key created", "key rotated", "key promoted")
+#: Audit actions of key operations: each anchors the trail's head in the key's metadata.
+KEY_OPERATIONS = (*MAKES_CURRENT, "key disabled", "key enabled")
 SWEEP_ENDS = ("sweep completed", "sweep failed", "sweep cancelled")
 
 
@@ -132,31 +137,42 @@ def write_window(entries: list[dict], kid: str) -> WriteWindow:
 
 
 def proving_verify(entries: list[dict], kid: str, after: str, after_seq: int = 0) -> dict | None:
-    """The newest passing verify recorded at or after ``after``, and after entry ``after_seq``
-    of the trail when it says, that proves no field uses ``kid``."""
+    """The newest verify recorded at or after ``after``, and after entry ``after_seq`` of the
+    trail when it says, that proves no field uses ``kid``: it counted every field by kid (none
+    on ``kid``), read every document, and saw documents (or was told the container is empty).
+    Whether its own expectation held does not matter here: a later rotation may already have
+    moved the current version on."""
     for entry in reversed(entries):
         if entry.get("at", "") < after or entry.get("seq", 0) <= after_seq:
             return None
         details = entry.get("details") or {}
+        counted = details.get("fields_by_kid")
         if (
             entry.get("action") == "verify"
-            and details.get("ok")
-            and details.get("expect") != kid
-            and not (details.get("fields_by_kid") or {}).get(kid)
+            and isinstance(counted, dict)
+            and not counted.get(kid)
+            and details.get("undecryptable") == 0
+            and (details.get("documents", 0) > 0 or details.get("allow_empty"))
         ):
             return entry
     return None
 
 
-def gate_problem(entries: list[dict], kid: str, fallback_end: str | None, where: str) -> str | None:
-    """Why this store's audit trail does not yet allow disabling ``kid`` (None: it does)."""
+def gate_problem(entries: list[dict], kid: str, key_end: str | None, where: str) -> str | None:
+    """Why this store's audit trail does not yet allow disabling ``kid`` (None: it does).
+
+    Writes under ``kid`` may have happened until the later of what this trail shows and
+    ``key_end`` (what the key itself records: its last change of current version, and the
+    creation of the version after ``kid``), since key operations made with another store, or
+    none, leave no entry here."""
     window = write_window(entries, kid)
     if window.open_sweeps:
         return f"sweep {window.open_sweeps[0]} towards {kid} has not ended in {where}"
-    ends_at = window.ends_at or fallback_end
+    ends_at = max((t for t in (window.ends_at, key_end) if t), default=None)
     if ends_at is None:
         return f"{where}: nothing shows when writes under {kid} stopped (it was never replaced as current)"
-    if proving_verify(entries, kid, ends_at, window.ends_seq if window.ends_at else 0) is None:
+    after_seq = window.ends_seq if window.ends_at == ends_at else 0
+    if proving_verify(entries, kid, ends_at, after_seq) is None:
         return (
             f"{where} has no passing verify since {ends_at} (when writes under {kid} last could happen): "
             f"run 'reencrypt --store <it> verify --expect <current kid>' there first"
@@ -164,8 +180,17 @@ def gate_problem(entries: list[dict], kid: str, fallback_end: str | None, where:
     return None
 
 
+def note_switch(provider: KeyProvider, at: str) -> None:
+    """Record with the key when its current version last changed (rotate, promote)."""
+    provider.set_metadata({SWITCHED_ENTRY: at})
+
+
+def last_switch(provider: KeyProvider) -> str | None:
+    return provider.metadata().get(SWITCHED_ENTRY) or None
+
+
 def disable_refusal(
-    provider: KeyProvider, kid: str, store_url: str, trail_of: Callable[[str], list[dict]], fallback_end: str | None
+    provider: KeyProvider, kid: str, store_url: str, trail_of: Callable[[str], list[dict]], key_end: str | None
 ) -> str | None:
     """Why ``kid`` may not be disabled yet, checking this store and every other container the
     key protects (``trail_of(url)`` reads a store's audit entries, raising our error when the
@@ -174,7 +199,7 @@ def disable_refusal(
     for fingerprint, mark in marks(provider).items():
         checked.setdefault(fingerprint, mark.url)
     for url in checked.values():
-        problem = gate_problem(trail_of(url), kid, fallback_end, f"container {store_location(url)}")
+        problem = gate_problem(trail_of(url), kid, key_end, f"container {store_location(url)}")
         if problem:
             return problem
     return None

@@ -87,8 +87,8 @@ def _envelopes_within(value: Any, parts: PathParts, limit: float) -> list[tuple[
     """Every envelope in ``value``, depth first; None once objects and arrays nest past ``limit``.
 
     An explicit stack rather than recursion, so a hostile nesting depth cannot crash the walk.
-    Only objects and arrays are pushed: on the sweep's hot path this is as fast as the
-    recursive walk it replaced, depth check included.
+    Only objects and arrays are pushed, which keeps it as fast as a recursive walk on the
+    sweep's hot path, depth check included.
     """
     found = []
     pending = [(parts, value)] if isinstance(value, (dict, list)) else []

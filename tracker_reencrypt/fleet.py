@@ -133,6 +133,10 @@ def rescue_expired_leases(app: Celery, state: SweepState) -> list[tuple[int, int
         return []
     rescued = state.rescue_expired(sweep_id)
     for index, fence in rescued:
+        try:
+            enqueue_slice(app, sweep_id, index, fence)
+        except Exception:
+            state.unmark_rescue(sweep_id, index, fence)  # the next look sends it
+            raise
         log.warning("slice %s/%d: its worker's lease expired; re-queued for another worker", sweep_id, index)
-        enqueue_slice(app, sweep_id, index, fence)
     return rescued

@@ -13,6 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, ReencryptError
@@ -35,28 +36,48 @@ def error_backoff(failures_in_a_row: int) -> float:
     return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** max(0, failures_in_a_row - 1))
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one message did: the text logged (and returned to Celery), and whether its slice
+    ended, after which a running sweep may have no slice left to do and is settled."""
+
+    text: str
+    slice_ended: bool = False
+
+
 def handle(
     app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int, store: str | None = None
 ) -> str:
     """One task message, as the Celery task (worker/app.py) and the tests' in-process fleet
-    receive it: ours is worked, another store's is sent on to its own queue."""
+    receive it: ours is worked, another store's is sent on to its own queue.
+
+    Until a claim holds the slice nothing is held, so a failure there only has to bring the
+    message back: later when retrying can help, never when it cannot (a sweep or slice that
+    does not exist, a refused credential), which is logged and dropped instead of looping.
+    """
     if store != app.conf.task_default_queue[len(QUEUE_PREFIX) :]:
         return forward_misrouted(app, sweep_id, index, fence, store)
-    return process_slice(app, runtime_of(), sweep_id, index, fence)
+    return _process(app, runtime_of, sweep_id, index, fence)
 
 
 def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:
-    """Advance one slice by one batch. Returns what happened, for logs and tests."""
+    """Advance one slice of this worker's own store by one batch; what happened, as text."""
+    return _process(app, lambda: runtime, sweep_id, index, fence)
+
+
+def _process(app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int) -> str:
     try:
+        runtime = runtime_of()
         outcome = _advance(app, runtime, sweep_id, index, fence)
     except ReencryptError as exc:
-        # Before any claim (reading the sweep or the slice): nothing is held, so the message
-        # only has to come back later. Unexpected errors here are bugs and surface in Celery.
+        if not exc.transient:
+            log.error("slice %s/%d: %s; message dropped (it cannot succeed as it is)", sweep_id, index, exc)
+            return f"dropped: {exc}"
         log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, exc, ERROR_BACKOFF_S)
         enqueue_slice(app, sweep_id, index, fence, countdown=ERROR_BACKOFF_S)
         return "error: retrying"
     _settle(runtime, sweep_id, outcome)
-    return outcome
+    return outcome.text
 
 
 def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | None) -> str:
@@ -72,22 +93,22 @@ def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | N
     return "forwarded to its own store's queue"
 
 
-def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:
+def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> Outcome:
     state, settings = runtime.state, runtime.settings
     sweep = state.get_sweep(sweep_id)
     if sweep.status != RUNNING:
         # Paused or stopping: drop the message; 'sweep resume' enqueues the slice again.
-        return f"dropped: sweep is {sweep.status}"
+        return Outcome(f"dropped: sweep is {sweep.status}")
     claim = state.claim_slice(sweep_id, index, fence, runtime.owner, settings.lease_seconds)
     if claim.action == "retry":
         enqueue_slice(app, sweep_id, index, fence, countdown=min(claim.retry_after + 0.5, settings.lease_seconds))
-        return f"retry later: {claim.why}"
+        return Outcome(f"retry later: {claim.why}")
     if claim.action == "drop":
-        return f"dropped: {claim.why}"
+        return Outcome(f"dropped: {claim.why}", slice_ended=claim.slice_done)
     return _work(app, runtime, sweep, index, claim)
 
 
-def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> str:
+def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> Outcome:
     state, settings, sweep_id = runtime.state, runtime.settings, sweep.id
     started = time.perf_counter()
     try:
@@ -109,7 +130,7 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> str:
     except LeaseLostError as exc:
         metrics.BATCHES.labels("lease_lost").inc()
         log.warning("slice %s/%d: %s; stopping", sweep_id, index, exc)
-        return "lease lost"
+        return Outcome("lease lost")
     except Exception as exc:  # noqa: BLE001 - every failure gives the slice back; none may leave it leased
         metrics.BATCHES.labels("error").inc()
         return _give_back(app, runtime, sweep_id, index, claim.fence, exc)
@@ -118,21 +139,28 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> str:
         runtime.publish_metrics()
     _count(report, sweep.mode)
     metrics.BATCHES.labels("committed").inc()
+    # Committed: the slice is free now and only a message moves it on, so the continuation is
+    # sent first and unconditionally (a sweep paused meanwhile drops it, as any other message).
+    if not report.result.done:
+        enqueue_slice(app, sweep_id, index, claim.fence)
     if sweep.last_error:
+        _clear_last_error(state, sweep_id)
+    return Outcome("slice done", slice_ended=True) if report.result.done else Outcome("continued")
+
+
+def _clear_last_error(state, sweep_id: str) -> None:
+    """A batch committed: the error being retried is over. Best effort: the next one tries again."""
+    try:
         state.update_sweep(
             sweep_id,
             lambda body: body.but(last_error=None),
             only_if=lambda body: body.status == RUNNING and body.last_error is not None,
         )
-    if report.result.done:
-        return "slice done"
-    if state.get_sweep(sweep_id).status == RUNNING:
-        enqueue_slice(app, sweep_id, index, claim.fence)
-        return "continued"
-    return "stopped: sweep no longer running"
+    except ReencryptError as exc:
+        log.warning("sweep %s: could not clear its last error (%s)", sweep_id, exc)
 
 
-def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exception) -> str:
+def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exception) -> Outcome:
     """Release the slice at its checkpoint (documents already rewritten are on target and will
     be skipped), then retry later or pause the sweep, by what kind of failure this is."""
     state = runtime.state
@@ -155,23 +183,31 @@ def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc
     try:
         released = state.release_slice(sweep_id, index, fence, failed=True)
     except LeaseLostError:
-        return "lease lost"
+        return Outcome("lease lost")
+    # Released: from here on only a message moves the slice on, so it is sent before the
+    # sweep record is touched (a store error there must not strand the slice).
+    delay = error_backoff(released.error_retries)
     if not transient:
         log.error("slice %s/%d: %s; pausing the sweep ('reencrypt sweep resume' once fixed)", sweep_id, index, message)
-        state.pause_for(sweep_id, message)
-        return "paused: " + message
-    delay = error_backoff(released.error_retries)
-    log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, message, delay)
-    state.update_sweep(sweep_id, lambda body: body.but(last_error=message))
+        try:
+            state.pause_for(sweep_id, message)
+        except ReencryptError as outage:  # the slice must not be left without a message: try again later
+            enqueue_slice(app, sweep_id, index, fence, countdown=delay)
+            log.error("sweep %s: could not be paused (%s); slice %d retried in %.0fs", sweep_id, outage, index, delay)
+            return Outcome("error: retrying")
+        return Outcome("paused: " + message)
     enqueue_slice(app, sweep_id, index, fence, countdown=delay)
-    return "error: retrying"
+    log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, message, delay)
+    try:
+        state.update_sweep(
+            sweep_id, lambda body: body.but(last_error=message), only_if=lambda body: body.status == RUNNING
+        )
+    except ReencryptError as outage:  # shown on the sweep when the store answers again
+        log.warning("sweep %s: could not record its last error (%s)", sweep_id, outage)
+    return Outcome("error: retrying")
 
 
-#: Outcomes after which a running sweep may have no slice left to do.
-_SLICE_ENDED = ("slice done", "dropped: slice already done")
-
-
-def _settle(runtime: Runtime, sweep_id: str, outcome: str) -> None:
+def _settle(runtime: Runtime, sweep_id: str, outcome: Outcome) -> None:
     """Finish the sweep if it reached its end (audited once, by whichever task got there).
 
     A cancelling sweep is settled after every task; a running one only when this task saw its
@@ -180,7 +216,7 @@ def _settle(runtime: Runtime, sweep_id: str, outcome: str) -> None:
     state = runtime.state
     try:
         status = state.get_sweep(sweep_id).status
-        if status != CANCELLING and not (status == RUNNING and outcome in _SLICE_ENDED):
+        if status != CANCELLING and not (status == RUNNING and outcome.slice_ended):
             return
         finished = state.settle(sweep_id)
     except ReencryptError as exc:  # the store is down: the next task or 'sweep cancel' settles

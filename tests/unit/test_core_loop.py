@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import pytest
 
+from coordinator import steering
+from coordinator.context import Context
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
-from tracker_reencrypt.fleet import enqueue_slice
+from tracker_reencrypt.errors import StoreUnavailableError
+from tracker_reencrypt.fleet import enqueue_slice, rescue_expired_leases
 from tracker_reencrypt.sweep.records import CANCELLED, CANCELLING, COMPLETED, PAUSED, RUNNING, Sweep, utc_now
 
 from conftest import assert_every_field_on, make_rotation
@@ -169,3 +172,75 @@ def test_a_message_of_another_store_is_sent_on_to_its_own_queue(rotation):
     enqueue_slice(fleet.broker, "sw-elsewhere", 0, 0, fingerprint="0123456789ab")
     fleet.broker.messages[0].queue = fleet.broker.conf.task_default_queue  # misrouted onto ours
     assert fleet.join() == ["forwarded to its own store's queue", "not ours: 0123456789ab"]
+
+
+def test_a_store_error_after_the_commit_does_not_strand_the_slice(rotation):
+    """The continuation is sent before the sweep record is touched: when clearing the last
+    error fails (the store blinked), the slice still goes on and the sweep completes."""
+    fleet = fleet_for(rotation)
+    sweep = start(fleet, rotation.v2, slices=1)
+    fleet.state.update_sweep(sweep.id, lambda body: body.but(last_error="Key Vault unreachable"))
+    update, failed = fleet.state.update_sweep, []
+
+    def update_failing_once(*args, **kwargs):
+        if not failed:
+            failed.append(True)
+            raise StoreUnavailableError("the store did not answer")
+        return update(*args, **kwargs)
+
+    fleet.state.update_sweep = update_failing_once
+    fleet.join()
+    assert failed and fleet.state.get_sweep(sweep.id).status == COMPLETED
+    assert_every_field_on(rotation, rotation.v2)
+
+
+def test_resume_completes_a_sweep_whose_last_slice_finished_while_it_was_paused(rotation):
+    fleet = fleet_for(rotation, batch_documents=2 * DOCUMENTS)
+    sweep = start(fleet, rotation.v2, slices=1)
+    scan = fleet.runtime.store.scan
+
+    def scan_then_pause(*args, **kwargs):  # the operator pauses while the last batch runs
+        page = scan(*args, **kwargs)
+        if fleet.state.get_sweep(sweep.id).status == RUNNING:
+            fleet.state.set_status(sweep.id, PAUSED, allowed_from=frozenset({RUNNING}))
+        return page
+
+    fleet.runtime.store.scan = scan_then_pause
+    assert fleet.join() == ["slice done"]
+    assert fleet.state.get_sweep(sweep.id).status == PAUSED  # every slice done, nothing left to settle it
+
+    ctx = Context(fleet.settings)
+    ctx.__dict__.update(store=fleet.runtime.store, celery=fleet.broker)  # this fleet's store and broker
+    resumed, queued = steering.resume(ctx, sweep.id)
+    assert (resumed.status, queued) == (COMPLETED, 0)
+    assert audit_actions(fleet)[-2:] == ["sweep resumed", "sweep completed"]
+
+
+def test_a_message_that_cannot_succeed_is_dropped_not_retried_for_ever(rotation):
+    fleet = fleet_for(rotation)
+    enqueue_slice(fleet.broker, "sw-never-started", 0, 0)
+    outcomes = fleet.join()
+    assert len(outcomes) == 1 and outcomes[0].startswith("dropped: no sweep 'sw-never-started'")
+    assert fleet.broker.messages == []
+
+
+def test_a_rescue_whose_message_could_not_be_sent_is_sent_at_the_next_look(rotation):
+    fleet = fleet_for(rotation, lease_seconds=60)
+    sweep = start(fleet, rotation.v2, slices=1)
+    message = fleet.broker.take()
+    fleet.state.claim_slice(sweep.id, 0, message.args[2], "dead-worker:4", 60)
+    fleet.clock.now += 61
+    send, broken = fleet.broker.send_task, []
+
+    def broker_down_once(*args, **kwargs):
+        if not broken:
+            broken.append(True)
+            raise OSError("broker unreachable")
+        return send(*args, **kwargs)
+
+    fleet.broker.send_task = broker_down_once
+    with pytest.raises(OSError):
+        rescue_expired_leases(fleet.broker, fleet.state)
+    assert rescue_expired_leases(fleet.broker, fleet.state) == [(0, message.args[2] + 1)]
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED

@@ -237,3 +237,20 @@ def test_limits_travel_flat_in_the_record_as_the_cli_prints_them():
         "kv_ops_per_s": None,
         "ru_per_s": None,
     }
+
+
+def test_a_cancel_while_the_start_writes_its_slices_is_not_overwritten(state):
+    create = state.records.create
+
+    def create_and_cancel_at_the_second_slice(kind, record_id, body):
+        etag = create(kind, record_id, body)
+        if kind == state_module.SLICE and body["index"] == 1:  # the operator's cancel lands now
+            state.set_status("sw-1", CANCELLING, allowed_from=frozenset({"planned"}))
+            state.settle("sw-1")
+        return etag
+
+    state.records.create = create_and_cancel_at_the_second_slice
+    with pytest.raises(SweepError, match="sw-1 was cancelled before it started"):
+        start(state, slices=3)
+    assert state.get_sweep("sw-1").status == CANCELLED  # not set running over the cancel
+    assert state.active_sweep_id() is None

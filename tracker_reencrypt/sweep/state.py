@@ -79,6 +79,8 @@ class Claim:
     fence: int = 0
     retry_after: float = 0.0
     why: str = ""
+    #: A drop because the slice is done: the sweep may have reached its end.
+    slice_done: bool = False
 
 
 @dataclass
@@ -116,7 +118,12 @@ class SweepState:
         for index, feed_range in enumerate(feed_ranges):
             piece = Slice(sweep_id=sweep.id, index=index, feed_range=feed_range, updated_at=self.clock())
             self.records.create(SLICE, slice_id(sweep.id, index), piece.to_record())
-        return self.update_sweep(sweep.id, lambda body: body.but(status=sweep.status))
+        started = self.update_sweep(
+            sweep.id, lambda body: body.but(status=sweep.status), only_if=lambda body: body.status == PLANNED
+        )
+        if started.status != sweep.status:  # cancelled while its slices were being written
+            raise SweepError(f"sweep {sweep.id} was {started.status} before it started: nothing was queued")
+        return started
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         try:
@@ -230,7 +237,7 @@ class SweepState:
             body, etag = self.records.get(SLICE, record_id)
             piece, now = Slice.from_record(body), self.clock()
             if piece.done:
-                return Claim("drop", why="slice already done")
+                return Claim("drop", why="slice already done", slice_done=True)
             if piece.lease_is_live(now):
                 return Claim("retry", retry_after=piece.lease_expires - now, why=f"leased by {piece.lease_owner}")
             if not piece.lease_owner and piece.fence != expected_fence:
@@ -278,6 +285,18 @@ class SweepState:
                 return settled
             except ConflictError:
                 continue
+
+    def unmark_rescue(self, sweep_id: str, index: int, fence: int) -> None:
+        """Undo :meth:`rescue_expired`'s mark when its message could not be sent, so the next
+        look tries again (best effort: a slice that moved on needs no rescue)."""
+        record_id = slice_id(sweep_id, index)
+        try:
+            body, etag = self.records.get(SLICE, record_id)
+            piece = Slice.from_record(body)
+            if piece.rescued_fence == fence:
+                self.records.replace(SLICE, record_id, piece.but(rescued_fence=None).to_record(), etag)
+        except (NotFoundError, ConflictError):
+            pass
 
     def rescue_expired(self, sweep_id: str) -> list[tuple[int, int]]:
         """Slices held by a lease that expired (their worker died), each claimed for ONE rescue
