@@ -467,3 +467,29 @@ def test_a_same_size_rewrite_with_an_unchanged_mtime_is_still_seen(keyring_path,
     with pytest.raises(KeyDisabledError):
         provider.unwrap(V2, WRAP_ALGORITHM, wrapped)
     assert [v.enabled for v in provider.versions()] == [True, False, True]
+
+
+def _mark(path: str, number: int) -> None:
+    LocalKeyProvider(path).set_metadata({f"store-{number:012d}": f"{number}:x|sqlite:/x{number}.db"})
+
+
+def _rotate(path: str, _: int) -> None:
+    LocalKeyProvider(path).rotate()
+
+
+def test_concurrent_changes_to_the_keyring_all_land(keyring_path):
+    """Store marks written by several commands at once, beside rotations: none is written over
+    (each change is a read-modify-write of the file, under its lock)."""
+    import multiprocessing
+
+    jobs = [(_mark, n) for n in range(8)] + [(_rotate, n) for n in range(3)]
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=job, args=(str(keyring_path), n)) for job, n in jobs]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    provider = LocalKeyProvider(keyring_path)
+    assert sorted(provider.metadata()) == [f"store-{n:012d}" for n in range(8)]
+    assert len(provider.versions()) == 2 + 3  # the template's two, and every rotation

@@ -54,6 +54,7 @@ from tracker_reencrypt.errors import (
     KeyDisabledError,
     KeyNotFoundError,
     KeyProviderError,
+    KeyProviderUnavailableError,
     UnwrapError,
     first_line,
 )
@@ -76,6 +77,8 @@ from tracker_reencrypt.keys.azure_errors import (
 log = logging.getLogger(__name__)
 
 RSA_BITS = 2048
+#: Writes of the key's tags before giving up on a concurrent writer (see set_metadata).
+METADATA_WRITE_TRIES = 5
 # Key Vault's limits on one key version's tags (Key Vault "about keys, secrets and certificates").
 MAX_TAGS = 15
 MAX_TAG_NAME_CHARS = 512
@@ -330,12 +333,22 @@ class AzureKeyVaultProvider:
         return key
 
     def set_metadata(self, changes: Mapping[str, str | None]) -> dict[str, str]:
-        newest = self._newest()
-        tags = changed_metadata(_metadata(newest.tags), changes)
-        promoted = (newest.tags or {}).get(CURRENT_VERSION_ENTRY)
-        if promoted is not None:
-            tags[CURRENT_VERSION_ENTRY] = promoted
-        return _metadata(self._write_tags(newest, tags))
+        """Key Vault has no conditional write of tags: a command changing them at the same time
+        could write its read over ours. So read back after writing, and write again (on what is
+        there now) until every change of ours holds, a few times at most."""
+        for _ in range(METADATA_WRITE_TRIES):
+            newest = self._newest()
+            tags = changed_metadata(_metadata(newest.tags), changes)
+            promoted = (newest.tags or {}).get(CURRENT_VERSION_ENTRY)
+            if promoted is not None:
+                tags[CURRENT_VERSION_ENTRY] = promoted
+            self._write_tags(newest, tags)
+            now = _metadata(self._newest().tags)
+            if all(now.get(name) == value for name, value in changes.items()):
+                return now
+        raise KeyProviderUnavailableError(
+            f"the metadata of {self.describe()} kept changing under this write: try again"
+        )
 
     def _write_tags(self, newest: KeyProperties, tags: dict[str, str]) -> dict[str, str]:
         """Replace the newest version's tags, within Key Vault's limits or not at all."""

@@ -19,13 +19,15 @@ each reloads it when it changes on disk, so a rotation or a disable reaches runn
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -214,15 +216,34 @@ class LocalKeyProvider:
 
     # -- administration --------------------------------------------------------------------
 
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the keyring's write lock (a sibling ``<name>.lock``, flock) for one read-modify-
+        write: two commands changing the keyring at once (a rotation, a store mark, a promotion)
+        must each see the other's change, not write over it."""
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / f"{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def init(self, name: str = DEFAULT_NAME) -> KeyVersion:
-        if self.path.exists():
-            raise KeyringFileError(
-                f"keyring file {self.path} already exists: use 'reencrypt keys rotate' to add a version"
-            )
-        self._write({"name": name, "keys": []})
-        return self.rotate()
+        with self._changing():
+            if self.path.exists():
+                raise KeyringFileError(
+                    f"keyring file {self.path} already exists: use 'reencrypt keys rotate' to add a version"
+                )
+            self._write({"name": name, "keys": []})
+            return self._rotate()
 
     def rotate(self) -> KeyVersion:
+        with self._changing():
+            return self._rotate()
+
+    def _rotate(self) -> KeyVersion:
         document = self._load(force=True)
         number = 1 + max((int(j["kid"].rsplit("/v", 1)[1]) for j in document["keys"]), default=0)
         kid = f"{document['name']}/v{number}"
@@ -233,6 +254,10 @@ class LocalKeyProvider:
         return next(v for v in self.versions() if v.kid == kid)
 
     def set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
+        with self._changing():
+            return self._set_enabled(kid, enabled)
+
+    def _set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
         document = self._load(force=True)
         jwk = self._jwk(kid)
         if not enabled and jwk.get("current"):
@@ -244,6 +269,10 @@ class LocalKeyProvider:
         return next(v for v in self.versions() if v.kid == kid)
 
     def promote(self, kid: str) -> KeyVersion:
+        with self._changing():
+            return self._promote(kid)
+
+    def _promote(self, kid: str) -> KeyVersion:
         document = self._load(force=True)
         jwk = next((j for j in document["keys"] if j.get("kid") == kid), None)
         if jwk is None:
@@ -258,10 +287,11 @@ class LocalKeyProvider:
         return next(v for v in self.versions() if v.kid == kid)
 
     def set_metadata(self, changes: Mapping[str, str | None]) -> dict[str, str]:
-        document = self._load(force=True)
-        metadata = changed_metadata(self._metadata_of(document), changes)
-        self._write({**document, "metadata": metadata})
-        return metadata
+        with self._changing():
+            document = self._load(force=True)
+            metadata = changed_metadata(self._metadata_of(document), changes)
+            self._write({**document, "metadata": metadata})
+            return metadata
 
     def _write(self, document: dict) -> None:
         """Replace the file atomically: a crash leaves either the old or the new keyring.
