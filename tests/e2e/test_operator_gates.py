@@ -226,11 +226,12 @@ def test_a_verify_in_the_same_second_before_the_key_operation_is_no_proof():
     trail = [
         entry(1, "key created", kid=V1),
         entry(2, "key rotated", kid=V2),
-        entry(3, "verify", expect=V1, ok=True, fields_by_kid={V1: 10}),
+        entry(3, "verify", expect=V1, ok=True, fields_by_kid={V1: 10}, documents=5, undecryptable=0),
         entry(4, "key promoted", kid=V1),
     ]
-    assert "has no passing verify since" in gate_problem(trail, V2, None, "container c")
-    trail.append(entry(5, "verify", expect=V1, ok=True, fields_by_kid={V1: 10}))  # same second, after it
+    assert "has no passing verify since" in gate_problem(trail, V2, None, "container c")  # before it: none
+    trail.append(entry(5, "verify", expect=V1, ok=True, fields_by_kid={V1: 10}, documents=5, undecryptable=0))
+    # ...the same second, but after it: proof.
     assert gate_problem(trail, V2, None, "container c") is None
 
 
@@ -525,3 +526,30 @@ def test_the_dry_run_reports_fields_under_a_disabled_kid_apart(rotation):
     on_v1 = payload["fields_by_kid"][rotation.v1]
     assert on_v1 > 0 and payload["fields_to_move"] == 0 and payload["would_move"] == {}
     assert payload["disabled_kids"] == {rotation.v1: on_v1}
+
+
+def test_what_counts_as_proof_that_no_field_uses_a_version():
+    """A verify proves a version unused when it counted every field and none on it, whatever
+    its own expectation; one that could not read every document, or saw none, proves nothing.
+    And writes under the version may have lasted until the key's own last switch (a promotion
+    made with another store configured leaves no entry in this trail)."""
+
+    def verify(seq: int, at: str, **details) -> dict:
+        return {"seq": seq, "at": at, "action": "verify", "details": {"undecryptable": 0, "documents": 5, **details}}
+
+    created = {"seq": 0, "at": "2026-11-29T08:00:00Z", "action": "key created", "details": {"kid": V1}}
+    rotated = {"seq": 1, "at": "2026-11-29T09:00:00Z", "action": "key rotated", "details": {"kid": V2}}
+    later = "2026-11-29T10:00:00Z"
+    moved_on = verify(2, later, expect="tracker-mek/v3", ok=False, fields_by_kid={V2: 7})  # v3 already current
+    assert gate_problem([created, rotated, moved_on], V1, None, "container c") is None
+    unread = verify(2, later, expect=V2, ok=False, fields_by_kid={V2: 7}, undecryptable=1)
+    assert "has no passing verify" in gate_problem([created, rotated, unread], V1, None, "container c")
+    empty = verify(2, later, expect=V2, ok=False, fields_by_kid={}, documents=0)
+    assert "has no passing verify" in gate_problem([created, rotated, empty], V1, None, "container c")
+
+    proof = verify(2, later, expect=V2, ok=True, fields_by_kid={V2: 7})
+    assert gate_problem([created, rotated, proof], V1, None, "container c") is None
+    # The key records a switch after that verify (a promotion made elsewhere): no longer proof.
+    assert "since 2026-11-29T11:00:00Z" in gate_problem(
+        [created, rotated, proof], V1, "2026-11-29T11:00:00Z", "container c"
+    )
