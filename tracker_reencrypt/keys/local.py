@@ -217,13 +217,18 @@ class LocalKeyProvider:
     # -- administration --------------------------------------------------------------------
 
     @contextmanager
-    def _changing(self) -> Iterator[None]:
-        """Hold the keyring's write lock (a sibling ``<name>.lock``, flock) for one read-modify-
-        write: two commands changing the keyring at once (a rotation, a store mark, a promotion)
-        must each see the other's change, not write over it."""
+    def _changing(self, *, creating: bool = False) -> Iterator[None]:
+        """Hold the keyring's write lock for one read-modify-write: two commands changing the
+        keyring at once (a rotation, a store mark, a promotion) must each see the other's change,
+        not write over it. The lock is a flock on the keyring's directory, not on a lock file: a
+        command refused before it writes must leave no file behind."""
         directory = self.path.parent if str(self.path.parent) else Path(".")
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / f"{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if creating:  # 'keys init' makes the keyring, and the directories it lives in
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except FileNotFoundError:
+            raise KeyringFileError(f"directory {directory} of keyring file {self.path} does not exist") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -231,7 +236,7 @@ class LocalKeyProvider:
             os.close(fd)  # releases the lock
 
     def init(self, name: str = DEFAULT_NAME) -> KeyVersion:
-        with self._changing():
+        with self._changing(creating=True):
             if self.path.exists():
                 raise KeyringFileError(
                     f"keyring file {self.path} already exists: use 'reencrypt keys rotate' to add a version"
