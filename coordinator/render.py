@@ -147,6 +147,8 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
                 recovery.step(progress)
             if live is not None:
                 live.update(_status_view(progress, following.no_worker_notice(ctx, progress)))
+    if console is not None and not console.is_terminal:
+        console.line()  # off a terminal, Live leaves its last line open: what follows starts on its own
     return progress
 
 
