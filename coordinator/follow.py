@@ -2,17 +2,17 @@
 what the operator must be told, and the little recovery a follower may do.
 
 A follower started with ``--wait`` also keeps the sweep moving when its messages went missing,
-and does so sparingly: a slice whose worker died is re-queued once per expired lease (the same
-marked rescue the workers' lease watch does), and a slice idle for STALL_S is re-queued once
-per fence, and only while the broker holds fewer messages for the sweep's queue than there are
-idle slices (so a busy fleet with a long queue is never flooded with duplicates).
+with the same marked re-queues the workers' lease watch sends (tracker_reencrypt/fleet.py): a
+slice whose worker died, once per expired lease, and a slice idle for fleet.STALL_S, once per
+fence and only while the broker holds fewer messages for the sweep's queue than there are idle
+slices (so a busy fleet with a long queue is never flooded with duplicates).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from kombu.exceptions import OperationalError
@@ -20,14 +20,11 @@ from kombu.exceptions import OperationalError
 from coordinator import steering
 from coordinator.context import Context
 from tracker_reencrypt.errors import redact_url
-from tracker_reencrypt.fleet import enqueue_slice, pending_messages, rescue_expired_leases, store_queue
+from tracker_reencrypt.fleet import pending_messages, requeue_lost_messages, rescue_expired_leases, store_queue
 from tracker_reencrypt.sweep.records import RUNNING
 
 log = logging.getLogger("reencrypt.follow")
 
-#: A slice with no lease and no checkpoint for this long while the sweep runs may have lost
-#: its message (a crash between commit and enqueue, or Redis lost its queue).
-STALL_S = 60.0
 #: A running sweep no worker has touched for this long gets a line saying so.
 NO_WORKER_S = 30.0
 
@@ -52,37 +49,23 @@ def no_worker_notice(ctx: Context, progress: steering.Progress, now: float | Non
 
 @dataclass
 class Recovery:
-    """The --wait follower's re-queuing, remembering what it already re-queued."""
+    """The --wait follower's share of the fleet's recovery (fleet.py): the same marked re-queues
+    the workers' lease watch sends, so it helps when no worker is watching and never doubles up."""
 
     ctx: Context
-    requeued: set[tuple[int, int]] = field(default_factory=set)
 
-    def step(self, progress: steering.Progress, now: float | None = None) -> int:
+    def step(self, progress: steering.Progress) -> int:
         """Re-queue what needs it; returns how many messages were sent. A broker that does not
         answer is not this follower's to fix: it says so and tries again at the next refresh."""
         if progress.sweep.status != RUNNING:
             return 0
         try:
-            return self._requeue(progress, now or time.time())
+            expired = rescue_expired_leases(self.ctx.celery, self.ctx.state)
+            lost = requeue_lost_messages(self.ctx.celery, self.ctx.state, self._messages_waiting())
         except (redis.RedisError, OSError, OperationalError) as exc:
             log.warning("re-queuing skipped this time: the broker did not answer (%s)", type(exc).__name__)
             return 0
-
-    def _requeue(self, progress: steering.Progress, now: float) -> int:
-        rescued = {index for index, _ in rescue_expired_leases(self.ctx.celery, self.ctx.state)}
-        idle = [piece for piece in progress.slices if not piece.done and not piece.lease_is_live(now)]
-        stalled = [
-            piece
-            for piece in idle
-            if now - piece.updated_at > STALL_S
-            and piece.index not in rescued
-            and (piece.index, piece.fence) not in self.requeued
-        ]
-        missing = len(idle) - self._messages_waiting()
-        for piece in stalled[: max(0, missing)]:  # no more than the broker is short of
-            enqueue_slice(self.ctx.celery, progress.sweep.id, piece.index, piece.fence)
-            self.requeued.add((piece.index, piece.fence))
-        return len(rescued) + min(len(stalled), max(0, missing))
+        return len(expired) + len(lost)
 
     def _messages_waiting(self) -> int:
         client = redis.Redis.from_url(self.ctx.redis_url, socket_connect_timeout=3, socket_timeout=3)

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from tracker_reencrypt.config import Settings
-from tracker_reencrypt.fleet import PROCESS_SLICE, QUEUE_PREFIX, rescue_expired_leases, store_queue
+from tracker_reencrypt.fleet import (
+    PROCESS_SLICE,
+    QUEUE_PREFIX,
+    requeue_lost_messages,
+    rescue_expired_leases,
+    store_queue,
+)
 from tracker_reencrypt.pacing.backends.memory import MemoryPacing
 from worker import tasks
 from worker.runtime import Runtime
@@ -103,12 +109,13 @@ class InProcessFleet:
         return outcome
 
     def join(self, limit: int = 10_000) -> list[str]:
-        """Handle messages until none is left (the lease watch looks after each one, as the
-        workers' watch does every quarter lease); the outcomes, in order."""
+        """Handle messages until none is left (the lease watch looks whenever the queue is
+        empty, as the workers' watch does every quarter lease); the outcomes, in order."""
         start = len(self.outcomes)
         for _ in range(limit):
             if self.step() is None:
                 rescued = rescue_expired_leases(self.broker, self.state)
-                if not rescued:
+                lost = requeue_lost_messages(self.broker, self.state, len(self.broker.messages))
+                if not rescued and not lost:
                     return self.outcomes[start:]
         raise AssertionError(f"the fleet did not drain in {limit} messages: {self.outcomes[-10:]}")

@@ -124,6 +124,11 @@ def _routing_key(unacked_value: bytes) -> str | None:
         return None
 
 
+#: A slice nobody holds that has not moved for this long, while the broker holds fewer messages
+#: than there are such slices, lost its message.
+STALL_S = 60.0
+
+
 def rescue_expired_leases(app: Celery, state: SweepState) -> list[tuple[int, int]]:
     """Re-queue, once per expiry, every slice of the running sweep whose lease expired (its
     worker died): see SweepState.rescue_expired. Used by every worker's lease watch and by
@@ -131,12 +136,29 @@ def rescue_expired_leases(app: Celery, state: SweepState) -> list[tuple[int, int
     sweep_id = state.active_sweep_id()
     if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
         return []
-    rescued = state.rescue_expired(sweep_id)
+    return _send_rescues(app, state, sweep_id, state.rescue_expired(sweep_id))
+
+
+def requeue_lost_messages(app: Celery, state: SweepState, waiting: int) -> list[tuple[int, int]]:
+    """Re-queue, once per fence, the slices of the running sweep whose message was lost: those
+    nobody holds that have not moved for STALL_S, as many as the broker (``waiting`` messages of
+    this store's queue) is short of. Used by the lease watch and ``sweep start --wait``."""
+    sweep_id = state.active_sweep_id()
+    if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
+        return []
+    now = state.clock()
+    idle = sum(1 for piece in state.slices(sweep_id) if not piece.done and not piece.lease_is_live(now))
+    if idle <= waiting:
+        return []
+    return _send_rescues(app, state, sweep_id, state.rescue_stalled(sweep_id, STALL_S, idle - waiting))
+
+
+def _send_rescues(app: Celery, state: SweepState, sweep_id: str, rescued: list[tuple[int, int]]) -> list:
     for index, fence in rescued:
         try:
             enqueue_slice(app, sweep_id, index, fence)
         except Exception:
             state.unmark_rescue(sweep_id, index, fence)  # the next look sends it
             raise
-        log.warning("slice %s/%d: its worker's lease expired; re-queued for another worker", sweep_id, index)
+        log.warning("slice %s/%d: its worker died or its message was lost; re-queued", sweep_id, index)
     return rescued

@@ -1,11 +1,15 @@
 """The fleet's lease watch: a slice whose worker died is taken over within its lease, not the
-broker's visibility timeout.
+broker's visibility timeout, and a slice whose message was lost is sent a new one.
 
 A worker killed mid-batch (``kill -9``, a node lost) leaves its slice leased and its message
 unacknowledged; Redis would hand the message back only after the visibility timeout (15 min).
 Every worker's main process therefore looks at the active sweep a few times per lease period
 and sends each slice whose lease expired one rescue message (``SweepState.rescue_expired``
-marks the fence, so a fleet of watchers sends one message per expiry, not one each).
+marks the fence, so a fleet of watchers sends one message per expiry, not one each). The same
+look counts the messages the broker holds for the store's queue: when there are fewer than
+slices nobody holds, and some of those have not moved for a minute, their messages were lost
+(Redis restarted without its data, a send that failed after a commit) and they are re-queued,
+once per fence, as many as are missing.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 
+import redis
+
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ReencryptError
-from tracker_reencrypt.fleet import rescue_expired_leases
+from tracker_reencrypt.fleet import pending_messages, requeue_lost_messages, rescue_expired_leases
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.state import SweepState
 
@@ -33,13 +39,17 @@ def start(app, settings: Settings) -> threading.Event:
     def watch() -> None:
         store = open_store(settings.store, partition_key_field=settings.partition_key_field)
         state = SweepState(store.records())
+        broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        queue = app.conf.task_default_queue
         try:
             while not stop.wait(interval):
                 try:
                     rescue_expired_leases(app, state)
+                    requeue_lost_messages(app, state, sum(pending_messages(broker, queue)))
                 except Exception as exc:  # noqa: BLE001 - an outage (store, broker): the next look tries again
                     log.warning("lease watch: %s", exc if isinstance(exc, ReencryptError) else type(exc).__name__)
         finally:
+            broker.close()
             store.close()
 
     threading.Thread(target=watch, name="reencrypt-lease-watch", daemon=True).start()

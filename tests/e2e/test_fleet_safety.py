@@ -25,10 +25,9 @@ import pytest
 import redis
 from test_sweep_fleet import all_documents, cli_json, pool_owners, start_sweep
 
-from coordinator.follow import STALL_S
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ConflictError
-from tracker_reencrypt.fleet import PROCESS_SLICE, make_celery, pending_messages
+from tracker_reencrypt.fleet import PROCESS_SLICE, STALL_S, make_celery, pending_messages
 from tracker_reencrypt.seed import seed_store, seeding_keyring
 from tracker_reencrypt.stores import store_fingerprint
 from tracker_reencrypt.stores.sqlite import SqliteStore

@@ -13,7 +13,7 @@ from coordinator.context import Context
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import StoreUnavailableError
-from tracker_reencrypt.fleet import enqueue_slice, rescue_expired_leases
+from tracker_reencrypt.fleet import STALL_S, enqueue_slice, requeue_lost_messages, rescue_expired_leases
 from tracker_reencrypt.sweep.records import CANCELLED, CANCELLING, COMPLETED, PAUSED, RUNNING, Sweep, utc_now
 
 from conftest import assert_every_field_on, make_rotation
@@ -244,3 +244,25 @@ def test_a_rescue_whose_message_could_not_be_sent_is_sent_at_the_next_look(rotat
     assert rescue_expired_leases(fleet.broker, fleet.state) == [(0, message.args[2] + 1)]
     fleet.join()
     assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+
+
+def test_a_lost_message_is_sent_again_once_the_slice_has_stalled(rotation):
+    """Redis lost a message (restarted without its data, or a send failed after a commit): the
+    lease watch finds fewer messages than slices nobody holds, and re-queues the stalled one."""
+    fleet = fleet_for(rotation)
+    sweep = start(fleet, rotation.v2, slices=2)
+    fleet.broker.take()  # slice 0's message, lost
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == RUNNING  # slice 1 done, slice 0 waits
+    fleet.clock.now += STALL_S + 1
+    resent = fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+    assert_every_field_on(rotation, rotation.v2)
+    assert not any(outcome.startswith("dropped") for outcome in resent)  # sent once: no duplicate to drop
+
+
+def test_slices_waiting_in_a_long_queue_are_not_sent_twice(rotation):
+    fleet = fleet_for(rotation)
+    start(fleet, rotation.v2, slices=4)
+    fleet.clock.now += STALL_S + 1  # every slice idle for long, but each still has its message
+    assert requeue_lost_messages(fleet.broker, fleet.state, len(fleet.broker.messages)) == []

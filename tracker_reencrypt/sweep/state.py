@@ -302,12 +302,28 @@ class SweepState:
         """Slices held by a lease that expired (their worker died), each claimed for ONE rescue
         message: (index, fence) pairs for the caller to enqueue. A conditional write marks the
         fence rescued, so however many workers and followers look, each expiry is re-queued once."""
-        rescued = []
+        now = self.clock()
+        return self._rescue(sweep_id, lambda piece: bool(piece.lease_owner) and not piece.lease_is_live(now))
+
+    def rescue_stalled(self, sweep_id: str, idle_for_s: float, limit: int) -> list[tuple[int, int]]:
+        """Up to ``limit`` slices nobody holds that have not moved for ``idle_for_s``: the caller
+        found fewer messages in the broker than such slices, so theirs were lost (a broker that
+        lost its queue, a send that failed after a commit). Marked as rescue_expired does."""
+        now = self.clock()
+        stalled = self._rescue(
+            sweep_id, lambda piece: not piece.lease_owner and now - piece.updated_at > idle_for_s, limit=limit
+        )
+        return stalled
+
+    def _rescue(
+        self, sweep_id: str, needs_it: Callable[[Slice], bool], limit: int | None = None
+    ) -> list[tuple[int, int]]:
+        rescued: list[tuple[int, int]] = []
         for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
+            if limit is not None and len(rescued) >= limit:
+                break
             piece = Slice.from_record(body)
-            if piece.done or not piece.lease_owner or piece.lease_is_live(self.clock()):
-                continue
-            if piece.rescued_fence == piece.fence:
+            if piece.done or piece.rescued_fence == piece.fence or not needs_it(piece):
                 continue
             try:
                 self.records.replace(SLICE, record_id, piece.but(rescued_fence=piece.fence).to_record(), etag)
