@@ -16,6 +16,10 @@ import redis
 from tracker_reencrypt.errors import BrokerUnavailableError
 from tracker_reencrypt.pacing.backend import BackOff
 
+# Times are stored with '%.6f': Lua's tostring keeps 14 significant digits, which rounds an epoch
+# time to 0.1 ms, sometimes up, so the next call of the same tenth of a millisecond saw time run
+# backwards (an additive climb with no wait between steps lost a step).
+#
 # KEYS[1]: the bucket. ARGV: rate, burst, tokens wanted. Returns the caller's wait in seconds.
 _RESERVE = """
 local rate = tonumber(ARGV[1])
@@ -27,7 +31,7 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + (now - at) * rate) - want
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', string.format('%.6f', now))
 redis.call('EXPIRE', KEYS[1], 3600)
 if tokens >= 0 then return '0' end
 return tostring(-tokens / rate)
@@ -49,7 +53,7 @@ elseif share < 1 and now - changed >= tonumber(ARGV[5]) then
   share = math.min(1, share + tonumber(ARGV[6]))
   changed = now
 end
-redis.call('HSET', KEYS[1], 'share', tostring(share), 'changed', tostring(changed))
+redis.call('HSET', KEYS[1], 'share', tostring(share), 'changed', string.format('%.6f', changed))
 redis.call('EXPIRE', KEYS[1], 86400)
 return tostring(share)
 """
