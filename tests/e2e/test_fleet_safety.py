@@ -480,32 +480,18 @@ def backdate_untouched_slices(stored: Stored, seconds: float) -> int:
     return backdated
 
 
+def start_following(rotation, slices: int, *extra: str, **streams) -> subprocess.Popen:
+    """`reencrypt sweep start --wait` at 40 documents/s, as an operator runs it, in the background."""
+    argv = [sys.executable, "-m", "coordinator.cli", "sweep", "start", "--to", rotation.v2, "--slices", str(slices)]
+    return subprocess.Popen([*argv, "--rate", "40", "--wait", *extra], cwd=ROOT, env=rotation.env(), **streams)
+
+
 def test_sweep_start_wait_sends_no_flood_of_do_nothing_tasks(rotation, fleet, tmp_path):
     slices = 16
     fleet.start(count=1)  # one slow worker: 16 slices at 40 documents/s take ~15 s
     output = tmp_path / "wait.out"
     with open(output, "wb") as out:
-        follower = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "coordinator.cli",
-                "sweep",
-                "start",
-                "--to",
-                rotation.v2,
-                "--slices",
-                str(slices),
-                "--rate",
-                "40",
-                "--wait",
-                "--json",
-            ],
-            cwd=ROOT,
-            env=rotation.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        follower = start_following(rotation, slices, "--json", stdout=out, stderr=subprocess.STDOUT)
     try:
         stored = Stored(rotation)
         sweep_id = stored.find_sweep()
@@ -549,26 +535,7 @@ def test_ctrl_c_on_sweep_start_wait_says_the_sweep_goes_on_and_how_to_stop_it(ro
     fleet.start(count=1)
     errors = tmp_path / "wait.err"
     with open(errors, "wb") as err:
-        follower = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "coordinator.cli",
-                "sweep",
-                "start",
-                "--to",
-                rotation.v2,
-                "--slices",
-                "4",
-                "--rate",
-                "40",
-                "--wait",
-            ],
-            cwd=ROOT,
-            env=rotation.env(),
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
+        follower = start_following(rotation, 4, stdout=subprocess.PIPE, stderr=err)
     try:
         stored = Stored(rotation)
         sweep_id = stored.find_sweep()

@@ -310,10 +310,9 @@ class SweepState:
         found fewer messages in the broker than such slices, so theirs were lost (a broker that
         lost its queue, a send that failed after a commit). Marked as rescue_expired does."""
         now = self.clock()
-        stalled = self._rescue(
+        return self._rescue(
             sweep_id, lambda piece: not piece.lease_owner and now - piece.updated_at > idle_for_s, limit=limit
         )
-        return stalled
 
     def _rescue(
         self, sweep_id: str, needs_it: Callable[[Slice], bool], limit: int | None = None
