@@ -7,20 +7,89 @@ durable records (:class:`RecordStore`), each implemented once per backend and ch
   (:mod:`tracker_reencrypt.stores.sqlite`);
 - ``cosmos://<account host>[:port]/<database>/<container>``: Azure Cosmos DB NoSQL through
   ``azure-cosmos`` (:mod:`tracker_reencrypt.stores.cosmos`).
+
+A sweep reads the container through feed ranges of two kinds. A *container range* is the
+backend's own cut of the whole container (EPK intervals: many products, whole partitions).
+A *product range* (:class:`ProductRange`) holds the documents of one product, the partition key
+value, whose id lies in ``[id_min, id_max)``: rotating one product's key reads only that
+product's logical partition, and a product too large for one slice is cut by id, since a
+Cosmos logical partition (up to 20 GB) lives in one physical partition and no EPK sub-range
+can split it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
-from tracker_reencrypt.errors import ConfigError, redact_url
+from tracker_reencrypt.errors import ConfigError, StoreError, redact_url
 
-#: A feed range: a JSON-serialisable dict, opaque to callers. It travels in Celery messages
-#: and is stored in slice checkpoints, so it must round-trip through JSON unchanged.
+#: A feed range: a JSON-serialisable dict. It travels in Celery messages and is stored in slice
+#: checkpoints, so it must round-trip through JSON unchanged. A container range is opaque to
+#: callers (each backend's own form); a product range is
+#: ``{"partition_key": P, "id_min": str | None, "id_max": str | None}`` (see :class:`ProductRange`).
 FeedRange = dict[str, Any]
+
+_PRODUCT_RANGE_KEYS = {"partition_key", "id_min", "id_max"}
+
+
+@dataclass(frozen=True)
+class ProductRange:
+    """The documents whose partition key is ``partition_key`` and whose id lies in
+    ``[id_min, id_max)``; None leaves that side unbounded.
+
+    The ranges of a product (:meth:`DocumentStore.product_ranges`) start with ``id_min`` None
+    and end with ``id_max`` None, their cuts in increasing order, so they cover every id of the
+    product exactly once whatever ids exist.
+    """
+
+    partition_key: str
+    id_min: str | None = None
+    id_max: str | None = None
+
+    def feed_range(self) -> FeedRange:
+        return {"partition_key": self.partition_key, "id_min": self.id_min, "id_max": self.id_max}
+
+    @classmethod
+    def of(cls, feed_range: FeedRange) -> ProductRange | None:
+        """The product range a feed range is; None for a container range; StoreError when it
+        names a partition key but is not a well-formed product range."""
+        if not isinstance(feed_range, dict) or "partition_key" not in feed_range:
+            return None
+        product, low, high = (feed_range.get(key) for key in ("partition_key", "id_min", "id_max"))
+        if (
+            set(feed_range) != _PRODUCT_RANGE_KEYS
+            or not isinstance(product, str)
+            or not all(bound is None or isinstance(bound, str) for bound in (low, high))
+            or (low is not None and high is not None and not low < high)
+        ):
+            raise StoreError(
+                f"feed range {feed_range!r} is not a product range: it needs exactly partition_key (a string), "
+                "id_min and id_max (strings or null, id_min < id_max)"
+            )
+        return cls(product, low, high)
+
+    @classmethod
+    def cut(cls, partition_key: str, cuts: list[str]) -> list[FeedRange]:
+        """The ranges of a product cut at ``cuts`` (increasing ids, each starting a range)."""
+        bounds: list[str | None] = [None, *cuts, None]
+        return [cls(partition_key, low, high).feed_range() for low, high in pairwise(bounds)]
+
+
+def product_of_range(feed_range: FeedRange) -> str | None:
+    """The product (partition key value) a feed range is scoped to; None for a container range."""
+    product_range = ProductRange.of(feed_range)
+    return product_range.partition_key if product_range else None
+
+
+def product_range_count(documents: int, documents_per_range: int) -> int:
+    """How many ranges a product of ``documents`` needs so none holds over ``documents_per_range``."""
+    if documents_per_range < 1:
+        raise ConfigError(f"documents per range must be at least 1, not {documents_per_range}")
+    return max(1, -(-documents // documents_per_range))
 
 
 @dataclass(frozen=True)
@@ -85,9 +154,21 @@ class DocumentStore(Protocol):
         """Disjoint ranges covering the container exactly; at least ``min_count`` where the
         backend can split finer than its physical partitions."""
 
+    def products(self) -> list[str]:
+        """The distinct partition key values in the container, sorted. Only string values are
+        products: a backend that can hold others leaves them out (a container range still
+        reads their documents)."""
+
+    def product_ranges(self, product: str, documents_per_range: int) -> list[FeedRange]:
+        """Disjoint product ranges covering exactly the documents whose partition key is
+        ``product``, each holding about ``documents_per_range`` documents at most: one range
+        for a product no larger, or one that does not exist (it scans empty)."""
+
     def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage:
-        """One page of a range. Every document that exists for the whole scan is returned at
-        least once across the pages of a scan resumed from any stored continuation."""
+        """One page of a range, a container range or a product range. Every document that
+        exists for the whole scan is returned at least once across the pages of a scan resumed
+        from any stored continuation; a product range reads only its product's partition.
+        StoreError for a range or continuation the backend cannot read."""
 
     def read(self, document_id: str, partition_key: str) -> StoredDocument:
         """Raises NotFoundError."""
@@ -108,7 +189,8 @@ class DocumentStore(Protocol):
         """Conditional replaces of (body, etag) pairs, as cheaply as the backend allows; each
         result is the new document, or None where the ETag no longer matched or the document is gone."""
 
-    def count(self) -> int: ...
+    def count(self, product: str | None = None) -> int:
+        """The container's documents, or only those whose partition key is ``product``."""
 
     def records(self) -> RecordStore:
         """The sweep's durable state, kept beside the documents in the same backend."""

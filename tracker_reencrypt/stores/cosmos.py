@@ -13,6 +13,10 @@ How the protocol maps onto Cosmos DB:
   sub-range queries (the test server) keep one range per physical partition.
 - A scan page is one page of ``SELECT * FROM c`` scoped to the range; its continuation is the
   SDK's token, which survives partition splits (azure-cosmos >= 4.14.7).
+- A product range is a single-partition query, ``partition_key=`` set and the partition key
+  (and the range's ids) also in the query's text, which Cosmos DB serves from the one logical
+  partition and which servers that ignore ``partition_key=`` (the test server) still answer
+  right. A large product is cut by id at the quantiles of a sample of its ids.
 - Bodies are the user's document: the system properties are removed and the ETag kept apart,
   so a replace writes back exactly the user's fields.
 - Request charges: every HTTP response's ``x-ms-request-charge`` goes into ``cost``, failed and
@@ -24,8 +28,10 @@ How the protocol maps onto Cosmos DB:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -37,7 +43,14 @@ from azure.core.exceptions import AzureError
 from azure.cosmos import CosmosClient, exceptions
 
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, first_line, redact_url
-from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument
+from tracker_reencrypt.stores import (
+    FeedRange,
+    ProductRange,
+    RequestCost,
+    ScanPage,
+    StoredDocument,
+    product_range_count,
+)
 from tracker_reencrypt.stores.cosmos_access import (
     ENV_PRIORITY,
     Priority,
@@ -49,7 +62,13 @@ from tracker_reencrypt.stores.cosmos_access import (
     parse_url,
 )
 from tracker_reencrypt.stores.cosmos_errors import store_error_for
-from tracker_reencrypt.stores.cosmos_ranges import covers_whole_container, split_feed_range
+from tracker_reencrypt.stores.cosmos_ranges import (
+    covers_whole_container,
+    id_cuts,
+    id_sample_size,
+    sample_ids,
+    split_feed_range,
+)
 from tracker_reencrypt.stores.cosmos_records import STATE_CONTAINER_SUFFIX, CosmosRecordStore
 
 log = logging.getLogger(__name__)
@@ -57,6 +76,8 @@ log = logging.getLogger(__name__)
 #: Properties Cosmos DB adds to every document; never part of a body we return or write.
 SYSTEM_PROPERTIES = ("_rid", "_self", "_etag", "_attachments", "_ts")
 SCAN_QUERY = "SELECT * FROM c"
+#: Ids per page of the id-only pass that cuts a large product (they are small).
+ID_PAGE_SIZE = 1_000
 
 #: Concurrent requests of create_many (seeding) and replace_many (a page of the sweep): the sync
 #: SDK has no bulk executor.
@@ -111,6 +132,10 @@ class CosmosStore:
         self._records: CosmosRecordStore | None = None
         self._create = create
         self._sub_ranges_work: bool | None = None
+        self._distinct_works: bool | None = None
+        #: The partition key property in query text: the container's path is /<field>, a
+        #: top-level property (checked below), written c["<field>"] so any name is quoted.
+        self._key = f"c[{json.dumps(partition_key_field)}]"
         self._writers: ThreadPoolExecutor | None = None
         self._writers_pid = 0
 
@@ -266,9 +291,99 @@ class CosmosStore:
                 raise store_error_for(exc, "probing feed-range queries", self.account, self._credential_kind) from None
         return self._sub_ranges_work
 
+    def products(self) -> list[str]:
+        """The string values of the partition key. Documents keyed by another JSON value (a
+        number, true/false, null) are in no product: a warning counts those values, and only a
+        container range reads their documents."""
+        products: set[str] = set()
+        others: set[str] = set()
+        for value in self._partition_key_values():
+            if isinstance(value, str):
+                products.add(value)
+            else:
+                others.add(json.dumps(value))
+        if others:
+            log.warning(
+                "%s: %d partition key values are not strings (e.g. %s); their documents belong to no product "
+                "and only a whole-container sweep reads them",
+                self.describe(),
+                len(others),
+                min(others),
+            )
+        return sorted(products)
+
+    def _partition_key_values(self) -> Iterator[Any]:
+        """Every distinct partition key value (``SELECT DISTINCT``), or, where the server refuses
+        DISTINCT (the test server's parser), every document's value, to be deduplicated here."""
+        doing = f"listing the products of {self.describe()}"
+        distinct = self._distinct_values(doing) if self._distinct_works is not False else None
+        if distinct is not None:
+            yield from distinct
+            return
+        with self._translated(doing):
+            yield from self._container.query_items(
+                f"SELECT VALUE {self._key} FROM c", enable_cross_partition_query=True
+            )
+
+    def _distinct_values(self, doing: str) -> list[Any] | None:
+        """None where the server refuses DISTINCT with a 400 (said once, like :meth:`_can_split`)."""
+        try:
+            query = f"SELECT DISTINCT VALUE {self._key} FROM c"
+            values = list(self._container.query_items(query, enable_cross_partition_query=True))
+        except exceptions.CosmosHttpResponseError as exc:
+            if exc.status_code != 400 or self._distinct_works:
+                raise store_error_for(exc, doing, self.account, self._credential_kind) from None
+            log.warning(
+                "%s refuses SELECT DISTINCT (%s); products are listed by reading every document's "
+                "partition key instead",
+                self.describe(),
+                first_line(exc.message),
+            )
+            self._distinct_works = False
+            return None
+        except AzureError as exc:
+            raise store_error_for(exc, doing, self.account, self._credential_kind) from None
+        self._distinct_works = True
+        return values
+
+    def product_ranges(self, product: str, documents_per_range: int) -> list[FeedRange]:
+        """One range for a product of up to ``documents_per_range`` documents (counted from the
+        index); a larger one is cut at the quantiles of a bounded sample of its ids, taken in one
+        id-only pass over its partition, so the ranges hold about as many documents each."""
+        ranges = product_range_count(self.count(product), documents_per_range)
+        if ranges == 1:
+            return ProductRange.cut(product, [])
+        with self._translated(f"reading the ids of product {product!r} in {self.describe()}"):
+            ids: Any = self._container.query_items(
+                f"SELECT VALUE c.id FROM c WHERE {self._key} = @pk",
+                parameters=[{"name": "@pk", "value": product}],
+                partition_key=product,
+                max_item_count=ID_PAGE_SIZE,
+                **self._document_options(),
+            )
+            sample = sample_ids(ids, id_sample_size(ranges), random.Random())
+        return ProductRange.cut(product, id_cuts(sample, ranges))
+
+    def _product_query(self, product_range: ProductRange) -> tuple[str, list[dict[str, Any]]]:
+        """The query text of a product range. It names the partition key although
+        ``partition_key=`` scopes the query: a server that ignores that option (the test
+        server) would otherwise return every partition's documents with matching ids."""
+        conditions = [f"{self._key} = @pk"]
+        parameters: list[dict[str, Any]] = [{"name": "@pk", "value": product_range.partition_key}]
+        for bound, name, operator in ((product_range.id_min, "@lo", ">="), (product_range.id_max, "@hi", "<")):
+            if bound is not None:
+                conditions.append(f"c.id {operator} {name}")
+                parameters.append({"name": name, "value": bound})
+        return f"SELECT * FROM c WHERE {' AND '.join(conditions)}", parameters
+
     def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage:
-        options = {"max_item_count": page_size, **self._document_options()}
-        if covers_whole_container(feed_range):
+        options: dict[str, Any] = {"max_item_count": page_size, **self._document_options()}
+        query = SCAN_QUERY
+        product_range = ProductRange.of(feed_range)
+        if product_range is not None:
+            query, options["parameters"] = self._product_query(product_range)
+            options["partition_key"] = product_range.partition_key
+        elif covers_whole_container(feed_range):
             # The same documents as feed_range=; Cosmos-protocol servers that reject feed-range
             # queries (the test server: 400 "missing partition keys") accept this one.
             options["enable_cross_partition_query"] = True
@@ -277,7 +392,7 @@ class CosmosStore:
         with self._translated(f"scanning {self.describe()}"):
             try:
                 # by_page's pager carries continuation_token, which its annotation does not show.
-                pages: Any = self._container.query_items(SCAN_QUERY, **options).by_page(continuation)
+                pages: Any = self._container.query_items(query, **options).by_page(continuation)
                 page = next(pages, None)
                 documents = [_stored(document) for document in page] if page is not None else []
             except ValueError as exc:
@@ -345,10 +460,22 @@ class CosmosStore:
             )
         return _stored(document)
 
-    def count(self) -> int:
-        with self._translated(f"counting documents of {self.describe()}"):
-            counts: Any = self._container.query_items("SELECT VALUE COUNT(1) FROM c", enable_cross_partition_query=True)
-            return sum(counts)  # one number per physical partition
+    def count(self, product: str | None = None) -> int:
+        if product is None:
+            with self._translated(f"counting documents of {self.describe()}"):
+                counts: Any = self._container.query_items(
+                    "SELECT VALUE COUNT(1) FROM c", enable_cross_partition_query=True
+                )
+                return sum(counts)  # one number per physical partition
+        # A single-partition query served from the index; its text names the partition key as
+        # _product_query's does (and the test server answers COUNT only then).
+        with self._translated(f"counting documents of product {product!r} in {self.describe()}"):
+            counts = self._container.query_items(
+                f"SELECT VALUE COUNT(1) FROM c WHERE {self._key} = @pk",
+                parameters=[{"name": "@pk", "value": product}],
+                partition_key=product,
+            )
+            return sum(counts)  # partial counts, should the service page the aggregate
 
     def records(self) -> CosmosRecordStore:
         if self._records is None:

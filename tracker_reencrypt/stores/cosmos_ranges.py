@@ -1,13 +1,20 @@
-"""Feed ranges of a Cosmos container: effective-partition-key (EPK) ranges ``[min, max)``.
+"""Feed ranges of a Cosmos container: effective-partition-key (EPK) ranges ``[min, max)``, and
+the id cuts of a product range.
 
-A range is the SDK's own dict form (``FeedRangeInternalEpk.to_dict``); :func:`split_feed_range`
+An EPK range is the SDK's own dict form (``FeedRangeInternalEpk.to_dict``); :func:`split_feed_range`
 cuts one into sub-ranges so a sweep can have more slices than the container has physical
 partitions, and :func:`covers_whole_container` tells the one range a scan may send as a
 cross-partition query instead.
+
+A product (one logical partition) cannot be split by EPK, so a large one is cut by id
+(:class:`tracker_reencrypt.stores.ProductRange`): :func:`sample_ids` keeps a bounded uniform
+sample of its ids from one id-only pass, and :func:`id_cuts` takes the cuts from its quantiles.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterable
 from itertools import pairwise
 
 from tracker_reencrypt.errors import StoreError
@@ -73,4 +80,61 @@ def split_feed_range(feed_range: FeedRange, parts: int) -> list[FeedRange]:
     return [_epk_range(a, b) for a, b in pairwise(bounds)]
 
 
-__all__ = ["EPK_MAX", "EPK_MIN", "covers_whole_container", "split_feed_range"]
+#: Ids kept to cut a product: enough for ranges within a few per cent of even, in about 1 MB
+#: whatever the product's size. More ranges want more ids (20 each), up to a cap (about 20 MB).
+ID_SAMPLE_SIZE = 10_000
+ID_SAMPLE_PER_RANGE = 20
+ID_SAMPLE_MAX = 200_000
+#: Where code point order (Python's, and UTF-8 byte order) and UTF-16 code unit order
+#: (JavaScript's: the test server) part: from the surrogates up.
+_ORDERS_AGREE_BELOW = "\ud800"
+
+
+def id_sample_size(ranges: int) -> int:
+    return min(ID_SAMPLE_MAX, max(ID_SAMPLE_SIZE, ID_SAMPLE_PER_RANGE * ranges))
+
+
+def sample_ids(ids: Iterable[str], size: int, rng: random.Random) -> list[str]:
+    """A uniform sample of at most ``size`` of ``ids`` (reservoir sampling): all of them when
+    there are no more, and never more than ``size`` held, however many go by."""
+    sample: list[str] = []
+    for seen, document_id in enumerate(ids):
+        if seen < size:
+            sample.append(document_id)
+        else:
+            slot = rng.randrange(seen + 1)
+            if slot < size:
+                sample[slot] = document_id
+    return sample
+
+
+def id_cuts(sample: list[str], ranges: int) -> list[str]:
+    """Up to ``ranges - 1`` increasing ids cutting the ids ``sample`` stands for into runs of
+    about equal count (the sample's quantiles; exact when it holds every id).
+
+    Sorted in Python's str order, which need not be the server's: that only costs balance, as
+    long as the server, too, sees the cuts in increasing order, since the ranges between them
+    then cover every id exactly once. So each cut is cut short before its first character from
+    U+D800 up (where code point and UTF-16 orders differ), and a cut not above the one before
+    it is dropped: cuts made of characters below U+D800 compare alike in every ordinal order.
+    With fewer sampled ids than ranges, there are fewer ranges.
+    """
+    ordered = sorted(sample)
+    cuts: list[str] = []
+    for index in range(1, ranges if ordered else 1):
+        cut = ordered[len(ordered) * index // ranges]
+        cut = next((cut[:at] for at, char in enumerate(cut) if char >= _ORDERS_AGREE_BELOW), cut)
+        if cut > (cuts[-1] if cuts else ordered[0]):  # never a range known to be empty
+            cuts.append(cut)
+    return cuts
+
+
+__all__ = [
+    "EPK_MAX",
+    "EPK_MIN",
+    "covers_whole_container",
+    "id_cuts",
+    "id_sample_size",
+    "sample_ids",
+    "split_feed_range",
+]

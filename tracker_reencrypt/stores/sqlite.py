@@ -6,7 +6,12 @@ Laid out to behave like a Cosmos container where the sweep can tell the differen
 - each partition key hashes to an *effective partition key* (EPK) in ``[0, 2**32)``, and a
   feed range is an EPK interval, so ranges split and sub-ranges scan like Cosmos's;
 - scans page in (EPK, partition key, id) order with a keyset continuation, so a scan resumed
-  from a stored continuation neither skips nor repeats a document that existed throughout.
+  from a stored continuation neither skips nor repeats a document that existed throughout;
+- a product range is one partition key's rows, ``epk = ? AND pk = ?``, cut by id: the primary
+  key (epk, pk, id) is also that partition's index, so scanning, counting and cutting a
+  product read only its rows, like a single-partition query on Cosmos.
+
+Partition keys are kept as text (``str()`` of the body's value), so every one is a product.
 
 The file itself (its tables, recognising it as ours, laying it out and opening it) is
 :mod:`tracker_reencrypt.stores.sqlite_layout`.
@@ -25,7 +30,15 @@ from pathlib import Path
 
 from tracker_reencrypt import jsontext
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, redact_url
-from tracker_reencrypt.stores import FeedRange, RequestCost, ScanPage, StoredDocument, estimated_request_units
+from tracker_reencrypt.stores import (
+    FeedRange,
+    ProductRange,
+    RequestCost,
+    ScanPage,
+    StoredDocument,
+    estimated_request_units,
+    product_range_count,
+)
 from tracker_reencrypt.stores.sqlite_layout import Connections, Transaction
 
 EPK_SPACE = 2**32
@@ -35,6 +48,14 @@ EPK_SPACE = 2**32
 _SCAN_COLUMNS = "SELECT epk, pk, id, etag, CAST(body AS BLOB) FROM documents"
 _SCAN_FIRST = f"{_SCAN_COLUMNS} WHERE epk >= ? AND epk < ? ORDER BY epk, pk, id LIMIT ?"
 _SCAN_AFTER = f"{_SCAN_COLUMNS} WHERE (epk, pk, id) > (?, ?, ?) AND epk < ? ORDER BY epk, pk, id LIMIT ?"
+#: The next partition: another partition key of the same EPK (a hash collision), else the first
+#: of the next EPK; each one index seek. (The row value "(epk, pk) > (?, ?)" seeks to the
+#: partition it names and steps through all its rows.)
+_NEXT_IN_EPK = "SELECT epk, pk FROM documents WHERE epk = ? AND pk > ? ORDER BY pk LIMIT 1"
+_FIRST_AFTER_EPK = "SELECT epk, pk FROM documents WHERE epk > ? ORDER BY epk, pk LIMIT 1"
+_PRODUCT_COUNT = "SELECT COUNT(*) FROM documents WHERE epk = ? AND pk = ?"
+#: The id ``step`` rows on from ``start`` in a product (the whole walk reads each row once).
+_PRODUCT_ID_AFTER = "SELECT id FROM documents WHERE epk = ? AND pk = ? AND id >= ? ORDER BY id LIMIT 1 OFFSET ?"
 
 
 def path_from_url(url: str) -> Path:
@@ -141,7 +162,37 @@ class SqliteStore:
         ordered = sorted(bounds)
         return [{"epk_min": low, "epk_max": high} for low, high in pairwise(ordered)]
 
+    def products(self) -> list[str]:
+        """Every partition key, found by seeking from one partition to the next in the primary key."""
+        found, row = [], self._db.execute(_FIRST_AFTER_EPK, (-1,)).fetchone()
+        while row is not None:
+            found.append(row[1])
+            row = (
+                self._db.execute(_NEXT_IN_EPK, row).fetchone() or self._db.execute(_FIRST_AFTER_EPK, row[:1]).fetchone()
+            )
+        return sorted(found)
+
+    def product_ranges(self, product: str, documents_per_range: int) -> list[FeedRange]:
+        """Cut at the ids found ``count / ranges`` rows apart by walking the product's part of
+        the primary key (each row visited once, its body never parsed)."""
+        pk = str(product)
+        documents = self.count(pk)
+        ranges = product_range_count(documents, documents_per_range)
+        cuts: list[str] = []
+        start, at = "", 0  # every id is >= "": the walk starts at the product's first row
+        for index in range(1, ranges):
+            wanted = documents * index // ranges
+            row = self._db.execute(_PRODUCT_ID_AFTER, (effective_partition_key(pk), pk, start, wanted - at)).fetchone()
+            if row is None:  # rows deleted since the count: the last range takes the rest
+                break
+            start, at = row[0], wanted
+            cuts.append(start)
+        return ProductRange.cut(pk, cuts)
+
     def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage:
+        product_range = ProductRange.of(feed_range)
+        if product_range is not None:
+            return self._page(self._product_rows(product_range, continuation, page_size), page_size)
         try:
             low, high = int(feed_range["epk_min"]), int(feed_range["epk_max"])
         except (KeyError, TypeError, ValueError):
@@ -154,6 +205,43 @@ class SqliteStore:
             rows = self._db.execute(_SCAN_AFTER, (epk, pk, document_id, high, page_size)).fetchall()
         else:
             rows = self._db.execute(_SCAN_FIRST, (low, high, page_size)).fetchall()
+        return self._page(rows, page_size)
+
+    def _product_rows(self, product_range: ProductRange, continuation: str | None, page_size: int) -> list:
+        """A page of one partition's rows in id order: ``epk = ? AND pk = ?`` and one bound on
+        each side of the id, so the primary key seeks straight to the page (after a
+        continuation, its id alone is the lower bound, for the reason given in :meth:`scan`)."""
+        pk = product_range.partition_key
+        epk = effective_partition_key(pk)
+        conditions, values = ["epk = ?", "pk = ?"], [epk, pk]
+        if continuation:
+            conditions.append("id > ?")
+            values.append(self._continued_id(product_range, epk, continuation))
+        elif product_range.id_min is not None:
+            conditions.append("id >= ?")
+            values.append(product_range.id_min)
+        if product_range.id_max is not None:
+            conditions.append("id < ?")
+            values.append(product_range.id_max)
+        query = f"{_SCAN_COLUMNS} WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?"
+        return self._db.execute(query, (*values, page_size)).fetchall()
+
+    def _continued_id(self, product_range: ProductRange, epk: int, continuation: str) -> str:
+        """The id a continuation of this product range resumes after; StoreError if it is another's."""
+        try:
+            at_epk, at_pk, at_id = json.loads(continuation)
+        except (TypeError, ValueError):
+            at_epk = at_pk = at_id = None
+        low = product_range.id_min
+        if (
+            (at_epk, at_pk) != (epk, product_range.partition_key)
+            or not isinstance(at_id, str)
+            or (low is not None and at_id < low)
+        ):
+            raise StoreError(f"continuation {continuation!r} does not fit product range {product_range.feed_range()!r}")
+        return at_id
+
+    def _page(self, rows: list, page_size: int) -> ScanPage:
         self.cost.request_units += 2.5 + sum(estimated_request_units(len(row[4]), write=False) for row in rows)
         field = self.partition_key_field
         documents = [_parsed(body, etag, pk, document_id, field) for _, pk, document_id, etag, body in rows]
@@ -232,8 +320,11 @@ class SqliteStore:
         self.cost.request_units += sum(estimated_request_units(len(row[4]), write=True) for row in rows)
         return results
 
-    def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+    def count(self, product: str | None = None) -> int:
+        if product is None:
+            return self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        pk = str(product)
+        return self._db.execute(_PRODUCT_COUNT, (effective_partition_key(pk), pk)).fetchone()[0]
 
     def records(self) -> SqliteRecordStore:
         return SqliteRecordStore(self._connections, self.describe())
