@@ -6,7 +6,9 @@ the service's public REST reference:
 - Challenge auth: a request without a Bearer token gets 401 with ``WWW-Authenticate: Bearer
   authorization="https://login.microsoftonline.com/<tenant>", resource="https://vault.azure.net"``;
   then any Bearer token is accepted unless the test denied it (403, like a missing role).
-- ``GET /keys/{name}[/]`` (latest version), ``GET /keys/{name}/{version}``,
+- ``GET /keys`` (every key: a KeyItem with the versionless kid and the newest version's
+  attributes and tags, paged with ``nextLink`` like the versions),
+  ``GET /keys/{name}[/]`` (latest version), ``GET /keys/{name}/{version}``,
   ``GET /keys/{name}/versions`` (paged with ``nextLink``), ``POST /keys/{name}/create``,
   ``PATCH /keys/{name}/{version}``, ``POST /keys/{name}/{version}/wrapkey|unwrapkey``.
 - Errors are ``{"error": {"code", "message", "innererror": {"code"}}}``. A disabled version
@@ -206,6 +208,8 @@ class KeyVaultServer:
         )
 
     def _route(self, method: str, parts: list[str]):
+        if method == "GET" and parts == ["keys"]:
+            return "list_keys", lambda body, q: self._list_keys(q)
         if len(parts) < 2 or parts[0] != "keys":
             raise VaultError(404, "NotFound", "The requested resource was not found.")
         name, rest = parts[1], parts[2:]
@@ -247,17 +251,28 @@ class KeyVaultServer:
         _refuse_if_disabled(found, "get")
         return self._bundle(name, found)
 
+    def _list_keys(self, query: dict) -> dict:
+        """Every key, in the order they were created (the service promises no order)."""
+        with self._lock:
+            newest = [(name, versions[-1]) for name, versions in self.keys.items() if versions]
+        page, next_link = self._page(newest, query, f"{self.url}/keys")
+        items = [{"kid": f"{self.url}/keys/{name}", "attributes": _attributes(v), **_tags(v)} for name, v in page]
+        return {"value": items, "nextLink": next_link}
+
     def _list_versions(self, name: str, query: dict) -> dict:
         versions = self._versions(name)
-        size = int(query.get("maxresults", [self.page_size])[0])
-        start = int(query.get("$skiptoken", ["0"])[0])
-        page = versions[start : start + size]
-        next_link = None
-        if start + size < len(versions):
-            params = urlencode({"api-version": query["api-version"][0], "$skiptoken": start + size, "maxresults": size})
-            next_link = f"{self.url}/keys/{name}/versions?{params}"
+        page, next_link = self._page(versions, query, f"{self.url}/keys/{name}/versions")
         items = [{"kid": self.kid(name, v.version), "attributes": _attributes(v), **_tags(v)} for v in page]
         return {"value": items, "nextLink": next_link}
+
+    def _page(self, items: list, query: dict, link: str) -> tuple[list, str | None]:
+        """One page of ``items`` and the link to the next (``$skiptoken`` is the offset)."""
+        size = int(query.get("maxresults", [self.page_size])[0])
+        start = int(query.get("$skiptoken", ["0"])[0])
+        if start + size >= len(items):
+            return items[start : start + size], None
+        params = urlencode({"api-version": query["api-version"][0], "$skiptoken": start + size, "maxresults": size})
+        return items[start : start + size], f"{link}?{params}"
 
     def _create(self, name: str, body: dict) -> dict:
         if body.get("kty") not in ("RSA", "RSA-HSM"):

@@ -3,10 +3,11 @@
 
 A real vault needs nothing of this: Azure's DefaultAzureCredential finds the pod's identity,
 the vault's certificate chains to a public CA and its challenge names vault.azure.net. The
-loopback vault has none of these, so the provider a ``https://127.0.0.1:<port>/keys/<name>``
-URL names is built the way the in-process tests build it (tests/e2e/test_budgets.py): a static
-token, the vault's own certificate ($TEST_VAULT_CA) and no challenge-domain check. Everything
-else (the commands, the worker, the provider's SDK calls and their retries) is the real code.
+loopback vault has none of these, so the provider a ``https://127.0.0.1:<port>`` URL names (or
+``https://127.0.0.1:<port>/keys/<name>``, which fixes the key name) is built the way the
+in-process tests build it (tests/e2e/test_budgets.py): a static token, the vault's own
+certificate ($TEST_VAULT_CA) and no challenge-domain check. Everything else (the commands, the
+worker, the provider's SDK calls and their retries) is the real code.
 
 ``python -m loopback_vault ARGS`` runs the CLI (``reencrypt ARGS``) this way; tests/vault_worker.py
 is the worker app (``celery -A vault_worker worker``).
@@ -44,11 +45,15 @@ def open_provider(vault_url: str, key_name: str, ca_path: str) -> AzureKeyVaultP
     )
 
 
-def open_key_provider(url: str):
-    vault_url, _, key_name = url.partition("/keys/")
-    if not vault_url.startswith(LOOPBACK):
-        return _open_key_provider(url)
-    return open_provider(vault_url, key_name, os.environ["TEST_VAULT_CA"])
+def open_key_provider(url: str, key_name: str = ""):
+    """The project's factory; for a loopback vault, its provider rebuilt as above (the factory
+    keeps the say on what the URL and the key name setting mean)."""
+    provider = _open_key_provider(url, key_name)
+    if not url.startswith(LOOPBACK):
+        return provider
+    assert isinstance(provider, AzureKeyVaultProvider)
+    provider.close()  # it holds the real credential chain, which finds no identity here
+    return open_provider(provider.vault_url, provider.key_name, os.environ["TEST_VAULT_CA"])
 
 
 # Before any module of the project binds the factory with 'from tracker_reencrypt.keys import'.

@@ -94,23 +94,24 @@ def test_init_creates_one_current_version_in_a_0600_file(tmp_path):
         "status": "enabled",
     }
     document = json.loads(path.read_text())
-    assert document["name"] == "tracker-mek"
+    assert document["layout"] == 2 and "name" not in document
     (jwk,) = document["keys"]
     assert {"kty", "kid", "alg", "use", "n", "e", "d", "p", "q", "dp", "dq", "qi"} <= jwk.keys()
     assert (jwk["kty"], jwk["alg"], jwk["use"], jwk["e"]) == ("RSA", WRAP_ALGORITHM, "enc", "AQAB")
     assert list(path.parent.glob(".keyring.json.*")) == []  # no temporary file left behind
 
 
-def test_init_refuses_an_existing_keyring(keyring_path):
+def test_init_refuses_an_existing_key(keyring_path):
     before = keyring_path.read_bytes()
-    with pytest.raises(KeyringFileError, match="already exists.*rotate"):
+    with pytest.raises(KeyringFileError, match="key tracker-mek already exists.*rotate"):
         LocalKeyProvider(keyring_path).init()
     assert keyring_path.read_bytes() == before
 
 
 def test_init_with_another_name(tmp_path):
-    provider = LocalKeyProvider(tmp_path / "k.json")
-    assert provider.init(name="billing-mek").kid == "billing-mek/v1"
+    provider = LocalKeyProvider(tmp_path / "k.json", "billing-mek")
+    assert provider.init().kid == "billing-mek/v1"
+    assert provider.describe() == f"local keyring {tmp_path / 'k.json'} key billing-mek"
 
 
 def test_rotate_adds_a_version_and_makes_it_the_only_current_one(keyring_path):
@@ -266,7 +267,7 @@ def test_metadata_set_get_and_delete(keyring_path):
     assert provider.set_metadata(both) == both
     assert provider.set_metadata({"owner": None, "absent": None}) == {STORE_ENTRY: STORE_VALUE}
     assert provider.metadata() == {STORE_ENTRY: STORE_VALUE}
-    assert json.loads(keyring_path.read_text())["metadata"] == {STORE_ENTRY: STORE_VALUE}
+    assert json.loads(keyring_path.read_text())["metadata"] == {"tracker-mek": {STORE_ENTRY: STORE_VALUE}}
     assert mode_of(keyring_path) == 0o600
     assert list(keyring_path.parent.glob(".keyring.json.*")) == []
 
@@ -297,9 +298,10 @@ def test_bad_metadata_changes_are_refused_and_nothing_is_written(keyring_path, c
     assert keyring_path.read_bytes() == before
 
 
-def test_a_metadata_that_is_not_an_object_of_strings_is_refused(keyring_path):
+@pytest.mark.parametrize("metadata", [{"n": 3}, {"tracker-mek": {"n": 3}}, {"other-mek": {"n": 3}}, ["x"]])
+def test_a_metadata_that_is_not_an_object_of_strings_is_refused(keyring_path, metadata):
     document = json.loads(keyring_path.read_text())
-    document["metadata"] = {"n": 3}
+    document["metadata"] = metadata
     keyring_path.write_text(json.dumps(document))
     with pytest.raises(KeyringFileError, match="metadata"):
         LocalKeyProvider(keyring_path).metadata()
@@ -333,7 +335,20 @@ def test_a_missing_file_names_keys_init(tmp_path):
         LocalKeyProvider(tmp_path / "absent.json").current_kid()
 
 
-@pytest.mark.parametrize("content", ["", "not json", "[]", "{}", '{"keys": {}}', '{"keys": []}', '"text"', "\xff"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "not json",
+        "[]",
+        "{}",
+        '{"keys": {}}',
+        '{"keys": []}',
+        '{"layout": 2, "keys": [{"kty": "RSA"}]}',
+        '"text"',
+        "\xff",
+    ],
+)
 def test_a_file_that_is_not_a_keyring_is_refused(tmp_path, content):
     path = tmp_path / "keyring.json"
     path.write_bytes(content.encode("latin-1"))

@@ -1,4 +1,12 @@
-"""Azure Key Vault key provider: the MEK is an RSA-2048 key whose versions live in a vault.
+"""Azure Key Vault key provider: each MEK is an RSA-2048 key whose versions live in a vault.
+
+**One provider per vault, a sibling per key.** The tracker keeps one key per product
+(``tracker-mek-<productId>``, see :mod:`tracker_reencrypt.keys.naming`), all in one vault. A
+provider administers the key it was opened for (:attr:`key_name`); :meth:`for_key` gives a
+sibling for another key that shares the credential, the KeyClient, the per-kid clients and
+public keys, and the call counters: the vault's throttling limit is per vault, so the fleet's
+Key Vault budget must see every sibling's calls in one tally. Wrap and unwrap take a versioned
+kid of any key in the vault, so one provider serves a sweep over every product.
 
 Through the real ``azure-keyvault-keys`` SDK:
 
@@ -73,6 +81,7 @@ from tracker_reencrypt.keys.azure_errors import (
     is_disabled,
     translate,
 )
+from tracker_reencrypt.keys.naming import PRODUCT_PLACEHOLDER, KeyNaming, key_name_of_kid
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,30 @@ CURRENT_KID_TTL_S = 60.0
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
+class _CallTally:
+    """The calls and 429s of every provider of one vault (siblings share one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, int] = {}
+        self.throttled = 0
+
+    @property
+    def calls(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
+
+    def count(self, operation: str) -> None:
+        with self._lock:
+            self._calls[operation] = self._calls.get(operation, 0) + 1
+
+    def on_response(self, response) -> None:
+        """Sees every attempt's response (the hook sits inside the retry loop)."""
+        if response.http_response.status_code == 429:
+            with self._lock:
+                self.throttled += 1
+
+
 @dataclass(frozen=True)
 class _Version:
     """What one kid needs: its warm CryptographyClient and, when fetched, its public key."""
@@ -98,8 +131,39 @@ class _Version:
     public_key: rsa.RSAPublicKey | None
 
 
+class _Vault:
+    """What every provider of one vault shares: the credential, the SDK clients and their
+    options, the per-kid cache and the call tally."""
+
+    def __init__(self, vault_url: str, credential, max_retry_after_s: float, client_kwargs: dict) -> None:
+        self.tally = _CallTally()
+        self.credential = credential or DefaultAzureCredential()
+        self._retry = {
+            **RETRY_DEFAULTS,
+            **{k: client_kwargs.pop(k) for k in list(client_kwargs) if k.startswith("retry_")},
+        }
+        self._max_retry_after_s = max_retry_after_s
+        self._client_kwargs = {**client_kwargs, "raw_response_hook": self.tally.on_response}
+        self.lock = threading.Lock()  # guards the per-kid cache; held while a kid is fetched
+        self.versions: dict[str, _Version] = {}
+        self.keys = KeyClient(vault_url, self.credential, **self.sdk_kwargs())
+
+    def sdk_kwargs(self) -> dict:
+        """Options for one SDK client: the caller's, our response hook and a fresh retry policy."""
+        retry_policy = BoundedRetryPolicy(self._max_retry_after_s, **self._retry)
+        return {**self._client_kwargs, "retry_policy": retry_policy}
+
+    def close(self) -> None:
+        with self.lock:
+            clients = [self.keys] + [v.crypto for v in self.versions.values()]
+            self.versions.clear()
+        for client in clients:
+            client.close()
+
+
 class AzureKeyVaultProvider:
-    """MEK versions in Azure Key Vault; wraps locally, unwraps in the vault. Thread-safe.
+    """One key's MEK versions in Azure Key Vault; wraps locally, unwraps in the vault, under a
+    version of any key in the vault. Thread-safe.
 
     ``client_kwargs`` go to every SDK client (``connection_verify``, ``api_version``,
     ``verify_challenge_resource``...); ``retry_*`` keys there override :data:`RETRY_DEFAULTS`.
@@ -116,35 +180,39 @@ class AzureKeyVaultProvider:
     ) -> None:
         self.vault_url = vault_url.rstrip("/")
         self.key_name = key_name
-        #: KeyProvider.calls and .throttled, counted under _counter_lock.
-        self.calls: dict[str, int] = {}
-        self.throttled = 0
-        self._credential = credential or DefaultAzureCredential()
-        self._retry = {
-            **RETRY_DEFAULTS,
-            **{k: client_kwargs.pop(k) for k in list(client_kwargs) if k.startswith("retry_")},
-        }
-        self._max_retry_after_s = max_retry_after_s
-        self._client_kwargs = {**client_kwargs, "raw_response_hook": self._on_response}
         try:
-            self._keys = KeyClient(self.vault_url, self._credential, **self._sdk_kwargs())
+            self._vault = _Vault(self.vault_url, credential, max_retry_after_s, client_kwargs)
         except ValueError as error:  # the SDK's own argument checks (an empty vault URL)
             raise ConfigError(f"cannot open {self.describe()}: {first_line(error)}") from None
-        self._lock = threading.Lock()  # guards the per-kid cache; held while a kid is fetched
-        self._counter_lock = threading.Lock()
-        self._versions: dict[str, _Version] = {}
         self._current: tuple[str, float] | None = None
+
+    def for_key(self, name: str) -> AzureKeyVaultProvider:
+        """A provider of key ``name`` in this vault, sharing this one's clients, cache and counters."""
+        sibling = object.__new__(AzureKeyVaultProvider)
+        sibling.vault_url, sibling.key_name = self.vault_url, KeyNaming(name).template
+        sibling._vault, sibling._current = self._vault, None
+        return sibling
+
+    def key_names(self) -> list[str]:
+        """Every key in the vault (keys/list permission), whatever its versions' state."""
+        items = self._call("list_keys", lambda: list(self._vault.keys.list_properties_of_keys()))
+        return sorted(properties.name for properties in items)
 
     def describe(self) -> str:
         return f"Azure Key Vault {self.vault_url} key {self.key_name}"
 
+    @property
+    def calls(self) -> Mapping[str, int]:
+        """KeyProvider.calls: a snapshot of the tally every sibling adds to."""
+        return self._vault.tally.calls
+
+    @property
+    def throttled(self) -> int:
+        return self._vault.tally.throttled
+
     def close(self) -> None:
-        """Close every client's connections (the provider is not usable afterwards)."""
-        with self._lock:
-            clients = [self._keys] + [v.crypto for v in self._versions.values()]
-            self._versions.clear()
-        for client in clients:
-            client.close()
+        """Close every client's connections: this provider's and its siblings' (none is usable afterwards)."""
+        self._vault.close()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -173,7 +241,8 @@ class AzureKeyVaultProvider:
 
     def _list_versions(self) -> list[KeyProperties]:
         """Every version's properties (tags included), oldest first."""
-        items = self._call("list_versions", lambda: list(self._keys.list_properties_of_key_versions(self.key_name)))
+        name = self._administered()
+        items = self._call("list_versions", lambda: list(self._vault.keys.list_properties_of_key_versions(name)))
         # A stable sort: versions created within the same second keep the vault's order.
         items.sort(key=lambda p: (p.created_on is None, p.created_on))
         return items
@@ -181,7 +250,8 @@ class AzureKeyVaultProvider:
     def _newest(self) -> KeyProperties:
         """The newest version's properties: where the metadata and a promoted version are recorded."""
         try:
-            key = self._call("get_key", lambda: self._keys.get_key(self.key_name), self._versionless_id())
+            name = self._administered()
+            key = self._call("get_key", lambda: self._vault.keys.get_key(name), self._versionless_id())
         except KeyDisabledError:  # the vault refuses get on a disabled version but lists it, tags included
             return self._list_versions()[-1]
         return key.properties
@@ -203,7 +273,7 @@ class AzureKeyVaultProvider:
             return None
         kid = f"{self._versionless_id()}/{version}"
         try:
-            key = self._call("get_key", lambda: self._keys.get_key(self.key_name, version), kid)
+            key = self._call("get_key", lambda: self._vault.keys.get_key(self.key_name, version), kid)
         except (KeyNotFoundError, KeyDisabledError):
             # Disabled or deleted behind our back (set_enabled refuses it): the newest takes over
             # again, as it does for the vault's own versionless get. Not an error for anyone.
@@ -232,57 +302,74 @@ class AzureKeyVaultProvider:
         return result.key
 
     def _version(self, kid: str) -> _Version:
-        version = self._versions.get(kid)
+        vault = self._vault
+        version = vault.versions.get(kid)
         if version is not None:
             return version
-        with self._lock:
-            version = self._versions.get(kid)
+        with vault.lock:
+            version = vault.versions.get(kid)
             if version is None:
-                version = self._versions[kid] = self._fetch(kid)
+                version = vault.versions[kid] = self._fetch(kid)
             return version
 
     def _fetch(self, kid: str) -> _Version:
         """Get the version's public key once; without keys/get, the vault does the wrapping."""
-        version = self._parse_kid(kid).version
-        self._count("get_key")
+        identifier = self._parse_kid(kid)
+        vault = self._vault
+        vault.tally.count("get_key")
         try:
-            key = self._keys.get_key(self.key_name, version)
+            key = vault.keys.get_key(identifier.name, identifier.version)
         except HttpResponseError as error:
             if error.status_code != 403 or is_disabled(error):
-                raise translate(error, "get_key", kid, self.vault_url, self.key_name) from None
+                raise translate(error, "get_key", kid, self.vault_url, identifier.name) from None
             # No keys/get permission: the SDK client tries once more itself, then goes remote.
-            return _Version(CryptographyClient(kid, self._credential, **self._sdk_kwargs()), None)
+            return _Version(CryptographyClient(kid, vault.credential, **vault.sdk_kwargs()), None)
         except (AzureError, ValueError) as error:
-            raise translate(error, "get_key", kid, self.vault_url, self.key_name) from None
+            raise translate(error, "get_key", kid, self.vault_url, identifier.name) from None
         if key.properties.enabled is False:
             raise KeyDisabledError(f"key {kid} is disabled in {self.vault_url}: refused until it is enabled again")
-        crypto = CryptographyClient(key, self._credential, **self._sdk_kwargs())
+        crypto = CryptographyClient(key, vault.credential, **vault.sdk_kwargs())
         jwk: Any = key.key  # JsonWebKey sets its members (key_ops, n, e) dynamically: untyped in the SDK
         local = KeyOperation.wrap_key in (jwk.key_ops or []) and jwk.n and jwk.e
         return _Version(crypto, _public_key(key) if local else None)
 
     def _parse_kid(self, kid: str) -> KeyVaultKeyIdentifier:
+        """A versioned id of any key in this vault, or KeyNotFoundError without a call."""
         try:
             identifier = KeyVaultKeyIdentifier(kid)
         except ValueError:
             raise KeyNotFoundError(
                 f"{kid!r} is not a Key Vault key id (https://<vault>/keys/<name>/<version>)"
             ) from None
-        same_vault = urlparse(identifier.vault_url).netloc.lower() == urlparse(self.vault_url).netloc.lower()
-        if not same_vault or identifier.name != self.key_name:
-            raise KeyNotFoundError(f"key {kid} is not a version of {self.describe()}")
+        if urlparse(identifier.vault_url).netloc.lower() != urlparse(self.vault_url).netloc.lower():
+            raise KeyNotFoundError(f"key {kid} is not in {self.vault_url}: it reaches that vault's keys only")
         if not identifier.version:
             raise KeyNotFoundError(f"key id {kid} names no version: envelopes must carry the full versioned key id")
         return identifier
 
-    def _sdk_kwargs(self) -> dict:
-        """Options for one SDK client: the caller's, our response hook and a fresh retry policy."""
-        retry_policy = BoundedRetryPolicy(self._max_retry_after_s, **self._retry)
-        return {**self._client_kwargs, "retry_policy": retry_policy}
+    def _own_version(self, kid: str) -> str:
+        """The version ``kid`` names, refused unless it is one of this key's (administration)."""
+        identifier = self._parse_kid(kid)
+        # Key Vault matches key names without regard to case, and so does this check.
+        if identifier.name.lower() != self._administered().lower():
+            raise KeyNotFoundError(
+                f"key {kid} is not a version of {self.describe()}: see the versions with 'reencrypt keys list'"
+            )
+        return str(identifier.version)
+
+    def _administered(self) -> str:
+        """This provider's key name, refused when it is a per-product template (it names no one key)."""
+        if PRODUCT_PLACEHOLDER in self.key_name:
+            raise ConfigError(
+                f"key name {self.key_name!r} is a template for every product's key, so it administers none: "
+                f"name one key (the template with a product id in place of {PRODUCT_PLACEHOLDER})"
+            )
+        return self.key_name
 
     # -- administration --------------------------------------------------------------------
 
     def init(self) -> KeyVersion:
+        self._administered()
         try:
             existing = self.current_kid(refresh=True)
         except KeyNotFoundError:
@@ -320,8 +407,8 @@ class AzureKeyVaultProvider:
         """The version ``kid`` names, refused unless it exists and is enabled."""
         disabled = KeyDisabledError(f"key {kid} is disabled: enable it first with 'reencrypt keys enable {kid}'")
         try:
-            version = self._parse_kid(kid).version
-            key = self._call("get_key", lambda: self._keys.get_key(self.key_name, version), kid)
+            version = self._own_version(kid)
+            key = self._call("get_key", lambda: self._vault.keys.get_key(self.key_name, version), kid)
         except KeyNotFoundError:
             raise KeyNotFoundError(
                 f"key {kid} is not a version of {self.describe()}: see the versions with 'reencrypt keys list'"
@@ -354,27 +441,30 @@ class AzureKeyVaultProvider:
         """Replace the newest version's tags, within Key Vault's limits or not at all."""
         _check_tag_limits(tags, newest.id)
         key = self._call(
-            "update_key", lambda: self._keys.update_key_properties(self.key_name, newest.version, tags=tags), newest.id
+            "update_key",
+            lambda: self._vault.keys.update_key_properties(self.key_name, newest.version, tags=tags),
+            newest.id,
         )
         return key.properties.tags or {}
 
     def set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
-        version = self._parse_kid(kid).version
+        version = self._own_version(kid)
         current = self.current_kid(refresh=True)
         if not enabled and kid == current:
             raise KeyDisabledError(f"key {kid} is the current version; rotate to a new version before disabling it")
         key = self._call(
-            "update_key", lambda: self._keys.update_key_properties(self.key_name, version, enabled=enabled), kid
+            "update_key", lambda: self._vault.keys.update_key_properties(self.key_name, version, enabled=enabled), kid
         )
-        with self._lock:  # the next wrap or unwrap re-reads the version's state
-            self._versions.pop(kid, None)
+        with self._vault.lock:  # the next wrap or unwrap, by any sibling, re-reads the version's state
+            self._vault.versions.pop(kid, None)
         return _key_version(key.properties, current)
 
     def _create_version(self, tags: dict[str, str] | None = None) -> KeyVersion:
+        name = self._administered()
         key = self._call(
             "create_key",
-            lambda: self._keys.create_rsa_key(
-                self.key_name, size=RSA_BITS, key_operations=KEY_OPERATIONS, tags=tags or None
+            lambda: self._vault.keys.create_rsa_key(
+                name, size=RSA_BITS, key_operations=KEY_OPERATIONS, tags=tags or None
             ),
         )
         self._current = (key.id, time.monotonic())
@@ -383,21 +473,15 @@ class AzureKeyVaultProvider:
     # -- calls, counters and errors --------------------------------------------------------
 
     def _count(self, operation: str) -> None:
-        with self._counter_lock:
-            self.calls[operation] = self.calls.get(operation, 0) + 1
-
-    def _on_response(self, response) -> None:
-        """Sees every attempt's response (the hook sits inside the retry loop)."""
-        if response.http_response.status_code == 429:
-            with self._counter_lock:
-                self.throttled += 1
+        self._vault.tally.count(operation)
 
     def _call(self, operation: str, call, kid: str | None = None):
         self._count(operation)
         try:
             return call()
         except (AzureError, ValueError) as error:
-            raise translate(error, operation, kid, self.vault_url, self.key_name) from None
+            name = key_name_of_kid(kid) if kid else self.key_name
+            raise translate(error, operation, kid, self.vault_url, name) from None
 
 
 def _key_version(properties, current_kid: str | None) -> KeyVersion:

@@ -1,20 +1,32 @@
 """The embedded key provider: a JWKS keyring file (RFC 7517) of RSA MEK versions.
 
-File shape::
+File shape (layout 2)::
 
-    {"name": "tracker-mek",
-     "keys": [{"kty": "RSA", "kid": "tracker-mek/v1", "alg": "RSA-OAEP-256", "use": "enc",
+    {"layout": 2,
+     "keys": [{"kty": "RSA", "kid": "tracker-mek-acme/v1", "alg": "RSA-OAEP-256", "use": "enc",
                "n": ..., "e": ..., "d": ..., "p": ..., "q": ..., "dp": ..., "dq": ..., "qi": ...,
-               "status": "enabled", "current": true, "created": "2026-11-28T02:00:00Z"}],
-     "metadata": {"store-3f9a0c12ab45": "12:ab34...|sqlite:/srv/tracker.db"}}
+               "status": "enabled", "current": true, "created": "2026-11-28T02:00:00Z"},
+              {"kty": "RSA", "kid": "tracker-mek-globex/v1", ...}],
+     "metadata": {"tracker-mek-acme": {"store-3f9a0c12ab45": "12:ab34...|sqlite:/srv/tracker.db"}}}
 
-Exactly one key is ``current``: the newest after a rotation, an older one after a promote
-(rollback). ``metadata`` (optional) holds the MEK's string annotations; every change, like
-every rotation or promotion, rewrites the whole file atomically.
+**One file holds every key.** The tracker keeps one MEK per product (``tracker-mek-<productId>``,
+see :mod:`tracker_reencrypt.keys.naming`), as one vault holds them all: a kid is
+``<key name>/v<n>``, so the JWKS itself says which key each version belongs to, and one file
+(one secret to guard, one lock, one reload) serves a sweep over every product.
+``metadata`` (optional) holds each key's string annotations under its name.
 
-The private parts make this file as secret as the MEK itself: it is written atomically with
-mode 0600 and refused when group or others can read it. Several processes may share it;
-each reloads it when it changes on disk, so a rotation or a disable reaches running workers.
+Each key has exactly one ``current`` version: its newest after a rotation, an older one after a
+promote (rollback). A provider is opened for one key name and administers that key only;
+wrap and unwrap take a kid of any key in the file.
+
+Layout 1, written before per-product keys, held one key: ``{"name": "tracker-mek", "keys": [...],
+"metadata": {flat entries}}``. It is still read (its metadata belongs to its ``name``), and
+the first change rewrites it as layout 2.
+
+The private parts make this file as secret as the MEKs themselves: every change rewrites the
+whole file atomically with mode 0600, and a file group or others can read is refused.
+Several processes may share it; each reloads it when it changes on disk, so a rotation or a
+disable reaches running workers.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -36,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tracker_reencrypt.envelope import b64decode, b64encode
 from tracker_reencrypt.errors import (
+    ConfigError,
     EnvelopeError,
     KeyDisabledError,
     KeyNotFoundError,
@@ -43,8 +57,9 @@ from tracker_reencrypt.errors import (
     UnwrapError,
 )
 from tracker_reencrypt.keys import WRAP_ALGORITHM, KeyVersion, changed_metadata
+from tracker_reencrypt.keys.naming import DEFAULT_KEY_NAME, PRODUCT_PLACEHOLDER, KeyNaming, key_name_of_kid
 
-DEFAULT_NAME = "tracker-mek"
+LAYOUT = 2
 RSA_BITS = 2048
 RELOAD_CHECK_SECONDS = 1.0
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -90,27 +105,40 @@ def private_key_from_jwk(jwk: dict) -> rsa.RSAPrivateKey:
         raise KeyringFileError(f"keyring key {jwk.get('kid')!r} is not a complete RSA private JWK") from None
 
 
-class LocalKeyProvider:
-    """MEK versions in a local JWKS file; wraps and unwraps with RSA-OAEP-256 in process."""
+def _as_layout_2(raw: object) -> dict:
+    """The document in layout 2, from either layout (ValueError: not a keyring at all)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("keys"), list):
+        raise ValueError("not a keyring")  # not an assert: python -O would skip it
+    if not all(isinstance(jwk, dict) and isinstance(jwk.get("kid"), str) for jwk in raw["keys"]):
+        raise ValueError("a key without a kid")
+    if "layout" in raw:
+        if raw["layout"] != LAYOUT:
+            raise ValueError("another layout")
+        return {"layout": LAYOUT, "keys": raw["keys"], "metadata": raw.get("metadata", {})}
+    if not isinstance(raw.get("name"), str):
+        raise ValueError("not a keyring")
+    metadata = {raw["name"]: raw["metadata"]} if "metadata" in raw else {}
+    return {"layout": LAYOUT, "keys": raw["keys"], "metadata": metadata}
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+
+class _KeyringFile:
+    """One keyring file as every provider of its keys shares it: the parsed document, the
+    private keys already built, and the read-modify-write lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._lock = threading.Lock()
         self._document: dict | None = None
         self._private_keys: dict[str, rsa.RSAPrivateKey] = {}
         self._loaded_stamp: bytes | None = None
         self._checked_at = 0.0
 
-    def describe(self) -> str:
-        return f"local keyring {self.path}"
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def _load(self, force: bool = False) -> dict:
-        """The keyring document, re-read when the file changed (checked at most once a second)."""
+    def load(self, force: bool = False) -> dict:
+        """The keyring document in layout 2, re-read when the file changed (checked at most once a second)."""
         now = time.monotonic()
-        if self._document is not None and not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
-            return self._document
+        document = self._document
+        if document is not None and not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
+            return document
         with self._lock:
             self._checked_at = now
             try:
@@ -127,68 +155,175 @@ class LocalKeyProvider:
             try:
                 # The bytes themselves tell whether the file changed: (mtime, size) misses a
                 # same-size rewrite within the file system's timestamp granularity, such as
-                # a disable followed by an enable, and the file is a few kilobytes.
+                # a disable followed by an enable, and the file is a few kilobytes per key.
                 stamp = self.path.read_bytes()
             except OSError:
                 raise KeyringFileError(f"keyring file {self.path} cannot be read") from None
             if self._document is not None and stamp == self._loaded_stamp:
                 return self._document
             try:
-                document = json.loads(stamp.decode("utf-8"))
-                keys = document["keys"]
-                if not (isinstance(keys, list) and isinstance(document.get("name"), str)):
-                    raise ValueError("not a keyring")  # not an assert: python -O would skip it
-            except (ValueError, KeyError, TypeError, AttributeError):
+                raw = json.loads(stamp.decode("utf-8"))
+            except ValueError:
+                raise KeyringFileError(f"keyring file {self.path} is not a JWKS keyring this tool wrote") from None
+            if isinstance(raw, dict) and "layout" in raw and raw["layout"] != LAYOUT:
+                raise KeyringFileError(
+                    f"keyring file {self.path} has layout {raw['layout']!r}; this tool reads layouts 1 and {LAYOUT}: "
+                    "use the version of reencrypt that wrote it"
+                )
+            try:
+                document = _as_layout_2(raw)
+            except ValueError:
                 raise KeyringFileError(f"keyring file {self.path} is not a JWKS keyring this tool wrote") from None
             self._document, self._loaded_stamp = document, stamp
             self._private_keys = {}
             return document
 
-    def _jwk(self, kid: str) -> dict:
-        for jwk in self._load()["keys"]:
-            if jwk.get("kid") == kid:
-                return jwk
-        # Another process may have rotated a moment ago: look once more at the file itself.
-        for jwk in self._load(force=True)["keys"]:
-            if jwk.get("kid") == kid:
-                return jwk
-        raise KeyNotFoundError(f"key {kid} is not in {self.describe()}")
+    def jwk(self, kid: str) -> dict | None:
+        """The JWK of ``kid``, whatever key it belongs to; None when the file has none."""
+        for force in (False, True):  # another process may have rotated a moment ago: look at the file itself
+            for jwk in self.load(force=force)["keys"]:
+                if jwk["kid"] == kid:
+                    return jwk
+        return None
 
-    def _private_key(self, kid: str, for_what: str) -> rsa.RSAPrivateKey:
-        jwk = self._jwk(kid)
-        if jwk.get("status") != "enabled":
-            raise KeyDisabledError(f"key {kid} is disabled in {self.describe()}; it cannot {for_what}")
-        key = self._private_keys.get(kid)
+    def private_key(self, jwk: dict) -> rsa.RSAPrivateKey:
+        key = self._private_keys.get(jwk["kid"])
         if key is None:
-            key = self._private_keys[kid] = private_key_from_jwk(jwk)
+            key = self._private_keys[jwk["kid"]] = private_key_from_jwk(jwk)
         return key
 
-    def versions(self) -> list[KeyVersion]:
-        return [
-            KeyVersion(
-                kid=j["kid"],
-                enabled=j.get("status") == "enabled",
-                current=bool(j.get("current")),
-                created=j.get("created", ""),
+    @contextmanager
+    def changing(self, *, creating: bool = False) -> Iterator[None]:
+        """Hold the keyring's write lock for one read-modify-write: two commands changing the
+        keyring at once (a rotation, a store mark, a promotion) must each see the other's change,
+        not write over it. The lock is a flock on the keyring's directory, not on a lock file: a
+        command refused before it writes must leave no file behind."""
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        if creating:  # 'keys init' makes the keyring, and the directories it lives in
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except FileNotFoundError:
+            raise KeyringFileError(f"directory {directory} of keyring file {self.path} does not exist") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def write(self, document: dict) -> None:
+        """Replace the file atomically: a crash leaves either the old or the new keyring.
+
+        The temporary file is created 0600 in the same directory, synced, then renamed over
+        the target; the directory is synced so the rename itself survives a power cut.
+        """
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, indent=1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._document = None
+        self.load(force=True)
+
+
+class LocalKeyProvider:
+    """One key's MEK versions in a local JWKS file; wraps and unwraps with RSA-OAEP-256 in
+    process, under a version of any key in the file."""
+
+    def __init__(self, path: str | os.PathLike, key_name: str = DEFAULT_KEY_NAME) -> None:
+        self.path = Path(path)
+        self.key_name = KeyNaming(key_name).template
+        self._file = _KeyringFile(self.path)
+        self._version_kid = re.compile(re.escape(self.key_name) + r"/v(\d+)")
+
+    def for_key(self, name: str) -> LocalKeyProvider:
+        sibling = LocalKeyProvider(self.path, name)
+        sibling._file = self._file  # one parsed file, one private-key cache for all its keys
+        return sibling
+
+    def key_names(self) -> list[str]:
+        return sorted({key_name_of_kid(jwk["kid"]) for jwk in self._file.load()["keys"]})
+
+    def describe(self) -> str:
+        return f"local keyring {self.path} key {self.key_name}"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _owns(self, kid: str) -> bool:
+        return key_name_of_kid(kid) == self.key_name
+
+    def _administered(self) -> None:
+        """Refuse administration through a per-product template: it names no one key."""
+        if PRODUCT_PLACEHOLDER in self.key_name:
+            raise ConfigError(
+                f"key name {self.key_name!r} is a template for every product's key, so it administers none: "
+                f"name one key (the template with a product id in place of {PRODUCT_PLACEHOLDER})"
             )
-            for j in self._load()["keys"]
-        ]
+
+    def _own_jwks(self, document: dict) -> list[dict]:
+        self._administered()
+        return [jwk for jwk in document["keys"] if self._owns(jwk["kid"])]
+
+    def _own_jwk(self, document: dict, kid: str) -> dict:
+        for jwk in self._own_jwks(document):
+            if jwk["kid"] == kid:
+                return jwk
+        raise KeyNotFoundError(
+            f"key {kid} is not a version of {self.describe()}: see the versions with 'reencrypt keys list'"
+        )
+
+    def _private_key(self, kid: str, for_what: str) -> rsa.RSAPrivateKey:
+        jwk = self._file.jwk(kid)
+        if jwk is None:
+            raise KeyNotFoundError(f"key {kid} is not in keyring file {self.path}")
+        if jwk.get("status") != "enabled":
+            raise KeyDisabledError(f"key {kid} is disabled in keyring file {self.path}; it cannot {for_what}")
+        return self._file.private_key(jwk)
+
+    def versions(self) -> list[KeyVersion]:
+        return [_key_version(jwk) for jwk in self._own_jwks(self._file.load())]
 
     def current_kid(self) -> str:
-        for version in self.versions():
+        versions = self.versions()
+        for version in versions:
             if version.current:
                 return version.kid
+        if not versions:
+            raise KeyNotFoundError(f"{self.describe()} does not exist: create it with 'reencrypt keys init'")
         raise KeyringFileError(f"{self.describe()} marks no version current: run 'reencrypt keys rotate'")
 
     def metadata(self) -> dict[str, str]:
         # Read from the file itself: callers anchor checks on it, a second-old copy will not do.
-        return self._metadata_of(self._load(force=True))
+        return self._metadata_of(self._existing(self._file.load(force=True)))
 
     def _metadata_of(self, document: dict) -> dict[str, str]:
-        metadata = document.get("metadata", {})
-        if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        every = document["metadata"]
+        if not (
+            isinstance(every, dict)
+            and all(isinstance(entries, dict) for entries in every.values())
+            and all(isinstance(value, str) for entries in every.values() for value in entries.values())
+        ):
             raise KeyringFileError(f'keyring file {self.path} has a "metadata" that is not an object of strings')
-        return dict(metadata)
+        return dict(every.get(self.key_name, {}))
+
+    def _existing(self, document: dict) -> dict:
+        """``document``, refused unless this key has a version in it."""
+        if not self._own_jwks(document):
+            raise KeyNotFoundError(f"{self.describe()} does not exist: create it with 'reencrypt keys init'")
+        return document
 
     # -- crypto ----------------------------------------------------------------------------
 
@@ -216,111 +351,72 @@ class LocalKeyProvider:
 
     # -- administration --------------------------------------------------------------------
 
-    @contextmanager
-    def _changing(self, *, creating: bool = False) -> Iterator[None]:
-        """Hold the keyring's write lock for one read-modify-write: two commands changing the
-        keyring at once (a rotation, a store mark, a promotion) must each see the other's change,
-        not write over it. The lock is a flock on the keyring's directory, not on a lock file: a
-        command refused before it writes must leave no file behind."""
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        if creating:  # 'keys init' makes the keyring, and the directories it lives in
-            directory.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(directory, os.O_RDONLY)
-        except FileNotFoundError:
-            raise KeyringFileError(f"directory {directory} of keyring file {self.path} does not exist") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-    def init(self, name: str = DEFAULT_NAME) -> KeyVersion:
-        with self._changing(creating=True):
-            if self.path.exists():
+    def init(self) -> KeyVersion:
+        """Create this key's first version: the file too when it is missing, else beside its other keys."""
+        self._administered()
+        with self._file.changing(creating=True):
+            if not self.path.exists():
+                return self._rotate({"layout": LAYOUT, "keys": [], "metadata": {}})
+            document = self._file.load(force=True)
+            if self._own_jwks(document):
                 raise KeyringFileError(
-                    f"keyring file {self.path} already exists: use 'reencrypt keys rotate' to add a version"
+                    f"key {self.key_name} already exists in keyring file {self.path}: "
+                    "use 'reencrypt keys rotate' to add a version"
                 )
-            self._write({"name": name, "keys": []})
-            return self._rotate()
+            return self._rotate(document)
 
     def rotate(self) -> KeyVersion:
-        with self._changing():
-            return self._rotate()
+        with self._file.changing():
+            return self._rotate(self._existing(self._file.load(force=True)))
 
-    def _rotate(self) -> KeyVersion:
-        document = self._load(force=True)
-        number = 1 + max((int(j["kid"].rsplit("/v", 1)[1]) for j in document["keys"]), default=0)
-        kid = f"{document['name']}/v{number}"
+    def _rotate(self, document: dict) -> KeyVersion:
+        """A new version of this key after its highest, made its only current one."""
+        numbers = (self._version_kid.fullmatch(jwk["kid"]) for jwk in self._own_jwks(document))
+        number = 1 + max((int(match.group(1)) for match in numbers if match), default=0)
+        kid = f"{self.key_name}/v{number}"
         jwk = jwk_from_private_key(rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS), kid)
         jwk.update(status="enabled", current=True, created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        keys = [{**j, "current": False} for j in document["keys"]] + [jwk]
-        self._write({**document, "keys": keys})
-        return next(v for v in self.versions() if v.kid == kid)
+        keys = [{**j, "current": False} if self._owns(j["kid"]) else j for j in document["keys"]]
+        self._file.write({**document, "keys": keys + [jwk]})
+        return _key_version(jwk)
 
     def set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
-        with self._changing():
-            return self._set_enabled(kid, enabled)
-
-    def _set_enabled(self, kid: str, enabled: bool) -> KeyVersion:
-        document = self._load(force=True)
-        jwk = self._jwk(kid)
-        if not enabled and jwk.get("current"):
-            raise KeyDisabledError(f"key {kid} is the current version; rotate to a new version before disabling it")
-        keys = [
-            {**j, "status": "enabled" if enabled else "disabled"} if j["kid"] == kid else j for j in document["keys"]
-        ]
-        self._write({**document, "keys": keys})
-        return next(v for v in self.versions() if v.kid == kid)
+        with self._file.changing():
+            document = self._file.load(force=True)
+            jwk = self._own_jwk(document, kid)
+            if not enabled and jwk.get("current"):
+                raise KeyDisabledError(f"key {kid} is the current version; rotate to a new version before disabling it")
+            status = "enabled" if enabled else "disabled"
+            keys = [{**j, "status": status} if j["kid"] == kid else j for j in document["keys"]]
+            self._file.write({**document, "keys": keys})
+            return _key_version({**jwk, "status": status})
 
     def promote(self, kid: str) -> KeyVersion:
-        with self._changing():
-            return self._promote(kid)
-
-    def _promote(self, kid: str) -> KeyVersion:
-        document = self._load(force=True)
-        jwk = next((j for j in document["keys"] if j.get("kid") == kid), None)
-        if jwk is None:
-            raise KeyNotFoundError(
-                f"key {kid} is not in {self.describe()}: see the versions with 'reencrypt keys list'"
-            )
-        if jwk.get("status") != "enabled":
-            raise KeyDisabledError(f"key {kid} is disabled: enable it first with 'reencrypt keys enable {kid}'")
-        if not jwk.get("current"):
-            keys = [{**j, "current": j["kid"] == kid} for j in document["keys"]]
-            self._write({**document, "keys": keys})
-        return next(v for v in self.versions() if v.kid == kid)
+        with self._file.changing():
+            document = self._file.load(force=True)
+            jwk = self._own_jwk(document, kid)
+            if jwk.get("status") != "enabled":
+                raise KeyDisabledError(f"key {kid} is disabled: enable it first with 'reencrypt keys enable {kid}'")
+            if not jwk.get("current"):
+                keys = [{**j, "current": j["kid"] == kid} if self._owns(j["kid"]) else j for j in document["keys"]]
+                self._file.write({**document, "keys": keys})
+            return _key_version({**jwk, "current": True})
 
     def set_metadata(self, changes: Mapping[str, str | None]) -> dict[str, str]:
-        with self._changing():
-            document = self._load(force=True)
+        with self._file.changing():
+            document = self._existing(self._file.load(force=True))
             metadata = changed_metadata(self._metadata_of(document), changes)
-            self._write({**document, "metadata": metadata})
+            every = {**document["metadata"], self.key_name: metadata}
+            if not metadata:
+                del every[self.key_name]
+            self._file.write({**document, "metadata": every})
             return metadata
 
-    def _write(self, document: dict) -> None:
-        """Replace the file atomically: a crash leaves either the old or the new keyring.
 
-        The temporary file is created 0600 in the same directory, synced, then renamed over
-        the target; the directory is synced so the rename itself survives a power cut.
-        """
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._document = None
-        self._load(force=True)
+def _key_version(jwk: dict) -> KeyVersion:
+    return KeyVersion(
+        kid=jwk["kid"],
+        enabled=jwk.get("status") == "enabled",
+        current=bool(jwk.get("current")),
+        created=jwk.get("created", ""),
+    )
