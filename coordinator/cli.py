@@ -42,11 +42,17 @@ def main_options(
     keys: str | None = typer.Option(
         None, "--keys", help="Key provider URL (overrides REENCRYPT_KEYS), e.g. local:keyring.json"
     ),
+    key_name: str | None = typer.Option(
+        None,
+        "--key-name",
+        help="MEK name, or a per-product template such as tracker-mek-{productId} "
+        "(overrides REENCRYPT_KEY_NAME; default tracker-mek)",
+    ),
     redis_url: str | None = typer.Option(
         None, "--redis-url", help="Broker URL (overrides REDIS_URL); unset: an embedded Redis"
     ),
 ) -> None:
-    ctx.obj = Context(load_settings(store=store, keys=keys, redis_url=redis_url))
+    ctx.obj = Context(load_settings(store=store, keys=keys, key_name=key_name, redis_url=redis_url))
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ the systems it uses (``keys list`` never touches Redis, ``sweep status`` never t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ConfigError, redact_url
 from tracker_reencrypt.fleet import make_celery
-from tracker_reencrypt.keys import open_key_provider
+from tracker_reencrypt.keys import KeyProvider, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.state import SweepState
 
@@ -44,14 +46,27 @@ class Context:
         return self.store.describe() if self.settings.store else "no store"
 
     @cached_property
-    def provider(self):
+    def keys(self) -> ProductKeys:
+        """Every product's key (one key for all of them without a per-product key name)."""
         self.settings.require("keys")
-        return open_key_provider(self.settings.keys)
+        return ProductKeys(open_key_provider(self.settings.keys, self.settings.key_name))
+
+    @property
+    def provider(self) -> KeyProvider:
+        """The one key of a container without per-product keys; with them, a command must be
+        told which product's key it acts on."""
+        if self.keys.per_product:
+            raise ConfigError(
+                f"key name {self.keys.naming.template!r} names one key per product: "
+                "say which with --product P (or --all-products)"
+            )
+        return self.keys.root
 
     @cached_property
     def keyring(self) -> Keyring:
+        """Unwraps and wraps under any product's key (the root provider reaches them all)."""
         return Keyring(
-            self.provider, dek_max_uses=self.settings.dek_max_uses, dek_max_age_s=self.settings.dek_max_age_s
+            self.keys.root, dek_max_uses=self.settings.dek_max_uses, dek_max_age_s=self.settings.dek_max_age_s
         )
 
     @cached_property
@@ -87,17 +102,18 @@ class Context:
         self.audit.append(action, **details)
         return True
 
-    def record_key_operation(self, action: str, **details) -> bool:
-        """Audit a key operation, then mark the store with the key and anchor the trail's new
-        head there (tracker_reencrypt.custody); False when no store is configured."""
+    def record_key_operation(self, action: str, provider: KeyProvider, **details) -> bool:
+        """Audit an operation on ``provider``'s key, then mark the store with that key and anchor
+        the trail's new head there (tracker_reencrypt.custody); False when no store is configured."""
         if not self.settings.store:
             return False
         entry = self.audit.append(action, **details)
-        custody.mark_store(self.provider, self.settings.store, entry)
+        custody.mark_store(provider, self.settings.store, entry)
         return True
 
-    def mark_store_with_key(self) -> None:
-        """Record that this store holds (or will hold) fields under the key: seed, sweep start.
+    def mark_store_with_keys(self, providers: Iterable[KeyProvider]) -> None:
+        """Record that this store holds (or will hold) fields under these keys: seed, sweep start.
         The store is opened first: one refused (a typo, another application's file) is never recorded."""
         self.store  # noqa: B018 - opening it is the check
-        custody.mark_store(self.provider, self.settings.store, None)
+        for provider in providers:
+            custody.mark_store(provider, self.settings.store, None)

@@ -1,24 +1,42 @@
-"""``reencrypt demo``: a whole MEK rotation on embedded defaults, following the runbook.
+"""``reencrypt demo``: the tracker's two MEK rotations on embedded defaults, following the runbook.
 
-Seed a container under v1, rotate to v2, sweep with two worker processes and live progress,
-verify, disable v1, print the audit trail. Uses a SQLite store and a local keyring under
-``$REENCRYPT_HOME/demo`` (default ``.reencrypt/demo``), the Redis at REDIS_URL or an embedded
-one, and leaves nothing running.
+The tracker keeps one key per product (``tracker-mek-{productId}``). The demo seeds a container
+of six products, each under its own key, then:
+
+1. rotates one product's key, sweeps that product alone, shows that no document of any other
+   product was written (their ETags are unchanged), verifies it and disables its old version;
+2. rotates every product's key, sweeps the whole container to each product's current version,
+   verifies with ``--current`` and disables every product's previous version.
+
+It writes the tracker-service's ``TRACKER_MEK_ID_<PRODUCTID>`` lines into ``tracker.env`` as the
+runbook's env step does, and prints the audit trail. Uses a SQLite store and a local keyring
+under ``$REENCRYPT_HOME/demo`` (default ``.reencrypt/demo``), the Redis at REDIS_URL or an
+embedded one, and leaves nothing running.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
+from pathlib import Path
 
 from rich.console import Console
 
 from coordinator import keyops, render, steering
 from coordinator.context import Context, state_dir
+from coordinator.envfile import update_env_file
 from coordinator.launch import WorkerFleet
-from coordinator.verify import verify_rotation
+from coordinator.verify import scan_ranges, verify_rotation
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.config import load_settings
-from tracker_reencrypt.seed import seed_store, seeding_keyring
+from tracker_reencrypt.keys.naming import env_line
+from tracker_reencrypt.seed import product_ids, seed_store, seeding_keyring
+from tracker_reencrypt.stores import DocumentStore
+
+KEY_NAME = "tracker-mek-{productId}"
+PRODUCTS = 6
+#: The product whose key is rotated alone first (a suspected leak, a customer's request).
+ONE_PRODUCT = "product-002"
 
 
 def run_demo(parent: Context, *, docs: int, workers: int, console: Console) -> int:
@@ -29,6 +47,7 @@ def run_demo(parent: Context, *, docs: int, workers: int, console: Console) -> i
         load_settings(
             store=f"sqlite:///{home.resolve()}/tracker.db",
             keys=f"local:{home.resolve()}/keyring.json",
+            key_name=KEY_NAME,
             redis_url=parent.settings.redis_url,
         )
     )
@@ -45,37 +64,104 @@ def _step(console: Console, text: str) -> None:
     console.rule(f"[bold]{text}")
 
 
-def _rotation(ctx: Context, home, docs: int, workers: int, console: Console) -> int:
-    _step(console, "1. create the MEK (v1) and seed the tracker container")
-    v1, _ = keyops.init(ctx)
+def _say(console: Console, text: str) -> None:
+    console.print(text, markup=False, highlight=False)
+
+
+def _rotation(ctx: Context, home: Path, docs: int, workers: int, console: Console) -> int:
+    products = product_ids(PRODUCTS)
+    others = [product for product in products if product != ONE_PRODUCT]
+    _step(console, f"1. create each product's MEK (v1) and seed the tracker container ({PRODUCTS} products)")
+    kids = keyops.ensure_keys(ctx, products)
     with render.counter_progress(console, "seeding", docs) as advance:
-        seed_store(ctx.store, seeding_keyring(ctx.provider), docs, progress=advance)
-    console.print(f"{docs} documents in {ctx.store.describe()}, fields under {v1.kid}")
+        seed_store(
+            ctx.store,
+            seeding_keyring(ctx.keys.root),
+            docs,
+            products=PRODUCTS,
+            progress=advance,
+            kid_of=kids.__getitem__,
+        )
+    _say(console, f"{docs} documents in {ctx.store.describe()}, each product's fields under its own key")
+    env_file = home / "tracker.env"
+    _tracker_env(ctx, console, env_file, kids.values())
 
-    _step(console, "2. rotate: new writes use v2, reads accept both")
-    v2, _ = keyops.rotate(ctx)
-    console.print(f"{v2.kid} is current")
-
-    _step(console, f"3. sweep every field onto {v2.kid} with {workers} worker processes")
-    console.print(f"broker: {'embedded Redis' if not ctx.settings.redis_url else 'REDIS_URL'}; worker logs in {home}")
     with WorkerFleet(ctx, workers, log_dir=home / "logs"):
-        sweep = steering.start(ctx, to=v2.kid, sources=[], mode="reencrypt", slices=8)
-        progress = render.follow(ctx, sweep.id, console, kick_stalled=True)
-    render.summary(console, progress)
-    if progress.sweep.status != "completed":
-        return 1
+        _say(
+            console, f"broker: {'embedded Redis' if not ctx.settings.redis_url else 'REDIS_URL'}; worker logs in {home}"
+        )
+        _step(console, f"2. rotate {ONE_PRODUCT}'s key alone and sweep only its documents")
+        provider = ctx.keys.provider_for(ONE_PRODUCT)
+        old = provider.current_kid()
+        new, _ = keyops.rotate(ctx, provider)
+        _tracker_env(ctx, console, env_file, [new.kid])
+        before = _etags(ctx.store, others)
+        if not _sweep(ctx, console, products=[ONE_PRODUCT]):
+            return 1
+        untouched = sum(1 for key, etag in _etags(ctx.store, others).items() if before.get(key) == etag)
+        _say(
+            console,
+            f"the other {len(others)} products: {untouched} of {len(before)} documents not written (ETags unchanged)",
+        )
+        if untouched != len(before):
+            return 1
+        if not _verify_and_disable(ctx, console, new.kid, [old], products=[ONE_PRODUCT]):
+            return 1
 
-    _step(console, f"4. verify: every field on {v2.kid} and decrypting")
-    payload = verify_rotation(ctx, v2.kid)
+        _step(console, "3. the scheduled rotation: every product's key, one sweep to each product's current version")
+        previous = {product: ctx.keys.provider_for(product).current_kid() for product in products}
+        rotated = [keyops.rotate(ctx, ctx.keys.provider_for(product))[0] for product in products]
+        _tracker_env(ctx, console, env_file, [version.kid for version in rotated])
+        if not _sweep(ctx, console, products=None):
+            return 1
+        if not _verify_and_disable(ctx, console, None, list(previous.values()), products=None):
+            return 1
+
+    _step(console, "4. the keys and the audit trail")
+    render.key_table(console, [v for product in products for v in ctx.keys.provider_for(product).versions()])
+    render.audit(console, ctx.audit.entries(), keyops.audit_problems(ctx))
+    console.print("[green]demo complete: one product rotated, then all; old versions disabled, nothing left running[/]")
+    return 0
+
+
+def _tracker_env(ctx: Context, console: Console, env_file: Path, kids: Iterable[str]) -> None:
+    """The runbook's env step: the tracker-service's lines, written into its dotenv file."""
+    lines = [env_line(str(ctx.keys.product_of_kid(kid)), kid) for kid in kids]
+    update_env_file(env_file, lines)
+    _say(console, f"tracker-service env, written into {env_file.name}:")
+    for line in lines:
+        _say(console, f"  {line}")
+
+
+def _sweep(ctx: Context, console: Console, *, products: list[str] | None) -> bool:
+    sweep = steering.start(ctx, to="current", sources=[], mode="reencrypt", slices=8, products=products or ())
+    progress = render.follow(ctx, sweep.id, console, kick_stalled=True)
+    render.summary(console, progress)
+    return progress.sweep.status == "completed" and not progress.totals.get("failures")
+
+
+def _verify_and_disable(
+    ctx: Context, console: Console, expect: str | None, old_kids: list[str], *, products: list[str] | None
+) -> bool:
+    payload = verify_rotation(ctx, expect, products=products)
     render.verify(console, payload)
     if not payload["ok"]:
-        return 1
+        return False
+    for kid in old_kids:
+        keyops.disable(ctx, kid, force=False)
+        _say(console, f"disabled {kid}")
+    return True
 
-    _step(console, f"5. revoke: disable {v1.kid}")
-    keyops.disable(ctx, v1.kid, force=False)
-    render.key_table(console, ctx.provider.versions())
 
-    _step(console, "6. the audit trail")
-    render.audit(console, ctx.audit.entries(), keyops.audit_problems(ctx))
-    console.print("[green]demo complete: rotation done, old key disabled, nothing left running[/]")
-    return 0
+def _etags(store: DocumentStore, products: list[str]) -> dict[tuple[str, str], str]:
+    """Every document of ``products`` by (product, id), with its ETag."""
+    etags = {}
+    for feed_range in scan_ranges(store, products):
+        continuation = None
+        while True:
+            page = store.scan(feed_range, continuation, 500)
+            etags.update({(str(doc.body.get("productId")), doc.id): doc.etag for doc in page.documents})
+            continuation = page.continuation
+            if continuation is None:
+                break
+    return etags

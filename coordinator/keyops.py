@@ -18,59 +18,89 @@ from tracker_reencrypt.errors import (
     KeyringFileError,
     SweepError,
 )
-from tracker_reencrypt.keys import KeyVersion
+from tracker_reencrypt.keys import KeyProvider, KeyVersion
 from tracker_reencrypt.stores import open_store, store_fingerprint
 from tracker_reencrypt.sweep.records import utc_now
 
 
-def init(ctx: Context) -> tuple[KeyVersion, bool]:
-    """Create the MEK (and the store, when one is configured and new). Checked in the order
-    that writes nothing on a refusal: an existing key first, then the store, then the key."""
+def product_of(ctx: Context, provider: KeyProvider) -> str | None:
+    """The product whose key ``provider`` administers (None: a key every product shares)."""
+    return ctx.keys.naming.product_of_key(provider.key_name)
+
+
+def _named(ctx: Context, provider: KeyProvider) -> dict:
+    """The audit details naming the product, under per-product keys."""
+    product = product_of(ctx, provider)
+    return {"product": product} if product is not None else {}
+
+
+def init(ctx: Context, provider: KeyProvider) -> tuple[KeyVersion, bool]:
+    """Create ``provider``'s MEK (and the store, when one is configured and new). Checked in the
+    order that writes nothing on a refusal: an existing key first, then the store, then the key."""
+    _refuse_existing_key(provider)
     if ctx.settings.store:
-        _refuse_existing_key(ctx)
         _open_store_first(ctx)
-    version = ctx.provider.init()
-    return version, ctx.record_key_operation("key created", kid=version.kid)
+    version = provider.init()
+    return version, ctx.record_key_operation("key created", provider, kid=version.kid, **_named(ctx, provider))
 
 
-def _refuse_existing_key(ctx: Context) -> None:
+def ensure_keys(ctx: Context, products: list[str]) -> dict[str, str]:
+    """Each product's current kid for seeding, creating the product's key where it has none
+    (with one key for the container: that key, which must exist), and marking the store with
+    every key it will hold fields under."""
+    if not ctx.keys.per_product:
+        ctx.mark_store_with_keys([ctx.keys.root])
+        kid = ctx.keys.root.current_kid()
+        return dict.fromkeys(products, kid)
+    providers = {product: ctx.keys.provider_for(product) for product in ctx.keys.naming.check_products(products)}
+    for provider in providers.values():
+        try:
+            provider.current_kid()
+        except (KeyNotFoundError, KeyringFileError):
+            init(ctx, provider)
+    ctx.mark_store_with_keys(providers.values())
+    return {product: provider.current_kid() for product, provider in providers.items()}
+
+
+def _refuse_existing_key(provider: KeyProvider) -> None:
     try:
-        existing = ctx.provider.versions()
+        existing = provider.versions()
     except (KeyNotFoundError, KeyringFileError):
         return  # no key yet (a missing keyring file, a key the vault does not have): init may go on
     if existing:
         raise KeyProviderError(
-            f"{ctx.provider.describe()} already holds {existing[-1].kid}: use 'reencrypt keys rotate' to add a version"
+            f"{provider.describe()} already holds {existing[-1].kid}: use 'reencrypt keys rotate' to add a version"
         )
 
 
-def rotate(ctx: Context, *, force: bool = False) -> tuple[KeyVersion, bool]:
-    """A new current version; refused while a sweep runs on this store (it would move the
-    fields the tracker now writes under the new version back to the sweep's target)."""
+def rotate(ctx: Context, provider: KeyProvider, *, force: bool = False) -> tuple[KeyVersion, bool]:
+    """A new current version; refused while a sweep reading this key's product runs on this
+    store (it would move the fields the tracker now writes under the new version back to the
+    sweep's target, or leave them behind the versions its workers already looked up)."""
     _open_store_first(ctx)
     if ctx.settings.store and not force:
         active = ctx.state.active_sweep_id()
-        if active:
-            sweep = ctx.state.get_sweep(active)
+        sweep = ctx.state.get_sweep(active) if active else None
+        if sweep is not None and sweep.covers(product_of(ctx, provider)):
             raise SweepError(
-                f"sweep {active} is {sweep.status} towards {sweep.target_kid}: finish or cancel it "
-                f"before rotating (or pass --force)"
+                f"sweep {active} is {sweep.status} towards {sweep.target_kid} and reads this key's documents: "
+                f"finish or cancel it before rotating (or pass --force)"
             )
-    version = ctx.provider.rotate()
-    custody.note_switch(ctx.provider, utc_now())
-    return version, ctx.record_key_operation("key rotated", kid=version.kid)
+    version = provider.rotate()
+    custody.note_switch(provider, utc_now())
+    return version, ctx.record_key_operation("key rotated", provider, kid=version.kid, **_named(ctx, provider))
 
 
 def promote(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
     """Make an older enabled version current again (the rollback's first key step)."""
-    require_known_kid(ctx, kid)
+    provider = require_known_kid(ctx, kid)
     _open_store_first(ctx)
-    was_current = ctx.provider.current_kid() == kid
-    version = ctx.provider.promote(kid)
+    was_current = provider.current_kid() == kid
+    version = provider.promote(kid)
     if was_current:  # nothing changed: nothing to record
         return version, bool(ctx.settings.store)
-    custody.note_switch(ctx.provider, utc_now())
-    return version, ctx.record_key_operation("key promoted", kid=kid)
+    custody.note_switch(provider, utc_now())
+    return version, ctx.record_key_operation("key promoted", provider, kid=kid, **_named(ctx, provider))
 
 
 def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
@@ -80,41 +110,47 @@ def disable(ctx: Context, kid: str, *, force: bool) -> tuple[KeyVersion, bool]:
     writes under ``kid`` stopped (see custody.disable_refusal), and, for this store, a fresh
     scan finding no field on ``kid``. ``--force`` skips both and is audited as forced.
     """
-    require_known_kid(ctx, kid)
+    provider = require_known_kid(ctx, kid)
+    product = product_of(ctx, provider)
     _open_store_first(ctx)
     if not force:
-        if ctx.provider.current_kid() == kid:  # the real reason, before the gate's (which would name a missing verify)
+        if provider.current_kid() == kid:  # the real reason, before the gate's (which would name a missing verify)
             raise KeyDisabledError(
                 f"key {kid} is the current version; rotate to a new version (or promote an older "
                 f"one) before disabling it"
             )
         ctx.settings.require("store")
-        scan = scan_container(ctx.store, keyring=None)
+        # Under per-product keys only the key's own product can hold fields on it: its partition
+        # is all the fresh scan reads.
+        scope = [product] if product is not None else None
+        where = ctx.store.describe() + (f" (product {product})" if product is not None else "")
+        scan = scan_container(ctx.store, keyring=None, products=scope)
         in_use = scan.fields_by_kid.get(kid, 0)
         if in_use:
             raise KeyDisabledError(
-                f"{in_use} fields in {ctx.store.describe()} still use {kid}: "
-                f"finish the sweep and verify, or pass --force"
+                f"{in_use} fields in {where} still use {kid}: finish the sweep and verify, or pass --force"
             )
         if scan.undecryptable:  # documents it could not read may hold fields on the version
             raise KeyDisabledError(
-                f"{scan.undecryptable} documents of {ctx.store.describe()} could not be read, so their fields "
+                f"{scan.undecryptable} documents of {where} could not be read, so their fields "
                 f"were not counted: see 'reencrypt verify --expect <current kid>', or pass --force"
             )
         refusal = custody.disable_refusal(
-            ctx.provider, kid, ctx.settings.store, _audit_entries_of(ctx), _writes_ended(ctx, kid)
+            provider, kid, ctx.settings.store, _audit_entries_of(ctx), _writes_ended(provider, kid), product
         )
         if refusal:
             raise KeyDisabledError(f"{kid} not disabled: {refusal}")
-    version = ctx.provider.set_enabled(kid, False)
-    return version, ctx.record_key_operation("key disabled", kid=kid, forced=force, store=ctx.store_text())
+    version = provider.set_enabled(kid, False)
+    return version, ctx.record_key_operation(
+        "key disabled", provider, kid=kid, forced=force, store=ctx.store_text(), **_named(ctx, provider)
+    )
 
 
 def enable(ctx: Context, kid: str) -> tuple[KeyVersion, bool]:
-    require_known_kid(ctx, kid)
+    provider = require_known_kid(ctx, kid)
     _open_store_first(ctx)
-    version = ctx.provider.set_enabled(kid, True)
-    return version, ctx.record_key_operation("key enabled", kid=kid)
+    version = provider.set_enabled(kid, True)
+    return version, ctx.record_key_operation("key enabled", provider, kid=kid, **_named(ctx, provider))
 
 
 def _open_store_first(ctx: Context) -> None:
@@ -135,11 +171,24 @@ def audit_problems(ctx: Context) -> list[str]:
         if anchored:
             problems.append("the anchor was not checked: give the key provider (--keys or REENCRYPT_KEYS)")
         return problems
-    mark = custody.marks(ctx.provider).get(store_fingerprint(ctx.settings.store))
-    if anchored and (mark is None or not mark.anchor_seq):
-        problems.append(f"{ctx.provider.describe()} holds no anchor for this store's trail: it cannot be checked")
-    problems += custody.anchor_problems(mark, entries, ctx.provider.describe())
+    fingerprint, held = store_fingerprint(ctx.settings.store), False
+    for provider in _anchoring_keys(ctx, entries):
+        mark = custody.marks(provider).get(fingerprint)
+        held = held or bool(mark and mark.anchor_seq)
+        problems += custody.anchor_problems(mark, entries, provider.describe())
+    if anchored and not held:
+        problems.append(f"{ctx.keys.describe()} holds no anchor for this store's trail: it cannot be checked")
     return problems
+
+
+def _anchoring_keys(ctx: Context, entries: list[dict]) -> list[KeyProvider]:
+    """The keys that may hold an anchor of this trail: the one key, or under per-product keys
+    every product's key that exists. Not only those the trail's entries name: deleting the
+    newest entries would remove exactly the names of the keys whose anchors show it. One
+    metadata read per product key: audit --check is not a hot path."""
+    if not ctx.keys.per_product:
+        return [ctx.keys.root]
+    return [ctx.keys.provider_for(product) for product in ctx.keys.products_with_keys()]
 
 
 def _audit_entries_of(ctx: Context):
@@ -159,13 +208,13 @@ def _audit_entries_of(ctx: Context):
     return entries
 
 
-def _writes_ended(ctx: Context, kid: str) -> str | None:
+def _writes_ended(provider: KeyProvider, kid: str) -> str | None:
     """What the key itself says of when writes under ``kid`` may last have happened: the later
     of its last change of current version (rotate, promote) and the creation of the version
     after ``kid`` (the next in the provider's order, oldest first: timestamps are whole
     seconds, so a later timestamp would miss a rotation within the same second)."""
-    versions = ctx.provider.versions()
+    versions = provider.versions()
     kids = [v.kid for v in versions]
     following = versions[kids.index(kid) + 1 :] if kid in kids else []
-    ends = [t for t in (custody.last_switch(ctx.provider), following[0].created if following else None) if t]
+    ends = [t for t in (custody.last_switch(provider), following[0].created if following else None) if t]
     return max(ends, default=None)

@@ -23,6 +23,7 @@ def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0
     env.update(
         REENCRYPT_STORE=settings.store,
         REENCRYPT_KEYS=settings.keys,
+        REENCRYPT_KEY_NAME=settings.key_name,
         REDIS_URL=ctx.redis_url,
         REENCRYPT_METRICS_PORT=str(metrics_port or settings.metrics_port),
         REENCRYPT_HEALTH_PORT=str(health_port or settings.health_port),

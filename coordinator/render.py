@@ -216,10 +216,16 @@ def verify(console: Console, payload: dict) -> None:
     console.print(table)
     for example in payload["undecryptable_examples"]:
         console.print(f"undecryptable: {example['document_id']} {example['field_path']} ({example['reason']})")
+    for product, count in payload.get("lagging_products", {}).items():
+        missing = payload.get("products_without_key", {}).get(product)
+        text = f"lagging: product {product}: {count} fields not on target" + (f" ({missing})" if missing else "")
+        console.print(text, markup=False, highlight=False)
     verdict = "[green]PASS[/]" if payload["ok"] else "[red]FAIL[/]"
+    target = "their product's current version" if payload["expect"] == "current" else payload["expect"]
+    scope = f" (products {', '.join(payload['products'])})" if payload.get("products") else ""
     console.print(
-        f"verify {verdict} on {payload['store']}: {payload['documents']} documents, {payload['fields']} fields, "
-        f"{payload['off_target']} not on {payload['expect']}, {payload['undecryptable']} undecryptable"
+        f"verify {verdict} on {payload['store']}{scope}: {payload['documents']} documents, {payload['fields']} fields, "
+        f"{payload['off_target']} not on {target}, {payload['undecryptable']} undecryptable"
     )
     if payload["empty"] and not payload["ok"]:
         console.print("the container holds no document: check the store URL (pass --allow-empty if it really is empty)")

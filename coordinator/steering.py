@@ -6,28 +6,35 @@ Each checks its input before writing anything, so a refused command leaves no tr
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.context import Context
 from coordinator.estimate import estimate
-from coordinator.verify import ScanReport, count_document, scan_container
+from coordinator.verify import ScanReport, count_document, documents_in_scope, scan_container
 from tracker_reencrypt.audit import actor
 from tracker_reencrypt.documents import MODES, partition_key_or_none
-from tracker_reencrypt.errors import SweepError, UnknownNameError
+from tracker_reencrypt.errors import KeyNotFoundError, KeyringFileError, ReencryptError, SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
+from tracker_reencrypt.keys import KeyProvider
+from tracker_reencrypt.keys.products import CurrentKids
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
+from tracker_reencrypt.stores import FeedRange, product_of_range
 from tracker_reencrypt.sweep.records import (
     CANCELLING,
     PAUSED,
     PLANNED,
     RUNNING,
+    TARGET_CURRENT,
     Counts,
     Slice,
     Sweep,
+    add_counts,
     new_sweep_id,
     parse_utc,
     sum_counts,
     utc_now,
+    zero_counts,
 )
 
 DEFAULT_SLICES = 16
@@ -36,18 +43,81 @@ DEFAULT_SLICES = 16
 MAX_SLICES = 1024
 
 
-def check_target(ctx: Context, to: str, sources: list[str]) -> None:
-    versions = {v.kid: v for v in ctx.provider.versions()}
-    known = ", ".join(versions) or "none"
-    if to not in versions:
-        raise UnknownNameError(f"target key {to!r} is unknown to {ctx.provider.describe()} (known: {known})")
-    if not versions[to].enabled:
-        raise SweepError(f"target key {to} is disabled: enable it with 'reencrypt keys enable {to}' first")
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep moves where: its target (a kid, or TARGET_CURRENT) and the products it reads."""
+
+    target_kid: str
+    products: tuple[str, ...] | None
+
+
+def plan_target(ctx: Context, to: str, sources: list[str], products: list[str]) -> Plan:
+    """Check ``--to``, ``--from`` and ``--product`` before anything is written.
+
+    ``--to current``: with one key, its current version (exactly ``--to <that kid>``); with
+    per-product keys, each document's own product's current version. A fixed kid under
+    per-product keys belongs to one product: the sweep reads that product only, since moving
+    another product's fields onto it would hand them to the wrong key."""
+    keys = ctx.keys
+    chosen = tuple(keys.naming.check_products(products)) if products else None
+    if to == TARGET_CURRENT and keys.per_product:
+        for product in chosen or ():
+            _require_current(ctx, product)
+        target = TARGET_CURRENT
+    else:
+        target = keys.root.current_kid() if to == TARGET_CURRENT else to
+        provider = _known(ctx, target, "target")
+        version = next(v for v in provider.versions() if v.kid == target)
+        if not version.enabled:
+            raise SweepError(f"target key {target} is disabled: enable it with 'reencrypt keys enable {target}' first")
+        owner = keys.product_of_kid(target)
+        if keys.per_product:
+            if chosen is not None and chosen != (owner,):
+                raise SweepError(
+                    f"target key {target} is product {owner}'s: a sweep towards it reads product {owner} alone "
+                    f"(drop the other --product values, or use --to current to move each product to its own key)"
+                )
+            chosen = (str(owner),)
     for kid in sources:
-        if kid not in versions:
-            raise UnknownNameError(f"source key {kid!r} is unknown to {ctx.provider.describe()} (known: {known})")
-        if kid == to:
+        _known(ctx, kid, "source")
+        if kid == target:
             raise SweepError(f"source key {kid} is the target itself: drop it from --from")
+    return Plan(target, chosen)
+
+
+def _known(ctx: Context, kid: str, role: str) -> KeyProvider:
+    try:
+        provider = ctx.keys.provider_of_kid(kid)
+    except UnknownNameError:
+        raise UnknownNameError(f"{role} key {kid!r} is not a version of {ctx.keys.describe()}") from None
+    versions = [v.kid for v in provider.versions()]
+    if kid not in versions:
+        known = ", ".join(versions) or "none"
+        raise UnknownNameError(f"{role} key {kid!r} is unknown to {provider.describe()} (known: {known})")
+    return provider
+
+
+def _require_current(ctx: Context, product: str) -> None:
+    """A product named for a sweep to current must have a key with a usable current version."""
+    provider = ctx.keys.provider_for(product)
+    try:
+        provider.current_kid()
+    except (KeyNotFoundError, KeyringFileError):
+        raise UnknownNameError(
+            f"product {product} has no key {provider.key_name} in {ctx.keys.describe()}: create it with "
+            f"'reencrypt keys init --product {product}'"
+        ) from None
+
+
+def plan_slices(ctx: Context, plan: Plan, slices: int) -> list[FeedRange]:
+    """The work slices: EPK ranges of the whole container, or each product's own partition split
+    by id ranges so that about ``slices`` slices share the products' documents (a product never
+    shares a slice with another; one of many documents is cut into several)."""
+    if plan.products is None:
+        return ctx.store.feed_ranges(slices)
+    counts = {product: ctx.store.count(product) for product in plan.products}
+    per_slice = max(ctx.settings.batch_documents, -(-sum(counts.values()) // slices))
+    return [piece for product in plan.products for piece in ctx.store.product_ranges(product, per_slice)]
 
 
 @dataclass(frozen=True)
@@ -70,33 +140,47 @@ class LimitFlags:
 
 
 def start(
-    ctx: Context, *, to: str, sources: list[str], mode: str, slices: int, limits: LimitFlags = LimitFlags()
+    ctx: Context,
+    *,
+    to: str,
+    sources: list[str],
+    mode: str,
+    slices: int,
+    limits: LimitFlags = LimitFlags(),
+    products: Sequence[str] = (),
 ) -> Sweep:
     if mode not in MODES:
         raise SweepError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
     if not 1 <= slices <= MAX_SLICES:
         raise SweepError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
     given = limits.given()
-    check_target(ctx, to, sources)
+    plan = plan_target(ctx, to, sources, list(products))
     active = ctx.state.active_sweep_id()
     if active:
         raise SweepError(
             f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'"
         )
     celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
-    ctx.mark_store_with_key()
-    feed_ranges = ctx.store.feed_ranges(slices)
+    feed_ranges = plan_slices(ctx, plan, slices)
+    if len(feed_ranges) > MAX_SLICES:
+        raise SweepError(
+            f"{len(feed_ranges)} slices for {len(plan.products or ())} products is more than {MAX_SLICES}: "
+            "sweep fewer products at a time, or lower --slices"
+        )
+    ctx.mark_store_with_keys(_keys_written(ctx, plan))
     sweep = ctx.state.create_sweep(
         Sweep(
             id=new_sweep_id(),
-            target_kid=to,
+            target_kid=plan.target_kid,
             source_kids=tuple(sources) or None,
+            products=plan.products,
+            key_name=ctx.keys.naming.template,
             mode=mode,
             limits=given,
             status=RUNNING,
             started_by=actor(),
             started_at=utc_now(),
-            documents_estimate=ctx.store.count(),
+            documents_estimate=documents_in_scope(ctx.store, plan.products),
             store=ctx.store.describe(),
             sample=_sample(ctx, feed_ranges),
         ),
@@ -105,8 +189,9 @@ def start(
     ctx.audit.append(
         "sweep started",
         sweep_id=sweep.id,
-        target_kid=to,
+        target_kid=plan.target_kid,
         source_kids=sources or "all others",
+        products=list(plan.products) if plan.products is not None else None,
         mode=mode,
         slices=len(feed_ranges),
         **given,
@@ -116,17 +201,33 @@ def start(
     return sweep
 
 
-def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags) -> dict:
+def _keys_written(ctx: Context, plan: Plan) -> list[KeyProvider]:
+    """The keys the sweep writes under, to mark this store with: the target's, or each named
+    product's; a whole-container sweep to current marks the keys of the products it meets as
+    the tracker does, through seed and key operations, not here (thousands of writes)."""
+    if not ctx.keys.per_product:
+        return [ctx.keys.root]
+    if plan.target_kid != TARGET_CURRENT:
+        return [ctx.keys.provider_of_kid(plan.target_kid)]
+    return [ctx.keys.provider_for(product) for product in plan.products or ()]
+
+
+def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags, products: Sequence[str] = ()) -> dict:
     """What a sweep would change, and how long it would take under ``limits``; writes nothing.
 
     Fields under a kid the key provider does not know, or under a disabled one, cannot move
     (nothing can unwrap their data keys): they are reported apart, as ``unknown_kids`` and
     ``disabled_kids``, not counted as "would move"; the sweep records each as a failure."""
     given = limits.given()
-    check_target(ctx, to, sources)
-    enabled = {version.kid: version.enabled for version in ctx.provider.versions()}
-    report = scan_container(ctx.store, keyring=None, sizing=True)
-    touched = [kid for kid in report.kinds_by_kid if kid != to and (not sources or kid in sources)]
+    plan = plan_target(ctx, to, sources, list(products))
+    expected = CurrentKids(ctx.keys).of if plan.target_kid == TARGET_CURRENT else (lambda _product: plan.target_kid)
+    report = scan_container(ctx.store, keyring=None, sizing=True, products=plan.products, expected=expected)
+    enabled = _enabled_by_kid(ctx, report.kinds_by_kid)
+    touched = [
+        kid
+        for kid in report.kinds_by_kid
+        if kid != plan.target_kid and (not sources or kid in sources) and kid not in _current_kids(ctx, plan, report)
+    ]
     moving = [kid for kid in touched if enabled.get(kid)]
     unknown = {kid: sum(report.kinds_by_kid[kid].values()) for kid in touched if kid not in enabled}
     disabled = {kid: sum(report.kinds_by_kid[kid].values()) for kid in touched if enabled.get(kid) is False}
@@ -141,13 +242,15 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags) ->
     )
     return {
         "dry_run": True,
-        "target_kid": to,
+        "target_kid": plan.target_kid,
+        "products": list(plan.products) if plan.products is not None else None,
         "documents": report.documents,
         "fields_by_kid": dict(report.fields_by_kid),
         "would_move": would,
         "fields_to_move": sum(sum(kinds.values()) for kinds in would.values()),
         "unknown_kids": unknown,
         "disabled_kids": disabled,
+        "products_without_key": report.products_without_target,
         "distinct_source_deks": distinct,
         "limits": given,
         "estimate": {
@@ -158,6 +261,37 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags) ->
             "text": guess.text(given),
         },
     }
+
+
+def _enabled_by_kid(ctx: Context, kids) -> dict[str, bool]:
+    """Whether each kid is enabled, for the kids the provider knows (others are left out)."""
+    enabled: dict[str, bool] = {}
+    for kid in kids:
+        try:
+            provider = ctx.keys.provider_of_kid(kid)
+        except UnknownNameError:
+            continue
+        enabled.update((v.kid, v.enabled) for v in provider.versions() if v.kid == kid)
+    return enabled
+
+
+def _current_kids(ctx: Context, plan: Plan, report: ScanReport) -> set[str]:
+    """Under a sweep to current, the kids that are some product's current version: their fields
+    stay (a field on another product's current version is rare, and counted by verify --current)."""
+    if plan.target_kid != TARGET_CURRENT:
+        return set()
+    current = set()
+    for kid in report.kinds_by_kid:
+        product = ctx.keys.product_of_kid(kid)
+        if product is None:
+            continue
+        try:
+            if ctx.keys.provider_for(product).current_kid() == kid:
+                current.add(kid)
+        except ReencryptError as error:
+            if error.transient:
+                raise
+    return current
 
 
 SAMPLE_DOCUMENTS = 200
@@ -308,7 +442,29 @@ class Progress:
             "slices": [
                 {"index": s.index, "done": s.done, "leased_by": s.lease_owner, "counts": s.counts} for s in self.slices
             ],
+            "products": self.by_product(),
         }
+
+    def by_product(self) -> dict[str, dict] | None:
+        """Per-product progress of a sweep scoped to products (None for a whole-container sweep,
+        whose slices are EPK ranges that do not map to products)."""
+        return products_progress(self.slices) if self.sweep.products is not None else None
+
+
+def products_progress(slices: list[Slice]) -> dict[str, dict]:
+    """Each product's slices (done of all) and the counts they committed, in slice order."""
+    progress: dict[str, dict] = {}
+    for piece in slices:
+        product = product_of_range(dict(piece.feed_range))
+        if product is None:
+            continue
+        entry = progress.setdefault(product, {"slices": 0, "slices_done": 0, "counts": zero_counts()})
+        entry["slices"] += 1
+        entry["slices_done"] += int(piece.done)
+        entry["counts"] = add_counts(entry["counts"], piece.counts)
+    for entry in progress.values():
+        entry["done"] = entry["slices_done"] == entry["slices"]
+    return progress
 
 
 def progress(ctx: Context, sweep: Sweep, previous: Progress | None = None) -> Progress:
@@ -317,7 +473,7 @@ def progress(ctx: Context, sweep: Sweep, previous: Progress | None = None) -> Pr
     totals = sum_counts(slices)
     started = parse_utc(sweep.started_at)
     end = parse_utc(sweep.finished_at) if sweep.finished and sweep.finished_at else time.time()
-    elapsed = max(0.001, end - started)
+    elapsed = max(1.0, end - started)  # timestamps are whole seconds: a shorter sweep took "about a second"
     scanned = totals.get("documents_scanned", 0)
     rate = scanned / elapsed
     if previous is not None and previous.sweep.id == sweep.id:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tracker_reencrypt.documents import (
     WHOLE_DOCUMENT,
@@ -15,12 +16,17 @@ from tracker_reencrypt.documents import (
     document_label,
     partition_key_or_none,
 )
-from tracker_reencrypt.errors import UnknownNameError
+from tracker_reencrypt.errors import ReencryptError, SweepError, UnknownNameError, first_line
+from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.keys.keyring import Keyring
-from tracker_reencrypt.stores import DocumentStore
+from tracker_reencrypt.keys.products import CurrentKids
+from tracker_reencrypt.stores import DocumentStore, FeedRange
+from tracker_reencrypt.sweep.records import TARGET_CURRENT
 
 PAGE_SIZE = 500
 EXAMPLES = 20
+#: Documents per range that keep any product in one range: scans read a partition start to end.
+WHOLE_PRODUCT = 2**62
 
 
 @dataclass
@@ -39,6 +45,10 @@ class ScanReport:
     document_bytes: int = 0
     deks_by_kid: dict[str, set] = field(default_factory=dict)
     documents_by_kid: Counter = field(default_factory=Counter)
+    #: With an expected kid per product: fields not on it, by product, and why a product has none.
+    off_target: int = 0
+    off_target_by_product: Counter = field(default_factory=Counter)
+    products_without_target: dict[str, str] = field(default_factory=dict)
 
     def documents_with_kids(self, kids) -> int:
         """Documents holding a field on any of ``kids`` (an upper bound when kids overlap)."""
@@ -64,16 +74,32 @@ class ScanReport:
         }
 
 
+#: Where a product's fields should be: its expected kid, or raises (no key, unmappable id...).
+Expected = Callable[[Any], str]
+
+
+def scan_ranges(store: DocumentStore, products: Sequence[str] | None) -> list[FeedRange]:
+    """The whole container, or only the partitions of ``products`` (one range each)."""
+    if products is None:
+        return store.feed_ranges(1)
+    return [feed_range for product in products for feed_range in store.product_ranges(product, WHOLE_PRODUCT)]
+
+
 def scan_container(
     store: DocumentStore,
     keyring: Keyring | None,
     progress: Callable[[int], None] | None = None,
     *,
     sizing: bool = False,
+    products: Sequence[str] | None = None,
+    expected: Expected | None = None,
 ) -> ScanReport:
-    """Count every field by kid and kind; with a keyring, also check that each decrypts."""
+    """Count every field by kid and kind; with a keyring, also check that each decrypts.
+
+    ``products``: read only their partitions (None: the whole container). ``expected``: also
+    count the fields not on the kid expected for their document's product."""
     report = ScanReport(sizing=sizing)
-    for feed_range in store.feed_ranges(1):
+    for feed_range in scan_ranges(store, products):
         continuation = None
         while True:
             page = store.scan(feed_range, continuation, PAGE_SIZE)
@@ -84,6 +110,7 @@ def scan_container(
                     partition_key_or_none(store, document.body),
                     keyring,
                     unreadable=document.unreadable,
+                    expected=expected,
                 )
             if progress:
                 progress(len(page.documents))
@@ -94,7 +121,13 @@ def scan_container(
 
 
 def count_document(
-    report: ScanReport, body: dict, partition_key: str | None, keyring: Keyring | None, *, unreadable: str | None = None
+    report: ScanReport,
+    body: dict,
+    partition_key: str | None,
+    keyring: Keyring | None,
+    *,
+    unreadable: str | None = None,
+    expected: Expected | None = None,
 ) -> None:
     """Add one document to the report. ``partition_key`` None: the document has none.
     ``unreadable``: why the store could not parse the document (see StoredDocument), whose
@@ -116,6 +149,8 @@ def count_document(
         report.document_bytes += len(json.dumps(body, separators=(",", ":")))
     for kid in {check.kid for check in checks}:
         report.documents_by_kid[kid] += 1
+    if expected is not None:
+        _count_off_target(report, partition_key, checks, expected)
     for check in checks:
         report.fields += 1
         report.fields_by_kid[check.kid] += 1
@@ -125,6 +160,20 @@ def count_document(
             report.deks_by_kid.setdefault(check.kid, set()).add(check.dek_id)
         if not check.decrypts:
             _count_undecryptable(report, body, partition_key, check)
+
+
+def _count_off_target(report: ScanReport, partition_key: Any, checks: list[FieldCheck], expected: Expected) -> None:
+    try:
+        kid = expected(partition_key)
+    except ReencryptError as error:
+        if error.transient:
+            raise
+        kid = None
+        report.products_without_target.setdefault(str(partition_key), first_line(error))
+    off = sum(1 for check in checks if check.kid != kid)
+    if off:
+        report.off_target += off
+        report.off_target_by_product[str(partition_key)] += off
 
 
 def _count_undecryptable(report: ScanReport, body: dict, partition_key: str | None, check: FieldCheck) -> None:
@@ -140,31 +189,66 @@ def _count_undecryptable(report: ScanReport, body: dict, partition_key: str | No
         )
 
 
-def require_known_kid(ctx, kid: str) -> None:
-    if kid not in {v.kid for v in ctx.provider.versions()}:
-        raise UnknownNameError(f"key {kid!r} is unknown to {ctx.provider.describe()}: see 'reencrypt keys list'")
+def require_known_kid(ctx, kid: str) -> KeyProvider:
+    """The provider of the key ``kid`` is a version of, once ``kid`` is known to be one of its versions."""
+    provider = ctx.keys.provider_of_kid(kid)
+    if kid not in {v.kid for v in provider.versions()}:
+        raise UnknownNameError(f"key {kid!r} is unknown to {provider.describe()}: see 'reencrypt keys list'")
+    return provider
+
+
+def verify_scope(ctx, expect: str | None, products: Sequence[str] | None) -> tuple[list[str] | None, Expected]:
+    """The products a verify reads (None: the whole container) and the kid each must be on.
+
+    ``expect`` None means each product's current version. Under per-product keys a fixed
+    ``expect`` belongs to one product: the verify reads that product only, and naming others is refused.
+    """
+    keys = ctx.keys
+    chosen = keys.naming.check_products(products) if products is not None else None
+    if expect is None:
+        if not keys.per_product:
+            kid = keys.root.current_kid()
+            return chosen, lambda _product: kid
+        return chosen, CurrentKids(keys).of
+    require_known_kid(ctx, expect)
+    owner = keys.product_of_kid(expect)
+    if keys.per_product:
+        if chosen is not None and chosen != [owner]:
+            raise SweepError(
+                f"{expect} is a version of product {owner}'s key: verify it with --product {owner} alone "
+                f"(or use --current for several products)"
+            )
+        chosen = [str(owner)]
+    return chosen, lambda _product: expect
 
 
 def verify_rotation(
-    ctx, expect: str, progress: Callable[[int], None] | None = None, *, allow_empty: bool = False
+    ctx,
+    expect: str | None,
+    progress: Callable[[int], None] | None = None,
+    *,
+    allow_empty: bool = False,
+    products: Sequence[str] | None = None,
 ) -> dict:
-    """The gate before disabling a key: every field on ``expect`` and decrypting. Audited, with
-    the kids it saw, so ``keys disable`` can later find the proof in this store's trail.
+    """The gate before disabling a key: every field on ``expect`` (None: on its product's current
+    version) and decrypting. Audited, with the kids it saw and the products it read, so ``keys
+    disable`` can later find the proof in this store's trail.
 
-    A container with no document fails unless ``allow_empty``: a mistyped or staging store
-    must not pass the gate on nothing."""
-    require_known_kid(ctx, expect)
-    report = scan_container(ctx.store, ctx.keyring, progress=progress)
-    off_target = report.fields - report.fields_by_kid.get(expect, 0)
+    A container (or a product) with no document fails unless ``allow_empty``: a mistyped store
+    or product id must not pass the gate on nothing."""
+    scope, expected = verify_scope(ctx, expect, products)
+    report = scan_container(ctx.store, ctx.keyring, progress=progress, products=scope, expected=expected)
     empty = report.documents == 0
-    ok = off_target == 0 and report.undecryptable == 0 and (allow_empty or not empty)
+    ok = report.off_target == 0 and report.undecryptable == 0 and (allow_empty or not empty)
+    target = expect or TARGET_CURRENT
     ctx.record(
         "verify",
-        expect=expect,
+        expect=target,
+        products=scope,
         ok=ok,
         documents=report.documents,
         fields=report.fields,
-        off_target=off_target,
+        off_target=report.off_target,
         undecryptable=report.undecryptable,
         fields_by_kid=dict(report.fields_by_kid),
         allow_empty=allow_empty,
@@ -172,9 +256,16 @@ def verify_rotation(
     )
     return {
         **report.as_json(),
-        "expect": expect,
-        "off_target": off_target,
+        "expect": target,
+        "products": scope,
+        "off_target": report.off_target,
+        "lagging_products": dict(report.off_target_by_product.most_common(EXAMPLES)),
+        "products_without_key": report.products_without_target,
         "ok": ok,
         "empty": empty,
         "store": ctx.store.describe(),
     }
+
+
+def documents_in_scope(store: DocumentStore, products: Sequence[str] | None) -> int:
+    return store.count() if products is None else sum(store.count(product) for product in products)

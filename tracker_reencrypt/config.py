@@ -5,7 +5,9 @@ and passes it down. Variables:
 
 ========================================  =============================================
 ``REENCRYPT_STORE``                        store URL (``sqlite:///...`` or ``cosmos://...``)
-``REENCRYPT_KEYS``                         key provider URL (``local:...`` or a vault key URL)
+``REENCRYPT_KEYS``                         key provider URL (``local:...`` or a vault URL)
+``REENCRYPT_KEY_NAME``                     the MEK's name, or a per-product template such as
+                                           ``tracker-mek-{productId}`` (default ``tracker-mek``)
 ``REDIS_URL``                              broker; unset means an embedded Redis server
 ``REENCRYPT_QUEUE``                        optional: must equal the store's queue ('reencrypt queue')
 ``REENCRYPT_BATCH_DOCUMENTS``              documents one task handles at most (default 2000)
@@ -47,6 +49,8 @@ class Settings(BaseSettings):
 
     store: str = ""
     keys: str = ""
+    #: Empty: the name a ``.../keys/<name>`` URL fixes, else naming.DEFAULT_KEY_NAME.
+    key_name: str = ""
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "redis_url"))
     partition_key_field: str = "productId"
     #: Optional: the task queue a deployment expects (KEDA's list name); checked against the store's.

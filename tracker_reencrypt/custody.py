@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.stores import store_fingerprint, store_location
+from tracker_reencrypt.sweep.records import TARGET_CURRENT
 
 MARK_PREFIX = "store-"
 #: When the key's current version last changed: writes under any other version may have
@@ -113,9 +114,19 @@ class WriteWindow:
     ends_seq: int = 0
 
 
-def write_window(entries: list[dict], kid: str) -> WriteWindow:
+def covers(details: dict, product: str | None) -> bool:
+    """Whether an audited sweep or verify read ``product``'s documents: one that read the whole
+    container did; one scoped to products did only for those (and never for a key shared by
+    every product, ``product`` None)."""
+    products = details.get("products")
+    return products is None or (product is not None and product in products)
+
+
+def write_window(entries: list[dict], kid: str, product: str | None = None) -> WriteWindow:
     """The tracker writes under ``kid`` from the key operation that made it current until the
-    next one made another version current; a sweep towards ``kid`` writes under it until it ends."""
+    next one made another version current; a sweep towards ``kid`` writes under it until it ends,
+    and so may a sweep towards "current" that read ``kid``'s product (``product``: the one the
+    key belongs to; None for a key shared by every product)."""
     current_since = stopped = None
     sweeps_to_kid: set[str] = set()
     ended: dict[str, dict] = {}
@@ -126,7 +137,7 @@ def write_window(entries: list[dict], kid: str) -> WriteWindow:
                 current_since, stopped = entry["at"], None
             elif current_since is not None and stopped is None:
                 stopped = entry
-        elif action == "sweep started" and details.get("target_kid") == kid:
+        elif action == "sweep started" and _may_write(details, kid, product):
             sweeps_to_kid.add(str(details.get("sweep_id")))
         elif action in SWEEP_ENDS and details.get("sweep_id") in sweeps_to_kid:
             ended[details["sweep_id"]] = entry
@@ -136,10 +147,18 @@ def write_window(entries: list[dict], kid: str) -> WriteWindow:
     )
 
 
-def proving_verify(entries: list[dict], kid: str, after: str, after_seq: int = 0) -> dict | None:
+def _may_write(details: dict, kid: str, product: str | None) -> bool:
+    target = details.get("target_kid")
+    return target == kid or (target == TARGET_CURRENT and covers(details, product))
+
+
+def proving_verify(
+    entries: list[dict], kid: str, after: str, after_seq: int = 0, product: str | None = None
+) -> dict | None:
     """The newest verify recorded at or after ``after``, and after entry ``after_seq`` of the
     trail when it says, that proves no field uses ``kid``: it counted every field by kid (none
-    on ``kid``), read every document, and saw documents (or was told the container is empty).
+    on ``kid``), read every document of ``kid``'s product (or of the whole container, for a key
+    every product shares), and saw documents (or was told the container is empty).
     Whether its own expectation held does not matter here: a later rotation may already have
     moved the current version on."""
     for entry in reversed(entries):
@@ -153,29 +172,33 @@ def proving_verify(entries: list[dict], kid: str, after: str, after_seq: int = 0
             and not counted.get(kid)
             and details.get("undecryptable") == 0
             and (details.get("documents", 0) > 0 or details.get("allow_empty"))
+            and covers(details, product)
         ):
             return entry
     return None
 
 
-def gate_problem(entries: list[dict], kid: str, key_end: str | None, where: str) -> str | None:
+def gate_problem(
+    entries: list[dict], kid: str, key_end: str | None, where: str, product: str | None = None
+) -> str | None:
     """Why this store's audit trail does not yet allow disabling ``kid`` (None: it does).
 
     Writes under ``kid`` may have happened until the later of what this trail shows and
     ``key_end`` (what the key itself records: its last change of current version, and the
     creation of the version after ``kid``), since key operations made with another store, or
     none, leave no entry here."""
-    window = write_window(entries, kid)
+    window = write_window(entries, kid, product)
     if window.open_sweeps:
-        return f"sweep {window.open_sweeps[0]} towards {kid} has not ended in {where}"
+        return f"sweep {window.open_sweeps[0]}, which may write under {kid}, has not ended in {where}"
     ends_at = max((t for t in (window.ends_at, key_end) if t), default=None)
     if ends_at is None:
         return f"{where}: nothing shows when writes under {kid} stopped (it was never replaced as current)"
     after_seq = window.ends_seq if window.ends_at == ends_at else 0
-    if proving_verify(entries, kid, ends_at, after_seq) is None:
+    if proving_verify(entries, kid, ends_at, after_seq, product) is None:
+        how = f"verify --product {product} --expect <current kid>" if product else "verify --expect <current kid>"
         return (
-            f"{where} has no passing verify since {ends_at} (when writes under {kid} last could happen): "
-            f"run 'reencrypt --store <it> verify --expect <current kid>' there first"
+            f"{where} has no passing verify{' of product ' + product if product else ''} since {ends_at} "
+            f"(when writes under {kid} last could happen): run 'reencrypt --store <it> {how}' there first"
         )
     return None
 
@@ -190,16 +213,22 @@ def last_switch(provider: KeyProvider) -> str | None:
 
 
 def disable_refusal(
-    provider: KeyProvider, kid: str, store_url: str, trail_of: Callable[[str], list[dict]], key_end: str | None
+    provider: KeyProvider,
+    kid: str,
+    store_url: str,
+    trail_of: Callable[[str], list[dict]],
+    key_end: str | None,
+    product: str | None = None,
 ) -> str | None:
     """Why ``kid`` may not be disabled yet, checking this store and every other container the
     key protects (``trail_of(url)`` reads a store's audit entries, raising our error when the
-    store cannot be opened); None when every one of them proved it unused."""
+    store cannot be opened); None when every one of them proved it unused. ``product``: the
+    one whose key ``provider`` is (None: a key every product shares)."""
     checked = {store_fingerprint(store_url): store_url}
     for fingerprint, mark in marks(provider).items():
         checked.setdefault(fingerprint, mark.url)
     for url in checked.values():
-        problem = gate_problem(trail_of(url), kid, key_end, f"container {store_location(url)}")
+        problem = gate_problem(trail_of(url), kid, key_end, f"container {store_location(url)}", product)
         if problem:
             return problem
     return None

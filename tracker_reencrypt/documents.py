@@ -198,13 +198,16 @@ def rekey_document(
     body: dict,
     partition_key: str | None,
     *,
-    target_kid: str,
+    target_kid: str | None,
     keyring: KeySource,
     mode: Mode = "reencrypt",
     source_kids: frozenset[str] | None = None,
+    no_target: str = "no_target_key",
 ) -> DocumentPlan:
     """Move every envelope in ``body`` that is on a source kid onto ``target_kid``.
 
+    ``target_kid`` None: the document's product has no key to move to (``no_target`` says why);
+    each field that would move is then a failure with that reason, and nothing is written.
     ``source_kids`` None means every kid other than the target. If any field fails to
     decrypt, the document is left as it is (``new_body`` None) and the failures say why: a
     field we cannot read is never rewritten. A document already on target needs no write.
@@ -226,6 +229,9 @@ def rekey_document(
             continue
         if source_kids is not None and kid not in source_kids:
             outcomes.append(FieldOutcome(pointer, kind, kid, "not_source"))
+            continue
+        if target_kid is None:
+            outcomes.append(FieldOutcome(pointer, kind, kid, "failed", no_target))
             continue
         where = location(body, partition_key, parts)
         try:

@@ -10,6 +10,8 @@ Document shapes (partition key ``productId``):
 - ``product``: no encrypted field at all (the sweep must leave such documents alone).
 
 Content is deterministic for a given ``seed``; nonces and data keys are random, as in life.
+Products are ``product-000``, ``product-001``...; with per-product keys each product's fields
+are encrypted under its own key's current version.
 ``dek_share`` sets how many consecutive documents share one data key (1 = a DEK per
 document, the worst case for the vault).
 """
@@ -111,6 +113,11 @@ def seeding_keyring(provider) -> Keyring:
     return Keyring(provider, dek_max_uses=2**31, dek_max_age_s=float("inf"))
 
 
+def product_ids(products: int) -> list[str]:
+    """The partition key values of a seeded container of ``products`` products."""
+    return [f"product-{number:03d}" for number in range(products)]
+
+
 def generate(
     count: int,
     keyring: Keyring,
@@ -118,15 +125,20 @@ def generate(
     seed: int = 1,
     products: int = DEFAULT_PRODUCTS,
     dek_share: int = DEFAULT_DEK_SHARE,
-    kid: str | None = None,
+    kid_of: Callable[[str], str] | None = None,
 ) -> Iterator[dict]:
-    """Yield ``count`` encrypted tracker documents."""
+    """Yield ``count`` encrypted tracker documents, each product's under ``kid_of(product)``
+    (default: the keyring's current version for every product: one key for the container)."""
     rng = random.Random(seed)
-    kid = kid or keyring.current_kid()
+    names = product_ids(products)
+    if kid_of is None:
+        shared = keyring.current_kid()
+        kid_of = lambda _product: shared  # noqa: E731 - one key for every product
     for index in range(count):
         if index % max(1, dek_share) == 0:
             keyring.forget()  # the next field takes a fresh data key
-        body = _shapes(rng, index, f"product-{rng.randrange(products):03d}")
+        body = _shapes(rng, index, names[rng.randrange(products)])
+        kid = kid_of(body["productId"])
         for parts in body.pop("_encrypt"):
             plain = body
             for part in parts:
@@ -144,6 +156,7 @@ def seed_store(
     products: int = DEFAULT_PRODUCTS,
     dek_share: int = DEFAULT_DEK_SHARE,
     progress: Callable[[int], None] | None = None,
+    kid_of: Callable[[str], str] | None = None,
 ) -> int:
     """Write ``count`` generated documents into ``store``; returns how many are there now.
 
@@ -151,7 +164,7 @@ def seed_store(
     call keeps what was written and adds only the missing documents."""
     batch: list[dict] = []
     done = 0
-    for body in generate(count, keyring, seed=seed, products=products, dek_share=dek_share):
+    for body in generate(count, keyring, seed=seed, products=products, dek_share=dek_share, kid_of=kid_of):
         batch.append(body)
         if len(batch) == INSERT_BATCH:
             done += _insert_missing(store, batch)

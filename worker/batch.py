@@ -29,10 +29,12 @@ from tracker_reencrypt.documents import (
 )
 from tracker_reencrypt.errors import ConflictError, NotFoundError
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import DocumentStore, StoredDocument
 from tracker_reencrypt.sweep.records import Slice, Sweep
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
+from tracker_reencrypt.sweep.targets import DocumentTargets
 
 CONFLICT_REASON = "conflict_retries_exhausted"
 
@@ -66,9 +68,12 @@ class SliceBatch:
         sweep: Sweep,
         limits: BatchLimits,
         pacer: Pacer | None = None,
+        targets: DocumentTargets | None = None,
     ) -> None:
+        """``targets``: where each document moves (default: resolved through the keyring's provider)."""
         self.store, self.state, self.keyring, self.sweep, self.limits = store, state, keyring, sweep, limits
         self.pacer = pacer
+        self.targets = targets or DocumentTargets(sweep, ProductKeys(keyring.provider))
         self.source_kids = frozenset(sweep.source_kids) if sweep.source_kids else None
 
     def run(self, piece: Slice) -> BatchReport:
@@ -118,13 +123,15 @@ class SliceBatch:
         if document.unreadable:
             failed = FieldOutcome(WHOLE_DOCUMENT, "other", "", "failed", document.unreadable)
             return partition_key, DocumentPlan(new_body=None, fields=[failed])
+        target_kid, no_target = self.targets.kid_for(partition_key)
         return partition_key, rekey_document(
             document.body,
             partition_key,
-            target_kid=self.sweep.target_kid,
+            target_kid=target_kid,
             keyring=self.keyring,
             mode=cast(Mode, self.sweep.mode),  # checked against MODES when the sweep was started
             source_kids=self.source_kids,
+            no_target=no_target,
         )
 
     def _body_to_write(

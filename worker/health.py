@@ -19,6 +19,7 @@ import redis
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import BrokerUnavailableError, redact_url
 from tracker_reencrypt.keys import open_key_provider
+from tracker_reencrypt.keys.naming import KeyNaming
 from tracker_reencrypt.stores import open_store
 
 PROBE_TIMEOUT_S = 2.0
@@ -43,7 +44,11 @@ def check_configuration(settings: Settings, redis_url: str) -> None:
         store.records().list("sweep", prefix="~")  # the state is readable (an empty listing)
     finally:
         store.close()
-    open_key_provider(settings.keys).current_kid()
+    provider = open_key_provider(settings.keys, settings.key_name)
+    if KeyNaming(provider.key_name).per_product:
+        provider.key_names()  # the keyring or vault answers; each product's key is looked up when met
+    else:
+        provider.current_kid()
     if not broker_answers(redis_url):
         raise BrokerUnavailableError(f"Redis at {redact_url(redis_url)} does not answer: start it or fix REDIS_URL")
 

@@ -18,12 +18,14 @@ from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.keys import KeyProvider, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.pacing.backend import PacingBackend
 from tracker_reencrypt.pacing.backends.redis import RedisPacing
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.records import Sweep
 from tracker_reencrypt.sweep.state import SweepState
+from tracker_reencrypt.sweep.targets import DocumentTargets
 from worker import metrics
 
 
@@ -42,7 +44,7 @@ class Runtime:
         own credential and options, as tests do); ``pacing`` the Redis backend at ``redis_url``."""
         settings.require("store")
         if provider is None:
-            provider = open_key_provider(settings.require("keys").keys)
+            provider = open_key_provider(settings.require("keys").keys, settings.key_name)
         self.settings = settings
         self.pid = os.getpid()
         self.owner = f"{socket.gethostname()}:{self.pid}"
@@ -63,6 +65,20 @@ class Runtime:
             pacing = RedisPacing(redis.Redis.from_url(redis_url))
         self.pacing = pacing
         self.deltas = metrics.DeltaTracker()
+        self._targets: dict[str, DocumentTargets] = {}
+
+    def targets(self, sweep: Sweep) -> DocumentTargets:
+        """Where ``sweep``'s documents move, kept for the sweep's life in this process (its
+        products' current versions are cached there). The sweep's own key name setting decides,
+        not this worker's: a fleet started before a per-product rotation still resolves it right."""
+        targets = self._targets.get(sweep.id)
+        if targets is None:
+            root = self.keyring.provider
+            name = sweep.key_name or root.key_name
+            keys = ProductKeys(root if name == root.key_name else root.for_key(name))
+            targets = DocumentTargets(sweep, keys)
+            self._targets = {sweep.id: targets}  # one sweep at a time runs on a container
+        return targets
 
     def pacer(self, sweep: Sweep) -> Pacer:
         """Pacing for one batch of ``sweep``: the keyring's provider calls are paced by it

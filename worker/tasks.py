@@ -123,6 +123,7 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> Outc
                 settings.batch_documents, settings.batch_seconds, settings.page_size, settings.conflict_retries
             ),
             runtime.pacer(sweep),
+            runtime.targets(sweep),
         )
         assert claim.slice is not None  # a "work" claim always carries its slice
         report = batch.run(claim.slice)

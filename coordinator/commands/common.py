@@ -15,6 +15,10 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+ProductOption = typer.Option(
+    [], "--product", help="Only this product (partition key value); repeat for several. Default: every product."
+)
+AllProductsOption = typer.Option(False, "--all-products", help="Every product (see the command's help for which).")
 
 
 def emit(ctx: Context, as_json: bool, payload, human) -> None:

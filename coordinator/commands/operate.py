@@ -8,10 +8,11 @@ from __future__ import annotations
 import typer
 
 from coordinator import keyops, render, steering
-from coordinator.commands.common import JsonOption, emit, err, out
+from coordinator.commands.common import JsonOption, ProductOption, emit, err, out
 from coordinator.context import Context
-from coordinator.verify import verify_rotation
-from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, seed_store, seeding_keyring
+from coordinator.verify import documents_in_scope, verify_rotation
+from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, product_ids, seed_store, seeding_keyring
 
 
 def seed(
@@ -22,23 +23,35 @@ def seed(
     dek_share: int = typer.Option(DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one data key."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Fill the store with realistic tracker documents encrypted under the current MEK.
+    """Fill the store with realistic tracker documents encrypted under the current MEK (with a
+    per-product key name: each product's under its own key, created where missing).
 
     Run again with the same options after an interruption: documents already written are kept
     and only the missing ones are added. To start over, delete the store (the SQLite file)."""
     ctx: Context = c.obj
     ctx.may_create_store = True
-    keyring = seeding_keyring(ctx.provider)
-    ctx.mark_store_with_key()
+    keyring = seeding_keyring(ctx.keys.root)
+    kids = keyops.ensure_keys(ctx, product_ids(products))
     with render.counter_progress(err, "seeding", docs, enabled=not as_json) as advance:
         written = seed_store(
-            ctx.store, keyring, docs, seed=seed_value, products=products, dek_share=dek_share, progress=advance
+            ctx.store,
+            keyring,
+            docs,
+            seed=seed_value,
+            products=products,
+            dek_share=dek_share,
+            progress=advance,
+            kid_of=kids.__getitem__,
         )
+    under = next(iter(kids.values())) if len(set(kids.values())) == 1 else f"{len(kids)} products' keys"
+    payload = {"documents": written, "kid": under, "store": ctx.store.describe()}
+    if ctx.keys.per_product:
+        payload["kids"] = kids
     emit(
         ctx,
         as_json,
-        {"documents": written, "kid": keyring.current_kid(), "store": ctx.store.describe()},
-        lambda: out.print(f"seeded {written} documents under {keyring.current_kid()} into {ctx.store.describe()}"),
+        payload,
+        lambda: out.print(f"seeded {written} documents under {under} into {ctx.store.describe()}"),
     )
 
 
@@ -76,16 +89,25 @@ def queue(c: typer.Context, as_json: bool = JsonOption) -> None:
 
 def verify(
     c: typer.Context,
-    expect: str = typer.Option(..., "--expect", help="The key id every field must be on."),
+    expect: str | None = typer.Option(None, "--expect", help="The key id every field must be on."),
+    current: bool = typer.Option(
+        False, "--current", help="Every field must be on its product's current key version (instead of --expect)."
+    ),
+    products: list[str] = ProductOption,
     allow_empty: bool = typer.Option(
-        False, "--allow-empty", help="Pass on a container with no documents (else it fails)."
+        False, "--allow-empty", help="Pass on a container (or product) with no documents (else it fails)."
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Scan every field: count by kid and kind, check each decrypts. Exit 0 only if all are on EXPECT and decrypt."""
+    """Scan every field: count by kid and kind, check each decrypts. Exit 0 only if all are on
+    EXPECT (or, with --current, on their product's current version) and decrypt."""
     ctx: Context = c.obj
-    with render.counter_progress(err, "verifying", ctx.store.count(), enabled=not as_json, incremental=True) as advance:
-        payload = verify_rotation(ctx, expect, progress=advance, allow_empty=allow_empty)
+    if (expect is None) == (not current):
+        raise ConfigError("give exactly one of --expect KID and --current")
+    scope = products or None
+    total = documents_in_scope(ctx.store, scope)
+    with render.counter_progress(err, "verifying", total, enabled=not as_json, incremental=True) as advance:
+        payload = verify_rotation(ctx, expect, progress=advance, allow_empty=allow_empty, products=scope)
     emit(ctx, as_json, payload, lambda: render.verify(out, payload))
     if not payload["ok"]:
         raise typer.Exit(1)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from coordinator import render, steering
-from coordinator.commands.common import JsonOption, emit, err, out
+from coordinator.commands.common import JsonOption, ProductOption, emit, err, out
 from coordinator.context import Context
 from tracker_reencrypt.errors import SweepError
 from tracker_reencrypt.sweep.records import Sweep
@@ -21,7 +21,12 @@ sweep_app = typer.Typer(help="Start and steer a re-encryption sweep.", no_args_i
 @sweep_app.command("start")
 def sweep_start(
     c: typer.Context,
-    to: str = typer.Option(..., "--to", help="Target key id (full, versioned)."),
+    to: str = typer.Option(
+        ...,
+        "--to",
+        help="Target: a full versioned key id, or 'current' (each document's product's current key version).",
+    ),
+    products: list[str] = ProductOption,
     sources: list[str] = typer.Option(
         [], "--from", help="Only move fields on these key ids (default: every other kid)."
     ),
@@ -44,10 +49,10 @@ def sweep_start(
     ctx: Context = c.obj
     limits = steering.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
     if dry_run:
-        payload = steering.dry_run(ctx, to=to, sources=sources, limits=limits)
+        payload = steering.dry_run(ctx, to=to, sources=sources, limits=limits, products=products)
         emit(ctx, as_json, payload, lambda: render.dry_run(out, payload))
         return
-    sweep = steering.start(ctx, to=to, sources=sources, mode=mode, slices=slices, limits=limits)
+    sweep = steering.start(ctx, to=to, sources=sources, mode=mode, slices=slices, limits=limits, products=products)
     if not wait:
         emit(ctx, as_json, {"sweep_id": sweep.id, "slices": sweep.slice_count}, lambda: out.print(sweep.id))
         return

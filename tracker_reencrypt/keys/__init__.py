@@ -3,9 +3,14 @@
 One small interface (:class:`KeyProvider`), one module per backend, one factory that picks
 the backend from a URL:
 
-- ``local:<path>``: a JWKS keyring file (:mod:`tracker_reencrypt.keys.local`);
-- ``https://<vault>.vault.azure.net/keys/<name>``: Azure Key Vault
-  (:mod:`tracker_reencrypt.keys.azure`).
+- ``local:<path>``: a JWKS keyring file (:mod:`tracker_reencrypt.keys.local`), holding any
+  number of keys (one per product with a per-product key name);
+- ``https://<vault>.vault.azure.net``: Azure Key Vault (:mod:`tracker_reencrypt.keys.azure`);
+  the older ``https://<vault>.vault.azure.net/keys/<name>`` still works and fixes the key name.
+
+A provider is opened for one key name (``REENCRYPT_KEY_NAME``, see :mod:`.naming`), and reaches
+the other keys in the same place through :meth:`KeyProvider.for_key`. Wrap and unwrap take a
+versioned kid of any key there, so one provider serves a sweep over every product's key.
 
 Both keep small string **metadata** with the MEK itself (outside any store), so what a key
 protects and the audit trail's anchor travel with the key through rotations and rollbacks.
@@ -49,7 +54,22 @@ class KeyVersion:
 
 
 class KeyProvider(Protocol):
-    """An MEK with versions; wraps and unwraps 256-bit data keys. Never exports the MEK."""
+    """An MEK with versions; wraps and unwraps 256-bit data keys. Never exports the MEK.
+
+    The administrative methods (init, versions, rotate, promote, metadata...) act on the key
+    named :attr:`key_name`; wrap and unwrap accept a kid of any key in the same keyring or vault.
+    """
+
+    #: The key this provider administers (with a per-product template: the template itself,
+    #: which only wraps and unwraps; see ProductKeys for the keys themselves).
+    key_name: str
+
+    def for_key(self, name: str) -> KeyProvider:
+        """A provider of key ``name`` in the same keyring file or vault, sharing this one's
+        connections and call counters (the fleet's Key Vault limit charges them all)."""
+
+    def key_names(self) -> list[str]:
+        """The names of every key in this keyring file or vault, sorted."""
 
     def describe(self) -> str:
         """Where the keys live, for messages (no secrets)."""
@@ -59,7 +79,9 @@ class KeyProvider(Protocol):
 
     def versions(self) -> list[KeyVersion]: ...
 
-    def current_kid(self) -> str: ...
+    def current_kid(self, refresh: bool = False) -> str:
+        """The version new writes use. Providers may answer from a short cache (a second for the
+        keyring file, a minute for Key Vault); ``refresh`` asks the keyring or vault itself."""
 
     def rotate(self) -> KeyVersion:
         """Create a new version and make it current."""
@@ -120,22 +142,35 @@ def changed_metadata(metadata: Mapping[str, str], changes: Mapping[str, str | No
     return updated
 
 
-def open_key_provider(url: str) -> KeyProvider:
-    """Build the key provider a URL names, or raise ConfigError saying what is wrong."""
+def open_key_provider(url: str, key_name: str = "") -> KeyProvider:
+    """Build the key provider a URL names, for key ``key_name`` (a name or a per-product
+    template; empty: the name the URL fixes, else naming.DEFAULT_KEY_NAME), or raise ConfigError
+    saying what is wrong."""
     if not url:
         raise ConfigError("no key provider given: set REENCRYPT_KEYS or --keys (e.g. local:keyring.json)")
+    from tracker_reencrypt.keys.naming import DEFAULT_KEY_NAME, KeyNaming
+
     if url.startswith("local:"):
         from tracker_reencrypt.keys.local import LocalKeyProvider
 
         path = url[len("local:") :]
         if not path:
             raise ConfigError("key provider URL 'local:' names no file: use local:<path to keyring.json>")
-        return LocalKeyProvider(path)
+        return LocalKeyProvider(path, key_name=KeyNaming(key_name or DEFAULT_KEY_NAME).template)
     parsed = urlparse(url)
-    if parsed.scheme == "https" and parsed.path.startswith("/keys/") and parsed.path.count("/") == 2:
+    path = parsed.path.rstrip("/")
+    names_a_vault = path in ("", "/keys") or (path.startswith("/keys/") and path.count("/") == 2)
+    if parsed.scheme == "https" and parsed.netloc and names_a_vault:
         from tracker_reencrypt.keys.azure import AzureKeyVaultProvider
 
-        return AzureKeyVaultProvider(vault_url=f"https://{parsed.netloc}", key_name=parsed.path.split("/")[2])
+        fixed = path.split("/")[2] if path.count("/") == 2 else ""
+        if fixed and key_name and key_name != fixed:
+            raise ConfigError(
+                f"key provider URL {redact_url(url)!r} fixes key name {fixed!r} but the key name setting is "
+                f"{key_name!r}: give the vault alone (https://<vault>.vault.azure.net) with REENCRYPT_KEY_NAME"
+            )
+        name = KeyNaming(fixed or key_name or DEFAULT_KEY_NAME).template
+        return AzureKeyVaultProvider(vault_url=f"https://{parsed.netloc}", key_name=name)
     raise ConfigError(
-        f"key provider URL {redact_url(url)!r} is not understood: use local:<path> or https://<vault>.vault.azure.net/keys/<name>"
+        f"key provider URL {redact_url(url)!r} is not understood: use local:<path> or https://<vault>.vault.azure.net"
     )

@@ -296,8 +296,8 @@ class LocalKeyProvider:
     def versions(self) -> list[KeyVersion]:
         return [_key_version(jwk) for jwk in self._own_jwks(self._file.load())]
 
-    def current_kid(self) -> str:
-        versions = self.versions()
+    def current_kid(self, refresh: bool = False) -> str:
+        versions = [_key_version(jwk) for jwk in self._own_jwks(self._file.load(force=refresh))]
         for version in versions:
             if version.current:
                 return version.kid

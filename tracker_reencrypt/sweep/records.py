@@ -24,6 +24,9 @@ PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED = get_args(St
 #: A sweep in one of these never changes again.
 FINISHED: frozenset[str] = frozenset({CANCELLED, COMPLETED, FAILED})
 
+#: A sweep's ``target_kid`` meaning "each document's product's current key version".
+TARGET_CURRENT = "current"
+
 #: What a slice counts, summed into the sweep's totals.
 COUNTERS = (
     "documents_scanned",
@@ -73,11 +76,18 @@ class Sweep:
     """One sweep: where it moves fields to, how, under which limits, and how far it is."""
 
     id: str
+    #: A versioned kid, or TARGET_CURRENT: each document's product's current version.
     target_kid: str
     mode: str
     status: Status
     #: Only fields on these kids move; None: every kid but the target.
     source_kids: tuple[str, ...] | None = None
+    #: The products (partition key values) the sweep reads, each through its own partition;
+    #: None: the whole container.
+    products: tuple[str, ...] | None = None
+    #: The key name setting the sweep was started with (a per-product template or one name):
+    #: every worker resolves "current" through it, whatever its own environment says.
+    key_name: str = ""
     #: The fleet-wide limits set (pacing.limits keys: rate, kv_ops_per_s, ru_per_s); absent: unlimited.
     limits: Mapping[str, float] = field(default_factory=dict)
     started_by: str = ""
@@ -101,6 +111,14 @@ class Sweep:
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def to_current(self) -> bool:
+        return self.target_kid == TARGET_CURRENT
+
+    def covers(self, product: str | None) -> bool:
+        """Whether the sweep reads ``product``'s documents (None: a key shared by every product)."""
+        return self.products is None or (product is not None and product in self.products)
+
     def limit(self, key: str) -> float | None:
         return self.limits.get(key) or None
 
@@ -113,6 +131,8 @@ class Sweep:
         known = _known_fields(cls, record)
         sources = record.get("source_kids")
         known["source_kids"] = tuple(sources) if sources else None
+        products = record.get("products")
+        known["products"] = tuple(products) if products is not None else None
         # The limits travel flat in the record (the CLI's JSON shape and older sweeps).
         known["limits"] = {limit.key: float(record[limit.key]) for limit in SWEEP_LIMITS if record.get(limit.key)}
         return cls(**known)
@@ -120,6 +140,7 @@ class Sweep:
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "limits"}
         record["source_kids"] = list(self.source_kids) if self.source_kids else None
+        record["products"] = list(self.products) if self.products is not None else None
         record.update({limit.key: self.limits.get(limit.key) for limit in SWEEP_LIMITS})
         return record
 

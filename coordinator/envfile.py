@@ -1,0 +1,66 @@
+"""The tracker-service's dotenv file: set its ``TRACKER_MEK_ID_<PRODUCTID>`` lines, keep the rest.
+
+Each variable's line is replaced where it is (an ``export`` prefix kept) or appended at the end;
+every other line, blank ones and comments included, is copied byte for byte. The file is
+replaced atomically (a temporary file in the same directory, synced, renamed) and keeps its mode.
+
+Not python-dotenv's ``set_key``: it drops the blank line before a variable it replaces (its
+parser attaches that line to the variable), and an operator diffing the file after a rotation
+must see only the key ids change. Line-based is enough here: our values are key ids, one line
+each, and a tracker variable is never inside another variable's multi-line quoted value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from tracker_reencrypt.errors import ConfigError
+
+_ASSIGNMENT = re.compile(r"\s*(export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def update_env_file(path: Path, lines: list[str]) -> None:
+    """Set each ``NAME=value`` of ``lines`` in the dotenv file at ``path`` (created if missing)."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"env file {path}: directory {path.parent} does not exist: create it or fix --env-file")
+    wanted = dict(line.split("=", 1) for line in lines)
+    try:
+        existing = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            f"env file {path} cannot be read ({type(error).__name__}): fix it or its permissions"
+        ) from None
+    updated, seen = [], set()
+    for line in existing:
+        match = _ASSIGNMENT.match(line)
+        if match and match.group(2) in wanted:
+            export, name = match.group(1) or "", match.group(2)
+            updated.append(f"{export}{name}={wanted[name]}\n")
+            seen.add(name)
+        else:
+            updated.append(line)
+    if updated and not updated[-1].endswith("\n"):
+        updated[-1] += "\n"
+    updated += [f"{name}={value}\n" for name, value in wanted.items() if name not in seen]
+    _replace(path, "".join(updated), mode)
+
+
+def _replace(path: Path, text: str, mode: int) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raise ConfigError(f"env file {path} cannot be written ({error.strerror}): fix its permissions") from None
