@@ -10,8 +10,23 @@ the latest snapshot into metric families (:func:`families`, pure). Scrapes there
 store nothing, and two Prometheus replicas cost what one does.
 
 Label sets are bounded: ``sweep`` (only the active sweep and the most recent finished one are
-exported), ``slice`` (up to the sweep's slice count), ``status`` and ``limit`` (fixed sets),
-``target_kid`` and ``mode`` once per sweep on an info gauge. Never document ids.
+exported), ``slice`` (up to the sweep's slice count), ``status``, ``limit`` and ``state`` (fixed
+sets), ``target_kid``, ``mode`` and ``products`` once per sweep on an info gauge, and ``product``
+only on the per-product series of a sweep scoped to at most :data:`MAX_PRODUCT_SERIES` products.
+Never document ids, and never a product on a series of a whole-container sweep: a tracker has
+thousands of products. The workers' per-document metrics carry no product either.
+
+Per-product progress, for a sweep scoped with ``--product``:
+
+- ``reencrypt_sweep_products{sweep, state}``: how many of its products are ``done`` (every slice
+  scanned to its end), ``in_progress`` (a batch committed) or ``pending``; three series whatever
+  the number of products;
+- ``reencrypt_sweep_product_documents_scanned_total{sweep, product}`` and
+  ``reencrypt_sweep_product_done{sweep, product}``: one each per product, only when the sweep
+  names at most MAX_PRODUCT_SERIES products (else ``reencrypt sweep status`` lists them).
+
+A whole-container sweep reads the container by EPK ranges that do not map to products: it has
+none of these series, and ``products="all"`` on its info gauge.
 """
 
 from __future__ import annotations
@@ -51,6 +66,12 @@ log = logging.getLogger("reencrypt.exporter")
 
 DEFAULT_PORT = 9809
 DEFAULT_INTERVAL_S = 5.0
+#: Per-product series only for a sweep over at most this many products. Rotating one product
+#: (a suspected leak, a customer's request) or a few is what an on-call watches product by
+#: product; a sweep over hundreds of products (up to steering.MAX_SLICES) would add two series
+#: per product to every scrape and every dashboard, so it gets only the counts by state
+#: (three series), and 'reencrypt sweep status' lists its unfinished products.
+MAX_PRODUCT_SERIES = 20
 
 STATUSES = (PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED)
 #: A sweep's limit fields, by the ``limit`` label the workers' rate-limit wait counter uses too.
@@ -73,6 +94,15 @@ def total_metric_name(counter: str) -> str:
 
 
 @dataclass(frozen=True)
+class ProductView:
+    """One product of a product-scoped sweep: its state (steering.PRODUCT_STATES) and documents read."""
+
+    product: str
+    state: str
+    documents_scanned: int
+
+
+@dataclass(frozen=True)
 class SweepView:
     """What the exporter knows about one sweep at one moment."""
 
@@ -84,6 +114,8 @@ class SweepView:
     elapsed_s: float
     leases: int
     workers: int
+    #: None for a whole-container sweep.
+    products: tuple[ProductView, ...] | None = None
 
     @classmethod
     def of(cls, progress: steering.Progress, now: float) -> SweepView:
@@ -100,7 +132,18 @@ class SweepView:
             elapsed_s=progress.elapsed_s,
             leases=progress.active_leases,
             workers=len(live_owners),
+            products=product_views(progress),
         )
+
+
+def product_views(progress: steering.Progress) -> tuple[ProductView, ...] | None:
+    by_product = progress.by_product()
+    if by_product is None:
+        return None
+    return tuple(
+        ProductView(product, steering.product_state(entry), entry["counts"].get("documents_scanned", 0))
+        for product, entry in by_product.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -139,8 +182,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     }
     info = GaugeMetricFamily(
         "reencrypt_sweep_info",
-        "One per exported sweep: its target key and mode (always 1)",
-        labels=["sweep", "target_kid", "mode"],
+        "One per exported sweep: its target key, mode and products ('all', or how many it is scoped to) (always 1)",
+        labels=["sweep", "target_kid", "mode", "products"],
     )
     status = GaugeMetricFamily(
         "reencrypt_sweep_status", "1 for the sweep's current status, 0 for the others", labels=["sweep", "status"]
@@ -201,12 +244,28 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         "1 while the sweep records an error since its last committed batch (retried)",
         labels=["sweep"],
     )
+    products = GaugeMetricFamily(
+        "reencrypt_sweep_products",
+        "Products of a sweep scoped to products, by state: done, in_progress, pending (none for the whole container)",
+        labels=["sweep", "state"],
+    )
+    product_scanned = CounterMetricFamily(
+        "reencrypt_sweep_product_documents_scanned_total",
+        f"Documents scanned in one product (only for a sweep over at most {MAX_PRODUCT_SERIES} products)",
+        labels=["sweep", "product"],
+    )
+    product_done = GaugeMetricFamily(
+        "reencrypt_sweep_product_done",
+        f"1 once every slice of the product is scanned to its end (only for a sweep over at most "
+        f"{MAX_PRODUCT_SERIES} products)",
+        labels=["sweep", "product"],
+    )
 
     for view in snapshot.sweeps:
         sweep, sid = view.sweep, view.sweep.id
         for name in COUNTERS:
             totals[name].add_metric([sid], view.totals.get(name, 0))
-        info.add_metric([sid, sweep.target_kid, sweep.mode], 1)
+        info.add_metric([sid, sweep.target_kid, sweep.mode, products_label(sweep)], 1)
         for name in STATUSES:
             status.add_metric([sid, name], 1 if sweep.status == name else 0)
         documents = sweep.documents_estimate
@@ -234,6 +293,13 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
                 limits.add_metric([sid, label], float(sweep.limits[key]))
         paused_by_error.add_metric([sid], 1 if sweep.status == PAUSED and sweep.paused_reason else 0)
         last_error.add_metric([sid], 1 if sweep.last_error else 0)
+        if view.products is not None:
+            for state in steering.PRODUCT_STATES:
+                products.add_metric([sid, state], sum(1 for p in view.products if p.state == state))
+            if len(view.products) <= MAX_PRODUCT_SERIES:
+                for p in view.products:
+                    product_scanned.add_metric([sid, p.product], p.documents_scanned)
+                    product_done.add_metric([sid, p.product], 1 if p.state == "done" else 0)
 
     yield from totals.values()
     yield from (
@@ -255,6 +321,9 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         limits,
         paused_by_error,
         last_error,
+        products,
+        product_scanned,
+        product_done,
     )
 
     queue = GaugeMetricFamily(
@@ -286,6 +355,13 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "reencrypt_exporter_refresh_duration_seconds", "How long the last read took", value=snapshot.refresh_seconds
     )
+
+
+def products_label(sweep: Sweep) -> str:
+    """The info gauge's ``products``: 'all', or how many products the sweep is scoped to. A count,
+    not the names: one value per sweep whatever the products (the names are on the per-product
+    series when there are few, and in 'reencrypt sweep status')."""
+    return "all" if sweep.products is None else str(len(sweep.products))
 
 
 class SweepCollector:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
+from rich.text import Text
 
 from coordinator import follow as following
 from coordinator import steering
@@ -19,6 +20,8 @@ from tracker_reencrypt.pacing.limits import describe_limits
 from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Sweep
 
 REFRESH_S = 1.0
+#: The unfinished products a status lists by name; the rest are counted ("and N more").
+LISTED_PRODUCTS = 10
 
 
 def key_table(console: Console, versions) -> None:
@@ -67,13 +70,62 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def target_text(sweep: Sweep) -> str:
+    """Where the sweep moves fields: its kid, or each product's current version of its key."""
+    if not sweep.to_current:
+        return sweep.target_kid
+    return f"current (each product's current version of {sweep.key_name})" if sweep.key_name else "current"
+
+
+def products_brief(sweep: Sweep, shown: int = 3) -> str:
+    """The products a sweep reads, short enough for a table cell: 'all', or the first few named."""
+    if sweep.products is None:
+        return "all"
+    named = ", ".join(sweep.products[:shown])
+    more = len(sweep.products) - shown
+    return f"{named} +{more} more" if more > 0 else named
+
+
+def products_view(progress: steering.Progress) -> list[RenderableType]:
+    """A product-scoped sweep's products: how many are done, then the unfinished ones (the first
+    LISTED_PRODUCTS by name, with their state and documents read). Product ids are arbitrary
+    strings: every part that holds one is a Text, never read as markup."""
+    by_product = progress.by_product()
+    if by_product is None:
+        return [Text("products: whole container")]
+    states = {product: steering.product_state(entry) for product, entry in by_product.items()}
+    counted = {state: sum(1 for s in states.values() if s == state) for state in steering.PRODUCT_STATES}
+    started = [f"{counted['in_progress']} in progress"] if counted["in_progress"] else []
+    waiting = [f"{counted['pending']} pending"] if counted["pending"] else []
+    head = Text(", ".join([f"products: {counted['done']} of {len(by_product)} done", *started, *waiting]))
+    unfinished = [product for product, state in states.items() if state != "done"]
+    if not unfinished:
+        return [head]
+    table = Table("product", "state", "slices", "docs", "fields", "failures", box=None)
+    for product in unfinished[:LISTED_PRODUCTS]:
+        entry = by_product[product]
+        counts = entry["counts"]
+        table.add_row(
+            Text(product),
+            states[product].replace("_", " "),
+            f"{entry['slices_done']}/{entry['slices']}",
+            str(counts.get("documents_scanned", 0)),
+            str(counts.get("fields_reencrypted", 0)),
+            str(counts.get("failures", 0)),
+        )
+    parts: list[RenderableType] = [head, table]
+    if len(unfinished) > LISTED_PRODUCTS:
+        parts.append(Text(f"and {len(unfinished) - LISTED_PRODUCTS} more not done ('sweep status --json' lists all)"))
+    return parts
+
+
 def _status_view(progress: steering.Progress, notice: str = "") -> Group:
     sweep, totals = progress.sweep, progress.totals
     estimate = max(1, sweep.documents_estimate)
     per_slice = max(1, estimate / max(1, len(progress.slices)))
     # One line that wraps between words: a grid cut the sweep id (what every command takes) to "sw-2026…".
     head = (
-        f"[bold]{sweep.id}[/]  status [bold]{sweep.status}[/]  → {sweep.target_kid}  "
+        f"[bold]{sweep.id}[/]  status [bold]{sweep.status}[/]  → [bold]{escape(target_text(sweep))}[/]  "
         f"mode {sweep.mode}  limits {limits_text(sweep)}"
     )
     overall = Table.grid(padding=(0, 2))
@@ -106,7 +158,7 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
             str(counts["failures"]),
             state,
         )
-    parts: list[RenderableType] = [head, overall, slices]
+    parts: list[RenderableType] = [head, overall, *products_view(progress), slices]
     if progress.budget_estimate and not sweep.finished:
         parts.append(f"remaining under its limits: {progress.budget_estimate}")
     if sweep.paused_reason:
@@ -154,13 +206,18 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
 
 def summary(console: Console, progress: steering.Progress) -> None:
     totals = progress.totals
+    # The target (a kid, or a key name) and the products are arbitrary text: never markup.
     console.print(
         f"sweep {progress.sweep.id} {progress.sweep.status}: {totals.get('documents_scanned', 0)} documents scanned, "
         f"{totals.get('documents_written', 0)} rewritten, {totals.get('fields_reencrypted', 0)} fields moved to "
-        f"{progress.sweep.target_kid}, {totals.get('conflicts', 0)} conflicts retried, "
+        f"{target_text(progress.sweep)}, {totals.get('conflicts', 0)} conflicts retried, "
         f"{totals.get('failures', 0)} failures "
-        f"in {progress.elapsed_s:.1f}s"
+        f"in {progress.elapsed_s:.1f}s",
+        markup=False,
     )
+    if progress.sweep.products is not None:
+        for part in products_view(progress):
+            console.print(part)
     if totals.get("failures"):
         console.print(f"see them with: reencrypt sweep failures {progress.sweep.id}")
 
@@ -168,10 +225,14 @@ def summary(console: Console, progress: steering.Progress) -> None:
 def sweep_list(console: Console, listed: list[Sweep]) -> None:
     # The id is what every other sweep command takes: never cut it (nor status and target) to fit 80 columns.
     table = Table(
-        *(Column(name, no_wrap=True) for name in ("sweep", "status", "target")), "mode", "started by", "started at"
+        *(Column(name, no_wrap=True) for name in ("sweep", "status", "target")),
+        "products",
+        "mode",
+        "started by",
+        "started at",
     )
     for s in listed:
-        table.add_row(s.id, s.status, s.target_kid, s.mode, s.started_by, s.started_at)
+        table.add_row(s.id, s.status, Text(s.target_kid), Text(products_brief(s)), s.mode, s.started_by, s.started_at)
     console.print(table)
 
 

@@ -467,6 +467,18 @@ def products_progress(slices: list[Slice]) -> dict[str, dict]:
     return progress
 
 
+#: Where a product of a product-scoped sweep is: every slice scanned to its end, some batch
+#: of it committed, or nothing of it read yet.
+PRODUCT_STATES = ("done", "in_progress", "pending")
+
+
+def product_state(entry: dict) -> str:
+    """The PRODUCT_STATES value of one products_progress entry."""
+    if entry["done"]:
+        return "done"
+    return "in_progress" if entry["slices_done"] or entry["counts"].get("documents_scanned") else "pending"
+
+
 def progress(ctx: Context, sweep: Sweep, previous: Progress | None = None) -> Progress:
     """Counts from the durable state; the rate from two samples when given, else since start."""
     slices = ctx.state.slices(sweep.id)

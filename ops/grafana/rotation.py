@@ -1,7 +1,7 @@
 """Rotation overview (uid ``reencrypt-rotation``): one sweep, from the exporter's durable totals.
 
-Status, progress, ETA, throughput, fields moved, failures, conflicts, slices, throttling and
-budgets; the ``sweep`` variable picks the sweep. Written by ``dashboards.py``.
+Status, progress, ETA, throughput, fields moved, failures, conflicts, products, slices,
+throttling and budgets; the ``sweep`` variable picks the sweep. Written by ``dashboards.py``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def rotation_overview() -> dashboard.Dashboard:
             stat_panel(
                 "Target key",
                 f"reencrypt_sweep_info{{{SWEEP}}}",
-                legend="{{target_kid}} ({{mode}})",
+                legend="{{target_kid}} ({{mode}}, products: {{products}})",
                 text_mode=common.BigValueTextMode.NAME,
                 span=8,
             )
@@ -204,17 +204,65 @@ def rotation_overview() -> dashboard.Dashboard:
                 ("reencrypt_queue_unacked_messages", "in flight"),
             )
         )
+        .with_row(dashboard.Row("Products"))
+        .with_panel(
+            bar_gauge(
+                "Products by state",
+                f"reencrypt_sweep_products{{{SWEEP}}}",
+                "{{state}}",
+                span=8,
+                minimum=0,
+                description="A sweep scoped with --product: its products done, in progress, pending "
+                "(empty for a whole-container sweep); 'reencrypt sweep status ID' lists the unfinished ones",
+            )
+        )
+        .with_panel(
+            bar_gauge(
+                "Product progress",
+                f"reencrypt_sweep_product_documents_scanned_total{{{SWEEP}}}",
+                "{{product}}",
+                span=16,
+                minimum=0,
+                description="Documents scanned per product, for a sweep over at most 20 products "
+                "(the exporter's MAX_PRODUCT_SERIES; more would be a series per product)",
+            )
+        )
         .with_row(dashboard.Row("Slices"))
         .with_panel(
-            bargauge.Panel()
-            .title("Slice progress")
-            .datasource(DATASOURCE)
-            .span(24)
-            .height(8)
-            .description("Documents scanned per slice (feed range); the last to finish set the end")
-            .with_target(query(f"reencrypt_sweep_slice_documents_scanned_total{{{SWEEP}}}", "slice {{slice}}"))
-            .display_mode(common.BarGaugeDisplayMode.GRADIENT)
-            .orientation(common.VizOrientation.VERTICAL)
-            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            bar_gauge(
+                "Slice progress",
+                f"reencrypt_sweep_slice_documents_scanned_total{{{SWEEP}}}",
+                "slice {{slice}}",
+                span=24,
+                description="Documents scanned per slice (feed range); the last to finish set the end",
+                orientation=common.VizOrientation.VERTICAL,
+            )
         )
     )
+
+
+def bar_gauge(
+    title: str,
+    expr: str,
+    legend: str,
+    *,
+    span: int,
+    description: str,
+    orientation: common.VizOrientation = common.VizOrientation.HORIZONTAL,
+    minimum: float | None = None,
+) -> bargauge.Panel:
+    """One bar per series of ``expr``, at its last value; bars start at ``minimum`` when given
+    (unset, Grafana takes the range from the data)."""
+    panel = (
+        bargauge.Panel()
+        .title(title)
+        .datasource(DATASOURCE)
+        .span(span)
+        .height(8)
+        .description(description)
+        .with_target(query(expr, legend))
+        .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+        .orientation(orientation)
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    return panel.min(minimum) if minimum is not None else panel

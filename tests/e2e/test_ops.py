@@ -736,7 +736,8 @@ def test_exporter_families_are_bounded_and_named_by_convention():
     assert (view.leases, view.workers) == (2, 1)  # two slices leased by one process
     snapshot = Snapshot([view], queue_messages=4, unacked_messages=1, store_up=True, redis_up=True, refreshed_at=now)
 
-    allowed_labels = {"sweep", "slice", "status", "target_kid", "mode", "limit", "queue"}
+    # A whole-container sweep: no product label anywhere (tests/unit/test_exporter_products.py: scoped ones).
+    allowed_labels = {"sweep", "slice", "status", "target_kid", "mode", "products", "limit", "queue"}
     by_name = {}
     for family in families(snapshot):
         for sample in family.samples:
@@ -759,7 +760,8 @@ def test_exporter_families_are_bounded_and_named_by_convention():
     registry.register(SweepCollector(type("Source", (), {"snapshot": snapshot})()))
     text = generate_latest(registry).decode()
     assert "# TYPE reencrypt_sweep_documents_scanned_total counter" in text
-    assert 'reencrypt_sweep_info{mode="reencrypt",sweep="sw-9",target_kid="tracker-mek/v2"} 1.0' in text
+    assert 'reencrypt_sweep_info{mode="reencrypt",products="all",sweep="sw-9",target_kid="tracker-mek/v2"} 1.0' in text
+    assert "reencrypt_sweep_products{" not in text and "reencrypt_sweep_product_done{" not in text
 
 
 def test_exporter_flags_a_sweep_paused_by_error_apart_from_one_retrying():
