@@ -37,8 +37,8 @@ def _named(ctx: Context, provider: KeyProvider) -> dict:
 def init(ctx: Context, provider: KeyProvider) -> tuple[KeyVersion, bool]:
     """Create ``provider``'s MEK (and the store, when one is configured and new). Checked in the
     order that writes nothing on a refusal: an existing key first, then the store, then the key."""
-    _refuse_existing_key(provider)
     if ctx.settings.store:
+        _refuse_existing_key(provider)
         _open_store_first(ctx)
     version = provider.init()
     return version, ctx.record_key_operation("key created", provider, kid=version.kid, **_named(ctx, provider))

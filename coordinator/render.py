@@ -239,15 +239,20 @@ def sweep_list(console: Console, listed: list[Sweep]) -> None:
 def failures(console: Console, rows: list[Failure]) -> None:
     table = Table("document", "partition key", "field", "reason")
     for row in rows:
-        table.add_row(row.document_id, str(row.partition_key), row.field_path or "(document)", row.reason)
+        # Ids, product ids and paths come from the documents: text, never read as markup.
+        cells = (row.document_id, str(row.partition_key), row.field_path or "(document)", row.reason)
+        table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
     console.print(f"{len(rows)} failures")
 
 
 def dry_run(console: Console, payload: dict) -> None:
+    target = "each product's current version" if payload["target_kid"] == "current" else payload["target_kid"]
+    scope = f" of products {', '.join(payload['products'])}" if payload.get("products") else ""
     console.print(
-        f"dry run: {payload['documents']} documents; "
-        f"{payload['fields_to_move']} fields would move to {payload['target_kid']}"
+        f"dry run: {payload['documents']} documents{scope}; {payload['fields_to_move']} fields would move to {target}",
+        markup=False,
+        highlight=False,
     )
     table = Table("from kid", "kind", "fields")
     for kid, kinds in payload["would_move"].items():

@@ -234,7 +234,7 @@ def test_usage_errors_are_short_and_exit_2(tmp_path):
     assert "Usage:" in results["no command"].stdout + results["no command"].stderr
     assert "No such command 'bogus'" in results["unknown command"].stderr
     assert "Missing option '--to'" in results["missing --to"].stderr
-    assert "Missing option '--expect'" in results["missing --expect"].stderr
+    assert "give exactly one of --expect KID and --current" in results["missing --expect"].stderr
     assert "Invalid value for '--slices'" in results["bad number"].stderr
     assert "No such option: --colour" in results["unknown option"].stderr
     assert not (tmp_path / "state").exists()
@@ -916,7 +916,10 @@ def test_demo_runs_a_whole_rotation_and_leaves_nothing_running(tmp_path):
         assert not [secret for secret in key_material(home / "demo" / "keyring.json") if secret in stdout + stderr]
         assert demo.returncode == 0, stdout[-3000:] + stderr[-3000:]
         assert "verify PASS" in stdout
-        assert re.search(r"tracker-mek/v1\s*│\s*disabled", stdout), stdout[-3000:]
+        # One product's old version disabled after its own rotation, then every product's.
+        assert re.search(r"tracker-mek-product-002/v1\s*│\s*disabled", stdout), stdout[-3000:]
+        assert re.search(r"tracker-mek-product-005/v1\s*│\s*disabled", stdout), stdout[-3000:]
+        assert "documents not written (ETags unchanged)" in stdout
         assert "demo complete" in stdout and "audit chain intact" in stdout
         assert {"redis-server", "celery"} <= seen, f"the process check saw only {seen}: it would prove nothing"
         time.sleep(0.5)
