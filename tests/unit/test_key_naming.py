@@ -76,3 +76,20 @@ def test_the_tracker_service_variable_is_the_id_upper_cased_with_underscores():
         env_line("acme", "https://v/keys/tracker-mek-acme/01")
         == "TRACKER_MEK_ID_ACME=https://v/keys/tracker-mek-acme/01"
     )
+
+
+def test_the_key_provider_url_names_the_vault_and_the_setting_names_the_key():
+    from tracker_reencrypt.keys import open_key_provider
+
+    vault = "https://example-vault.vault.azure.net"
+    assert open_key_provider(vault).key_name == "tracker-mek"
+    assert open_key_provider(vault + "/", "tracker-mek-{productId}").key_name == "tracker-mek-{productId}"
+    # The older form fixes one name, and keeps meaning it.
+    assert open_key_provider(vault + "/keys/billing-mek").key_name == "billing-mek"
+    assert open_key_provider(vault + "/keys/billing-mek", "billing-mek").key_name == "billing-mek"
+    with pytest.raises(ConfigError, match="fixes key name 'billing-mek'"):
+        open_key_provider(vault + "/keys/billing-mek", "tracker-mek-{productId}")
+    with pytest.raises(ConfigError, match="not understood"):
+        open_key_provider("http://example-vault.vault.azure.net")
+    with pytest.raises(ConfigError):
+        open_key_provider(vault, "tracker_mek")
