@@ -30,6 +30,7 @@ from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes, json_pointer, location
 from tracker_reencrypt.keys.azure import AzureKeyVaultProvider
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.pacing.backends.memory import MemoryPacing
 from tracker_reencrypt.pacing.backends.redis import RedisPacing
 from tracker_reencrypt.pacing.limits import KEY_VAULT
@@ -326,7 +327,7 @@ def test_vault_429s_shrink_the_fleets_share_and_the_sweep_still_moves_every_fiel
         lease_seconds=30,
     )
     ctx = Context(settings)
-    ctx.provider = vault_provider  # the loopback vault, with its test credential and CA
+    ctx.keys = ProductKeys(vault_provider)  # the loopback vault, with its test credential and CA
     sweep_id = start(ctx, to=v2, sources=[], mode="reencrypt", slices=4, limits=LimitFlags(kv_ops_per_s=budget)).id
     # The task function itself, in this process, as a worker's pool process runs it; the
     # continuations it queues stay in Redis (the loop below picks each slice up again).
