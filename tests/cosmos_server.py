@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from azure.cosmos import CosmosClient, SSLConfiguration
 
 PACKAGE = "@vercel/cosmosdb-server"
 VERSION = "1.0.1"
@@ -64,6 +65,13 @@ class CosmosServer:
     def env(self) -> dict[str, str]:
         """The variables CosmosStore.from_url reads to reach this server."""
         return {"REENCRYPT_COSMOS_KEY": self.key, "REENCRYPT_COSMOS_CA_BUNDLE": str(self.ca_bundle)}
+
+    def client(self) -> CosmosClient:
+        """The SDK reaching this server directly, trusting its certificate: what tests use to make
+        and inspect databases and containers (our tool never creates them)."""
+        tls = SSLConfiguration()
+        tls.SSLCaCerts = str(self.ca_bundle)
+        return CosmosClient(self.endpoint, credential=self.key, ssl_config=tls, connection_verify=str(self.ca_bundle))
 
     def throttle_next(self, count: int) -> None:
         """Make the next ``count`` document requests answer 429 (retry after 1 ms)."""

@@ -16,7 +16,7 @@ import random
 import uuid
 
 import pytest
-from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration
+from azure.cosmos import PartitionKey
 
 from tracker_reencrypt.errors import StoreError
 from tracker_reencrypt.stores import FeedRange, ProductRange, product_of_range
@@ -35,14 +35,7 @@ def documents(product, count: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cosmos_database(cosmos_server):  # noqa: F811
-    tls = SSLConfiguration()
-    tls.SSLCaCerts = str(cosmos_server.ca_bundle)
-    client = CosmosClient(
-        cosmos_server.endpoint,
-        credential=cosmos_server.key,
-        ssl_config=tls,
-        connection_verify=str(cosmos_server.ca_bundle),
-    )
+    client = cosmos_server.client()
     yield client.create_database_if_not_exists("products")
     client.close()
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import redis
-from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration
+from azure.cosmos import PartitionKey
 
 from tracker_reencrypt import envelope
 from tracker_reencrypt.documents import check_document, location
@@ -123,14 +123,7 @@ class Tracker:
 
 @pytest.fixture(scope="module")
 def cosmos_database(cosmos_server):  # noqa: F811
-    tls = SSLConfiguration()
-    tls.SSLCaCerts = str(cosmos_server.ca_bundle)
-    client = CosmosClient(
-        cosmos_server.endpoint,
-        credential=cosmos_server.key,
-        ssl_config=tls,
-        connection_verify=str(cosmos_server.ca_bundle),
-    )
+    client = cosmos_server.client()
     yield client.create_database_if_not_exists("product-rotation")
     client.close()
 

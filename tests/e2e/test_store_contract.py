@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
-from azure.cosmos import CosmosClient, PartitionKey, SSLConfiguration, exceptions
+from azure.cosmos import PartitionKey, exceptions
 from azure.cosmos.partition_key import PartitionKey as SdkPartitionKey
 
 from tracker_reencrypt.errors import ConfigError, ConflictError, NotFoundError, StoreError, StoreUnavailableError
@@ -57,14 +57,7 @@ SEED_PARTITIONS = 10
 @pytest.fixture(scope="module")
 def cosmos_client(cosmos_server):  # noqa: F811
     """The test server, reached with the SDK directly (to make and inspect databases and containers)."""
-    tls = SSLConfiguration()
-    tls.SSLCaCerts = str(cosmos_server.ca_bundle)
-    client = CosmosClient(
-        cosmos_server.endpoint,
-        credential=cosmos_server.key,
-        ssl_config=tls,
-        connection_verify=str(cosmos_server.ca_bundle),
-    )
+    client = cosmos_server.client()
     yield client
     client.close()
 
