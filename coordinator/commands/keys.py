@@ -137,11 +137,18 @@ def keys_rotate(
     """Create a new MEK version and make it current for new writes; prints each product's
     TRACKER_MEK_ID_<PRODUCTID> line for the tracker-service."""
     ctx: Context = c.obj
+    selected = selected_keys(ctx, products, all_products)
     rotated: list[KeyVersion] = []
-    for provider in selected_keys(ctx, products, all_products):
-        version, recorded = keyops.rotate(ctx, provider, force=force)
-        note_unaudited("key rotated", recorded)
-        rotated.append(version)
+    try:
+        for provider in selected:
+            version, recorded = keyops.rotate(ctx, provider, force=force)
+            note_unaudited("key rotated", recorded)
+            rotated.append(version)
+    except BaseException:
+        # An outage or Ctrl-C part way through --all-products: the keys rotated so far are
+        # current now, so their lines must still reach the tracker-service's file and the screen.
+        _stopped_part_way(ctx, rotated, len(selected), env_file)
+        raise
     lines = _env_lines(ctx, [v.kid for v in rotated])
     _write_env(lines, env_file)
 
@@ -152,6 +159,19 @@ def keys_rotate(
             print(line)
 
     _emit_versions(ctx, as_json, rotated, human)
+
+
+def _stopped_part_way(ctx: Context, rotated: list[KeyVersion], selected: int, env_file: Path | None) -> None:
+    lines = _env_lines(ctx, [v.kid for v in rotated])
+    if lines:
+        print(*lines, sep="\n")
+    _write_env(lines, env_file)
+    err.print(
+        f"rotated {len(rotated)} of {selected} keys before stopping; the lines above are theirs. "
+        "'reencrypt keys env --all-products' prints every product's current line again",
+        markup=False,
+        highlight=False,
+    )
 
 
 @keys_app.command("list")

@@ -489,3 +489,19 @@ def test_one_key_for_the_container_works_as_before(backend, tmp_path, redis_url)
     assert swept["totals"]["documents_scanned"] == 120 and swept["totals"]["failures"] == 0
     assert one_key.cli("verify", "--expect", "tracker-mek/v2").returncode == 0
     assert {kid for kids in kids_by_product(one_key).values() for kid in kids} == {"tracker-mek/v2"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_rotation_stopped_part_way_still_hands_over_the_lines_it_made(tracker, tmp_path):
+    """The second product has no key: the first was rotated already and is current now, so its
+    line must reach the screen and the tracker-service's file, not vanish with the error."""
+    env_file = tmp_path / "tracker.env"
+    env_file.write_text("LOG_LEVEL=info\n")
+    result = tracker.cli(
+        "keys", "rotate", "--product", "product-000", "--product", "product-999", "--env-file", str(env_file)
+    )
+    assert result.returncode != 0
+    assert env_lines(result.stdout) == ["TRACKER_MEK_ID_PRODUCT_000=tracker-mek-product-000/v2"]
+    assert env_file.read_text() == "LOG_LEVEL=info\nTRACKER_MEK_ID_PRODUCT_000=tracker-mek-product-000/v2\n"
+    assert "rotated 1 of 2 keys before stopping" in result.stderr
+    assert tracker.versions()["tracker-mek-product-000/v2"]["current"]
