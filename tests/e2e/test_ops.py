@@ -545,7 +545,7 @@ def test_k8s_uses_workload_identity_and_holds_no_secrets():
     assert not by_kind("Secret"), "secrets are created outside the manifests"
     for config_map in by_kind("ConfigMap"):
         for name, value in config_map["data"].items():
-            assert not SECRET_NAME.search(name) or name in ("REENCRYPT_KEYS",), name
+            assert not SECRET_NAME.search(name) or name in ("REENCRYPT_KEYS", "REENCRYPT_KEY_NAME"), name
             assert "AccountKey=" not in value and not re.search(r"rediss?://:[^<]", value), name
 
 
