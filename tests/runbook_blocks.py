@@ -3,8 +3,9 @@ tests/e2e/test_runbook_e2e.py (the procedure runs as written) read them.
 
 The convention, stated at the top of ops/runbooks/MEK_ROTATION.md: a ```sh block in the
 numbered sections is a step of the procedure, run in order in one shell; a ```console block is
-an example or an alternative (conventions with placeholders, steering, the compromise variant,
-alert handling), never run as it stands.
+an example or an alternative (conventions with placeholders, steering, the variants, alert
+handling), never run as it stands. A rotation is the checklist (section 1) then one product's
+rotation (2) or every product's (3); the rollback (4) runs on its own, from the change record.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from pathlib import Path
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "ops" / "runbooks" / "MEK_ROTATION.md"
 STEP, EXAMPLE = "sh", "console"
-ROTATION_SECTIONS = (1, 2, 3, 4, 5)
-ROLLBACK_SECTIONS = (6,)
+CHECKLIST = 1
+ONE_PRODUCT = (CHECKLIST, 2)
+ALL_PRODUCTS = (CHECKLIST, 3)
+#: Every section of either rotation, and the rollback's: together, the sections that hold steps.
+ROTATION_SECTIONS = (CHECKLIST, 2, 3)
+ROLLBACK_SECTIONS = (4,)
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<kind>[\w-]*)[ \t]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 _HEADING = re.compile(r"^## (.+)$", re.M)
@@ -54,7 +59,13 @@ def runbook_blocks(text: str | None = None) -> list[Block]:
     return blocks
 
 
-def procedure(sections: tuple[int, ...], text: str | None = None) -> str:
-    """The step blocks of the numbered ``sections``, in the runbook's order, as one script."""
+def procedure(sections: tuple[int, ...], text: str | None = None, *, until: str | None = None) -> str:
+    """The step blocks of the numbered ``sections``, in the runbook's order, as one script; with
+    ``until``, only those before the first step that contains that text (to stop part-way, as an
+    operator interrupted there would)."""
     steps = [block for block in runbook_blocks(text) if block.kind == STEP and block.number in sections]
+    if until is not None:
+        stop = next((n for n, block in enumerate(steps) if until in block.code), None)
+        assert stop is not None, f"no step of sections {sections} contains {until!r}"
+        steps = steps[:stop]
     return "\n".join(f"# MEK_ROTATION.md line {block.line} ({block.section})\n{block.code}" for block in steps)
