@@ -22,10 +22,20 @@ from tracker_reencrypt.errors import ConfigError
 _ASSIGNMENT = re.compile(r"\s*(export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
-def update_env_file(path: Path, lines: list[str]) -> None:
-    """Set each ``NAME=value`` of ``lines`` in the dotenv file at ``path`` (created if missing)."""
+def check_env_file(path: Path) -> None:
+    """Refuse, before anything changes, an env file that could not be written afterwards: a key
+    rotated whose line then fails to land leaves the tracker-service pointing at the old id."""
     if not path.parent.is_dir():
         raise ConfigError(f"env file {path}: directory {path.parent} does not exist: create it or fix --env-file")
+    if path.exists() and not (path.is_file() and os.access(path, os.R_OK | os.W_OK)):
+        raise ConfigError(f"env file {path} is not a file this user can read and write: fix it or --env-file")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"env file {path}: directory {path.parent} is not writable (the file is replaced whole)")
+
+
+def update_env_file(path: Path, lines: list[str]) -> None:
+    """Set each ``NAME=value`` of ``lines`` in the dotenv file at ``path`` (created if missing)."""
+    check_env_file(path)
     wanted = dict(line.split("=", 1) for line in lines)
     try:
         existing = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []

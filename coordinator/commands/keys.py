@@ -16,7 +16,7 @@ import typer
 from coordinator import keyops, render
 from coordinator.commands.common import AllProductsOption, JsonOption, ProductOption, emit, err, note_unaudited, out
 from coordinator.context import Context
-from coordinator.envfile import update_env_file
+from coordinator.envfile import check_env_file, update_env_file
 from coordinator.verify import require_known_kid
 from tracker_reencrypt.errors import ConfigError, KeyNotFoundError, KeyProviderError, KeyringFileError
 from tracker_reencrypt.keys import KeyProvider, KeyVersion
@@ -80,6 +80,19 @@ def _env_lines(ctx: Context, kids: list[str]) -> list[str]:
     return [env_line(product, kid) for kid in kids if (product := ctx.keys.product_of_kid(kid)) is not None]
 
 
+def _env_file_first(ctx: Context, env_file: Path | None) -> None:
+    """Check ``--env-file`` before any key changes: it takes per-product key names (a one-key
+    container has no TRACKER_MEK_ID_<PRODUCTID> lines), and must be writable."""
+    if env_file is None:
+        return
+    if not ctx.keys.per_product:
+        raise ConfigError(
+            f"key name {ctx.keys.naming.template!r} is one key for every product: --env-file writes the "
+            "tracker's TRACKER_MEK_ID_<PRODUCTID> lines, which need a per-product key name"
+        )
+    check_env_file(env_file)
+
+
 def _write_env(lines: list[str], env_file: Path | None) -> None:
     if env_file is not None and lines:
         update_env_file(env_file, lines)
@@ -137,6 +150,7 @@ def keys_rotate(
     """Create a new MEK version and make it current for new writes; prints each product's
     TRACKER_MEK_ID_<PRODUCTID> line for the tracker-service."""
     ctx: Context = c.obj
+    _env_file_first(ctx, env_file)
     selected = selected_keys(ctx, products, all_products)
     rotated: list[KeyVersion] = []
     try:
@@ -228,6 +242,7 @@ def keys_env(
             f"key name {ctx.keys.naming.template!r} is one key for every product: the tracker's "
             "TRACKER_MEK_ID_<PRODUCTID> lines need a per-product key name (--key-name 'tracker-mek-{productId}')"
         )
+    _env_file_first(ctx, env_file)
     if kid is not None:
         provider = require_known_kid(ctx, kid)
         owner = keyops.product_of(ctx, provider)
@@ -329,6 +344,7 @@ def keys_promote(
     """Make an older enabled version current again (rollback); new writes use it. Prints the
     product's TRACKER_MEK_ID_<PRODUCTID> line: point the tracker-service back at it."""
     ctx: Context = c.obj
+    _env_file_first(ctx, env_file)
     version, recorded = keyops.promote(ctx, kid)
     note_unaudited("key promoted", recorded)
     lines = _env_lines(ctx, [version.kid])

@@ -476,6 +476,11 @@ def test_one_key_for_the_container_works_as_before(backend, tmp_path, redis_url)
 
     refused = one_key.cli("keys", "rotate", "--product", "product-001")
     assert refused.returncode == 2 and "one key for every product" in one_line(refused)
+    # The tracker's per-product lines do not exist here: asked for, refused before rotating.
+    env_file = tmp_path / "tracker.env"
+    refused = one_key.cli("keys", "rotate", "--env-file", str(env_file))
+    assert refused.returncode == 2 and "--env-file" in one_line(refused) and not env_file.exists()
+    assert one_key.cli_json("keys", "current")["kid"] == "tracker-mek/v2"
 
     fleet = start_workers(one_key, tmp_path / "logs")
     try:
@@ -505,3 +510,13 @@ def test_a_rotation_stopped_part_way_still_hands_over_the_lines_it_made(tracker,
     assert env_file.read_text() == "LOG_LEVEL=info\nTRACKER_MEK_ID_PRODUCT_000=tracker-mek-product-000/v2\n"
     assert "rotated 1 of 2 keys before stopping" in result.stderr
     assert tracker.versions()["tracker-mek-product-000/v2"]["current"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_env_file_that_cannot_be_written_is_refused_before_any_key_changes(tracker, tmp_path):
+    result = tracker.cli("keys", "rotate", "--product", "product-000", "--env-file", str(tmp_path / "no" / "t.env"))
+    assert result.returncode == 2 and "does not exist" in one_line(result)
+    assert tracker.cli_json("keys", "current", "--product", "product-000") == [
+        {"product": "product-000", "kid": "tracker-mek-product-000/v1"}
+    ]
+    assert "key rotated" not in {entry["action"] for entry in tracker.cli_json("audit")}
