@@ -16,7 +16,7 @@ from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ConfigError, redact_url
 from tracker_reencrypt.fleet import make_celery
 from tracker_reencrypt.keys import KeyProvider, open_key_provider
-from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.keyring import Keyring, ProcessRate
 from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.state import SweepState
@@ -66,7 +66,12 @@ class Context:
     def keyring(self) -> Keyring:
         """Unwraps and wraps under any product's key (the root provider reaches them all)."""
         return Keyring(
-            self.keys.root, dek_max_uses=self.settings.dek_max_uses, dek_max_age_s=self.settings.dek_max_age_s
+            self.keys.root,
+            dek_max_uses=self.settings.dek_max_uses,
+            dek_max_age_s=self.settings.dek_max_age_s,
+            # verify and the dry run keep to the process's own ceiling: no fleet budget paces them
+            before_provider_call=ProcessRate(self.settings.unwrap_rate) if self.keys.root.remote else None,
+            unwrap_concurrency=self.settings.unwrap_concurrency,
         )
 
     @cached_property

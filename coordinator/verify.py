@@ -13,6 +13,7 @@ from tracker_reencrypt.documents import (
     WHOLE_DOCUMENT,
     FieldCheck,
     check_document,
+    data_keys_to_unwrap,
     document_label,
     partition_key_or_none,
 )
@@ -20,7 +21,7 @@ from tracker_reencrypt.errors import ReencryptError, SweepError, UnknownNameErro
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.products import CurrentKids
-from tracker_reencrypt.stores import DocumentStore, FeedRange
+from tracker_reencrypt.stores import DocumentStore, FeedRange, ScanPage
 from tracker_reencrypt.sweep.records import TARGET_CURRENT
 
 PAGE_SIZE = 500
@@ -100,9 +101,10 @@ def scan_container(
     count the fields not on the kid expected for their document's product."""
     report = ScanReport(sizing=sizing)
     for feed_range in scan_ranges(store, products):
-        continuation = None
-        while True:
-            page = store.scan(feed_range, continuation, PAGE_SIZE)
+        page: ScanPage | None = _read_ahead(store, feed_range, None, keyring)
+        while page is not None:
+            # The next page is read, and its data keys unwrapping, while this one is checked.
+            following = _read_ahead(store, feed_range, page.continuation, keyring) if page.continuation else None
             for document in page.documents:
                 count_document(
                     report,
@@ -114,10 +116,21 @@ def scan_container(
                 )
             if progress:
                 progress(len(page.documents))
-            continuation = page.continuation
-            if continuation is None:
-                break
+            page = following
     return report
+
+
+def _read_ahead(store: DocumentStore, feed_range: FeedRange, continuation: str | None, keyring: Keyring | None):
+    """One page, with its fields' data keys set unwrapping (remote vaults) when checking decrypts."""
+    page = store.scan(feed_range, continuation, PAGE_SIZE)
+    if keyring is not None:
+        keyring.prefetch(
+            key
+            for document in page.documents
+            if not document.unreadable
+            for key in data_keys_to_unwrap(document.body, partition_key_or_none(store, document.body))
+        )
+    return page
 
 
 def count_document(

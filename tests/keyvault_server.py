@@ -109,6 +109,11 @@ class KeyVaultServer:
         self.throttled = 0
         self.denied_tokens: set[str] = set()
         self.latency_s: dict[str, float] = {}
+        #: Requests being served now, and the most ever served at once, by operation.
+        self.in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
+        #: When each served request of an operation started (time.monotonic()).
+        self.started_at: dict[str, list[float]] = {}
         self._throttle_fraction = 0.0
         self._throttle_next = 0
         self._retry_after = "1"
@@ -173,8 +178,16 @@ class KeyVaultServer:
             self._authorize(headers.get("Authorization", ""))
             operation, handler = self._route(method, [p for p in path.split("/") if p])
             self._admit(operation)
-            time.sleep(self.latency_s.get(operation, 0.0))
-            result = handler(json.loads(body) if body else {}, query)
+            with self._lock:
+                self.in_flight[operation] += 1
+                self.max_in_flight[operation] = max(self.max_in_flight[operation], self.in_flight[operation])
+                self.started_at.setdefault(operation, []).append(time.monotonic())
+            try:
+                time.sleep(self.latency_s.get(operation, 0.0))
+                result = handler(json.loads(body) if body else {}, query)
+            finally:
+                with self._lock:
+                    self.in_flight[operation] -= 1
             with self._lock:
                 self.counts[operation] += 1
             return 200, result, {}

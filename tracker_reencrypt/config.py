@@ -16,6 +16,9 @@ and passes it down. Variables:
 ``REENCRYPT_VISIBILITY_TIMEOUT_SECONDS``   Redis redelivery of unacknowledged tasks
 ``REENCRYPT_CONFLICT_RETRIES``             re-reads of a document the tracker changed
 ``REENCRYPT_DEK_MAX_USES``/``_MAX_AGE_S``  encryption DEK reuse bounds
+``REENCRYPT_UNWRAP_CONCURRENCY``           Key Vault unwraps one process keeps in flight (8)
+``REENCRYPT_UNWRAP_RATE``                  one process's unwraps/s when the sweep sets no Key
+                                           Vault budget (default 200: half a vault's 400/s)
 ``REENCRYPT_METRICS_PORT``                 worker metrics port (0: none)
 ``REENCRYPT_HEALTH_PORT``                  worker /livez and /readyz port (0: none)
 ========================================  =============================================
@@ -38,7 +41,12 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tracker_reencrypt.errors import ConfigError
-from tracker_reencrypt.keys.keyring import DEFAULT_DEK_MAX_AGE_S, DEFAULT_DEK_MAX_USES
+from tracker_reencrypt.keys.keyring import (
+    DEFAULT_DEK_MAX_AGE_S,
+    DEFAULT_DEK_MAX_USES,
+    DEFAULT_UNWRAP_CONCURRENCY,
+    DEFAULT_UNWRAP_RATE,
+)
 
 #: The shortest lease, in batch bounds.
 LEASE_TO_BATCH = 2
@@ -65,6 +73,12 @@ class Settings(BaseSettings):
 
     dek_max_uses: int = Field(DEFAULT_DEK_MAX_USES, ge=1)
     dek_max_age_s: float = Field(DEFAULT_DEK_MAX_AGE_S, gt=0)
+    #: Unwraps in flight per process against a remote vault (a local keyring is sequential).
+    unwrap_concurrency: int = Field(DEFAULT_UNWRAP_CONCURRENCY, ge=1, le=64)
+    #: A process's own ceiling on vault unwraps/s where no fleet Key Vault budget governs it
+    #: (a sweep without --kv-ops-per-s, verify, the dry run). A vault allows 4,000 RSA-2048
+    #: operations per 10 s (400/s), shared with the tracker: one process alone takes half.
+    unwrap_rate: float = Field(DEFAULT_UNWRAP_RATE, gt=0)
 
     metrics_port: int = Field(0, ge=0, le=65535)
     health_port: int = Field(0, ge=0, le=65535)

@@ -146,6 +146,30 @@ def partition_key_or_none(store: DocumentStore, body: Any) -> Any:
     return None
 
 
+def data_keys_to_unwrap(
+    body: Any,
+    partition_key: Any,
+    *,
+    target_kid: str | None = None,
+    source_kids: frozenset[str] | None = None,
+) -> list[tuple[str, str, bytes]]:
+    """The wrapped data keys re-keying ``body`` would unwrap (fields not on ``target_kid``, and on
+    a source kid when ``source_kids`` is given); with no target, every field's (verify reads all).
+    What the batch and verify hand the keyring to prefetch; a document bad as a whole has none."""
+    found, problem = _envelopes_or_problem(body, partition_key)
+    if problem:
+        return []
+    keys = []
+    for _, sealed in found:
+        kid = sealed.get("kid")
+        if kid == target_kid or (source_kids is not None and kid not in source_kids):
+            continue
+        key = envelope.wrapped_data_key(sealed)
+        if key is not None:
+            keys.append(key)
+    return keys
+
+
 def location(body: dict, partition_key: Any, parts: PathParts) -> Location:
     return Location(document_id=str(body["id"]), partition_key=str(partition_key), field_path=schema_path(parts))
 

@@ -205,6 +205,16 @@ def decrypt(envelope: Any, where: Location, keyring: KeySource) -> Any:
     return value
 
 
+def wrapped_data_key(envelope: Any) -> tuple[str, str, bytes] | None:
+    """(kid, wrap algorithm, wrapped data key) of a well-formed envelope, for prefetching its
+    unwrap; None for one that is not (it fails on its own when decrypted, with its reason)."""
+    try:
+        parsed = _parse(envelope)
+    except EnvelopeError:
+        return None
+    return parsed.kid, parsed.wrap_algorithm, parsed.wrapped_dek
+
+
 def reencrypt(envelope: Any, where: Location, keyring: KeySource, target_kid: str) -> dict:
     """A new envelope under ``target_kid``: data key and ciphertext both replaced.
 

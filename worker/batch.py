@@ -23,6 +23,7 @@ from tracker_reencrypt.documents import (
     DocumentPlan,
     FieldOutcome,
     Mode,
+    data_keys_to_unwrap,
     document_label,
     partition_key_or_none,
     rekey_document,
@@ -31,7 +32,7 @@ from tracker_reencrypt.errors import ConflictError, NotFoundError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.pacing.pacer import Pacer
-from tracker_reencrypt.stores import DocumentStore, StoredDocument
+from tracker_reencrypt.stores import DocumentStore, ScanPage, StoredDocument
 from tracker_reencrypt.sweep.records import Slice, Sweep
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
 from tracker_reencrypt.sweep.targets import DocumentTargets
@@ -77,30 +78,56 @@ class SliceBatch:
         self.source_kids = frozenset(sweep.source_kids) if sweep.source_kids else None
 
     def run(self, piece: Slice) -> BatchReport:
+        """Pages of the slice until a bound is reached. While a page is written, the next one is
+        already read and its data keys are being unwrapped (Keyring.prefetch): against a remote
+        vault the unwraps, not the writes, are what a page waits on."""
         report = BatchReport(result=BatchResult(continuation=piece.continuation, done=False))
         deadline = time.monotonic() + self.limits.seconds
+        page = self._read(piece, piece.continuation, 0)
+        self._prefetch(page.documents)
         handled = 0
-        while handled < self.limits.documents and time.monotonic() < deadline:
-            page_size = min(self.limits.page_size, self.limits.documents - handled)
-            page = self.store.scan(dict(piece.feed_range), report.result.continuation, page_size)
+        while True:
             if self.pacer is not None:
                 self.pacer.before_page(len(page.documents))
-            self._page(piece.index, page.documents, report)
+            writes = self._plan_page(piece.index, page.documents, report)
+            handled += len(page.documents)
+            more = handled < self.limits.documents and time.monotonic() < deadline
+            following = self._read(piece, page.continuation, handled) if page.continuation and more else None
+            if following is not None:
+                self._prefetch(following.documents)
+            self._write_page(piece.index, writes, report)
             if self.pacer is not None:
                 self.pacer.after_page()
-            handled += len(page.documents)
             report.result.continuation = page.continuation
             if page.continuation is None:
                 report.result.done = True
-                break
-        return report
+                return report
+            if following is None:
+                return report
+            page = following
 
-    def _page(self, index: int, documents: list[StoredDocument], report: BatchReport) -> None:
-        """Re-key a page, then write what changed in one round of conditional writes.
+    def _read(self, piece: Slice, continuation: str | None, handled: int) -> ScanPage:
+        page_size = min(self.limits.page_size, self.limits.documents - handled)
+        return self.store.scan(dict(piece.feed_range), continuation, page_size)
 
-        One round per page rather than one commit per document: on SQLite a single short
-        transaction, so workers queue for the write lock once a page, not once a document.
-        """
+    def _prefetch(self, documents: list[StoredDocument]) -> None:
+        """Start unwrapping the data keys these documents' moving fields need (remote vaults only)."""
+        keys = []
+        for document in documents:
+            if document.unreadable:
+                continue
+            partition_key = partition_key_or_none(self.store, document.body)
+            target_kid, _ = self.targets.kid_for(partition_key)
+            if target_kid is not None:
+                keys += data_keys_to_unwrap(
+                    document.body, partition_key, target_kid=target_kid, source_kids=self.source_kids
+                )
+        self.keyring.prefetch(keys)
+
+    def _plan_page(
+        self, index: int, documents: list[StoredDocument], report: BatchReport
+    ) -> list[tuple[StoredDocument, Any, DocumentPlan, dict]]:
+        """Re-key a page: what to write, after recording failures and counting finished documents."""
         writes: list[tuple[StoredDocument, Any, DocumentPlan, dict]] = []
         for document in documents:
             report.result.counts["documents_scanned"] += 1
@@ -108,6 +135,13 @@ class SliceBatch:
             body = self._body_to_write(index, document, partition_key, plan, report)
             if body is not None:
                 writes.append((document, partition_key, plan, body))
+        return writes
+
+    def _write_page(
+        self, index: int, writes: list[tuple[StoredDocument, Any, DocumentPlan, dict]], report: BatchReport
+    ) -> None:
+        """One round of conditional writes for a page, rather than one commit per document: on
+        SQLite a single short transaction, so workers queue for the write lock once a page."""
         written = self.store.replace_many([(body, document.etag) for document, _, _, body in writes]) if writes else []
         for (document, partition_key, plan, _), result in zip(writes, written, strict=True):
             if result is not None:

@@ -17,7 +17,7 @@ import redis
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.keys import KeyProvider, open_key_provider
-from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.keyring import Keyring, ProcessRate
 from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.pacing.backend import PacingBackend
 from tracker_reencrypt.pacing.backends.redis import RedisPacing
@@ -52,12 +52,14 @@ class Runtime:
         self.state = SweepState(self.store.records(), clock=clock)
         self._clock, self._sleep = clock, sleep
         self._pacer: Pacer | None = None
+        self._process_rate = ProcessRate(settings.unwrap_rate, sleep=sleep)
         self.keyring = Keyring(
             provider,
             dek_max_uses=settings.dek_max_uses,
             dek_max_age_s=settings.dek_max_age_s,
             before_provider_call=self._before_key_call,
             after_provider_call=metrics.observe_key_call,
+            unwrap_concurrency=settings.unwrap_concurrency,
         )
         if pacing is None:
             if not redis_url:
@@ -98,9 +100,14 @@ class Runtime:
         return self._pacer
 
     def _before_key_call(self, operation: str) -> None:
-        """The keyring's hook, given once at its construction: the batch in progress paces the call."""
-        if self._pacer is not None:
-            self._pacer.before_key_call(operation)
+        """The keyring's hook, given once at its construction (and called from its prefetch
+        threads too): the batch in progress paces the call to the sweep's Key Vault budget, and
+        where the sweep sets none, the process keeps to its own ceiling on a remote vault."""
+        pacer = self._pacer
+        if pacer is not None and pacer.limits_key_vault():
+            pacer.before_key_call(operation)
+        elif self.keyring.provider.remote:
+            self._process_rate(operation)
 
     def publish_metrics(self) -> None:
         """Move the keyring's and store's running totals into the process's counters."""

@@ -60,6 +60,9 @@ class KeyProvider(Protocol):
     named :attr:`key_name`; wrap and unwrap accept a kid of any key in the same keyring or vault.
     """
 
+    #: True when wrap and unwrap are calls to a service (worth overlapping: see keys.keyring).
+    remote: bool
+
     #: The key this provider administers (with a per-product template: the template itself,
     #: which only wraps and unwraps; see ProductKeys for the keys themselves).
     key_name: str

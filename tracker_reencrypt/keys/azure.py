@@ -169,6 +169,8 @@ class AzureKeyVaultProvider:
     ``verify_challenge_resource``...); ``retry_*`` keys there override :data:`RETRY_DEFAULTS`.
     """
 
+    remote = True  # every unwrap is an HTTPS call to the vault
+
     def __init__(
         self,
         vault_url: str,

@@ -250,6 +250,8 @@ class LocalKeyProvider:
     """One key's MEK versions in a local JWKS file; wraps and unwraps with RSA-OAEP-256 in
     process, under a version of any key in the file."""
 
+    remote = False  # every operation is CPU in this process
+
     def __init__(self, path: str | os.PathLike, key_name: str = DEFAULT_KEY_NAME) -> None:
         self.path = Path(path)
         self.key_name = KeyNaming(key_name).template

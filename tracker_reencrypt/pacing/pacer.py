@@ -65,6 +65,10 @@ class Pacer:
     def before_page(self, documents: int) -> None:
         self._spend(DOCUMENTS, documents)
 
+    def limits_key_vault(self) -> bool:
+        """Whether the sweep sets a Key Vault budget (as last read) for this batch to keep to."""
+        return KEY_VAULT.value_in(self.limits) is not None
+
     def before_key_call(self, operation: str) -> None:
         """Every unwrap reaches the vault: it takes its Key Vault token before the call. Whether
         a wrap does is known only afterwards (local when the provider holds the public key),
