@@ -51,17 +51,6 @@ class Context:
         self.settings.require("keys")
         return ProductKeys(open_key_provider(self.settings.keys, self.settings.key_name))
 
-    @property
-    def provider(self) -> KeyProvider:
-        """The one key of a container without per-product keys; with them, a command must be
-        told which product's key it acts on."""
-        if self.keys.per_product:
-            raise ConfigError(
-                f"key name {self.keys.naming.template!r} names one key per product: "
-                "say which with --product P (or --all-products)"
-            )
-        return self.keys.root
-
     @cached_property
     def keyring(self) -> Keyring:
         """Unwraps and wraps under any product's key (the root provider reaches them all)."""
