@@ -16,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tracker_reencrypt.keys.keyring import Keyring, ProcessRate
+from tracker_reencrypt.pacing.backends.memory import MemoryPacing
+from tracker_reencrypt.pacing.pacer import Pacer
+from tracker_reencrypt.stores import RequestCost
 
 from keyvault_server import KeyVaultServer
 from loopback_vault import open_provider
@@ -87,18 +90,21 @@ def test_a_local_keyring_is_not_prefetched(tmp_path):
 
 def test_the_process_ceiling_holds_with_every_thread_asking(vault, provider):
     rate = 40.0
-    keys = sealed_keys(provider, 60)
+    keys = sealed_keys(provider, 100)
     keyring = Keyring(provider, before_provider_call=ProcessRate(rate), unwrap_concurrency=8)
     keyring.prefetch([(kid, "RSA-OAEP-256", wrapped) for kid, wrapped, _ in keys]).wait()
-    started = sorted(vault.started_at["unwrap_key"])
-    assert len(started) == 60
-    # A token bucket allows a burst of one second's rate, then the rate: over any window, at
-    # most rate * window + burst calls (+1 for the window's edges).
+    assert_at_most(rate, sorted(vault.started_at["unwrap_key"]), 100)
+    keyring.close()
+
+
+def assert_at_most(rate: float, started: list[float], calls: int) -> None:
+    """Every call made, and over any window at most ``rate`` * window + one second's burst
+    (a token bucket's allowance) + 1 for the window's edges."""
+    assert len(started) == calls
     for first in range(len(started)):
         for last in range(first, len(started)):
             window = started[last] - started[first]
             assert last - first + 1 <= rate * window + rate + 1, (first, last, window)
-    keyring.close()
 
 
 def test_a_storm_of_429s_still_unwraps_every_key_right(vault, provider):
@@ -109,4 +115,15 @@ def test_a_storm_of_429s_still_unwraps_every_key_right(vault, provider):
     vault.throttle(0.0)
     assert [keyring.unwrap(kid, "RSA-OAEP-256", wrapped) for kid, wrapped, _ in keys] == [dek for *_, dek in keys]
     assert provider.throttled > 0  # the storm happened, and was retried rather than failed
+    keyring.close()
+
+
+def test_the_fleet_budget_holds_with_every_thread_asking(vault, provider):
+    """The sweep's Key Vault budget, through the batch's pacer, as the worker's hook calls it."""
+    budget = 40.0
+    keys = sealed_keys(provider, 100)
+    pacer = Pacer(MemoryPacing(), "sw-budget", {"kv_ops_per_s": budget}, RequestCost(), provider)
+    keyring = Keyring(provider, before_provider_call=pacer.before_key_call, unwrap_concurrency=8)
+    keyring.prefetch([(kid, "RSA-OAEP-256", wrapped) for kid, wrapped, _ in keys]).wait()
+    assert_at_most(budget, sorted(vault.started_at["unwrap_key"]), 100)
     keyring.close()
