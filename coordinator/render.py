@@ -17,7 +17,7 @@ from coordinator import follow as following
 from coordinator import steering
 from coordinator.context import Context
 from tracker_reencrypt.pacing.limits import describe_limits
-from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Sweep
+from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Slice, Sweep, sum_checked
 
 REFRESH_S = 1.0
 #: The unfinished products a status lists by name; the rest are counted ("and N more").
@@ -119,6 +119,21 @@ def products_view(progress: steering.Progress) -> list[RenderableType]:
     return parts
 
 
+def _fields(sweep: Sweep, piece: Slice) -> int:
+    """A slice's fields: moved, or for a verify sweep checked."""
+    return piece.checked.fields if sweep.checks_only else piece.counts["fields_reencrypted"]
+
+
+def _verify_line(progress: steering.Progress) -> Text:
+    """What a verify sweep found so far, and where its result is."""
+    sweep, checked = progress.sweep, sum_checked(progress.slices)
+    expected = "their product's current version" if sweep.to_current else sweep.target_kid
+    return Text(
+        f"verify: {checked.fields} fields checked, {checked.off_target} not on {expected}, "
+        f"{checked.undecryptable} undecryptable; the result: reencrypt verify --sweep {sweep.id}"
+    )
+
+
 def _status_view(progress: steering.Progress, notice: str = "") -> Group:
     sweep, totals = progress.sweep, progress.totals
     estimate = max(1, sweep.documents_estimate)
@@ -133,7 +148,7 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
     overall.add_row(
         ProgressBar(total=estimate, completed=min(done, estimate), width=40),
         f"{done}/{sweep.documents_estimate} docs",
-        f"{totals.get('fields_reencrypted', 0)} fields moved",
+        f"{sum(_fields(sweep, s) for s in progress.slices)} fields {'checked' if sweep.checks_only else 'moved'}",
         f"{progress.docs_per_s:,.0f} docs/s",
         f"ETA {_eta(progress.eta_s)}",
         f"conflicts {totals.get('conflicts', 0)}",
@@ -153,12 +168,14 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
             str(s.index),
             bar,
             str(counts["documents_scanned"]),
-            str(counts["fields_reencrypted"]),
+            str(_fields(sweep, s)),
             str(counts["conflicts"]),
             str(counts["failures"]),
             state,
         )
     parts: list[RenderableType] = [head, overall, *products_view(progress), slices]
+    if sweep.checks_only:
+        parts.append(_verify_line(progress))
     if progress.budget_estimate and not sweep.finished:
         parts.append(f"remaining under its limits: {progress.budget_estimate}")
     if sweep.paused_reason:
@@ -289,6 +306,7 @@ def verify(console: Console, payload: dict) -> None:
     verdict = "[green]PASS[/]" if payload["ok"] else "[red]FAIL[/]"
     target = "their product's current version" if payload["expect"] == "current" else payload["expect"]
     scope = f" (products {', '.join(payload['products'])})" if payload.get("products") else ""
+    scope += f" by verify sweep {payload['sweep_id']}" if payload.get("sweep_id") else ""
     console.print(
         f"verify {verdict} on {payload['store']}{scope}: {payload['documents']} documents, {payload['fields']} fields, "
         f"{payload['off_target']} not on {target}, {payload['undecryptable']} undecryptable"

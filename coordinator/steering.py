@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from coordinator.context import Context
 from coordinator.estimate import estimate
-from coordinator.verify import ScanReport, count_document, documents_in_scope, scan_container
+from coordinator.verify import ScanReport, count_document, documents_in_scope, scan_container, verify_scope
 from tracker_reencrypt.audit import actor
+from tracker_reencrypt.custody import VERIFY_STARTED
 from tracker_reencrypt.documents import MODES, partition_key_or_none
 from tracker_reencrypt.errors import KeyNotFoundError, KeyringFileError, ReencryptError, SweepError, UnknownNameError
 from tracker_reencrypt.fleet import enqueue_slice
@@ -26,6 +27,7 @@ from tracker_reencrypt.sweep.records import (
     PLANNED,
     RUNNING,
     TARGET_CURRENT,
+    VERIFY,
     Counts,
     Slice,
     Sweep,
@@ -194,6 +196,70 @@ def start(
         products=list(plan.products) if plan.products is not None else None,
         mode=mode,
         slices=len(feed_ranges),
+        **given,
+    )
+    for index in range(len(feed_ranges)):
+        enqueue_slice(celery, sweep.id, index, 0)
+    return sweep
+
+
+def start_verify(
+    ctx: Context,
+    *,
+    expect: str | None,
+    products: Sequence[str],
+    slices: int,
+    allow_empty: bool = False,
+    limits: LimitFlags = LimitFlags(),
+) -> Sweep:
+    """Start a verify sweep (``verify --fleet``): the documents one-process verify would read,
+    cut into slices as a sweep's are, for the fleet to check. It writes no document, so it marks
+    no key; it holds the container's one active-sweep lock like any sweep. ``expect`` None: each
+    product's current version, resolved by the workers as a sweep to current resolves it.
+
+    Audited as "verify started", never "sweep started": the disable gate must not count it as
+    a sweep that writes (custody.write_window), and its result proves what it read from here on."""
+    if not 1 <= slices <= MAX_SLICES:
+        raise SweepError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
+    given = limits.given()
+    scope, _ = verify_scope(ctx, expect, list(products) or None)
+    plan = Plan(expect or TARGET_CURRENT, tuple(scope) if scope is not None else None)
+    active = ctx.state.active_sweep_id()
+    if active:
+        raise SweepError(
+            f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'"
+        )
+    celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
+    feed_ranges = plan_slices(ctx, plan, slices)
+    if len(feed_ranges) > MAX_SLICES:
+        raise SweepError(
+            f"{len(feed_ranges)} slices for {len(plan.products or ())} products is more than {MAX_SLICES}: "
+            "verify fewer products at a time, or lower --slices"
+        )
+    sweep = ctx.state.create_sweep(
+        Sweep(
+            id=new_sweep_id(),
+            target_kid=plan.target_kid,
+            products=plan.products,
+            key_name=ctx.keys.naming.template,
+            mode=VERIFY,
+            limits=given,
+            status=RUNNING,
+            started_by=actor(),
+            started_at=utc_now(),
+            documents_estimate=documents_in_scope(ctx.store, plan.products),
+            store=ctx.store.describe(),
+            sample=_sample(ctx, feed_ranges),
+        ),
+        feed_ranges,
+    )
+    ctx.audit.append(
+        VERIFY_STARTED,
+        sweep_id=sweep.id,
+        expect=plan.target_kid,
+        products=scope,
+        slices=len(feed_ranges),
+        allow_empty=allow_empty,
         **given,
     )
     for index in range(len(feed_ranges)):

@@ -1,14 +1,17 @@
 """Full scans of the container: ``verify`` (the gate before disabling a key), the dry run,
-and the usage check that guards ``keys disable``."""
+and the usage check that guards ``keys disable``; and the result of a verify made on the fleet
+(``verify --fleet``), summed from its slices into the same report."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracker_reencrypt.custody import VERIFY_STARTED
 from tracker_reencrypt.documents import (
     WHOLE_DOCUMENT,
     FieldCheck,
@@ -22,7 +25,7 @@ from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.products import CurrentKids
 from tracker_reencrypt.stores import DocumentStore, FeedRange, ScanPage
-from tracker_reencrypt.sweep.records import TARGET_CURRENT
+from tracker_reencrypt.sweep.records import TARGET_CURRENT, Sweep, parse_utc, sum_checked, utc_now
 
 PAGE_SIZE = 500
 EXAMPLES = 20
@@ -251,33 +254,143 @@ def verify_rotation(
     or product id must not pass the gate on nothing."""
     scope, expected = verify_scope(ctx, expect, products)
     report = scan_container(ctx.store, ctx.keyring, progress=progress, products=scope, expected=expected)
-    empty = report.documents == 0
-    ok = report.off_target == 0 and report.undecryptable == 0 and (allow_empty or not empty)
-    target = expect or TARGET_CURRENT
-    ctx.record(
-        "verify",
-        expect=target,
+    payload = verify_payload(
+        ctx,
+        report.as_json(),
+        expect=expect or TARGET_CURRENT,
         products=scope,
-        ok=ok,
-        documents=report.documents,
-        fields=report.fields,
         off_target=report.off_target,
-        undecryptable=report.undecryptable,
-        fields_by_kid=dict(report.fields_by_kid),
+        lagging=report.off_target_by_product,
+        without_key=report.products_without_target,
         allow_empty=allow_empty,
-        store=ctx.store.describe(),
     )
+    _record_verify(ctx, payload, allow_empty=allow_empty)
+    return payload
+
+
+def verify_payload(
+    ctx,
+    counted: dict,
+    *,
+    expect: str,
+    products: Sequence[str] | None,
+    off_target: int,
+    lagging: Mapping[str, int],
+    without_key: dict[str, str],
+    allow_empty: bool,
+) -> dict:
+    """The verify report (``verify --json``), in one place for both ways of making it.
+    ``counted``: documents, fields and undecryptable fields, by kid and kind (ScanReport.as_json)."""
+    empty = counted["documents"] == 0
+    ok = off_target == 0 and counted["undecryptable"] == 0 and (allow_empty or not empty)
     return {
-        **report.as_json(),
-        "expect": target,
-        "products": scope,
-        "off_target": report.off_target,
-        "lagging_products": dict(report.off_target_by_product.most_common(EXAMPLES)),
-        "products_without_key": report.products_without_target,
+        **counted,
+        "expect": expect,
+        "products": products,
+        "off_target": off_target,
+        # the most lagging first, ties by product id: the same products however the counts were summed
+        "lagging_products": dict(sorted(lagging.items(), key=lambda item: (-item[1], item[0]))[:EXAMPLES]),
+        "products_without_key": without_key,
         "ok": ok,
         "empty": empty,
         "store": ctx.store.describe(),
     }
+
+
+def _record_verify(ctx, payload: dict, *, allow_empty: bool, **extra) -> None:
+    """The "verify" audit entry the disable gate looks for (custody.proving_verify)."""
+    ctx.record(
+        "verify",
+        expect=payload["expect"],
+        products=payload["products"],
+        ok=payload["ok"],
+        documents=payload["documents"],
+        fields=payload["fields"],
+        off_target=payload["off_target"],
+        undecryptable=payload["undecryptable"],
+        fields_by_kid=payload["fields_by_kid"],
+        allow_empty=allow_empty,
+        store=payload["store"],
+        **extra,
+    )
+
+
+#: A collector that claimed the right to audit a fleet verify and left no entry for this long
+#: died before writing it: the next collector writes it instead.
+CLAIM_S = 60.0
+
+
+def fleet_verify(ctx, sweep: Sweep) -> dict:
+    """The result of a verify sweep whose every slice is done: the report one-process verify
+    gives, summed from the slices' committed counts (examples: the recorded failures, at most
+    EXAMPLES, in slice order), plus its ``sweep_id``. Audited once as "verify", whoever asks
+    and however often: the entry names the sweep, and a claim on the sweep record keeps two
+    collectors racing from both writing it."""
+    started = _verify_started(ctx.audit.entries(), sweep.id)
+    allow_empty = bool(started and started["details"].get("allow_empty"))
+    slices = ctx.state.slices(sweep.id)
+    checked = sum_checked(slices)
+    failures = sorted(
+        ctx.state.failures(sweep.id), key=lambda f: (f.slice, f.document_id, f.partition_key, f.field_path)
+    )
+    counted = {
+        "documents": sum(piece.counts.get("documents_scanned", 0) for piece in slices),
+        "fields": checked.fields,
+        "fields_by_kid": dict(checked.fields_by_kid),
+        "fields_by_kind": dict(checked.fields_by_kind),
+        "kinds_by_kid": {kid: dict(kinds) for kid, kinds in checked.kinds_by_kid.items()},
+        "undecryptable": checked.undecryptable,
+        "undecryptable_examples": [
+            {
+                "document_id": failure.document_id,
+                "partition_key": failure.partition_key,
+                "field_path": failure.field_path,
+                "reason": failure.reason,
+            }
+            for failure in failures[:EXAMPLES]
+        ],
+    }
+    payload = verify_payload(
+        ctx,
+        counted,
+        expect=sweep.target_kid,
+        products=list(sweep.products) if sweep.products is not None else None,
+        off_target=checked.off_target,
+        lagging=checked.off_target_by_product,
+        without_key=dict(checked.products_without_key),
+        allow_empty=allow_empty,
+    )
+    payload["sweep_id"] = sweep.id
+    if not _audited(ctx, sweep.id) and _claim(ctx, sweep.id):
+        _record_verify(ctx, payload, allow_empty=allow_empty, sweep_id=sweep.id)
+    return payload
+
+
+def _verify_started(entries: list[dict], sweep_id: str) -> dict | None:
+    return next(
+        (e for e in entries if e.get("action") == VERIFY_STARTED and e["details"].get("sweep_id") == sweep_id), None
+    )
+
+
+def _audited(ctx, sweep_id: str) -> bool:
+    return any(
+        entry.get("action") == "verify" and (entry.get("details") or {}).get("sweep_id") == sweep_id
+        for entry in ctx.audit.entries()
+    )
+
+
+def _claim(ctx, sweep_id: str) -> bool:
+    """Whether this collector may write the sweep's "verify" entry: it set the claim by a
+    conditional write (or took over one left by a collector that died before writing it)."""
+    mine = f"{uuid.uuid4().hex} {utc_now()}"
+
+    def free(sweep: Sweep) -> bool:
+        if sweep.verify_claim is None:
+            return True
+        claimed_at = sweep.verify_claim.partition(" ")[2]
+        return parse_utc(utc_now()) - parse_utc(claimed_at) > CLAIM_S
+
+    return ctx.state.update_sweep(sweep_id, lambda s: s.but(verify_claim=mine), only_if=free).verify_claim == mine
 
 
 def documents_in_scope(store: DocumentStore, products: Sequence[str] | None) -> int:

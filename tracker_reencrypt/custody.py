@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.stores import store_fingerprint, store_location
-from tracker_reencrypt.sweep.records import TARGET_CURRENT
+from tracker_reencrypt.sweep.records import TARGET_CURRENT, VERIFY
 
 MARK_PREFIX = "store-"
 #: When the key's current version last changed: writes under any other version may have
@@ -36,6 +36,12 @@ MAKES_CURRENT = ("key created", "key rotated", "key promoted")
 #: Audit actions of key operations: each anchors the trail's head in the key's metadata.
 KEY_OPERATIONS = (*MAKES_CURRENT, "key disabled", "key enabled")
 SWEEP_ENDS = ("sweep completed", "sweep failed", "sweep cancelled")
+#: The start of a sweep that may write: under its target, or under each product's current version.
+SWEEP_STARTED = "sweep started"
+#: The start of a verify sweep (``verify --fleet``): it only reads, so it never opens a write
+#: window; its result, the "verify" entry naming its ``sweep_id``, proves what the container
+#: held from this entry on, not from when the result was collected.
+VERIFY_STARTED = "verify started"
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ def write_window(entries: list[dict], kid: str, product: str | None = None) -> W
                 current_since, stopped = entry["at"], None
             elif current_since is not None and stopped is None:
                 stopped = entry
-        elif action == "sweep started" and _may_write(details, kid, product):
+        elif action == SWEEP_STARTED and _may_write(details, kid, product):
             sweeps_to_kid.add(str(details.get("sweep_id")))
         elif action in SWEEP_ENDS and details.get("sweep_id") in sweeps_to_kid:
             ended[details["sweep_id"]] = entry
@@ -148,6 +154,8 @@ def write_window(entries: list[dict], kid: str, product: str | None = None) -> W
 
 
 def _may_write(details: dict, kid: str, product: str | None) -> bool:
+    if details.get("mode") == VERIFY:  # a check-only sweep, should one ever be audited as a sweep
+        return False
     target = details.get("target_kid")
     return target == kid or (target == TARGET_CURRENT and covers(details, product))
 
@@ -160,9 +168,18 @@ def proving_verify(
     on ``kid``), read every document of ``kid``'s product (or of the whole container, for a key
     every product shares), and saw documents (or was told the container is empty).
     Whether its own expectation held does not matter here: a later rotation may already have
-    moved the current version on."""
+    moved the current version on.
+
+    A verify made on the fleet (its entry names the ``sweep_id`` of a verify sweep) read the
+    container from its "verify started" entry on, which may be long before its result was
+    recorded: it is the start that must come after ``after`` (and there must be one)."""
+    started = {
+        (entry.get("details") or {}).get("sweep_id"): entry
+        for entry in entries
+        if entry.get("action") == VERIFY_STARTED
+    }
     for entry in reversed(entries):
-        if entry.get("at", "") < after or entry.get("seq", 0) <= after_seq:
+        if _before(entry, after, after_seq):
             return None
         details = entry.get("details") or {}
         counted = details.get("fields_by_kid")
@@ -173,9 +190,23 @@ def proving_verify(
             and details.get("undecryptable") == 0
             and (details.get("documents", 0) > 0 or details.get("allow_empty"))
             and covers(details, product)
+            and _read_after(details, started, after, after_seq)
         ):
             return entry
     return None
+
+
+def _before(entry: dict, after: str, after_seq: int) -> bool:
+    return entry.get("at", "") < after or entry.get("seq", 0) <= after_seq
+
+
+def _read_after(details: dict, started: dict, after: str, after_seq: int) -> bool:
+    """Whether the verify began reading after ``after``: a one-process verify's entry is its
+    end, seconds after its start; a fleet verify's start is its "verify started" entry."""
+    if "sweep_id" not in details:
+        return True
+    start = started.get(details["sweep_id"])
+    return start is not None and not _before(start, after, after_seq)
 
 
 def gate_problem(

@@ -22,6 +22,7 @@ from tracker_reencrypt.sweep.records import CANCELLING, RUNNING, Sweep
 from tracker_reencrypt.sweep.state import Claim
 from worker import metrics
 from worker.batch import BatchLimits, SliceBatch
+from worker.check import SliceCheck
 from worker.runtime import Runtime
 
 log = logging.getLogger("reencrypt.worker")
@@ -113,8 +114,10 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> Outc
     started = time.perf_counter()
     try:
         # Built inside the try: it reads the budget state from Redis, and an outage there must
-        # give the claimed slice back like any other, not leave it leased until expiry.
-        batch = SliceBatch(
+        # give the claimed slice back like any other, not leave it leased until expiry. A verify
+        # sweep's batch only reads (worker/check.py): no path of it can write a document.
+        kind = SliceCheck if sweep.checks_only else SliceBatch
+        batch = kind(
             runtime.store,
             state,
             runtime.keyring,

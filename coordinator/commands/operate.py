@@ -10,9 +10,10 @@ import typer
 from coordinator import keyops, render, steering
 from coordinator.commands.common import JsonOption, ProductOption, emit, err, out
 from coordinator.context import Context
-from coordinator.verify import documents_in_scope, verify_rotation
-from tracker_reencrypt.errors import ConfigError
+from coordinator.verify import documents_in_scope, fleet_verify, verify_rotation
+from tracker_reencrypt.errors import ConfigError, SweepError
 from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, product_ids, seed_store, seeding_keyring
+from tracker_reencrypt.sweep.records import COMPLETED, FAILED, PAUSED, Sweep
 
 
 def seed(
@@ -97,17 +98,95 @@ def verify(
     allow_empty: bool = typer.Option(
         False, "--allow-empty", help="Pass on a container (or product) with no documents (else it fails)."
     ),
+    fleet: bool = typer.Option(
+        False, "--fleet", help="Check on the worker fleet, slice by slice (a verify sweep), not in this process."
+    ),
+    slices: int | None = typer.Option(
+        None, "--slices", help=f"With --fleet: slices to split the container into (default {steering.DEFAULT_SLICES})."
+    ),
+    sweep_id: str | None = typer.Option(
+        None, "--sweep", help="The result of verify sweep ID (followed to its end first if it still runs)."
+    ),
+    rate: float | None = typer.Option(None, "--rate", help="With --fleet: fleet-wide limit in documents/s."),
+    kv_ops_per_s: float | None = typer.Option(
+        None, "--kv-ops-per-s", help="With --fleet: fleet-wide Key Vault budget in calls/s."
+    ),
+    ru_per_s: float | None = typer.Option(
+        None, "--ru-per-s", help="With --fleet: fleet-wide store budget in request units/s."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Scan every field: count by kid and kind, check each decrypts. Exit 0 only if all are on
-    EXPECT (or, with --current, on their product's current version) and decrypt."""
+    EXPECT (or, with --current, on their product's current version) and decrypt.
+
+    --fleet starts a verify sweep that the running workers check slice by slice (it writes
+    nothing), follows it, and reports the same result; Ctrl-C stops following, not the sweep,
+    and --sweep ID collects its result later."""
     ctx: Context = c.obj
+    limits = steering.LimitFlags(rate=rate, kv_ops_per_s=kv_ops_per_s, ru_per_s=ru_per_s)
+    fleet_only = slices is not None or bool(limits.given())
+    if sweep_id is not None:
+        if expect is not None or current or products or allow_empty or fleet_only:
+            raise ConfigError("--sweep ID takes what to verify from the verify sweep: give no other option but --json")
+        _verify_on_fleet(ctx, ctx.state.get_sweep(sweep_id), as_json)
+        return
     if (expect is None) == (not current):
         raise ConfigError("give exactly one of --expect KID and --current")
     scope = products or None
+    if fleet:
+        sweep = steering.start_verify(
+            ctx,
+            expect=expect,
+            products=scope or (),
+            slices=steering.DEFAULT_SLICES if slices is None else slices,
+            allow_empty=allow_empty,
+            limits=limits,
+        )
+        err.print(f"verify sweep {sweep.id} started ({sweep.slice_count} slices)")
+        _verify_on_fleet(ctx, sweep, as_json)
+        return
+    if fleet_only:
+        raise ConfigError("--slices and the limits are for a verify on the fleet: add --fleet")
     total = documents_in_scope(ctx.store, scope)
     with render.counter_progress(err, "verifying", total, enabled=not as_json, incremental=True) as advance:
         payload = verify_rotation(ctx, expect, progress=advance, allow_empty=allow_empty, products=scope)
+    emit(ctx, as_json, payload, lambda: render.verify(out, payload))
+    if not payload["ok"]:
+        raise typer.Exit(1)
+
+
+def _verify_on_fleet(ctx: Context, sweep: Sweep, as_json: bool) -> None:
+    """Follow a verify sweep to its end (as 'sweep start --wait' does), then report its result."""
+    if not sweep.checks_only:
+        raise SweepError(f"sweep {sweep.id} is a {sweep.mode} sweep, not a verify sweep ('verify --fleet' starts one)")
+    if not sweep.finished:
+        try:
+            sweep = render.follow(ctx, sweep.id, None if as_json else err, kick_stalled=True).sweep
+        except KeyboardInterrupt:
+            err.print(
+                f"\nstopped following; verify sweep {sweep.id} goes on running on the workers. "
+                f"Its result, once it ends: reencrypt verify --sweep {sweep.id}; "
+                f"stop it: reencrypt sweep pause {sweep.id} (resumable) or reencrypt sweep cancel {sweep.id}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
+    if sweep.status not in (COMPLETED, FAILED):  # both mean every slice was checked
+        why = f" ({sweep.paused_reason})" if sweep.paused_reason else ""
+        err.print(
+            f"verify sweep {sweep.id} is {sweep.status}{why}: no result. "
+            + (
+                f"Resume it: reencrypt sweep resume {sweep.id}, then reencrypt verify --sweep {sweep.id}"
+                if sweep.status == PAUSED
+                else "Start another: reencrypt verify --fleet ..."
+            ),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    payload = fleet_verify(ctx, sweep)
     emit(ctx, as_json, payload, lambda: render.verify(out, payload))
     if not payload["ok"]:
         raise typer.Exit(1)

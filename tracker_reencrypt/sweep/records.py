@@ -1,6 +1,9 @@
 """The sweep's durable records as types both sides share: :class:`Sweep`, :class:`Slice`,
 :class:`Failure`.
 
+A *verify sweep* (mode :data:`VERIFY`) is a sweep that only checks: its slices count what
+``verify`` reports (:class:`CheckCounts`) and nothing is ever written to a document.
+
 The coordinator writes them and the workers read them (through ``SweepState``), so their
 schema lives here once, as frozen dataclasses like dramatiq's ``Message``: a misspelt field is
 an AttributeError at once, not a silent ``None`` from a dict. ``from_record`` reads the JSON
@@ -26,6 +29,11 @@ FINISHED: frozenset[str] = frozenset({CANCELLED, COMPLETED, FAILED})
 
 #: A sweep's ``target_kid`` meaning "each document's product's current key version".
 TARGET_CURRENT = "current"
+
+#: The mode of a verify sweep: it reads and checks every field against its ``target_kid``
+#: (the kid expected) and writes nothing. Not one of documents.MODES, so ``sweep start`` refuses
+#: it and the re-keying batch is never built for it.
+VERIFY = "verify"
 
 #: What a slice counts, summed into the sweep's totals.
 COUNTERS = (
@@ -71,6 +79,78 @@ def _known_fields(cls: type, record: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in record.items() if name in names}
 
 
+#: How many products a slice keeps in its verify counts' by-product maps (the most lagging
+#: ones; those without a key, first by id). A product lives in one slice (an EPK range holds a
+#: partition key whole; a product's id ranges hold that product alone) and its documents are read
+#: one after another, so the container's 20 most lagging are exact unless a slice meets more than
+#: this many lagging products; the totals are always exact.
+PRODUCTS_KEPT = 100
+
+
+def _top(counts: Mapping[str, int], keep: int) -> dict[str, int]:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return dict(ranked[:keep])
+
+
+@dataclass(frozen=True)
+class CheckCounts:
+    """What a verify sweep counts beyond COUNTERS (whose ``documents_scanned`` is its documents):
+    the same figures one-process ``verify`` reports. Every map is bounded: by the kids and field
+    kinds met, or (by product) by PRODUCTS_KEPT. Added to a slice by the same fenced commit as
+    its checkpoint, so a redone batch counts once."""
+
+    fields: int = 0
+    off_target: int = 0
+    undecryptable: int = 0
+    fields_by_kid: Mapping[str, int] = field(default_factory=dict)
+    fields_by_kind: Mapping[str, int] = field(default_factory=dict)
+    kinds_by_kid: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    #: Fields not on the kid expected for their product, by product (the most lagging kept).
+    off_target_by_product: Mapping[str, int] = field(default_factory=dict)
+    #: Why a product has no kid to expect (no key, an unmappable id), by product.
+    products_without_key: Mapping[str, str] = field(default_factory=dict)
+
+    def plus(self, more: CheckCounts) -> CheckCounts:
+        kinds = {kid: dict(by_kind) for kid, by_kind in self.kinds_by_kid.items()}
+        for kid, by_kind in more.kinds_by_kid.items():
+            kinds[kid] = _summed(kinds.get(kid, {}), by_kind)
+        without = {**more.products_without_key, **self.products_without_key}
+        return CheckCounts(
+            fields=self.fields + more.fields,
+            off_target=self.off_target + more.off_target,
+            undecryptable=self.undecryptable + more.undecryptable,
+            fields_by_kid=_summed(self.fields_by_kid, more.fields_by_kid),
+            fields_by_kind=_summed(self.fields_by_kind, more.fields_by_kind),
+            kinds_by_kid=kinds,
+            off_target_by_product=_top(_summed(self.off_target_by_product, more.off_target_by_product), PRODUCTS_KEPT),
+            products_without_key=dict(sorted(without.items())[:PRODUCTS_KEPT]),
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> CheckCounts:
+        return cls(**_known_fields(cls, record))
+
+    def to_record(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["kinds_by_kid"] = {kid: dict(by_kind) for kid, by_kind in self.kinds_by_kid.items()}
+        return record
+
+
+def _summed(base: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    summed = dict(base)
+    for name, count in more.items():
+        summed[name] = summed.get(name, 0) + count
+    return summed
+
+
+def sum_checked(slices: list[Slice]) -> CheckCounts:
+    """A verify sweep's counts over its slices."""
+    total = CheckCounts()
+    for piece in slices:
+        total = total.plus(piece.checked)
+    return total
+
+
 @dataclass(frozen=True)
 class Sweep:
     """One sweep: where it moves fields to, how, under which limits, and how far it is."""
@@ -106,6 +186,9 @@ class Sweep:
     last_error: str | None = None
     #: Why the fleet paused the sweep: a problem only a person can fix (cleared by resume).
     paused_reason: str | None = None
+    #: A verify sweep's result being audited: "<claim token> <utc_now()>", set once by the
+    #: collector that records its "verify" entry (see coordinator/verify.py, record_fleet_verify).
+    verify_claim: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -114,6 +197,11 @@ class Sweep:
     @property
     def to_current(self) -> bool:
         return self.target_kid == TARGET_CURRENT
+
+    @property
+    def checks_only(self) -> bool:
+        """A verify sweep: its workers read and check, and never write a document."""
+        return self.mode == VERIFY
 
     def covers(self, product: str | None) -> bool:
         """Whether the sweep reads ``product``'s documents (None: a key shared by every product)."""
@@ -163,6 +251,8 @@ class Slice:
     error_retries: int = 0
     #: The fence whose expired lease was already re-queued once (SweepState.rescue_expired).
     rescued_fence: int | None = None
+    #: What a verify sweep's committed batches counted (empty for any other sweep).
+    checked: CheckCounts = field(default_factory=CheckCounts)
 
     def lease_is_live(self, now: float) -> bool:
         """Held by a worker whose lease has not expired."""
@@ -173,10 +263,17 @@ class Slice:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Slice:
-        return cls(**_known_fields(cls, record))
+        known = _known_fields(cls, record)
+        known["checked"] = CheckCounts.from_record(record.get("checked") or {})
+        return cls(**known)
 
     def to_record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        if self.checked == CheckCounts():
+            del record["checked"]  # any sweep but a verify sweep: its slice records stay as they were
+        else:
+            record["checked"] = self.checked.to_record()
+        return record
 
 
 def sum_counts(slices: list[Slice]) -> Counts:

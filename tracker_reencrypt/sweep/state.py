@@ -51,6 +51,7 @@ from tracker_reencrypt.sweep.records import (
     PAUSED,
     PLANNED,
     RUNNING,
+    CheckCounts,
     Counts,
     Failure,
     Slice,
@@ -90,6 +91,8 @@ class BatchResult:
     continuation: str | None
     done: bool
     counts: Counts = field(default_factory=zero_counts)
+    #: A verify sweep's batch: what it checked, added to the slice's by the same commit.
+    checked: CheckCounts | None = None
 
 
 class SweepState:
@@ -262,6 +265,7 @@ class SweepState:
                 done=result.done,
                 error_retries=0,
                 counts=add_counts(piece.counts, result.counts),
+                checked=piece.checked.plus(result.checked) if result.checked is not None else piece.checked,
             ),
         )
 

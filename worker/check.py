@@ -1,0 +1,214 @@
+"""One batch of a verify sweep: scan pages of the slice, check every field, write nothing.
+
+What one-process ``verify`` does to a document (``coordinator/verify.py``, ``count_document``),
+done slice by slice on the fleet: each field counted by kid and kind, checked to decrypt where
+it is, and compared with the kid expected for its product (a fixed one, or the product's current
+version, resolved as a sweep to current resolves it). The counts go into the slice with its
+checkpoint, by the same fenced commit as a re-keying batch's, so a redone batch counts once.
+
+The first EXAMPLES fields of a slice that do not decrypt (or documents that cannot be read as a
+whole) are recorded as the sweep's failures: the examples survive a killed worker, and
+``sweep failures`` lists them. Past those, they are counted, not recorded: a container a verify
+finds broken must not cost a write per field.
+
+Why a class of its own rather than a mode of ``SliceBatch``: this one is given a store it can
+only read (:class:`Scanner`), so no path through it can write a document, whatever the sweep
+record says.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any, Protocol
+
+from tracker_reencrypt.documents import (
+    UNKNOWN_ID,
+    WHOLE_DOCUMENT,
+    FieldCheck,
+    check_document,
+    data_keys_to_unwrap,
+    document_label,
+)
+from tracker_reencrypt.errors import ReencryptError, first_line
+from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.pacing.pacer import Pacer
+from tracker_reencrypt.stores import FeedRange, ScanPage, StoredDocument
+from tracker_reencrypt.sweep.records import CheckCounts, Slice, Sweep
+from tracker_reencrypt.sweep.state import BatchResult, SweepState
+from tracker_reencrypt.sweep.targets import DocumentTargets
+from worker.batch import BatchLimits, BatchReport
+
+#: Undecryptable fields recorded as failures per slice (verify reports at most as many examples).
+EXAMPLES = 20
+
+
+class Scanner(Protocol):
+    """All a verify batch may do with the store: read."""
+
+    @property
+    def partition_key_field(self) -> str: ...
+
+    def partition_key_of(self, body: dict) -> Any: ...
+
+    def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage: ...
+
+
+class _Tally:
+    """One batch's counts while it runs; :meth:`frozen` is what it commits."""
+
+    def __init__(self) -> None:
+        self.fields = self.off_target = self.undecryptable = 0
+        self.fields_by_kid: Counter = Counter()
+        self.fields_by_kind: Counter = Counter()
+        self.kinds_by_kid: dict[str, Counter] = {}
+        self.off_target_by_product: Counter = Counter()
+        self.products_without_key: dict[str, str] = {}
+
+    def frozen(self) -> CheckCounts:
+        # Merged into an empty record: the by-product maps are cut to their bound there.
+        return CheckCounts().plus(
+            CheckCounts(
+                fields=self.fields,
+                off_target=self.off_target,
+                undecryptable=self.undecryptable,
+                fields_by_kid=dict(self.fields_by_kid),
+                fields_by_kind=dict(self.fields_by_kind),
+                kinds_by_kid={kid: dict(kinds) for kid, kinds in self.kinds_by_kid.items()},
+                off_target_by_product=dict(self.off_target_by_product),
+                products_without_key=self.products_without_key,
+            )
+        )
+
+
+class SliceCheck:
+    """Everything one verify batch needs; built per task, like SliceBatch, with the same arguments."""
+
+    def __init__(
+        self,
+        store: Scanner,
+        state: SweepState,
+        keyring: Keyring,
+        sweep: Sweep,
+        limits: BatchLimits,
+        pacer: Pacer | None = None,
+        targets: DocumentTargets | None = None,
+    ) -> None:
+        """``targets``: resolves the products' current versions for a sweep to current
+        (the worker's, cached for the sweep's life; needed only then)."""
+        self.store, self.state, self.keyring, self.sweep, self.limits = store, state, keyring, sweep, limits
+        self.pacer, self.targets = pacer, targets
+        if sweep.to_current and targets is None:
+            raise ValueError("a verify sweep against current versions needs the sweep's targets")
+
+    def run(self, piece: Slice) -> BatchReport:
+        """Pages of the slice until a bound is reached. The next page is read, and its fields'
+        data keys set unwrapping (Keyring.prefetch), while this one is checked: against a remote
+        vault the unwraps are what a page waits on."""
+        tally = _Tally()
+        report = BatchReport(result=BatchResult(continuation=piece.continuation, done=False))
+        recordable = max(0, EXAMPLES - piece.counts.get("failures", 0))
+        deadline = time.monotonic() + self.limits.seconds
+        page = self._read(piece, piece.continuation, 0)
+        handled = 0
+        while True:
+            if self.pacer is not None:
+                self.pacer.before_page(len(page.documents))
+            handled += len(page.documents)
+            more = handled < self.limits.documents and time.monotonic() < deadline
+            following = self._read(piece, page.continuation, handled) if page.continuation and more else None
+            for document in page.documents:
+                recordable -= self._check(piece.index, document, tally, report, recordable)
+            if self.pacer is not None:
+                self.pacer.after_page()
+            report.result.continuation = page.continuation
+            if page.continuation is None or following is None:
+                report.result.done = page.continuation is None
+                report.result.checked = tally.frozen()
+                return report
+            page = following
+
+    def _read(self, piece: Slice, continuation: str | None, handled: int) -> ScanPage:
+        page_size = min(self.limits.page_size, self.limits.documents - handled)
+        page = self.store.scan(dict(piece.feed_range), continuation, page_size)
+        self.keyring.prefetch(
+            key
+            for document in page.documents
+            if not document.unreadable
+            for key in data_keys_to_unwrap(document.body, self._partition_key(document.body))
+        )
+        return page
+
+    def _partition_key(self, body: Any) -> Any:
+        """documents.partition_key_or_none, over the read-only store."""
+        if isinstance(body, dict) and self.store.partition_key_field in body:
+            return self.store.partition_key_of(body)
+        return None
+
+    def _check(self, index: int, document: StoredDocument, tally: _Tally, report: BatchReport, recordable: int) -> int:
+        """Count one document (as coordinator.verify.count_document does); returns the failures recorded."""
+        report.result.counts["documents_scanned"] += 1
+        body, partition_key = document.body, self._partition_key(document.body)
+        if document.unreadable:
+            checks = [FieldCheck(WHOLE_DOCUMENT, "other", "", "", document.unreadable)]
+        else:
+            checks = check_document(body, partition_key, self.keyring)
+        if checks and checks[0].whole_document:
+            tally.undecryptable += 1
+            return self._failed(index, document, partition_key, [checks[0]], report, recordable)
+        self._count_off_target(tally, partition_key, checks)
+        broken = []
+        for check in checks:
+            tally.fields += 1
+            tally.fields_by_kid[check.kid] += 1
+            tally.fields_by_kind[check.kind] += 1
+            tally.kinds_by_kid.setdefault(check.kid, Counter())[check.kind] += 1
+            if not check.decrypts:
+                tally.undecryptable += 1
+                broken.append(check)
+        return self._failed(index, document, partition_key, broken, report, recordable) if broken else 0
+
+    def _count_off_target(self, tally: _Tally, partition_key: Any, checks: list[FieldCheck]) -> None:
+        kid: str | None
+        try:
+            kid = self._expected(partition_key)
+        except ReencryptError as error:
+            if error.transient:
+                raise
+            kid = None
+            tally.products_without_key.setdefault(str(partition_key), first_line(error))
+        off = sum(1 for check in checks if check.kid != kid)
+        if off:
+            tally.off_target += off
+            tally.off_target_by_product[str(partition_key)] += off
+
+    def _expected(self, partition_key: Any) -> str:
+        if not self.sweep.to_current:
+            return self.sweep.target_kid
+        assert self.targets is not None  # checked at construction
+        return self.targets.current.of(partition_key)
+
+    def _failed(
+        self,
+        index: int,
+        document: StoredDocument,
+        partition_key: Any,
+        checks: list[FieldCheck],
+        report: BatchReport,
+        recordable: int,
+    ) -> int:
+        """Count a document with fields (or itself) unreadable; record its first ones while the
+        slice has room for examples. A document without a usable id is told apart, as a re-keying
+        batch tells it, by the store's key of its row."""
+        report.result.counts["documents_failed"] += 1
+        document_id = document_label(document.body)
+        key = "" if partition_key is None else str(partition_key)
+        row = (json.dumps(list(document.row)) if document.row else document.etag) if document_id == UNKNOWN_ID else ""
+        recorded = 0
+        for check in checks[: max(0, recordable)]:
+            self.state.record_failure(self.sweep.id, index, document_id, key, check.pointer, check.reason, row=row)
+            report.result.counts["failures"] += 1
+            report.failures_by_reason[check.reason] += 1
+            recorded += 1
+        return recorded
