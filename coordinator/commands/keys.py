@@ -161,7 +161,8 @@ def keys_rotate(
     except BaseException:
         # An outage or Ctrl-C part way through --all-products: the keys rotated so far are
         # current now, so their lines must still reach the tracker-service's file and the screen.
-        _stopped_part_way(ctx, rotated, len(selected), env_file)
+        if rotated:
+            _stopped_part_way(ctx, rotated, len(selected), env_file)
         raise
     lines = _env_lines(ctx, [v.kid for v in rotated])
     _write_env(lines, env_file)

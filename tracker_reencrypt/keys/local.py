@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import stat
@@ -97,16 +98,29 @@ def jwk_from_private_key(key: rsa.RSAPrivateKey, kid: str) -> dict:
 
 
 def private_key_from_jwk(jwk: dict, *, validate: bool = True) -> rsa.RSAPrivateKey:
-    """The JWK's private key. ``validate`` False skips cryptography's consistency check of the
-    numbers (~40 ms a key on this machine: a worker meeting 400 product keys spent 16 s there);
-    only for unwrapping, where a damaged key fails OAEP's own check instead of answering wrong."""
+    """The JWK's private key, refused (KeyringFileError, naming the kid) when its numbers do not
+    belong together. ``validate`` True runs cryptography's full check, primality tests included
+    (~40 ms a key on this machine); False, only the arithmetic that ties the numbers together
+    (n = pq, and d, dp, dq, qi derived from them: well under a millisecond), which any damage to
+    a stored member breaks. A worker meeting 400 product keys spent 16 s in the full check; a
+    wrapping key still gets it, since fields sealed under a bad one could never be opened."""
     try:
         v = {name: _b64_to_int(jwk[name], name) for name in _PRIVATE_MEMBERS}
         public = rsa.RSAPublicNumbers(v["e"], v["n"])
         numbers = rsa.RSAPrivateNumbers(v["p"], v["q"], v["d"], v["dp"], v["dq"], v["qi"], public)
+        if not validate and not _consistent(v):
+            raise ValueError("inconsistent RSA numbers")
         return numbers.private_key(unsafe_skip_rsa_key_validation=not validate)
     except (KeyError, ValueError, EnvelopeError):
         raise KeyringFileError(f"keyring key {jwk.get('kid')!r} is not a complete RSA private JWK") from None
+
+
+def _consistent(v: dict[str, int]) -> bool:
+    p, q, d, e = v["p"], v["q"], v["d"], v["e"]
+    if p < 3 or q < 3 or p * q != v["n"]:
+        return False
+    carmichael = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+    return d * e % carmichael == 1 and v["dp"] == d % (p - 1) and v["dq"] == d % (q - 1) and v["qi"] * q % p == 1
 
 
 def _as_layout_2(raw: object) -> dict:
