@@ -4,82 +4,25 @@ and the usage check that guards ``keys disable``; and the result of a verify mad
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from tracker_reencrypt.custody import VERIFY_STARTED
 from tracker_reencrypt.documents import (
-    WHOLE_DOCUMENT,
-    FieldCheck,
-    check_document,
     data_keys_to_unwrap,
-    document_label,
     partition_key_or_none,
 )
-from tracker_reencrypt.errors import ReencryptError, SweepError, UnknownNameError, first_line
+from tracker_reencrypt.errors import SweepError, UnknownNameError
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.products import CurrentKids
 from tracker_reencrypt.stores import DocumentStore, FeedRange, ScanPage
 from tracker_reencrypt.sweep.records import TARGET_CURRENT, Sweep, parse_utc, sum_checked, utc_now
+from tracker_reencrypt.verification import EXAMPLES, Expected, ScanReport, count_document
 
 PAGE_SIZE = 500
-EXAMPLES = 20
 #: Documents per range that keep any product in one range: scans read a partition start to end.
 WHOLE_PRODUCT = 2**62
-
-
-@dataclass
-class ScanReport:
-    #: Also measure document sizes and collect each kid's distinct DEKs: what the dry run's
-    #: estimate and the bench need. Off for verify and keys disable, whose memory would
-    #: otherwise grow with every distinct data key in the container.
-    sizing: bool = False
-    documents: int = 0
-    fields: int = 0
-    fields_by_kid: Counter = field(default_factory=Counter)
-    fields_by_kind: Counter = field(default_factory=Counter)
-    kinds_by_kid: dict[str, Counter] = field(default_factory=dict)
-    undecryptable: int = 0
-    undecryptable_examples: list[dict] = field(default_factory=list)
-    document_bytes: int = 0
-    deks_by_kid: dict[str, set] = field(default_factory=dict)
-    documents_by_kid: Counter = field(default_factory=Counter)
-    #: With an expected kid per product: fields not on it, by product, and why a product has none.
-    off_target: int = 0
-    off_target_by_product: Counter = field(default_factory=Counter)
-    products_without_target: dict[str, str] = field(default_factory=dict)
-
-    def documents_with_kids(self, kids) -> int:
-        """Documents holding a field on any of ``kids`` (an upper bound when kids overlap)."""
-        return sum(self.documents_by_kid.get(kid, 0) for kid in kids)
-
-    def distinct_deks(self, kids) -> int:
-        return sum(len(self.deks_by_kid.get(kid, ())) for kid in kids)
-
-    def as_json(self) -> dict:
-        sizes = {
-            "document_bytes": self.document_bytes,
-            "distinct_deks_by_kid": {kid: len(deks) for kid, deks in self.deks_by_kid.items()},
-        }
-        return {
-            "documents": self.documents,
-            "fields": self.fields,
-            "fields_by_kid": dict(self.fields_by_kid),
-            "fields_by_kind": dict(self.fields_by_kind),
-            "kinds_by_kid": {kid: dict(kinds) for kid, kinds in self.kinds_by_kid.items()},
-            "undecryptable": self.undecryptable,
-            "undecryptable_examples": self.undecryptable_examples,
-            **(sizes if self.sizing else {}),
-        }
-
-
-#: Where a product's fields should be: its expected kid, or raises (no key, unmappable id...).
-Expected = Callable[[Any], str]
 
 
 def scan_ranges(store: DocumentStore, products: Sequence[str] | None) -> list[FeedRange]:
@@ -134,75 +77,6 @@ def _read_ahead(store: DocumentStore, feed_range: FeedRange, continuation: str |
             for key in data_keys_to_unwrap(document.body, partition_key_or_none(store, document.body))
         )
     return page
-
-
-def count_document(
-    report: ScanReport,
-    body: dict,
-    partition_key: str | None,
-    keyring: Keyring | None,
-    *,
-    unreadable: str | None = None,
-    expected: Expected | None = None,
-) -> None:
-    """Add one document to the report. ``partition_key`` None: the document has none.
-    ``unreadable``: why the store could not parse the document (see StoredDocument), whose
-    ``body`` is then only its id and partition key.
-
-    A document that cannot be checked as a whole (no partition key, no id, nested too deep,
-    unreadable...) counts as one undecryptable entry at field path "": verify cannot vouch for
-    its fields, so it must not pass, and the scan goes on to the next document.
-    """
-    report.documents += 1
-    if unreadable:
-        checks = [FieldCheck(WHOLE_DOCUMENT, "other", "", "", unreadable)]
-    else:
-        checks = check_document(body, partition_key, keyring)
-    if checks and checks[0].whole_document:
-        _count_undecryptable(report, body, partition_key, checks[0])
-        return
-    if report.sizing:
-        report.document_bytes += len(json.dumps(body, separators=(",", ":")))
-    for kid in {check.kid for check in checks}:
-        report.documents_by_kid[kid] += 1
-    if expected is not None:
-        _count_off_target(report, partition_key, checks, expected)
-    for check in checks:
-        report.fields += 1
-        report.fields_by_kid[check.kid] += 1
-        report.fields_by_kind[check.kind] += 1
-        report.kinds_by_kid.setdefault(check.kid, Counter())[check.kind] += 1
-        if report.sizing:
-            report.deks_by_kid.setdefault(check.kid, set()).add(check.dek_id)
-        if not check.decrypts:
-            _count_undecryptable(report, body, partition_key, check)
-
-
-def _count_off_target(report: ScanReport, partition_key: Any, checks: list[FieldCheck], expected: Expected) -> None:
-    try:
-        kid = expected(partition_key)
-    except ReencryptError as error:
-        if error.transient:
-            raise
-        kid = None
-        report.products_without_target.setdefault(str(partition_key), first_line(error))
-    off = sum(1 for check in checks if check.kid != kid)
-    if off:
-        report.off_target += off
-        report.off_target_by_product[str(partition_key)] += off
-
-
-def _count_undecryptable(report: ScanReport, body: dict, partition_key: str | None, check: FieldCheck) -> None:
-    report.undecryptable += 1
-    if len(report.undecryptable_examples) < EXAMPLES:
-        report.undecryptable_examples.append(
-            {
-                "document_id": document_label(body),
-                "partition_key": "" if partition_key is None else partition_key,
-                "field_path": check.pointer,
-                "reason": check.reason,
-            }
-        )
 
 
 def require_known_kid(ctx, kid: str) -> KeyProvider:

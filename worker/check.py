@@ -1,7 +1,7 @@
 """One batch of a verify sweep: scan pages of the slice, check every field, write nothing.
 
-What one-process ``verify`` does to a document (``coordinator/verify.py``, ``count_document``),
-done slice by slice on the fleet: each field counted by kid and kind, checked to decrypt where
+What one-process ``verify`` does to a document (tracker_reencrypt.verification.count_document,
+the same function), done slice by slice on the fleet: each field counted by kid and kind, checked to decrypt where
 it is, and compared with the kid expected for its product (a fixed one, or the product's current
 version, resolved as a sweep to current resolves it). The counts go into the slice with its
 checkpoint, by the same fenced commit as a re-keying batch's, so a redone batch counts once.
@@ -20,28 +20,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from typing import Any, Protocol
 
 from tracker_reencrypt.documents import (
     UNKNOWN_ID,
-    WHOLE_DOCUMENT,
     FieldCheck,
-    check_document,
     data_keys_to_unwrap,
     document_label,
 )
-from tracker_reencrypt.errors import ReencryptError, first_line
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import FeedRange, ScanPage, StoredDocument
 from tracker_reencrypt.sweep.records import CheckCounts, Slice, Sweep
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
 from tracker_reencrypt.sweep.targets import DocumentTargets
+from tracker_reencrypt.verification import EXAMPLES, ScanReport, count_document
 from worker.batch import BatchLimits, BatchReport
-
-#: Undecryptable fields recorded as failures per slice (verify reports at most as many examples).
-EXAMPLES = 20
 
 
 class Scanner(Protocol):
@@ -55,31 +49,21 @@ class Scanner(Protocol):
     def scan(self, feed_range: FeedRange, continuation: str | None, page_size: int) -> ScanPage: ...
 
 
-class _Tally:
-    """One batch's counts while it runs; :meth:`frozen` is what it commits."""
-
-    def __init__(self) -> None:
-        self.fields = self.off_target = self.undecryptable = 0
-        self.fields_by_kid: Counter = Counter()
-        self.fields_by_kind: Counter = Counter()
-        self.kinds_by_kid: dict[str, Counter] = {}
-        self.off_target_by_product: Counter = Counter()
-        self.products_without_key: dict[str, str] = {}
-
-    def frozen(self) -> CheckCounts:
-        # Merged into an empty record: the by-product maps are cut to their bound there.
-        return CheckCounts().plus(
-            CheckCounts(
-                fields=self.fields,
-                off_target=self.off_target,
-                undecryptable=self.undecryptable,
-                fields_by_kid=dict(self.fields_by_kid),
-                fields_by_kind=dict(self.fields_by_kind),
-                kinds_by_kid={kid: dict(kinds) for kid, kinds in self.kinds_by_kid.items()},
-                off_target_by_product=dict(self.off_target_by_product),
-                products_without_key=self.products_without_key,
-            )
+def _check_counts(report: ScanReport) -> CheckCounts:
+    """A batch's report as the slice record keeps it (merged into an empty record: the
+    by-product maps are cut to their bound there)."""
+    return CheckCounts().plus(
+        CheckCounts(
+            fields=report.fields,
+            off_target=report.off_target,
+            undecryptable=report.undecryptable,
+            fields_by_kid=dict(report.fields_by_kid),
+            fields_by_kind=dict(report.fields_by_kind),
+            kinds_by_kid={kid: dict(kinds) for kid, kinds in report.kinds_by_kid.items()},
+            off_target_by_product=dict(report.off_target_by_product),
+            products_without_key=report.products_without_target,
         )
+    )
 
 
 class SliceCheck:
@@ -106,7 +90,7 @@ class SliceCheck:
         """Pages of the slice until a bound is reached. The next page is read, and its fields'
         data keys set unwrapping (Keyring.prefetch), while this one is checked: against a remote
         vault the unwraps are what a page waits on."""
-        tally = _Tally()
+        tally = ScanReport()
         report = BatchReport(result=BatchResult(continuation=piece.continuation, done=False))
         recordable = max(0, EXAMPLES - piece.counts.get("failures", 0))
         deadline = time.monotonic() + self.limits.seconds
@@ -125,7 +109,7 @@ class SliceCheck:
             report.result.continuation = page.continuation
             if page.continuation is None or following is None:
                 report.result.done = page.continuation is None
-                report.result.checked = tally.frozen()
+                report.result.checked = _check_counts(tally)
                 return report
             page = following
 
@@ -146,42 +130,16 @@ class SliceCheck:
             return self.store.partition_key_of(body)
         return None
 
-    def _check(self, index: int, document: StoredDocument, tally: _Tally, report: BatchReport, recordable: int) -> int:
-        """Count one document (as coordinator.verify.count_document does); returns the failures recorded."""
+    def _check(
+        self, index: int, document: StoredDocument, tally: ScanReport, report: BatchReport, recordable: int
+    ) -> int:
+        """Count one document as one-process verify does; returns the failures recorded."""
         report.result.counts["documents_scanned"] += 1
-        body, partition_key = document.body, self._partition_key(document.body)
-        if document.unreadable:
-            checks = [FieldCheck(WHOLE_DOCUMENT, "other", "", "", document.unreadable)]
-        else:
-            checks = check_document(body, partition_key, self.keyring)
-        if checks and checks[0].whole_document:
-            tally.undecryptable += 1
-            return self._failed(index, document, partition_key, [checks[0]], report, recordable)
-        self._count_off_target(tally, partition_key, checks)
-        broken = []
-        for check in checks:
-            tally.fields += 1
-            tally.fields_by_kid[check.kid] += 1
-            tally.fields_by_kind[check.kind] += 1
-            tally.kinds_by_kid.setdefault(check.kid, Counter())[check.kind] += 1
-            if not check.decrypts:
-                tally.undecryptable += 1
-                broken.append(check)
+        partition_key = self._partition_key(document.body)
+        broken = count_document(
+            tally, document.body, partition_key, self.keyring, unreadable=document.unreadable, expected=self._expected
+        )
         return self._failed(index, document, partition_key, broken, report, recordable) if broken else 0
-
-    def _count_off_target(self, tally: _Tally, partition_key: Any, checks: list[FieldCheck]) -> None:
-        kid: str | None
-        try:
-            kid = self._expected(partition_key)
-        except ReencryptError as error:
-            if error.transient:
-                raise
-            kid = None
-            tally.products_without_key.setdefault(str(partition_key), first_line(error))
-        off = sum(1 for check in checks if check.kid != kid)
-        if off:
-            tally.off_target += off
-            tally.off_target_by_product[str(partition_key)] += off
 
     def _expected(self, partition_key: Any) -> str:
         if not self.sweep.to_current:
