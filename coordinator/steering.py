@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.context import Context
-from coordinator.estimate import estimate
+from coordinator.estimate import estimate, unwrap_pace
 from coordinator.verify import ScanReport, count_document, documents_in_scope, scan_container, verify_scope
 from tracker_reencrypt.audit import actor
 from tracker_reencrypt.custody import VERIFY_STARTED
@@ -305,6 +305,7 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags, pr
         document_bytes=report.document_bytes,
         distinct_source_deks=distinct,
         limits=given,
+        pace=unwrap_pace(ctx, plan.products, moving),
     )
     return {
         "dry_run": True,
@@ -319,13 +320,7 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags, pr
         "products_without_key": report.products_without_target,
         "distinct_source_deks": distinct,
         "limits": given,
-        "estimate": {
-            "seconds": guess.seconds,
-            "bound_by": guess.bound_by,
-            "request_units": round(guess.request_units),
-            "kv_ops": guess.kv_ops,
-            "text": guess.text(given),
-        },
+        "estimate": guess.as_json(given),
     }
 
 

@@ -9,6 +9,8 @@ The modules, by job:
 - ``references``: the in-process runs the fleets are compared with (naive, bound, warm, store only).
 - ``measure``: the one stopwatch every timed span goes through, and the CPU others took meanwhile.
 - ``results``: what is measured; ``report``, ``targets``, ``notes``: the JSON report and its human form.
+- The remote-vault mode (``--vault-latency-ms``): ``vault`` (the tests' loopback Key Vault and the
+  workers that reach it), ``vault_run`` (its invocation) and ``vault_report`` (its report).
 """
 
 from coordinator.bench.options import BenchOptions

@@ -1,5 +1,6 @@
 """Where the bench's data comes from: the seeded container (cached per docs, DEK share and seed
-on SQLite; seeded once on a remote store), and the working copies every measured run starts from."""
+on SQLite; seeded once on a remote store; seeded afresh under the loopback vault, whose keys live
+only as long as the invocation), and the working copies every measured run starts from."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ class BenchContainers:
         self.settings, self.options, self.home, self.run_dir = settings, options, home, run_dir
         self.progress, self.say = progress, say
         self.remote_keys = bool(settings.keys) and not settings.keys.startswith("local:")
+        #: The seeded SQLite file working copies are made of (the cache's, unless seeded here).
+        self.seeded_file: Path | None = None
 
     def cache_dir(self) -> Path:
         o = self.options
@@ -73,6 +76,18 @@ class BenchContainers:
         _settled_file(cache / "tracker.db")
         meta.write_text(json.dumps(asdict(container)))
         return cache, container
+
+    def seeded_here(self, provider) -> Container:
+        """A container seeded in this invocation's directory under ``provider`` (its MEK made
+        first): for a vault whose keys do not outlive the invocation, so nothing is cached."""
+        self.seeded_file = self.run_dir / "seeded" / "tracker.db"
+        self.seeded_file.parent.mkdir(parents=True)
+        provider.init()
+        store = SqliteStore(self.seeded_file, create=True)
+        container = self._seed(store, provider)
+        store.close()
+        _settled_file(self.seeded_file)
+        return container
 
     def seed_remote(self, store_url: str, keys_url: str) -> Container:
         """The configured remote container, which must exist and be empty, seeded under ``keys_url``."""
@@ -123,7 +138,7 @@ class BenchContainers:
     def working_copy(self, name: str) -> str:
         """A fresh copy of the seeded SQLite file: every run starts from v1."""
         target = self.run_dir / f"{name}.db"
-        shutil.copyfile(self.cache_dir() / "tracker.db", target)
+        shutil.copyfile(self.seeded_file or self.cache_dir() / "tracker.db", target)
         return f"sqlite:///{target.resolve()}"
 
     def working_store(self, store_url: str | None, name: str) -> DocumentStore:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from coordinator import steering
 from coordinator.bench.measure import Stopwatch, cpu_share
-from coordinator.bench.results import Container, FleetRun
-from coordinator.bench.scrape import metric, scrape_settled, tree_rss_mb
+from coordinator.bench.results import Container, FleetRun, VaultCalls, vault_calls
+from coordinator.bench.scrape import Samples, metric, scrape_settled, tree_rss_mb
+from coordinator.bench.vault import LoopbackVault
 from coordinator.context import Context
 from coordinator.launch import WorkerFleet
 from tracker_reencrypt.errors import ConfigError, SweepError
@@ -35,20 +36,32 @@ def run_fleet(
     poll_s: float,
     log_dir: Path,
     say: Callable[[str], None],
+    limits: steering.LimitFlags | None = None,
+    vault: LoopbackVault | None = None,
 ) -> FleetRun:
-    """Start ``workers`` processes, wait until they consume, sweep to ``target_kid`` and measure it."""
+    """Start ``workers`` processes, wait until they consume, sweep to ``target_kid`` under
+    ``limits`` and measure it; with ``vault``, its workers reach that loopback vault and the
+    vault's own record of the calls is measured too."""
+    limits = limits or steering.LimitFlags()
     ports = [_free_port() for _ in range(workers)]
     clock = Stopwatch()
-    with WorkerFleet(ctx, workers, log_dir=log_dir, metrics_ports=ports) as fleet:
+    start_workers = vault.worker_fleet if vault is not None else WorkerFleet
+    with start_workers(ctx, workers, log_dir=log_dir, metrics_ports=ports) as fleet:
         _wait_ready(fleet, log_dir)
         say(f"fleet W={workers}: workers ready, sweep starts")
         memory = _WorkerMemory(fleet, container.documents)
+        mark: dict[str, int] = {}
+        if vault is not None:
+            vault.reset_in_flight()
+            mark = vault.mark()
         with cpu_share([process.pid for process in fleet.processes]) as cores, clock.span():
-            sweep = steering.start(ctx, to=target_kid, sources=[], mode="reencrypt", slices=slices)
+            sweep = steering.start(ctx, to=target_kid, sources=[], mode="reencrypt", slices=slices, limits=limits)
             status = _await_finish(ctx, fleet, sweep.id, memory, poll_s=poll_s, log_dir=log_dir)
         memory.sample_peak()
         totals = ctx.state.totals(sweep.id)
         scraped = scrape_settled(ports, totals["documents_scanned"])
+        limit = limits.kv_ops_per_s or workers * ctx.settings.unwrap_rate
+        calls = _vault_calls(vault, mark, scraped, limit) if vault is not None else None
     if status != COMPLETED:
         raise SweepError(
             f"benchmark sweep {sweep.id} ended {status} ({totals['failures']} failures); worker logs in {log_dir}"
@@ -77,7 +90,19 @@ def run_fleet(
         failures=totals["failures"],
         worker_cores=cores.workers,
         other_cores=cores.others,
+        bench_cores=cores.bench,
+        vault=calls,
     )
+
+
+def _vault_calls(vault: LoopbackVault, mark: dict[str, int], scraped: list[Samples], limit: float) -> VaultCalls:
+    """The vault's record of the run's calls, with the mean unwrap latency the workers timed.
+    ``limit``: the fleet's Key Vault budget, or (none set) its processes' own ceilings together."""
+    calls = vault_calls(vault.starts_since(mark), vault.max_in_flight(), limit)
+    seconds = sum(metric(s, "reencrypt_keyvault_latency_seconds_sum", operation="unwrap") for s in scraped)
+    count = sum(metric(s, "reencrypt_keyvault_latency_seconds_count", operation="unwrap") for s in scraped)
+    calls.mean_latency_ms = round(1000 * seconds / count, 2) if count else None
+    return calls
 
 
 class _WorkerMemory:

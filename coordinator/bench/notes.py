@@ -20,6 +20,11 @@ def busy_notes(fleets: dict[int, FleetRun], refs: ReferenceRuns) -> list[str]:
             ("store only", refs.store_only),
         )
     ]
+    return busy_notes_of(phases)
+
+
+def busy_notes_of(phases: list[tuple[str, float]]) -> list[str]:
+    """A warning naming every (measurement, other processes' cores) above :data:`BUSY_CORES`."""
     busy = [f"{name} {cores:.2f}" for name, cores in phases if cores > BUSY_CORES]
     if not busy:
         return []
@@ -58,3 +63,27 @@ def standing_notes(remote_store: bool, sample: int, container_documents: int, do
             "request units on SQLite are the store's estimate (1 KB read ~1 RU, 1 KB replace ~10 RU), not billing"
         )
     return notes
+
+
+def vault_notes(latency_ms: float, budget: float | None, unwrap_rate: float) -> list[str]:
+    """What the remote-vault mode's figures are (docs/BENCHMARK.md says it at length)."""
+    return [
+        f"the vault is tests/keyvault_server.py on threads of the bench's own process (its CPU is 'vault cores'): "
+        f"real HTTPS, real RSA-2048 unwraps, and {latency_ms:g} ms added to every call (all operations)",
+        "workers: celery -A vault_worker (tests/vault_worker.py: the project's worker app, its Azure provider given a "
+        "static token and the vault's CA); every call goes through the real SDK pipeline and connection pool",
+        "unwraps/s sweep: the workers' unwraps over the sweep's time (start to completed: planning, the first page "
+        "read and the last writes included); steady: unwraps the vault saw start from 2 s after the first to the "
+        "last, per second (leaves out the first window, where a token bucket that starts full spends its burst)",
+        "W/L: the sequential bound, W processes with one call in flight each at L per call; 'x W/L' is the steady "
+        "rate over it",
+        "busiest window: the most calls (any operation, the bench's own few planning calls included) the vault saw "
+        "start in any 2 s, per second",
+        "ms/unwrap: the mean time of an unwrap as the worker timed it (SDK, TLS, the vault's wait and its RSA "
+        "decryption), the pacing wait before it left out",
+        (
+            f"budget: the sweeps ran with --kv-ops-per-s {budget:g}, one token bucket in Redis for the fleet"
+            if budget
+            else f"no budget: each process keeps to its own ceiling, REENCRYPT_UNWRAP_RATE ({unwrap_rate:g}/s)"
+        ),
+    ]

@@ -75,12 +75,7 @@ def build_report(
         "target_kid": target_kid,
         "store": store,
         "keys": keys,
-        "machine": {
-            "cpus": cores,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "processor": _processor(),
-        },
+        "machine": machine(),
         "worker_settings": {
             "batch_documents": settings.batch_documents,
             "batch_seconds": settings.batch_seconds,
@@ -139,6 +134,16 @@ def _time_shares(fleet: FleetRun, refs: ReferenceRuns) -> dict:
     }
 
 
+def machine() -> dict:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count() or 1,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": _processor(),
+    }
+
+
 def _processor() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -149,10 +154,19 @@ def _processor() -> str:
     return platform.processor() or "unknown"
 
 
+def wide(console: Console) -> Console:
+    """``console``, or one that does not fold the tables at 80 columns when piped into a file."""
+    return console if console.is_terminal else Console(file=console.file, width=WIDE, highlight=False)
+
+
 def render_report(console: Console, report: dict) -> None:
     """The human form: what was measured, the throughput table, time shares, targets, notes."""
-    if not console.is_terminal:  # piped into a file: do not fold the tables at 80 columns
-        console = Console(file=console.file, width=WIDE, highlight=False)
+    if report.get("mode") == "remote-vault":
+        from coordinator.bench.vault_report import render_vault_report
+
+        render_vault_report(console, report)
+        return
+    console = wide(console)
 
     def line(text: str) -> None:
         console.print(text, soft_wrap=True)
@@ -186,7 +200,7 @@ def render_report(console: Console, report: dict) -> None:
     )
     line(
         f"key provider calls per document (fleet W={report['fleet_workers']}): {report['key_calls_per_doc']:.4f} "
-        f"({report['unwraps']:,} unwraps, DEK cache hit ratio {_percent(report['dek_cache_hit_ratio'])}); "
+        f"({report['unwraps']:,} unwraps, DEK cache hit ratio {percent(report['dek_cache_hit_ratio'])}); "
         f"store request units per document: {report['request_units_per_doc']:.2f}"
     )
     line(
@@ -201,20 +215,20 @@ def render_report(console: Console, report: dict) -> None:
     )
     s = report["time_shares"]
     rest = (
-        f"rest {_percent(s['batch_rest'])}; "
+        f"rest {percent(s['batch_rest'])}; "
         if s["batch_rest"] >= 0
-        else f"rest ~0 (the single-process estimates overshoot by {_percent(-s['batch_rest'])}); "
+        else f"rest ~0 (the single-process estimates overshoot by {percent(-s['batch_rest'])}); "
     )
     line(
         f"where the W={report['fleet_workers']} fleet's {s['worker_seconds']:.1f} worker-seconds went: "
-        f"in batches {_percent(s['in_batches'])} = key provider {_percent(s['key_provider'])} "
-        f"+ re-keying CPU ~{_percent(s['rekey_cpu_estimate'])} (est. from warm re-keying) "
-        f"+ store ~{_percent(s['store_estimate'])} (est. from store only) + "
+        f"in batches {percent(s['in_batches'])} = key provider {percent(s['key_provider'])} "
+        f"+ re-keying CPU ~{percent(s['rekey_cpu_estimate'])} (est. from warm re-keying) "
+        f"+ store ~{percent(s['store_estimate'])} (est. from store only) + "
         + rest
-        + f"outside batches (Celery and Redis dispatch, slice claims, idle) {_percent(s['outside_batches'])}; "
+        + f"outside batches (Celery and Redis dispatch, slice claims, idle) {percent(s['outside_batches'])}; "
         "Redis alone: not measurable"
     )
-    console.print(_targets_table(report))
+    console.print(targets_table(report))
     for note in report["notes"]:
         console.print(f"- {note}", markup=False, highlight=False, soft_wrap=True)
 
@@ -248,7 +262,7 @@ def _throughput(report: dict) -> Table:
             f"{run['fields_per_s']:,.0f}",
             f"{run['bytes_per_s'] / MB:,.2f}",
             f"{run['unwraps_per_1000_docs']:.1f}",
-            _percent(run["dek_cache_hit_ratio"]),
+            percent(run["dek_cache_hit_ratio"]),
             " / ".join(f"{mb:.0f}" for mb in run["peak_rss_mb_per_worker"]),
             f"{run['request_units_per_doc']:.1f}",
             f"{run['worker_cores']:.2f}",
@@ -282,7 +296,7 @@ def _throughput(report: dict) -> Table:
     return table
 
 
-def _targets_table(report: dict) -> Table:
+def targets_table(report: dict) -> Table:
     table = Table("target", "measured", "goal", "result", "note", title="targets (measured, not asserted)")
     for target in report["targets"]:
         colour = {"PASS": "green", "MISS": "red"}.get(target["result"], "yellow")
@@ -292,5 +306,5 @@ def _targets_table(report: dict) -> Table:
     return table
 
 
-def _percent(ratio: float | None) -> str:
+def percent(ratio: float | None) -> str:
     return "-" if ratio is None else f"{100 * ratio:.1f}%"

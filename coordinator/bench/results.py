@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+#: The span the vault's call rate is judged over: "never more than the budget + 10% in any 2 s".
+WINDOW_S = 2.0
 
 
 @dataclass
@@ -40,6 +45,8 @@ class FleetRun:
     failures: int
     worker_cores: float  # CPU the worker processes used, in cores (CPU seconds / wall seconds)
     other_cores: float  # CPU used meanwhile by everything else on the machine, Redis included
+    bench_cores: float = 0.0  # CPU of the bench's own process meanwhile (the loopback vault, if any)
+    vault: VaultCalls | None = None  # the loopback vault's record of the calls (remote-vault mode)
 
     @property
     def docs_per_s(self) -> float:
@@ -64,6 +71,85 @@ class FleetRun:
                 "outside_batches": round(max(0.0, 1 - self.batch_seconds / slot_s), 3),
             },
         }
+
+
+@dataclass
+class VaultCalls:
+    """One fleet run's calls as the vault saw them (the loopback server notes when each started).
+
+    Rates are the vault's, not the workers': what a quota counts. ``steady_unwraps_per_s`` leaves
+    out the first window, where a full token bucket may spend its burst; ``max_window_per_s``
+    does not: it is the most calls of any kind started in any :data:`WINDOW_S` window."""
+
+    unwraps: int
+    calls: int  # every operation (unwraps, key reads, the bench's own planning calls)
+    span_s: float  # from the first unwrap's start to the last's
+    unwraps_per_s: float  # over that span
+    steady_unwraps_per_s: float | None  # from WINDOW_S after the first unwrap to the last (None: too short)
+    max_window_per_s: float  # calls of any kind, in the busiest window
+    max_window_after_first_per_s: float | None  # the busiest window starting WINDOW_S or more after the first
+    max_in_flight: int  # unwraps the vault served at once, at most
+    limit_per_s: float  # the rate the fleet keeps to: its budget, or W x its processes' own ceiling
+    #: The smallest token-bucket burst that lets every call through at ``limit_per_s``: the most
+    #: calls any interval held beyond the limit times its length. The pacer's buckets allow 1 s.
+    burst_used_calls: float
+    mean_latency_ms: float | None = None  # per unwrap as the workers timed it (the SDK, TLS and the vault's wait)
+    window_s: float = WINDOW_S
+
+
+def vault_calls(
+    starts: dict[str, list[float]],
+    max_in_flight: int,
+    limit_per_s: float,
+    window_s: float = WINDOW_S,
+    operation: str = "unwrap_key",
+) -> VaultCalls:
+    """The figures of :class:`VaultCalls` from each operation's call start times (seconds)."""
+    unwraps = sorted(starts.get(operation, []))
+    every = sorted(t for times in starts.values() for t in times)
+    burst = _burst_used(every, limit_per_s)
+    if not unwraps:
+        return VaultCalls(
+            0, len(every), 0.0, 0.0, None, _busiest(every, window_s), None, max_in_flight, limit_per_s, burst
+        )
+    first, last = unwraps[0], unwraps[-1]
+    span = last - first
+    steady_span = span - window_s
+    steady = (len(unwraps) - bisect_left(unwraps, first + window_s)) / steady_span if steady_span >= window_s else None
+    later = every[bisect_left(every, first + window_s) :]
+    return VaultCalls(
+        unwraps=len(unwraps),
+        calls=len(every),
+        span_s=round(span, 3),
+        unwraps_per_s=round(len(unwraps) / span, 1) if span > 0 else 0.0,
+        steady_unwraps_per_s=round(steady, 1) if steady is not None else None,
+        max_window_per_s=_busiest(every, window_s),
+        max_window_after_first_per_s=_busiest(later, window_s) if steady is not None else None,
+        max_in_flight=max_in_flight,
+        limit_per_s=limit_per_s,
+        burst_used_calls=burst,
+    )
+
+
+def _burst_used(times: Sequence[float], rate: float) -> float:
+    """max over i <= j of (j - i + 1) - rate * (times[j] - times[i]), for ``times`` sorted: the
+    calls from the i-th to the j-th beyond what ``rate`` alone allows in between."""
+    most, best_start = 0.0, float("-inf")
+    for j, at in enumerate(times):
+        best_start = max(best_start, rate * at - j)  # the best i <= j, as rate * times[i] - i
+        most = max(most, (j + 1) - rate * at + best_start)
+    return round(most, 1)
+
+
+def _busiest(times: Sequence[float], window_s: float) -> float:
+    """The most of ``times`` (sorted) inside any window of ``window_s``, per second. The busiest
+    window can always be moved to start at a call, so only those windows are counted."""
+    most, end = 0, 0
+    for start, at in enumerate(times):
+        while end < len(times) and times[end] < at + window_s:
+            end += 1
+        most = max(most, end - start)
+    return round(most / window_s, 1)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from coordinator.bench.options import BenchOptions
 from coordinator.bench.references import ReferenceSpans, load_sample
 from coordinator.bench.report import build_report
 from coordinator.bench.results import FleetRun
+from coordinator.bench.vault_run import run_vault_bench
 from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.config import load_settings
@@ -23,13 +24,16 @@ WORKER_COUNTS = (1, 2)
 
 
 def run_bench(parent: Context, options: BenchOptions, progress: Console | None) -> dict:
-    """Seed (or reuse), measure bound, naive and the fleet at each size; return the report."""
+    """Seed (or reuse), measure bound, naive and the fleet at each size; return the report. In the
+    remote-vault mode (``options.vault_latency_ms``), the fleets alone, against the loopback vault."""
     home = state_dir() / "bench"
     run_dir = home / "last"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     redis_was_running = embedded_redis.is_running(state_dir())
     try:
+        if options.remote_vault:
+            return run_vault_bench(parent, options, home, run_dir, progress)
         return _BenchRun(parent, options, home, run_dir, progress).run()
     finally:
         if not parent.settings.redis_url and not redis_was_running:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
 from coordinator.bench.results import FleetRun, ReferenceRuns
 from tracker_reencrypt.keys.keyring import DEFAULT_UNWRAP_CACHE_ENTRIES
+from tracker_reencrypt.pacing.bucket import TokenBucket
 
 #: The container size the targets are stated for.
 TARGET_DOCS = 100_000
@@ -128,3 +130,91 @@ def targets(report: dict, fleets: dict[int, FleetRun], refs: ReferenceRuns, core
         )
     )
     return found
+
+
+#: The burst every pacing bucket allows, in seconds of its rate (TokenBucket's default).
+BUCKET_BURST_S: float = inspect.signature(TokenBucket).parameters["burst_seconds"].default
+#: Issue 16's targets for one worker process against a Key Vault budget: the share of the budget
+#: it must reach, by vault latency (ms), with a data key per document.
+BUDGET_SHARE_GOALS = {10.0: 0.8, 30.0: 0.7}
+#: Over any window of results.WINDOW_S, the fleet's vault calls stay within its limit plus this.
+WINDOW_TOLERANCE = 1.10
+
+
+def vault_targets(report: dict) -> list[Target]:
+    """The remote-vault mode's targets, from its report's per-fleet figures (``report["fleets"]``)."""
+    budget, latency = report["kv_ops_per_s"], report["vault_latency_ms"]
+    fleets = {fleet["workers"]: fleet for fleet in report["fleets"]}
+    found = []
+    w1 = fleets.get(1)
+    if budget and w1 is not None:
+        goal = BUDGET_SHARE_GOALS.get(latency)
+        share = w1["steady_vs_limit"]
+        why = (
+            ""
+            if goal is not None and report["dek_share"] == 1
+            else "stated for 10 and 30 ms per call with --dek-share 1 (a data key per document)"
+        )
+        found.append(
+            Target(
+                f"W=1 (concurrency 1) reaches a share of the budget at {latency:g} ms",
+                f"{_cut(share, 2)} ({w1['judged_unwraps_per_s']:,.0f}/s of {budget:g})",
+                f">= {goal:.1f}" if goal is not None else "-",
+                _verdict(None if why or goal is None else share >= goal),
+                (why + "; " if why else "")
+                + (
+                    f"steady rate at the vault (unwraps started from {report['window_s']:g} s after the first to the "
+                    "last)"
+                    if w1["steady_unwraps_per_s"] is not None
+                    else "the vault's rate from the first unwrap to the last (too short a run for a steady rate)"
+                )
+                + f"; over the whole sweep (start to completed, planning and the last writes included): "
+                f"{w1['sweep_unwraps_per_s']:,.0f}/s ({w1['sweep_unwraps_per_s'] / budget:.2f}); "
+                + _pool_note(w1, report),
+            )
+        )
+    for workers, fleet in sorted(fleets.items()):
+        limit, after = fleet["limit_per_s"], fleet["max_window_after_first_per_s"]
+        what = f"the budget ({budget:g}/s)" if budget else f"{workers} x REENCRYPT_UNWRAP_RATE ({limit:g}/s; no budget)"
+        found.append(
+            Target(
+                f"W={workers}: vault calls within {what} + 10% in every {report['window_s']:g} s window",
+                f"{_cut(fleet['max_window_vs_limit'], 2)} ({fleet['max_window_per_s']:,.0f}/s)",
+                f"<= {WINDOW_TOLERANCE:.2f}",
+                _verdict(fleet["max_window_vs_limit"] <= WINDOW_TOLERANCE),
+                "the busiest window of calls started at the vault, any operation"
+                + (
+                    f"; of the windows starting {report['window_s']:g} s or more after the first unwrap: "
+                    f"{after:,.0f}/s ({after / limit:.2f})"
+                    if after is not None
+                    else ""
+                )
+                + f". The calls fit a token bucket of {limit:g}/s with a burst of {fleet['burst_used_calls']:,.0f} "
+                f"calls ({fleet['burst_used_s']:.2f} s of it); the pacing buckets allow {BUCKET_BURST_S:g} s, so a "
+                f"{report['window_s']:g} s window may hold up to "
+                f"{(report['window_s'] + BUCKET_BURST_S) / report['window_s']:.2f}x the rate",
+            )
+        )
+    for workers, fleet in sorted(fleets.items()):
+        peak, growth = max(fleet["peak_rss_mb_per_worker"]), max(fleet["rss_growth_mb_per_worker"])
+        found.append(
+            Target(
+                f"W={workers}: peak RSS per worker bounded",
+                f"{peak:.0f} MiB, +{growth:.1f} MiB after 10%",
+                f"<= {RSS_LIMIT_MB:.0f} MiB, growth <= {RSS_GROWTH_LIMIT_MB:.0f} MiB",
+                _verdict(peak <= RSS_LIMIT_MB and growth <= RSS_GROWTH_LIMIT_MB),
+                f"at most {report['worker_settings']['unwrap_concurrency']} unwraps in flight per process "
+                f"(the vault saw at most {fleet['max_in_flight']} at once); unwrapped keys cached as in the local mode",
+            )
+        )
+    return found
+
+
+def _pool_note(fleet: dict, report: dict) -> str:
+    pool = fleet["pool_bound_per_s"]
+    return (
+        f"the pool's own bound ({report['worker_settings']['unwrap_concurrency']} in flight / "
+        f"{fleet['mean_latency_ms']:.1f} ms per call as timed by the worker) is {pool:,.0f}/s"
+        if pool
+        else "no latency: the pool does not bound the rate"
+    )

@@ -226,7 +226,12 @@ def demo(
 
 def bench(
     c: typer.Context,
-    docs: int = typer.Option(100_000, "--docs", min=1, help="Documents in the benchmark container."),
+    docs: int | None = typer.Option(
+        None,
+        "--docs",
+        min=1,
+        help="Documents in the benchmark container (default 100,000; 3,000 with --vault-latency-ms).",
+    ),
     dek_share: int = typer.Option(
         DEFAULT_DEK_SHARE, "--dek-share", min=1, help="Documents sharing one source data key (1: worst case)."
     ),
@@ -240,14 +245,36 @@ def bench(
         help="Documents the naive way, the in-process bound and the store-only pass are measured on.",
     ),
     slices: int = typer.Option(steering.DEFAULT_SLICES, "--slices", min=1, help="Slices of each benchmark sweep."),
+    vault_latency_ms: float | None = typer.Option(
+        None,
+        "--vault-latency-ms",
+        min=0,
+        help="Remote-vault mode: the fleets unwrap through the Azure Key Vault provider against a loopback vault "
+        "adding this latency to every call, and the report sets unwraps/s against the budget and W/L. Needs a "
+        "source checkout: the vault and its worker app are tests/keyvault_server.py and tests/vault_worker.py.",
+    ),
+    kv_ops_per_s: float | None = typer.Option(
+        None, "--kv-ops-per-s", min=0.001, help="Remote-vault mode: the sweeps' fleet Key Vault budget (calls/s)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Measure a full sweep with 1 and 2 worker processes against the naive way and the in-process bound."""
+    """Measure a full sweep with 1 and 2 worker processes against the naive way and the in-process
+    bound; with --vault-latency-ms, against a loopback Key Vault (docs/BENCHMARK.md)."""
     from coordinator.bench import BenchOptions, render_report, run_bench
+    from coordinator.bench.options import DEFAULT_DOCS, DEFAULT_VAULT_DOCS
 
-    report = run_bench(
-        c.obj, BenchOptions(docs=docs, dek_share=dek_share, seed=seed_value, sample=sample, slices=slices), progress=err
+    if kv_ops_per_s is not None and vault_latency_ms is None:
+        raise ConfigError("--kv-ops-per-s is the remote-vault mode's budget: add --vault-latency-ms")
+    options = BenchOptions(
+        docs=docs or (DEFAULT_DOCS if vault_latency_ms is None else DEFAULT_VAULT_DOCS),
+        dek_share=dek_share,
+        seed=seed_value,
+        sample=sample,
+        slices=slices,
+        vault_latency_ms=vault_latency_ms,
+        kv_ops_per_s=kv_ops_per_s,
     )
+    report = run_bench(c.obj, options, progress=err)
     emit(c.obj, as_json, report, lambda: render_report(out, report))
 
 
