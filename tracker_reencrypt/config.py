@@ -16,7 +16,7 @@ and passes it down. Variables:
 ``REENCRYPT_VISIBILITY_TIMEOUT_SECONDS``   Redis redelivery of unacknowledged tasks
 ``REENCRYPT_CONFLICT_RETRIES``             re-reads of a document the tracker changed
 ``REENCRYPT_DEK_MAX_USES``/``_MAX_AGE_S``  encryption DEK reuse bounds
-``REENCRYPT_UNWRAP_CONCURRENCY``           Key Vault unwraps one process keeps in flight (8)
+``REENCRYPT_UNWRAP_CONCURRENCY``           Key Vault unwraps one process keeps in flight (16)
 ``REENCRYPT_UNWRAP_RATE``                  one process's unwraps/s when the sweep sets no Key
                                            Vault budget (default 200: half a vault's 400/s)
 ``REENCRYPT_METRICS_PORT``                 worker metrics port (0: none)
