@@ -73,19 +73,30 @@ def _refuse_existing_key(provider: KeyProvider) -> None:
         )
 
 
-def rotate(ctx: Context, provider: KeyProvider, *, force: bool = False) -> tuple[KeyVersion, bool]:
-    """A new current version; refused while a sweep reading this key's product runs on this
-    store (it would move the fields the tracker now writes under the new version back to the
-    sweep's target, or leave them behind the versions its workers already looked up)."""
+def refuse_rotation_during_sweep(ctx: Context, providers: list[KeyProvider]) -> None:
+    """Refuse rotating these keys while a sweep reading their documents runs on this store (it
+    would move the fields the tracker now writes under the new version back to the sweep's
+    target, or leave them behind the versions its workers already looked up). Checked for every
+    key before the first is rotated: a refusal never leaves half the products rotated."""
     _open_store_first(ctx)
-    if ctx.settings.store and not force:
-        active = ctx.state.active_sweep_id()
-        sweep = ctx.state.get_sweep(active) if active else None
+    if not ctx.settings.store:
+        return
+    active = ctx.state.active_sweep_id()
+    sweep = ctx.state.get_sweep(active) if active else None
+    for provider in providers:
         if sweep is not None and sweep.covers(product_of(ctx, provider)):
             raise SweepError(
-                f"sweep {active} is {sweep.status} towards {sweep.target_kid} and reads this key's documents: "
-                f"finish or cancel it before rotating (or pass --force)"
+                f"sweep {active} is {sweep.status} towards {sweep.target_kid} and reads {provider.key_name}'s "
+                f"documents: finish or cancel it before rotating (or pass --force)"
             )
+
+
+def rotate(ctx: Context, provider: KeyProvider, *, force: bool = False) -> tuple[KeyVersion, bool]:
+    """A new current version; refused while a sweep reading this key's product runs on this
+    store (see refuse_rotation_during_sweep), unless ``force``."""
+    _open_store_first(ctx)
+    if not force:
+        refuse_rotation_during_sweep(ctx, [provider])
     version = provider.rotate()
     custody.note_switch(provider, utc_now())
     return version, ctx.record_key_operation("key rotated", provider, kid=version.kid, **_named(ctx, provider))

@@ -268,14 +268,19 @@ def start_verify(
 
 
 def _keys_written(ctx: Context, plan: Plan) -> list[KeyProvider]:
-    """The keys the sweep writes under, to mark this store with: the target's, or each named
-    product's; a whole-container sweep to current marks the keys of the products it meets as
-    the tracker does, through seed and key operations, not here (thousands of writes)."""
-    if not ctx.keys.per_product:
-        return [ctx.keys.root]
+    """The keys the sweep writes under, to mark this store with (custody: the disable gate checks
+    every store a key marks): the target's, each named product's, or for a whole-container sweep
+    to current every key of a product the container holds. A metadata read per key, and a write
+    the first time: never skipped, or another container's disable gate would not see this one."""
+    keys = ctx.keys
+    if not keys.per_product:
+        return [keys.root]
     if plan.target_kid != TARGET_CURRENT:
-        return [ctx.keys.provider_of_kid(plan.target_kid)]
-    return [ctx.keys.provider_for(product) for product in plan.products or ()]
+        return [keys.provider_of_kid(plan.target_kid)]
+    if plan.products is not None:
+        return [keys.provider_for(product) for product in plan.products]
+    with_keys = {product.lower() for product in keys.products_with_keys()}  # Key Vault names ignore case
+    return [keys.provider_for(product) for product in ctx.store.products() if product.lower() in with_keys]
 
 
 def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags, products: Sequence[str] = ()) -> dict:

@@ -46,23 +46,27 @@ def scan_container(
     ``products``: read only their partitions (None: the whole container). ``expected``: also
     count the fields not on the kid expected for their document's product."""
     report = ScanReport(sizing=sizing)
-    for feed_range in scan_ranges(store, products):
-        page: ScanPage | None = _read_ahead(store, feed_range, None, keyring)
-        while page is not None:
-            # The next page is read, and its data keys unwrapping, while this one is checked.
-            following = _read_ahead(store, feed_range, page.continuation, keyring) if page.continuation else None
-            for document in page.documents:
-                count_document(
-                    report,
-                    document.body,
-                    partition_key_or_none(store, document.body),
-                    keyring,
-                    unreadable=document.unreadable,
-                    expected=expected,
-                )
-            if progress:
-                progress(len(page.documents))
-            page = following
+    try:
+        for feed_range in scan_ranges(store, products):
+            page: ScanPage | None = _read_ahead(store, feed_range, None, keyring)
+            while page is not None:
+                # The next page is read, and its data keys unwrapping, while this one is checked.
+                following = _read_ahead(store, feed_range, page.continuation, keyring) if page.continuation else None
+                for document in page.documents:
+                    count_document(
+                        report,
+                        document.body,
+                        partition_key_or_none(store, document.body),
+                        keyring,
+                        unreadable=document.unreadable,
+                        expected=expected,
+                    )
+                if progress:
+                    progress(len(page.documents))
+                page = following
+    finally:
+        if keyring is not None:
+            keyring.cancel_prefetches()  # Ctrl-C or an error: no page's unwraps left queued
     return report
 
 
@@ -127,6 +131,9 @@ def verify_rotation(
     A container (or a product) with no document fails unless ``allow_empty``: a mistyped store
     or product id must not pass the gate on nothing."""
     scope, expected = verify_scope(ctx, expect, products)
+    # The proof dates from here, not from the entry written at the end: a long scan may have
+    # passed a region before a key switch wrote there (custody.proving_verify).
+    started = _reading_starts(ctx)
     report = scan_container(ctx.store, ctx.keyring, progress=progress, products=scope, expected=expected)
     payload = verify_payload(
         ctx,
@@ -138,8 +145,16 @@ def verify_rotation(
         without_key=report.products_without_target,
         allow_empty=allow_empty,
     )
-    _record_verify(ctx, payload, allow_empty=allow_empty)
+    _record_verify(ctx, payload, allow_empty=allow_empty, **started)
     return payload
+
+
+def _reading_starts(ctx) -> dict:
+    """When a one-process verify begins reading: the time, and the newest audit entry then."""
+    if not ctx.settings.store:
+        return {}
+    entries = ctx.audit.entries()
+    return {"started_at": utc_now(), "started_after_seq": entries[-1]["seq"] if entries else 0}
 
 
 def verify_payload(

@@ -190,7 +190,7 @@ def proving_verify(
             and details.get("undecryptable") == 0
             and (details.get("documents", 0) > 0 or details.get("allow_empty"))
             and covers(details, product)
-            and _read_after(details, started, after, after_seq)
+            and _read_after(entry, started, after, after_seq)
         ):
             return entry
     return None
@@ -200,13 +200,19 @@ def _before(entry: dict, after: str, after_seq: int) -> bool:
     return entry.get("at", "") < after or entry.get("seq", 0) <= after_seq
 
 
-def _read_after(details: dict, started: dict, after: str, after_seq: int) -> bool:
-    """Whether the verify began reading after ``after``: a one-process verify's entry is its
-    end, seconds after its start; a fleet verify's start is its "verify started" entry."""
-    if "sweep_id" not in details:
-        return True
-    start = started.get(details["sweep_id"])
-    return start is not None and not _before(start, after, after_seq)
+def _read_after(entry: dict, started: dict, after: str, after_seq: int) -> bool:
+    """Whether the verify began reading after ``after``: a fleet verify's start is its "verify
+    started" entry; a one-process verify records when it began (the time, and the newest entry
+    of the trail then: it began after that entry, before the next). One recorded before starts
+    were (its entry is its end) is dated by its entry, as it always was."""
+    details = entry.get("details") or {}
+    if "sweep_id" in details:
+        start = started.get(details["sweep_id"])
+        return start is not None and not _before(start, after, after_seq)
+    if "started_at" in details:
+        began = {"at": details["started_at"], "seq": details.get("started_after_seq", 0) + 0.5}
+        return not _before(began, after, after_seq)
+    return True
 
 
 def gate_problem(

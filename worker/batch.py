@@ -86,25 +86,28 @@ class SliceBatch:
         page = self._read(piece, piece.continuation, 0)
         self._prefetch(page.documents)
         handled = 0
-        while True:
-            if self.pacer is not None:
-                self.pacer.before_page(len(page.documents))
-            writes = self._plan_page(piece.index, page.documents, report)
-            handled += len(page.documents)
-            more = handled < self.limits.documents and time.monotonic() < deadline
-            following = self._read(piece, page.continuation, handled) if page.continuation and more else None
-            if following is not None:
-                self._prefetch(following.documents)
-            self._write_page(piece.index, writes, report)
-            if self.pacer is not None:
-                self.pacer.after_page()
-            report.result.continuation = page.continuation
-            if page.continuation is None:
-                report.result.done = True
-                return report
-            if following is None:
-                return report
-            page = following
+        try:
+            while True:
+                if self.pacer is not None:
+                    self.pacer.before_page(len(page.documents))
+                writes = self._plan_page(piece.index, page.documents, report)
+                handled += len(page.documents)
+                more = handled < self.limits.documents and time.monotonic() < deadline
+                following = self._read(piece, page.continuation, handled) if page.continuation and more else None
+                if following is not None:
+                    self._prefetch(following.documents)
+                self._write_page(piece.index, writes, report)
+                if self.pacer is not None:
+                    self.pacer.after_page()
+                report.result.continuation = page.continuation
+                if page.continuation is None:
+                    report.result.done = True
+                    return report
+                if following is None:
+                    return report
+                page = following
+        finally:
+            self.keyring.cancel_prefetches()  # after an error, no page's unwraps are left queued
 
     def _read(self, piece: Slice, continuation: str | None, handled: int) -> ScanPage:
         page_size = min(self.limits.page_size, self.limits.documents - handled)

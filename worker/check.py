@@ -96,22 +96,25 @@ class SliceCheck:
         deadline = time.monotonic() + self.limits.seconds
         page = self._read(piece, piece.continuation, 0)
         handled = 0
-        while True:
-            if self.pacer is not None:
-                self.pacer.before_page(len(page.documents))
-            handled += len(page.documents)
-            more = handled < self.limits.documents and time.monotonic() < deadline
-            following = self._read(piece, page.continuation, handled) if page.continuation and more else None
-            for document in page.documents:
-                recordable -= self._check(piece.index, document, tally, report, recordable)
-            if self.pacer is not None:
-                self.pacer.after_page()
-            report.result.continuation = page.continuation
-            if page.continuation is None or following is None:
-                report.result.done = page.continuation is None
-                report.result.checked = _check_counts(tally)
-                return report
-            page = following
+        try:
+            while True:
+                if self.pacer is not None:
+                    self.pacer.before_page(len(page.documents))
+                handled += len(page.documents)
+                more = handled < self.limits.documents and time.monotonic() < deadline
+                following = self._read(piece, page.continuation, handled) if page.continuation and more else None
+                for document in page.documents:
+                    recordable -= self._check(piece.index, document, tally, report, recordable)
+                if self.pacer is not None:
+                    self.pacer.after_page()
+                report.result.continuation = page.continuation
+                if page.continuation is None or following is None:
+                    report.result.done = page.continuation is None
+                    report.result.checked = _check_counts(tally)
+                    return report
+                page = following
+        finally:
+            self.keyring.cancel_prefetches()  # after an error, no page's unwraps are left queued
 
     def _read(self, piece: Slice, continuation: str | None, handled: int) -> ScanPage:
         page_size = min(self.limits.page_size, self.limits.documents - handled)

@@ -91,7 +91,7 @@ class VaultCalls:
     max_in_flight: int  # unwraps the vault served at once, at most
     limit_per_s: float  # the rate the fleet keeps to: its budget, or W x its processes' own ceiling
     #: The smallest token-bucket burst that lets every call through at ``limit_per_s``: the most
-    #: calls any interval held beyond the limit times its length. The pacer's buckets allow 1 s.
+    #: calls any interval held beyond the limit times its length (the pacer's Key Vault bucket allows 0.1 s).
     burst_used_calls: float
     mean_latency_ms: float | None = None  # per unwrap as the workers timed it (the SDK, TLS and the vault's wait)
     window_s: float = WINDOW_S

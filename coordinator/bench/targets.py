@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
 from coordinator.bench.results import FleetRun, ReferenceRuns
 from tracker_reencrypt.keys.keyring import DEFAULT_UNWRAP_CACHE_ENTRIES
-from tracker_reencrypt.pacing.bucket import TokenBucket
+from tracker_reencrypt.pacing.pacer import KEY_VAULT_BURST_S
 
 #: The container size the targets are stated for.
 TARGET_DOCS = 100_000
@@ -132,8 +131,8 @@ def targets(report: dict, fleets: dict[int, FleetRun], refs: ReferenceRuns, core
     return found
 
 
-#: The burst every pacing bucket allows, in seconds of its rate (TokenBucket's default).
-BUCKET_BURST_S: float = inspect.signature(TokenBucket).parameters["burst_seconds"].default
+#: The burst the fleet's Key Vault bucket allows, in seconds of its rate.
+BUCKET_BURST_S: float = KEY_VAULT_BURST_S
 #: Issue 16's targets for one worker process against a Key Vault budget: the share of the budget
 #: it must reach, by vault latency (ms), with a data key per document.
 BUDGET_SHARE_GOALS = {10.0: 0.8, 30.0: 0.7}
@@ -190,7 +189,7 @@ def vault_targets(report: dict) -> list[Target]:
                     else ""
                 )
                 + f". The calls fit a token bucket of {limit:g}/s with a burst of {fleet['burst_used_calls']:,.0f} "
-                f"calls ({fleet['burst_used_s']:.2f} s of it); the pacing buckets allow {BUCKET_BURST_S:g} s, so a "
+                f"calls ({fleet['burst_used_s']:.2f} s of it); the Key Vault bucket allows {BUCKET_BURST_S:g} s, so a "
                 f"{report['window_s']:g} s window may hold up to "
                 f"{(report['window_s'] + BUCKET_BURST_S) / report['window_s']:.2f}x the rate",
             )

@@ -152,6 +152,8 @@ def keys_rotate(
     ctx: Context = c.obj
     _env_file_first(ctx, env_file)
     selected = selected_keys(ctx, products, all_products)
+    if not force:
+        keyops.refuse_rotation_during_sweep(ctx, selected)
     rotated: list[KeyVersion] = []
     try:
         for provider in selected:

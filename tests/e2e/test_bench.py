@@ -26,6 +26,7 @@ from coordinator.context import Context
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.documents import find_envelopes
 from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.keys.keyring import DEFAULT_UNWRAP_CONCURRENCY
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.seed import seed_store, seeding_keyring
@@ -175,7 +176,7 @@ def test_references_scan_an_unreadable_row_but_never_write_it(tmp_path, monkeypa
 
 # -- the remote-vault mode ---------------------------------------------------------------------
 
-VAULT_DOCS, BUDGET, POOL = 120, 150.0, 8
+VAULT_DOCS, BUDGET, POOL = 120, 150.0, DEFAULT_UNWRAP_CONCURRENCY
 
 
 @pytest.mark.slow

@@ -127,3 +127,18 @@ def test_the_fleet_budget_holds_with_every_thread_asking(vault, provider):
     keyring.prefetch([(kid, "RSA-OAEP-256", wrapped) for kid, wrapped, _ in keys]).wait()
     assert_at_most(budget, sorted(vault.started_at["unwrap_key"]), 100)
     keyring.close()
+
+
+def test_prefetches_not_started_are_dropped_after_an_error(vault, provider):
+    """What a batch or verify does on an error or Ctrl-C: the page's queued unwraps never reach
+    the vault (nor hold up the process's exit), the ones under way end."""
+    keys = sealed_keys(provider, 40)
+    vault.latency_s["unwrap_key"] = 0.2
+    keyring = Keyring(provider, unwrap_concurrency=2)
+    started = keyring.prefetch([(kid, "RSA-OAEP-256", wrapped) for kid, wrapped, _ in keys])
+    keyring.cancel_prefetches()
+    started.wait()
+    keyring.close()
+    assert vault.counts["unwrap_key"] <= 4  # the two under way, and at most one more each
+    kid, wrapped, dek = keys[-1]
+    assert Keyring(provider).unwrap(kid, "RSA-OAEP-256", wrapped) == dek  # nothing wedged

@@ -116,3 +116,21 @@ def test_an_open_sweep_to_current_that_reads_the_product_holds_the_gate():
     ended = {"seq": 2, "at": "2026-11-29T02:05:00Z", "action": "sweep completed", "details": {"sweep_id": "sw-1"}}
     window = custody.write_window([started(1, TARGET_CURRENT, ["acme"]), ended], kid, "acme")
     assert window.open_sweeps == () and window.ends_at == "2026-11-29T02:05:00Z"
+
+
+def test_a_key_every_product_shares_is_read_by_every_sweep():
+    scoped = Sweep(id="sw-1", target_kid="tracker-mek/v2", mode="reencrypt", status=RUNNING, products=("acme",))
+    assert scoped.covers(None)  # rotating the shared key would undo this sweep's work on acme
+    assert scoped.covers("acme") and not scoped.covers("beta")
+
+
+def test_a_one_process_verify_proves_only_what_it_began_reading_after_the_switch():
+    """A long scan that began before the key switch may have passed a document the tracker then
+    wrote under the old version: its proof dates from its start, not from its entry at the end."""
+    switch_seq, kid = 5, "tracker-mek-acme/v1"
+    began_before = verify_entry(9, None, {"tracker-mek-acme/v2": 5})
+    began_before["details"].update(started_at="2026-11-29T01:59:00Z", started_after_seq=4)
+    assert custody.proving_verify([began_before], kid, "2026-11-29T01:59:00Z", switch_seq, "acme") is None
+    began_after = verify_entry(9, None, {"tracker-mek-acme/v2": 5})
+    began_after["details"].update(started_at="2026-11-29T01:59:00Z", started_after_seq=5)
+    assert custody.proving_verify([began_after], kid, "2026-11-29T01:59:00Z", switch_seq, "acme")

@@ -131,6 +131,8 @@ class Keyring:
         #: Unwraps under way, by cache key: a second caller waits on the first's future.
         self._in_flight: dict[tuple[str, bytes], Future] = {}
         self._pool: ThreadPoolExecutor | None = None
+        #: Prefetches submitted and not yet ended: what cancel_prefetches drops.
+        self._queued: set[Future] = set()
 
     def current_kid(self) -> str:
         return self.provider.current_kid()
@@ -195,9 +197,27 @@ class Keyring:
         pool = self._pool
         if pool is None:
             return Prefetch([])
-        return Prefetch(
-            [pool.submit(self._quiet_unwrap, kid, algorithm, wrapped) for (kid, wrapped), algorithm in wanted.items()]
-        )
+        futures = [
+            pool.submit(self._quiet_unwrap, kid, algorithm, wrapped) for (kid, wrapped), algorithm in wanted.items()
+        ]
+        with self._lock:
+            self._queued.update(futures)
+        for future in futures:
+            future.add_done_callback(self._dequeue)
+        return Prefetch(futures)
+
+    def _dequeue(self, future: Future) -> None:
+        with self._lock:
+            self._queued.discard(future)
+
+    def cancel_prefetches(self) -> None:
+        """Drop every prefetch not started yet (those under way end): after an error or a
+        Ctrl-C, pages that will not be processed must not keep the process, or the vault
+        budget, busy on their keys, nor hold up the process's exit."""
+        with self._lock:
+            queued = list(self._queued)
+        for future in queued:
+            future.cancel()
 
     def _quiet_unwrap(self, kid: str, wrap_algorithm: str, wrapped: bytes) -> None:
         try:
@@ -206,11 +226,11 @@ class Keyring:
             log.debug("prefetch of a data key under %s failed: %s", kid, type(error).__name__)
 
     def close(self) -> None:
-        """Stop the prefetch threads (after the calls under way)."""
+        """Stop the prefetch threads: the calls under way end, those not started are dropped."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def wrap(self, kid: str, dek: bytes) -> tuple[str, bytes]:
         """Wrap ``dek`` under ``kid``, once per distinct (kid, DEK) pair.

@@ -204,8 +204,9 @@ class Sweep:
         return self.mode == VERIFY
 
     def covers(self, product: str | None) -> bool:
-        """Whether the sweep reads ``product``'s documents (None: a key shared by every product)."""
-        return self.products is None or (product is not None and product in self.products)
+        """Whether the sweep reads documents under ``product``'s key: any sweep does when the key
+        is shared by every product (None), a sweep scoped to products only those products'."""
+        return self.products is None or product is None or product in self.products
 
     def limit(self, key: str) -> float | None:
         return self.limits.get(key) or None
