@@ -58,6 +58,15 @@ class BatchReport:
     documents_skipped: int = 0
 
 
+def page_size(limits: BatchLimits, handled: int, pacer: Pacer | None, sweep: Sweep) -> int:
+    """The next page's size: the configured page, within the batch's document bound, and small
+    enough that the sweep's limits let it through in half the batch's time bound (a page that
+    waits past its lease is taken over and waited for again, for ever: Pacer.documents_within)."""
+    size = min(limits.page_size, limits.documents - handled)
+    paced = pacer.documents_within(limits.seconds / 2, sweep.sample) if pacer is not None else None
+    return size if paced is None else max(1, min(size, paced))
+
+
 class SliceBatch:
     """Everything one batch needs; built per task by the worker runtime."""
 
@@ -110,8 +119,9 @@ class SliceBatch:
             self.keyring.cancel_prefetches()  # after an error, no page's unwraps are left queued
 
     def _read(self, piece: Slice, continuation: str | None, handled: int) -> ScanPage:
-        page_size = min(self.limits.page_size, self.limits.documents - handled)
-        return self.store.scan(dict(piece.feed_range), continuation, page_size)
+        return self.store.scan(
+            dict(piece.feed_range), continuation, page_size(self.limits, handled, self.pacer, self.sweep)
+        )
 
     def _prefetch(self, documents: list[StoredDocument]) -> None:
         """Start unwrapping the data keys these documents' moving fields need (remote vaults only)."""

@@ -35,7 +35,7 @@ from tracker_reencrypt.sweep.records import CheckCounts, Slice, Sweep
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
 from tracker_reencrypt.sweep.targets import DocumentTargets
 from tracker_reencrypt.verification import EXAMPLES, ScanReport, count_document
-from worker.batch import BatchLimits, BatchReport
+from worker.batch import BatchLimits, BatchReport, page_size
 
 
 class Scanner(Protocol):
@@ -117,8 +117,9 @@ class SliceCheck:
             self.keyring.cancel_prefetches()  # after an error, no page's unwraps are left queued
 
     def _read(self, piece: Slice, continuation: str | None, handled: int) -> ScanPage:
-        page_size = min(self.limits.page_size, self.limits.documents - handled)
-        page = self.store.scan(dict(piece.feed_range), continuation, page_size)
+        page = self.store.scan(
+            dict(piece.feed_range), continuation, page_size(self.limits, handled, self.pacer, self.sweep)
+        )
         self.keyring.prefetch(
             key
             for document in page.documents

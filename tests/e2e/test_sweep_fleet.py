@@ -566,3 +566,22 @@ def test_throttle_changes_the_rate_of_a_running_sweep(tmp_path, redis_url):
         assert final["totals"]["documents_scanned"] == rotation.documents
     finally:
         fleet.stop()
+
+
+def test_a_rate_tighter_than_a_page_per_lease_still_completes_without_losing_leases(tmp_path, redis_url):
+    """At 5 documents/s a 25-document page is paced for 5 s, longer than the 4 s lease: pages
+    sized to the limit end inside the batch's bound, so the slice is never taken from its worker."""
+    slow = make_rotation(tmp_path, 60, redis_url)
+    fleet = Fleet(slow, tmp_path / "logs")
+    fleet.log_dir.mkdir()
+    fleet.start(count=2)  # FAST_RECOVERY: 4 s lease, 2 s batches, 25-document pages
+    try:
+        result = run_cli(
+            "sweep", "start", "--to", slow.v2, "--slices", "2", "--rate", "5", "--wait", "--json",
+            env=slow.env(), timeout=150,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr + fleet.logs()[-3000:]
+        assert json.loads(result.stdout)["totals"]["documents_scanned"] == 60
+        assert "lease lost" not in fleet.logs() and "was taken over" not in fleet.logs()
+    finally:
+        fleet.stop()

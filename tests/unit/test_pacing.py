@@ -314,3 +314,18 @@ def test_a_throttle_reaches_a_running_batch_within_the_refresh_interval():
     paced.clock.sleep(LIMITS_REFRESH_S)
     pacer.before_page(1)  # re-read: the 10 documents still owed and this one, at 1/s, less the 3 s gone
     assert paced.waits[-1] == (DOCUMENTS.label, pytest.approx(10 + 1 - 3))
+
+
+def test_pages_are_sized_so_the_limits_let_one_through_within_the_time_given():
+    """A page paced past its lease would be taken over and paced again, for ever."""
+    assert batch().pacer().documents_within(5.0) is None  # no limit: the configured page
+    assert batch(rate=5).pacer().documents_within(5.0) == 25
+    # Key Vault calls priced by the sweep's sample: two data keys a document, half the documents.
+    assert batch(kv_ops_per_s=10).pacer().documents_within(5.0, {"deks_per_document": 2.0}) == 25
+    assert batch(rate=5, kv_ops_per_s=2).pacer().documents_within(5.0) == 10  # the tightest wins
+    assert batch(rate=0.01).pacer().documents_within(5.0) == 1  # never an empty page
+    throttled = batch(kv_ops_per_s=10)
+    pacer = throttled.pacer()
+    throttled.vault.throttled += 1
+    pacer.after_page()  # the vault said 429: the fleet's share halves, and so do pages
+    assert pacer.documents_within(5.0) == 25

@@ -18,7 +18,7 @@ from tracker_reencrypt.pacing.backend import PacingBackend
 from tracker_reencrypt.pacing.bucket import TokenBucket
 from tracker_reencrypt.pacing.limits import DOCUMENTS, KEY_VAULT, REQUEST_UNITS, SWEEP_LIMITS, Limit
 from tracker_reencrypt.pacing.share import AdaptiveShare
-from tracker_reencrypt.stores import RequestCost
+from tracker_reencrypt.stores import RequestCost, estimated_request_units
 
 #: How often a batch re-reads its sweep's limits: a page under a tight limit can take long,
 #: and 'sweep throttle' must reach a batch already running within seconds.
@@ -79,6 +79,32 @@ class Pacer:
 
     def before_page(self, documents: int) -> None:
         self._spend(DOCUMENTS, documents)
+
+    def documents_within(self, seconds: float, sample: Mapping[str, float] | None = None) -> int | None:
+        """How many documents the limits let a page take in ``seconds`` (None: no limit set).
+
+        A page is paced before it is written: under a tight limit a full page could wait longer
+        than the slice's lease, be taken over by another worker, and be waited for again there,
+        page after page, for ever. Pages sized to the limits end inside the batch's time bound.
+        ``sample`` (the sweep's: data keys and bytes per document) prices a document in Key
+        Vault calls and request units; without it, one call and one read plus one write of 2 KiB."""
+        sample = sample or {}
+        deks = max(1.0, float(sample.get("deks_per_document", 1.0)))
+        size = float(sample.get("average_bytes", 2048.0))
+        cost = {
+            DOCUMENTS: 1.0,
+            KEY_VAULT: deks,
+            REQUEST_UNITS: estimated_request_units(size, write=False) + estimated_request_units(size, write=True),
+        }
+        fits = []
+        for limit in SWEEP_LIMITS:
+            rate = limit.value_in(self.limits)
+            if rate is None:
+                continue
+            if limit in self._shares:
+                rate *= self._shares[limit].share
+            fits.append(rate * seconds / cost[limit])
+        return max(1, int(min(fits))) if fits else None
 
     def limits_key_vault(self) -> bool:
         """Whether the sweep sets a Key Vault budget (as last read) for this batch to keep to."""
