@@ -157,37 +157,9 @@ def start(
         raise SweepError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
     given = limits.given()
     plan = plan_target(ctx, to, sources, list(products))
-    active = ctx.state.active_sweep_id()
-    if active:
-        raise SweepError(
-            f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'"
-        )
-    celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
-    feed_ranges = plan_slices(ctx, plan, slices)
-    if len(feed_ranges) > MAX_SLICES:
-        raise SweepError(
-            f"{len(feed_ranges)} slices for {len(plan.products or ())} products is more than {MAX_SLICES}: "
-            "sweep fewer products at a time, or lower --slices"
-        )
+    celery, feed_ranges = _slices_when_free(ctx, plan, slices, "sweep")
     ctx.mark_store_with_keys(_keys_written(ctx, plan))
-    sweep = ctx.state.create_sweep(
-        Sweep(
-            id=new_sweep_id(),
-            target_kid=plan.target_kid,
-            source_kids=tuple(sources) or None,
-            products=plan.products,
-            key_name=ctx.keys.naming.template,
-            mode=mode,
-            limits=given,
-            status=RUNNING,
-            started_by=actor(),
-            started_at=utc_now(),
-            documents_estimate=documents_in_scope(ctx.store, plan.products),
-            store=ctx.store.describe(),
-            sample=_sample(ctx, feed_ranges),
-        ),
-        feed_ranges,
-    )
+    sweep = _create(ctx, plan, feed_ranges, mode=mode, limits=given, source_kids=tuple(sources) or None)
     ctx.audit.append(
         "sweep started",
         sweep_id=sweep.id,
@@ -224,35 +196,8 @@ def start_verify(
     given = limits.given()
     scope, _ = verify_scope(ctx, expect, list(products) or None)
     plan = Plan(expect or TARGET_CURRENT, tuple(scope) if scope is not None else None)
-    active = ctx.state.active_sweep_id()
-    if active:
-        raise SweepError(
-            f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'"
-        )
-    celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
-    feed_ranges = plan_slices(ctx, plan, slices)
-    if len(feed_ranges) > MAX_SLICES:
-        raise SweepError(
-            f"{len(feed_ranges)} slices for {len(plan.products or ())} products is more than {MAX_SLICES}: "
-            "verify fewer products at a time, or lower --slices"
-        )
-    sweep = ctx.state.create_sweep(
-        Sweep(
-            id=new_sweep_id(),
-            target_kid=plan.target_kid,
-            products=plan.products,
-            key_name=ctx.keys.naming.template,
-            mode=VERIFY,
-            limits=given,
-            status=RUNNING,
-            started_by=actor(),
-            started_at=utc_now(),
-            documents_estimate=documents_in_scope(ctx.store, plan.products),
-            store=ctx.store.describe(),
-            sample=_sample(ctx, feed_ranges),
-        ),
-        feed_ranges,
-    )
+    celery, feed_ranges = _slices_when_free(ctx, plan, slices, "verify")
+    sweep = _create(ctx, plan, feed_ranges, mode=VERIFY, limits=given)
     ctx.audit.append(
         VERIFY_STARTED,
         sweep_id=sweep.id,
@@ -265,6 +210,54 @@ def start_verify(
     for index in range(len(feed_ranges)):
         enqueue_slice(celery, sweep.id, index, 0)
     return sweep
+
+
+def _slices_when_free(ctx: Context, plan: Plan, slices: int, what: str):
+    """The broker and the plan's slices, once the container has no active sweep (one at a time)
+    and Redis answers: both checked before anything is written."""
+    active = ctx.state.active_sweep_id()
+    if active:
+        raise SweepError(
+            f"sweep {active} is still active on this container: wait for it, or 'reencrypt sweep cancel {active}'"
+        )
+    celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
+    feed_ranges = plan_slices(ctx, plan, slices)
+    if len(feed_ranges) > MAX_SLICES:
+        raise SweepError(
+            f"{len(feed_ranges)} slices for {len(plan.products or ())} products is more than {MAX_SLICES}: "
+            f"{what} fewer products at a time, or lower --slices"
+        )
+    return celery, feed_ranges
+
+
+def _create(
+    ctx: Context,
+    plan: Plan,
+    feed_ranges: list[FeedRange],
+    *,
+    mode: str,
+    limits: dict[str, float],
+    source_kids: tuple[str, ...] | None = None,
+) -> Sweep:
+    """The sweep record and its slices, running from now."""
+    return ctx.state.create_sweep(
+        Sweep(
+            id=new_sweep_id(),
+            target_kid=plan.target_kid,
+            source_kids=source_kids,
+            products=plan.products,
+            key_name=ctx.keys.naming.template,
+            mode=mode,
+            limits=limits,
+            status=RUNNING,
+            started_by=actor(),
+            started_at=utc_now(),
+            documents_estimate=documents_in_scope(ctx.store, plan.products),
+            store=ctx.store.describe(),
+            sample=_sample(ctx, feed_ranges),
+        ),
+        feed_ranges,
+    )
 
 
 def _keys_written(ctx: Context, plan: Plan) -> list[KeyProvider]:
