@@ -284,13 +284,15 @@ def dry_run(ctx: Context, *, to: str, sources: list[str], limits: LimitFlags, pr
     ``disabled_kids``, not counted as "would move"; the sweep records each as a failure."""
     given = limits.given()
     plan = plan_target(ctx, to, sources, list(products))
-    expected = CurrentKids(ctx.keys).of if plan.target_kid == TARGET_CURRENT else (lambda _product: plan.target_kid)
+    current = CurrentKids(ctx.keys) if plan.target_kid == TARGET_CURRENT else None
+    expected = current.of if current is not None else (lambda _product: plan.target_kid)
     report = scan_container(ctx.store, keyring=None, sizing=True, products=plan.products, expected=expected)
     enabled = _enabled_by_kid(ctx, report.kinds_by_kid)
+    staying = _current_kids(ctx, current, report) if current is not None else set()
     touched = [
         kid
         for kid in report.kinds_by_kid
-        if kid != plan.target_kid and (not sources or kid in sources) and kid not in _current_kids(ctx, plan, report)
+        if kid != plan.target_kid and (not sources or kid in sources) and kid not in staying
     ]
     moving = [kid for kid in touched if enabled.get(kid)]
     unknown = {kid: sum(report.kinds_by_kid[kid].values()) for kid in touched if kid not in enabled}
@@ -334,23 +336,22 @@ def _enabled_by_kid(ctx: Context, kids) -> dict[str, bool]:
     return enabled
 
 
-def _current_kids(ctx: Context, plan: Plan, report: ScanReport) -> set[str]:
+def _current_kids(ctx: Context, current: CurrentKids, report: ScanReport) -> set[str]:
     """Under a sweep to current, the kids that are some product's current version: their fields
-    stay (a field on another product's current version is rare, and counted by verify --current)."""
-    if plan.target_kid != TARGET_CURRENT:
-        return set()
-    current = set()
+    stay (a field on another product's current version is rare, and counted by verify --current).
+    Looked up through the scan's own ``current``: each product's key is asked once."""
+    staying = set()
     for kid in report.kinds_by_kid:
         product = ctx.keys.product_of_kid(kid)
         if product is None:
             continue
         try:
-            if ctx.keys.provider_for(product).current_kid() == kid:
-                current.add(kid)
+            if current.of(product) == kid:
+                staying.add(kid)
         except ReencryptError as error:
             if error.transient:
                 raise
-    return current
+    return staying
 
 
 SAMPLE_DOCUMENTS = 200
