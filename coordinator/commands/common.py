@@ -7,6 +7,7 @@ import json
 import typer
 from rich.console import Console
 
+from coordinator import render, steering
 from coordinator.context import Context
 
 # soft_wrap: a line is never broken at the terminal's width (80 columns when piped), so logs
@@ -32,3 +33,22 @@ def emit(ctx: Context, as_json: bool, payload, human) -> None:
 def note_unaudited(action: str, recorded: bool) -> None:
     if not recorded:
         err.print(f"note: '{action}' not recorded in the audit trail (no store configured)")
+
+
+def follow_or_exit(
+    ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool, what: str = "sweep", later: str = ""
+) -> steering.Progress:
+    """Follow the sweep to its end; on Ctrl-C say that it goes on, what to run ``later`` (default:
+    follow it again) and how to stop it, and exit 130."""
+    try:
+        return render.follow(ctx, sweep_id, console, kick_stalled=kick_stalled)
+    except KeyboardInterrupt:
+        later = later or f"Follow it again: reencrypt sweep status --watch {sweep_id}"
+        err.print(
+            f"\nstopped following; {what} {sweep_id} goes on running on the workers. {later}; "
+            f"stop it: reencrypt sweep pause {sweep_id} (resumable) or reencrypt sweep cancel {sweep_id}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from coordinator import keyops, render, steering
-from coordinator.commands.common import JsonOption, ProductOption, emit, err, out
+from coordinator.commands.common import JsonOption, ProductOption, emit, err, follow_or_exit, out
 from coordinator.context import Context
 from coordinator.verify import documents_in_scope, fleet_verify, verify_rotation
 from tracker_reencrypt.errors import ConfigError, SweepError
@@ -160,18 +160,14 @@ def _verify_on_fleet(ctx: Context, sweep: Sweep, as_json: bool) -> None:
     if not sweep.checks_only:
         raise SweepError(f"sweep {sweep.id} is a {sweep.mode} sweep, not a verify sweep ('verify --fleet' starts one)")
     if not sweep.finished:
-        try:
-            sweep = render.follow(ctx, sweep.id, None if as_json else err, kick_stalled=True).sweep
-        except KeyboardInterrupt:
-            err.print(
-                f"\nstopped following; verify sweep {sweep.id} goes on running on the workers. "
-                f"Its result, once it ends: reencrypt verify --sweep {sweep.id}; "
-                f"stop it: reencrypt sweep pause {sweep.id} (resumable) or reencrypt sweep cancel {sweep.id}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(130) from None
+        sweep = follow_or_exit(
+            ctx,
+            sweep.id,
+            None if as_json else err,
+            kick_stalled=True,
+            what="verify sweep",
+            later=f"Its result, once it ends: reencrypt verify --sweep {sweep.id}",
+        ).sweep
     if sweep.status not in (COMPLETED, FAILED):  # both mean every slice was checked
         why = f" ({sweep.paused_reason})" if sweep.paused_reason else ""
         err.print(

@@ -7,10 +7,9 @@ import json
 import sys
 
 import typer
-from rich.console import Console
 
 from coordinator import render, steering
-from coordinator.commands.common import JsonOption, ProductOption, emit, err, out
+from coordinator.commands.common import JsonOption, ProductOption, emit, err, follow_or_exit, out
 from coordinator.context import Context
 from tracker_reencrypt.errors import SweepError
 from tracker_reencrypt.sweep.records import Sweep
@@ -57,24 +56,8 @@ def sweep_start(
         emit(ctx, as_json, {"sweep_id": sweep.id, "slices": sweep.slice_count}, lambda: out.print(sweep.id))
         return
     err.print(f"sweep {sweep.id} started ({sweep.slice_count} slices)")
-    final = _following(ctx, sweep.id, err if not as_json else None, kick_stalled=True)
+    final = follow_or_exit(ctx, sweep.id, err if not as_json else None, kick_stalled=True)
     _finish(ctx, final, as_json)
-
-
-def _following(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled: bool) -> steering.Progress:
-    """Follow the sweep; on Ctrl-C say that it goes on and how to stop it, and exit 130."""
-    try:
-        return render.follow(ctx, sweep_id, console, kick_stalled=kick_stalled)
-    except KeyboardInterrupt:
-        err.print(
-            f"\nstopped following; sweep {sweep_id} goes on running on the workers. "
-            f"Follow it again: reencrypt sweep status --watch {sweep_id}; "
-            f"stop it: reencrypt sweep pause {sweep_id} (resumable) or reencrypt sweep cancel {sweep_id}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
 
 
 def _finish(ctx: Context, progress: steering.Progress, as_json: bool) -> None:
@@ -99,7 +82,7 @@ def sweep_status(
         return
     sweep = steering.resolve(ctx, sweep_id)
     if watch and not as_json:
-        _following(ctx, sweep.id, out, kick_stalled=False)
+        follow_or_exit(ctx, sweep.id, out, kick_stalled=False)
         return
     progress = steering.progress(ctx, sweep)
     emit(ctx, as_json, progress.as_json(), lambda: render.status(out, progress))
