@@ -182,10 +182,14 @@ def test_promote_rolls_new_writes_back_to_an_older_version(vault, open_provider,
 def test_promoting_the_newest_again_undoes_a_promotion(vault, open_provider, provider):
     first = provider.current_kid()
     second = provider.rotate().kid
+    rotated = open_provider().current_version()
+    assert rotated.current_since == rotated.created  # a rotation's version is current from its creation
     provider.promote(first)
-    assert provider.promote(second).current
-    assert open_provider().current_kid() == second
-    assert newest_tags(vault) == {}
+    back = provider.promote(second)
+    assert back.current and open_provider().current_kid() == second
+    # The promotion record is gone, its time stays: writes under the first version after it are stale.
+    assert newest_tags(vault) == {"current-since": back.current_since}
+    assert open_provider().current_version().current_since == back.current_since >= rotated.created
 
 
 def test_promoting_the_current_version_changes_nothing(vault, provider):
@@ -284,11 +288,11 @@ def test_a_change_beyond_key_vaults_tag_limits_is_refused_and_writes_nothing(vau
     assert provider.metadata() == entries(15) == newest_tags(vault)
 
 
-def test_a_promotion_that_would_need_a_sixteenth_tag_is_refused(vault, provider):
+def test_a_promotion_that_would_need_more_than_fifteen_tags_is_refused(vault, provider):
     first = provider.current_kid()
     second = provider.rotate().kid
     provider.set_metadata(entries(15))
-    with pytest.raises(KeyProviderError, match="16 tags .*at most 15"):
+    with pytest.raises(KeyProviderError, match="17 tags .*at most 15"):
         provider.promote(first)
     assert provider.current_kid(refresh=True) == second and newest_tags(vault) == entries(15)
 

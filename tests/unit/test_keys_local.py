@@ -91,6 +91,7 @@ def test_init_creates_one_current_version_in_a_0600_file(tmp_path):
         "enabled": True,
         "current": True,
         "created": version.created,
+        "current_since": version.created,
         "status": "enabled",
     }
     document = json.loads(path.read_text())

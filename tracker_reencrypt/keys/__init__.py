@@ -29,6 +29,11 @@ WRAP_ALGORITHM = "RSA-OAEP-256"
 # Key Vault records a promoted version under this tag (see keys.azure); no provider lets a
 # caller set it through set_metadata, so code written against one provider runs on the other.
 CURRENT_VERSION_ENTRY = "current-version"
+#: When a promotion made its version current (ISO-8601 UTC), recorded beside it for the same
+#: reason: a rotation's time is its version's creation, a rollback's is this.
+CURRENT_SINCE_ENTRY = "current-since"
+#: Metadata entries only the providers write.
+RESERVED_ENTRIES = (CURRENT_VERSION_ENTRY, CURRENT_SINCE_ENTRY)
 #: Operations in :attr:`KeyProvider.calls` that the fleet's Key Vault limit counts apart:
 #: unwraps are charged before each call (through the keyring), and a wrap done in process
 #: with the version's public key costs the vault nothing.
@@ -44,6 +49,10 @@ class KeyVersion:
     enabled: bool
     current: bool
     created: str
+    #: For the current version, when it became current (ISO-8601 UTC): its creation for a
+    #: rotation, the promotion for a rollback; writes after it should all use it (stale writers).
+    #: Empty for the other versions.
+    current_since: str = ""
 
     @property
     def status(self) -> str:
@@ -85,6 +94,9 @@ class KeyProvider(Protocol):
     def current_kid(self, refresh: bool = False) -> str:
         """The version new writes use. Providers may answer from a short cache (a second for the
         keyring file, a minute for Key Vault); ``refresh`` asks the keyring or vault itself."""
+
+    def current_version(self, refresh: bool = False) -> KeyVersion:
+        """The current version with its ``current_since``, cached as :meth:`current_kid` is."""
 
     def rotate(self) -> KeyVersion:
         """Create a new version and make it current."""
@@ -133,7 +145,7 @@ def changed_metadata(metadata: Mapping[str, str], changes: Mapping[str, str | No
     for name, value in changes.items():
         if not isinstance(name, str) or not name:
             raise KeyProviderError(f"metadata entry name {name!r} is not a non-empty string: name each entry with text")
-        if name == CURRENT_VERSION_ENTRY:
+        if name in RESERVED_ENTRIES:
             raise KeyProviderError(f"metadata entry {name!r} is reserved (it marks a promoted version): pick another")
         if value is None:
             updated.pop(name, None)

@@ -30,6 +30,9 @@ Through the real ``azure-keyvault-keys`` SDK:
   to its newest version and cannot be told otherwise, so the promoted version is recorded
   in the newest version's ``current-version`` tag (hidden from :meth:`metadata`), and
   :meth:`current_kid` returns it while that version exists and is enabled, else the newest.
+  Its time goes in ``current-since`` (also hidden): writes under any other version after it
+  come from a tracker instance that missed the change (stale writers). Both count against
+  the 15 tags.
   :meth:`rotate` leaves the tag behind, so its new version is current. Only this tool reads
   the tag: the tracker-service itself must be pointed at the promoted id through its
   ``TRACKER_MEK_ID_<PRODUCTID>`` setting, since the vault's versionless get still returns
@@ -47,6 +50,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -67,8 +71,10 @@ from tracker_reencrypt.errors import (
     first_line,
 )
 from tracker_reencrypt.keys import (
+    CURRENT_SINCE_ENTRY,
     CURRENT_VERSION_ENTRY,
     LOCAL_WRAP_CALL,
+    RESERVED_ENTRIES,
     UNWRAP_CALL,
     WRAP_ALGORITHM,
     KeyVersion,
@@ -96,6 +102,7 @@ KEY_OPERATIONS: list[str | KeyOperation] = [KeyOperation.wrap_key, KeyOperation.
 # How long a resolved current version is trusted: the keyring asks for it on every new data
 # key, and a rotation made by another process reaches this one within this time.
 CURRENT_KID_TTL_S = 60.0
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
@@ -186,7 +193,7 @@ class AzureKeyVaultProvider:
             self._vault = _Vault(self.vault_url, credential, max_retry_after_s, client_kwargs)
         except ValueError as error:  # the SDK's own argument checks (an empty vault URL)
             raise ConfigError(f"cannot open {self.describe()}: {first_line(error)}") from None
-        self._current: tuple[str, float] | None = None
+        self._current: tuple[KeyVersion, float] | None = None
 
     def for_key(self, name: str) -> AzureKeyVaultProvider:
         """A provider of key ``name`` in this vault, sharing this one's clients, cache and counters."""
@@ -223,20 +230,24 @@ class AzureKeyVaultProvider:
 
         KeyDisabledError when the newest version is disabled and no usable version is promoted.
         """
+        return self.current_version(refresh).kid
+
+    def current_version(self, refresh: bool = False) -> KeyVersion:
         current = self._current
         if current and not refresh and time.monotonic() - current[1] < CURRENT_KID_TTL_S:
             return current[0]
-        kid = self._resolve_current(self._newest())
-        self._current = (kid, time.monotonic())
-        return kid
+        newest = self._newest()
+        version = _key_version(self._resolve_current(newest), None, current=True, promoted_at=_promoted_at(newest))
+        self._current = (version, time.monotonic())
+        return version
 
     def versions(self) -> list[KeyVersion]:
         items = self._list_versions()
         try:
-            current = self.current_kid(refresh=True)
+            current = self.current_version(refresh=True)
         except KeyDisabledError:  # the latest version is disabled: none is current
-            current = None
-        return [_key_version(p, current) for p in items]
+            return [_key_version(p, None) for p in items]
+        return [current if p.id == current.kid else _key_version(p, None) for p in items]
 
     def metadata(self) -> dict[str, str]:
         return _metadata(self._newest().tags)
@@ -258,7 +269,7 @@ class AzureKeyVaultProvider:
             return self._list_versions()[-1]
         return key.properties
 
-    def _resolve_current(self, newest: KeyProperties) -> str:
+    def _resolve_current(self, newest: KeyProperties) -> KeyProperties:
         promoted = self._promoted(newest)
         if promoted is not None:
             return promoted
@@ -266,10 +277,10 @@ class AzureKeyVaultProvider:
             raise KeyDisabledError(
                 f"key {newest.id}, the newest version, is disabled in {self.vault_url}: enable it, or rotate"
             )
-        return newest.id
+        return newest
 
-    def _promoted(self, newest: KeyProperties) -> str | None:
-        """The id of the version the newest one's tags promote, while it exists and is enabled."""
+    def _promoted(self, newest: KeyProperties) -> KeyProperties | None:
+        """The version the newest one's tags promote, while it exists and is enabled."""
         version = (newest.tags or {}).get(CURRENT_VERSION_ENTRY)
         if not version or version == newest.version:
             return None
@@ -281,7 +292,7 @@ class AzureKeyVaultProvider:
             # again, as it does for the vault's own versionless get. Not an error for anyone.
             log.debug("promoted version %s of %s is gone or disabled: the newest is current", version, self.key_name)
             return None
-        return key.id if key.properties.enabled is not False else None
+        return key.properties if key.properties.enabled is not False else None
 
     def _versionless_id(self) -> str:
         return f"{self.vault_url}/keys/{self.key_name}"
@@ -389,21 +400,27 @@ class AzureKeyVaultProvider:
             newest = self._newest()
         except KeyNotFoundError:
             raise KeyNotFoundError(f"{self.describe()} does not exist: create it with 'reencrypt keys init'") from None
-        tags = {name: value for name, value in (newest.tags or {}).items() if name != CURRENT_VERSION_ENTRY}
+        tags = {name: value for name, value in (newest.tags or {}).items() if name not in RESERVED_ENTRIES}
         return self._create_version(tags)
 
     def promote(self, kid: str) -> KeyVersion:
         target = self._existing_enabled(kid)
         newest = self._newest()
         tags = dict(newest.tags or {})
-        if target.properties.version == newest.version:
-            tags.pop(CURRENT_VERSION_ENTRY, None)  # back to the vault's own choice
-        else:
-            tags[CURRENT_VERSION_ENTRY] = str(target.properties.version)
-        if tags != (newest.tags or {}):  # promoting the current version writes nothing
+        try:
+            current_id = self._resolve_current(newest).id
+        except KeyDisabledError:  # the newest is disabled and nothing promoted: none is current
+            current_id = None
+        if target.id != current_id:  # promoting the current version writes nothing
+            if target.properties.version == newest.version:
+                tags.pop(CURRENT_VERSION_ENTRY, None)  # back to the vault's own choice
+            else:
+                tags[CURRENT_VERSION_ENTRY] = str(target.properties.version)
+            tags[CURRENT_SINCE_ENTRY] = _now_text()
             self._write_tags(newest, tags)
-        self._current = (target.id, time.monotonic())
-        return _key_version(target.properties, target.id)
+        version = _key_version(target.properties, None, current=True, promoted_at=tags.get(CURRENT_SINCE_ENTRY, ""))
+        self._current = (version, time.monotonic())
+        return version
 
     def _existing_enabled(self, kid: str) -> KeyVaultKey:
         """The version ``kid`` names, refused unless it exists and is enabled."""
@@ -428,9 +445,7 @@ class AzureKeyVaultProvider:
         for _ in range(METADATA_WRITE_TRIES):
             newest = self._newest()
             tags = changed_metadata(_metadata(newest.tags), changes)
-            promoted = (newest.tags or {}).get(CURRENT_VERSION_ENTRY)
-            if promoted is not None:
-                tags[CURRENT_VERSION_ENTRY] = promoted
+            tags.update({name: value for name, value in (newest.tags or {}).items() if name in RESERVED_ENTRIES})
             self._write_tags(newest, tags)
             now = _metadata(self._newest().tags)
             if all(now.get(name) == value for name, value in changes.items()):
@@ -469,8 +484,9 @@ class AzureKeyVaultProvider:
                 name, size=RSA_BITS, key_operations=KEY_OPERATIONS, tags=tags or None
             ),
         )
-        self._current = (key.id, time.monotonic())
-        return _key_version(key.properties, key.id)
+        version = _key_version(key.properties, key.id)
+        self._current = (version, time.monotonic())
+        return version
 
     # -- calls, counters and errors --------------------------------------------------------
 
@@ -486,16 +502,33 @@ class AzureKeyVaultProvider:
             raise translate(error, operation, kid, self.vault_url, name) from None
 
 
-def _key_version(properties, current_kid: str | None) -> KeyVersion:
-    created = properties.created_on.strftime("%Y-%m-%dT%H:%M:%SZ") if properties.created_on else ""
+def _key_version(properties, current_kid: str | None, *, current: bool = False, promoted_at: str = "") -> KeyVersion:
+    """An operator's view of a version; for the current one, when it became current: the later
+    of its creation and the last promotion (a promotion back to the newest version keeps its
+    time too, so the rollback's rollback is dated)."""
+    created = properties.created_on.strftime(_TIME_FORMAT) if properties.created_on else ""
+    current = current or properties.id == current_kid
     return KeyVersion(
-        kid=properties.id, enabled=bool(properties.enabled), current=properties.id == current_kid, created=created
+        kid=properties.id,
+        enabled=bool(properties.enabled),
+        current=current,
+        created=created,
+        current_since=max(created, promoted_at) if current else "",
     )
+
+
+def _promoted_at(newest: KeyProperties) -> str:
+    """When the last promotion happened, as recorded on the newest version ("" if never)."""
+    return (newest.tags or {}).get(CURRENT_SINCE_ENTRY, "")
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).strftime(_TIME_FORMAT)
 
 
 def _metadata(tags: dict[str, str] | None) -> dict[str, str]:
     """A version's tags as metadata: the promotion record is the provider's own business."""
-    return {name: value for name, value in (tags or {}).items() if name != CURRENT_VERSION_ENTRY}
+    return {name: value for name, value in (tags or {}).items() if name not in RESERVED_ENTRIES}
 
 
 def _check_tag_limits(tags: dict[str, str], where: str) -> None:

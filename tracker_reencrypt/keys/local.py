@@ -16,7 +16,8 @@ see :mod:`tracker_reencrypt.keys.naming`), as one vault holds them all: a kid is
 ``metadata`` (optional) holds each key's string annotations under its name.
 
 Each key has exactly one ``current`` version: its newest after a rotation, an older one after a
-promote (rollback). A provider is opened for one key name and administers that key only;
+promote (rollback), which records when in its ``current_since``. A provider is opened for one
+key name and administers that key only;
 wrap and unwrap take a kid of any key in the file.
 
 Layout 1, written before per-product keys, held one key: ``{"name": "tracker-mek", "keys": [...],
@@ -322,10 +323,13 @@ class LocalKeyProvider:
         return [_key_version(jwk) for jwk in self._own_jwks(self._file.load())]
 
     def current_kid(self, refresh: bool = False) -> str:
+        return self.current_version(refresh).kid
+
+    def current_version(self, refresh: bool = False) -> KeyVersion:
         versions = [_key_version(jwk) for jwk in self._own_jwks(self._file.load(force=refresh))]
         for version in versions:
             if version.current:
-                return version.kid
+                return version
         if not versions:
             raise KeyNotFoundError(f"{self.describe()} does not exist: create it with 'reencrypt keys init'")
         raise KeyringFileError(f"{self.describe()} marks no version current: run 'reencrypt keys rotate'")
@@ -400,7 +404,7 @@ class LocalKeyProvider:
         number = 1 + max((int(match.group(1)) for match in numbers if match), default=0)
         kid = f"{self.key_name}/v{number}"
         jwk = jwk_from_private_key(rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS), kid)
-        jwk.update(status="enabled", current=True, created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        jwk.update(status="enabled", current=True, created=_now_text())
         keys = [{**j, "current": False} if self._owns(j["kid"]) else j for j in document["keys"]]
         self._file.write({**document, "keys": keys + [jwk]})
         return _key_version(jwk)
@@ -422,10 +426,15 @@ class LocalKeyProvider:
             jwk = self._own_jwk(document, kid)
             if jwk.get("status") != "enabled":
                 raise KeyDisabledError(f"key {kid} is disabled: enable it first with 'reencrypt keys enable {kid}'")
-            if not jwk.get("current"):
-                keys = [{**j, "current": j["kid"] == kid} if self._owns(j["kid"]) else j for j in document["keys"]]
-                self._file.write({**document, "keys": keys})
-            return _key_version({**jwk, "current": True})
+            if jwk.get("current"):
+                return _key_version(jwk)
+            promoted = {**jwk, "current": True, "current_since": _now_text()}
+            keys = [
+                promoted if j["kid"] == kid else {**j, "current": False} if self._owns(j["kid"]) else j
+                for j in document["keys"]
+            ]
+            self._file.write({**document, "keys": keys})
+            return _key_version(promoted)
 
     def set_metadata(self, changes: Mapping[str, str | None]) -> dict[str, str]:
         with self._file.changing():
@@ -439,9 +448,16 @@ class LocalKeyProvider:
 
 
 def _key_version(jwk: dict) -> KeyVersion:
+    created, current = jwk.get("created", ""), bool(jwk.get("current"))
     return KeyVersion(
         kid=jwk["kid"],
         enabled=jwk.get("status") == "enabled",
-        current=bool(jwk.get("current")),
-        created=jwk.get("created", ""),
+        current=current,
+        created=created,
+        # A promotion (rollback) records its time; a rotation's new version became current when made.
+        current_since=max(created, jwk.get("current_since", "")) if current else "",
     )
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

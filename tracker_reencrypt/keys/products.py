@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 from tracker_reencrypt.errors import ConfigError, KeyProviderError, UnknownNameError
-from tracker_reencrypt.keys import KeyProvider
+from tracker_reencrypt.keys import KeyProvider, KeyVersion
 from tracker_reencrypt.keys.naming import KeyNaming, key_name_of_kid
 
 
@@ -72,17 +73,25 @@ CURRENT_KID_TTL_S = 300.0
 
 
 class CurrentKids:
-    """Each product's current kid, looked up at most once per ``ttl_s`` (refusals included:
+    """Each product's current version, looked up at most once per ``ttl_s`` (refusals included:
     a product with no key is not asked about again for every one of its documents). Thread-safe."""
 
     def __init__(self, keys: ProductKeys, ttl_s: float = CURRENT_KID_TTL_S, clock=time.monotonic) -> None:
         self.keys, self.ttl_s, self._clock = keys, ttl_s, clock
-        self._known: dict[str | None, tuple[float, str | KeyProviderError | ConfigError]] = {}
+        self._known: dict[str | None, tuple[float, KeyVersion | KeyProviderError | ConfigError]] = {}
         self._lock = threading.Lock()
 
     def of(self, product: str | None) -> str:
         """``product``'s current kid. Raises what the lookup raised: UnmappableProductError,
         KeyNotFoundError, KeyDisabledError; an outage (transient) is never remembered."""
+        return self.version_of(product).kid
+
+    def since(self, product: str | None) -> float | None:
+        """When ``product``'s current version became current (seconds since the epoch), None
+        where the keyring or vault does not say. Raises as :meth:`of` does."""
+        return epoch_seconds(self.version_of(product).current_since)
+
+    def version_of(self, product: str | None) -> KeyVersion:
         now = self._clock()
         with self._lock:
             known = self._known.get(product)
@@ -90,7 +99,9 @@ class CurrentKids:
             try:
                 # Asked of the keyring or vault itself: a rotation made a moment before the
                 # sweep started must not be answered from the provider's own short cache.
-                answer: str | KeyProviderError | ConfigError = self.keys.provider_for(product).current_kid(refresh=True)
+                answer: KeyVersion | KeyProviderError | ConfigError = self.keys.provider_for(product).current_version(
+                    refresh=True
+                )
             except (KeyProviderError, ConfigError) as error:
                 if error.transient:
                     raise
@@ -101,3 +112,12 @@ class CurrentKids:
         if isinstance(known[1], Exception):
             raise known[1].with_traceback(None)  # a fresh traceback each time, not a growing one
         return known[1]
+
+
+def epoch_seconds(text: str) -> float | None:
+    """An ISO-8601 UTC time as the providers write it (``2026-11-28T02:00:00Z``) in seconds
+    since the epoch; None for an empty or unreadable one."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
