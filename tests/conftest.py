@@ -306,3 +306,12 @@ CREATE INDEX documents_in_epk_order ON documents (epk, pk, id);
 CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
                       PRIMARY KEY (kind, id));
 """
+#: The SQLite store's tables as layout 1 made them, before documents kept their write time.
+LAYOUT_1_SCHEMA = """
+CREATE TABLE documents (epk INTEGER NOT NULL, pk TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL,
+                        body TEXT NOT NULL, PRIMARY KEY (epk, pk, id)) WITHOUT ROWID;
+CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
+                      PRIMARY KEY (kind, id));
+PRAGMA application_id = 1296386898;
+PRAGMA user_version = 1;
+"""

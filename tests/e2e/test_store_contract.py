@@ -34,7 +34,7 @@ from tracker_reencrypt.stores.cosmos_errors import store_error_for
 from tracker_reencrypt.stores.cosmos_ranges import covers_whole_container, split_feed_range
 from tracker_reencrypt.stores.cosmos_records import STATE_CONTAINER_SUFFIX, record_item_id
 
-from conftest import LAYOUT_0_SCHEMA, free_port
+from conftest import LAYOUT_0_SCHEMA, LAYOUT_1_SCHEMA, free_port
 from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,6 +253,23 @@ def test_a_stale_write_conflicts_and_the_newer_write_survives(store, backend):
     now = store.read(body["id"], pk)
     assert now.body["counter"] == 41 and now.etag == written.etag
     assert store.replace({**now.body, "counter": 42}, now.etag).body["counter"] == 42
+
+
+def test_every_write_records_when_it_happened(store, backend):
+    """The stale-writer check compares a document's last write with its key's rotation: every
+    write, a create, a replace or a page of replaces, must move that time (Cosmos ``_ts``,
+    whole seconds; SQLite's own column)."""
+    before = time.time() - 1
+    created = store.create(document(3))
+    read = store.read("doc-0003", created.body[PARTITION_KEY_FIELD])
+    assert read.written_at is not None and before <= read.written_at <= time.time() + 1
+    scanned = [d for d in store.scan(store.feed_ranges(1)[0], None, 100).documents if d.id == "doc-0003"]
+    assert [d.written_at for d in scanned] == [read.written_at]
+    time.sleep(1.05)  # Cosmos keeps whole seconds
+    replaced = store.replace({**read.body, "counter": 1}, read.etag)
+    again = store.read("doc-0003", read.body[PARTITION_KEY_FIELD])
+    assert again.written_at is not None and again.written_at > read.written_at
+    assert replaced.written_at is None or replaced.written_at == pytest.approx(again.written_at, abs=1)
 
 
 def test_a_page_of_writes_lands_except_where_the_document_changed_or_went(store, backend):
@@ -539,6 +556,30 @@ def test_sqlite_a_file_in_the_first_layout_is_rewritten_in_scan_order_losing_not
             == []
         )
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sqlite_a_layout_1_file_gains_write_times_in_place(tmp_path):
+    """Files made before the store kept write times open as they were: their rows' time is
+    unknown (never taken for a write after a rotation), and every later write records one."""
+    from tracker_reencrypt.stores.sqlite import SqliteStore, effective_partition_key
+    from tracker_reencrypt.stores.sqlite_layout import LAYOUT_VERSION
+
+    path = tmp_path / "layout1.db"
+    with closing_sqlite(path) as db:
+        db.executescript(LAYOUT_1_SCHEMA)
+        db.execute(
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
+            (effective_partition_key("p"), "p", "doc-1", '"e1"', json.dumps({"id": "doc-1", PARTITION_KEY_FIELD: "p"})),
+        )
+        db.commit()
+    store = SqliteStore(path, partition_key_field=PARTITION_KEY_FIELD, create=False)
+    old = store.read("doc-1", "p")
+    assert (old.body["id"], old.etag, old.written_at) == ("doc-1", '"e1"', None)
+    assert store.replace({**old.body, "n": 1}, old.etag).written_at is not None
+    assert store.read("doc-1", "p").written_at is not None
+    store.close()
+    with closing_sqlite(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
 
 
 def _old_file_held_by_another_writer(path: Path, seconds: float) -> threading.Thread:

@@ -110,6 +110,10 @@ class StoredDocument:
     etag: str
     unreadable: str | None = None
     row: tuple[str, ...] = ()
+    #: When the document was last written, in seconds since the epoch (Cosmos ``_ts``; SQLite
+    #: its ``written_at`` column), by anyone: the tracker, the seed, a sweep. None where the
+    #: store does not know (SQLite rows written before the store kept the time).
+    written_at: float | None = None
 
     @property
     def id(self) -> str:

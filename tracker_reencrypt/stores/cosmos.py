@@ -89,7 +89,12 @@ def _strip_system_properties(document: Mapping[str, Any]) -> dict:
 
 
 def _stored(document: Mapping[str, Any]) -> StoredDocument:
-    return StoredDocument(_strip_system_properties(document), document["_etag"])
+    written_at = document.get("_ts")
+    return StoredDocument(
+        _strip_system_properties(document),
+        document["_etag"],
+        written_at=float(written_at) if isinstance(written_at, int | float) else None,
+    )
 
 
 # -- the document store ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -45,7 +46,7 @@ EPK_SPACE = 2**32
 
 #: The body as bytes: parsed straight from UTF-8 (faster than a str, too), and a body that is
 #: not valid UTF-8 is one unreadable document rather than an error for its whole page.
-_SCAN_COLUMNS = "SELECT epk, pk, id, etag, CAST(body AS BLOB) FROM documents"
+_SCAN_COLUMNS = "SELECT epk, pk, id, etag, CAST(body AS BLOB), written_at FROM documents"
 _SCAN_FIRST = f"{_SCAN_COLUMNS} WHERE epk >= ? AND epk < ? ORDER BY epk, pk, id LIMIT ?"
 _SCAN_AFTER = f"{_SCAN_COLUMNS} WHERE (epk, pk, id) > (?, ?, ?) AND epk < ? ORDER BY epk, pk, id LIMIT ?"
 #: The next partition: another partition key of the same EPK (a hash collision), else the first
@@ -93,18 +94,26 @@ def _balanced_bounds(documents_at: list[tuple[int, int]], count: int) -> set[int
     return starts
 
 
-def _parsed(text: bytes, etag: str, pk: str, document_id: str, partition_key_field: str) -> StoredDocument:
+def _parsed(
+    text: bytes, etag: str, pk: str, document_id: str, partition_key_field: str, written_at: float | None
+) -> StoredDocument:
     """The document a row holds. One the store cannot parse (nested past what the JSON parsers'
     recursion allows, or not JSON at all) is returned marked ``unreadable``, its body only the id
     and partition key of its row, never raised: the rest of its page is still returned, and the
     sweep and verify record it as a failure."""
     try:
-        return StoredDocument(jsontext.loads(text), etag, row=(pk, document_id))
+        return StoredDocument(jsontext.loads(text), etag, row=(pk, document_id), written_at=written_at)
     except RecursionError:
         reason = "too_deep"
     except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
         reason = "invalid_json"
-    return StoredDocument({"id": document_id, partition_key_field: pk}, etag, unreadable=reason, row=(pk, document_id))
+    return StoredDocument(
+        {"id": document_id, partition_key_field: pk},
+        etag,
+        unreadable=reason,
+        row=(pk, document_id),
+        written_at=written_at,
+    )
 
 
 def _new_etag() -> str:
@@ -244,7 +253,10 @@ class SqliteStore:
     def _page(self, rows: list, page_size: int) -> ScanPage:
         self.cost.request_units += 2.5 + sum(estimated_request_units(len(row[4]), write=False) for row in rows)
         field = self.partition_key_field
-        documents = [_parsed(body, etag, pk, document_id, field) for _, pk, document_id, etag, body in rows]
+        documents = [
+            _parsed(body, etag, pk, document_id, field, written_at)
+            for _, pk, document_id, etag, body, written_at in rows
+        ]
         next_continuation = json.dumps(list(rows[-1][:3])) if len(rows) == page_size else None
         return ScanPage(documents, next_continuation)
 
@@ -253,7 +265,7 @@ class SqliteStore:
     def read(self, document_id: str, partition_key: str) -> StoredDocument:
         pk = str(partition_key)
         row = self._db.execute(
-            "SELECT etag, CAST(body AS BLOB) FROM documents WHERE epk = ? AND pk = ? AND id = ?",
+            "SELECT etag, CAST(body AS BLOB), written_at FROM documents WHERE epk = ? AND pk = ? AND id = ?",
             (effective_partition_key(pk), pk, document_id),
         ).fetchone()
         if row is None:
@@ -261,24 +273,27 @@ class SqliteStore:
                 f"document {document_id!r} (partition {partition_key!r}) not found in {self.describe()}"
             )
         self.cost.request_units += estimated_request_units(len(row[1]), write=False)
-        return _parsed(row[1], row[0], pk, document_id, self.partition_key_field)
+        return _parsed(row[1], row[0], pk, document_id, self.partition_key_field, row[2])
 
     def create(self, body: dict) -> StoredDocument:
         return self.create_many([body])[0]
 
     def create_many(self, bodies: list[dict]) -> list[StoredDocument]:
         """Insert documents in one transaction (seeding 100k documents one commit each is slow)."""
-        created = [StoredDocument(body, _new_etag()) for body in bodies]
+        now = time.time()
+        created = [StoredDocument(body, _new_etag(), written_at=now) for body in bodies]
         rows = []
         for document in created:
             pk = self.partition_key_of(document.body)
             text = jsontext.dumps(document.body)
-            rows.append((effective_partition_key(pk), pk, document.id, document.etag, text))
+            rows.append((effective_partition_key(pk), pk, document.id, document.etag, text, now))
             self.cost.request_units += estimated_request_units(len(text), write=True)
         rows.sort()  # in the table's key order (epk, pk, id): a bulk insert appends rather than splits
         try:
             with self._transaction() as db:
-                db.executemany("INSERT INTO documents (epk, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)", rows)
+                db.executemany(
+                    "INSERT INTO documents (epk, pk, id, etag, body, written_at) VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
         except sqlite3.IntegrityError:
             raise ConflictError(f"a document with one of these ids already exists in {self.describe()}") from None
         return created
@@ -301,9 +316,11 @@ class SqliteStore:
             pk = self.partition_key_of(body)
             rows.append((body, etag, pk, effective_partition_key(pk), jsontext.dumps(body), _new_etag()))
         with self._transaction() as db:
+            now = time.time()  # inside the lock: a later write never carries an earlier time
             updated = db.executemany(
-                "UPDATE documents SET body = ?, etag = ? WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
-                [(text, new_etag, epk, pk, body["id"], etag) for body, etag, pk, epk, text, new_etag in rows],
+                "UPDATE documents SET body = ?, etag = ?, written_at = ?"
+                " WHERE epk = ? AND pk = ? AND id = ? AND etag = ?",
+                [(text, new_etag, now, epk, pk, body["id"], etag) for body, etag, pk, epk, text, new_etag in rows],
             ).rowcount
             if updated == len(rows):  # the usual case: nobody wrote these documents meanwhile
                 landed = [True] * len(rows)
@@ -316,7 +333,9 @@ class SqliteStore:
                     is not None
                     for body, _, pk, epk, _, new_etag in rows
                 ]
-        results = [StoredDocument(row[0], row[5]) if ok else None for row, ok in zip(rows, landed, strict=True)]
+        results = [
+            StoredDocument(row[0], row[5], written_at=now) if ok else None for row, ok in zip(rows, landed, strict=True)
+        ]
         self.cost.request_units += sum(estimated_request_units(len(row[4]), write=True) for row in rows)
         return results
 

@@ -32,14 +32,18 @@ BUSY_TIMEOUT_MS = 30_000
 LAYOUT_WAIT_MS = 600_000
 
 #: The file layout this code writes, kept in SQLite's ``user_version``. 0: documents keyed by
-#: (partition key, id) with an EPK-order index beside them (files made before layout 1).
-LAYOUT_VERSION = 1
+#: (partition key, id) with an EPK-order index beside them (files made before layout 1). 1: the
+#: documents clustered in scan order. 2: each document's last write time (``written_at``, seconds
+#: since the epoch, set by every write), NULL for rows written before it: the stale-writer check
+#: needs what Cosmos keeps as ``_ts``.
+LAYOUT_VERSION = 2
 #: SQLite's header field for "which application's file is this" (``PRAGMA application_id``),
 #: set in every file this code lays out: "MEKR". Files laid out before it are recognised by
 #: their tables (see :func:`_has_our_tables`).
 APPLICATION_ID = int.from_bytes(b"MEKR", "big")
-#: Our tables and their columns, the same names in every layout so far.
+#: Our tables and the columns they had before layout 2 added ``written_at``.
 _OUR_COLUMNS = {"documents": {"epk", "pk", "id", "etag", "body"}, "records": {"kind", "id", "etag", "body"}}
+_WRITTEN_AT = "written_at"
 
 _DOCUMENTS_TABLE = """
 CREATE TABLE {name} (
@@ -48,6 +52,7 @@ CREATE TABLE {name} (
     id   TEXT NOT NULL,
     etag TEXT NOT NULL,
     body TEXT NOT NULL,
+    written_at REAL,
     PRIMARY KEY (epk, pk, id)
 ) WITHOUT ROWID
 """
@@ -68,7 +73,8 @@ def _layout_of(connection: sqlite3.Connection) -> int:
 
 def _has_our_tables(connection: sqlite3.Connection) -> bool:
     return all(
-        {row[0] for row in connection.execute("SELECT name FROM pragma_table_info(?)", (table,))} == columns
+        {row[0] for row in connection.execute("SELECT name FROM pragma_table_info(?)", (table,))} - {_WRITTEN_AT}
+        == columns
         for table, columns in _OUR_COLUMNS.items()
     )
 
@@ -160,7 +166,7 @@ class Connections:
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _lay_out(self, connection: sqlite3.Connection) -> None:
-        """Create the tables in a new file, or bring a layout-0 file to the current layout.
+        """Create the tables in a new file, or bring an older file to the current layout.
 
         Under the write lock, re-reading the version inside it: several workers may open an
         old file at once, and only the first may copy it.
@@ -173,7 +179,10 @@ class Connections:
             had_documents = connection.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'"
             ).fetchone()
-            if had_documents:
+            if had_documents and version == 1:
+                # Constant time whatever the size: SQLite stores no value for the old rows.
+                connection.execute(f"ALTER TABLE documents ADD COLUMN {_WRITTEN_AT} REAL")
+            elif had_documents:
                 log.info(
                     "SQLite store %s: rewriting its documents in scan order (layout 0 -> %d)", self.path, LAYOUT_VERSION
                 )
