@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from coordinator.commands import operate
+from coordinator.commands import operate, preflight
 from coordinator.commands.common import JsonOption, emit, err, out  # noqa: F401  (re-exported)
 from coordinator.commands.keys import keys_app
 from coordinator.commands.sweep import sweep_app
@@ -31,6 +31,7 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(sweep_app, name="sweep")
 operate.register(app)
+preflight.register(app)
 
 
 @app.callback()

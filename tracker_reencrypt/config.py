@@ -21,6 +21,8 @@ and passes it down. Variables:
                                            Vault budget (default 200: half a vault's 400/s)
 ``REENCRYPT_METRICS_PORT``                 worker metrics port (0: none)
 ``REENCRYPT_HEALTH_PORT``                  worker /livez and /readyz port (0: none)
+``REENCRYPT_COSMOS_RESOURCE_ID``           the Cosmos account's ARM resource id, for
+                                           preflight's backup-policy check
 ========================================  =============================================
 
 A few variables are read where they are used, on purpose, and only there:
@@ -79,6 +81,10 @@ class Settings(BaseSettings):
     #: (a sweep without --kv-ops-per-s, verify, the dry run). A vault allows 4,000 RSA-2048
     #: operations per 10 s (400/s), shared with the tracker: one process alone takes half.
     unwrap_rate: float = Field(DEFAULT_UNWRAP_RATE, gt=0)
+
+    #: /subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.DocumentDB/databaseAccounts/<name>:
+    #: where preflight reads the backup policy (management plane, Reader role).
+    cosmos_resource_id: str = ""
 
     metrics_port: int = Field(0, ge=0, le=65535)
     health_port: int = Field(0, ge=0, le=65535)

@@ -10,6 +10,8 @@ FAIL = "fail"
 #: The check does not apply to this deployment (e.g. a Cosmos backup policy for a SQLite file):
 #: never counted as passed, never as failed, and shown as such.
 NOT_APPLICABLE = "n/a"
+#: A fact worth knowing that gates nothing (a container's throughput, the request priority).
+INFO = "info"
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,23 @@ class ScanPage:
     continuation: str | None
 
 
+@dataclass(frozen=True)
+class StoreFacts:
+    """What preflight reports about a container beyond access (no secrets)."""
+
+    #: "sqlite" or "cosmos": what applies (throughput and priority are Cosmos's).
+    backend: str
+    #: The container's partition key path as the backend declares it (``/productId``).
+    partition_key_path: str
+    #: Provisioned throughput in words ("400 RU/s (manual, container)", "autoscale to 4000 RU/s
+    #: (database, shared)"...); empty where the backend has none or it could not be read.
+    throughput: str
+    #: Why ``throughput`` is empty (not applicable, not readable and why).
+    throughput_note: str = ""
+    #: The priority the sweep's document requests carry ("Low", "High"), None when unset.
+    priority: str | None = None
+
+
 @dataclass
 class RequestCost:
     """What the backend charged so far (Cosmos request units; SQLite reports an estimate)."""
@@ -195,6 +212,9 @@ class DocumentStore(Protocol):
 
     def count(self, product: str | None = None) -> int:
         """The container's documents, or only those whose partition key is ``product``."""
+
+    def facts(self) -> StoreFacts:
+        """The container's partition key path, throughput and request priority (preflight)."""
 
     def records(self) -> RecordStore:
         """The sweep's durable state, kept beside the documents in the same backend."""

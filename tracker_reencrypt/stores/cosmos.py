@@ -49,6 +49,7 @@ from tracker_reencrypt.stores import (
     RequestCost,
     ScanPage,
     StoredDocument,
+    StoreFacts,
     product_range_count,
 )
 from tracker_reencrypt.stores.cosmos_access import (
@@ -155,6 +156,7 @@ class CosmosStore:
             self._client.close()
             raise
         key = properties["partitionKey"]
+        self._partition_paths: list[str] = key.get("paths") or []
         self._partition_kind = key.get("kind", "Hash")
         self._partition_version = key.get("version", 1)
 
@@ -481,6 +483,34 @@ class CosmosStore:
                 partition_key=product,
             )
             return sum(counts)  # partial counts, should the service page the aggregate
+
+    def facts(self) -> StoreFacts:
+        return StoreFacts(
+            backend="cosmos",
+            partition_key_path=",".join(self._partition_paths),
+            priority=self.priority,
+            **self._throughput(),
+        )
+
+    def _throughput(self) -> dict[str, str]:
+        """The container's own throughput, else its database's (shared); the reason when
+        neither can be read (a serverless account has none; the test server serves no offers)."""
+        reasons = []
+        for level, owner in (("container", self._container), ("database, shared", self._database)):
+            try:
+                with self._translated(f"reading the {level.split(',')[0]} throughput of {self.describe()}"):
+                    offer = owner.get_throughput()
+            except NotFoundError:
+                reasons.append(f"no {level.split(',')[0]} offer")
+                continue
+            except StoreError as error:
+                reasons.append(first_line(error))
+                break
+            autoscale = getattr(offer, "auto_scale_max_throughput", None)
+            if autoscale:
+                return {"throughput": f"autoscale up to {autoscale} RU/s ({level})"}
+            return {"throughput": f"{offer.offer_throughput} RU/s manual ({level})"}
+        return {"throughput": "", "throughput_note": "not readable: " + "; ".join(reasons)}
 
     def records(self) -> CosmosRecordStore:
         if self._records is None:

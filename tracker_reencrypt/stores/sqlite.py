@@ -37,6 +37,7 @@ from tracker_reencrypt.stores import (
     RequestCost,
     ScanPage,
     StoredDocument,
+    StoreFacts,
     estimated_request_units,
     product_range_count,
 )
@@ -344,6 +345,14 @@ class SqliteStore:
             return self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         pk = str(product)
         return self._db.execute(_PRODUCT_COUNT, (effective_partition_key(pk), pk)).fetchone()[0]
+
+    def facts(self) -> StoreFacts:
+        return StoreFacts(
+            backend="sqlite",
+            partition_key_path=f"/{self.partition_key_field}",
+            throughput="",
+            throughput_note="not applicable: a SQLite file has no provisioned throughput",
+        )
 
     def records(self) -> SqliteRecordStore:
         return SqliteRecordStore(self._connections, self.describe())
