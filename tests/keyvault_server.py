@@ -108,6 +108,9 @@ class KeyVaultServer:
         self.challenges = 0
         self.throttled = 0
         self.denied_tokens: set[str] = set()
+        #: Operations refused with 403 ForbiddenByRbac, as for an identity with a role that
+        #: allows reading keys but not the crypto operations (no Key Vault Crypto User).
+        self.denied_operations: set[str] = set()
         self.latency_s: dict[str, float] = {}
         #: Requests being served now, and the most ever served at once, by operation.
         self.in_flight: Counter[str] = Counter()
@@ -177,6 +180,8 @@ class KeyVaultServer:
                 raise VaultError(400, "BadParameter", "The 'api-version' query parameter is missing.")
             self._authorize(headers.get("Authorization", ""))
             operation, handler = self._route(method, [p for p in path.split("/") if p])
+            if operation in self.denied_operations:
+                raise VaultError(403, "Forbidden", RBAC_DENIED, "ForbiddenByRbac")
             self._admit(operation)
             with self._lock:
                 self.in_flight[operation] += 1

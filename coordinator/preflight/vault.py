@@ -77,7 +77,7 @@ def _check_one(key: KeyToCheck, clock: Callable[[], float]) -> CheckResult:
         unwrapped = provider.unwrap(kid, WRAP_ALGORITHM, wrapped)
         figures["unwrap_ms"] = _ms(clock() - started)
     except ReencryptError as error:
-        what, fix = _split_fix(first_line(error))
+        what, fix = _split_fix(first_line(error, limit=1000))  # ours are one line; keep the fix whole
         return CheckResult(CHECK, subject, FAIL, f"failed {step}: {what}", fix, figures)
     figures["kid"] = kid
     if not secrets.compare_digest(unwrapped, dek):
