@@ -3,10 +3,13 @@
 The tracker keeps one key per product (``tracker-mek-{productId}``). The demo seeds a container
 of six products, each under its own key, then:
 
-1. rotates one product's key, sweeps that product alone, shows that no document of any other
+1. runs preflight, the runbook's checklist (the backup check is not applicable to SQLite and
+   says so), and takes a baseline of the read path;
+2. rotates one product's key, sweeps that product alone, shows that no document of any other
    product was written (their ETags are unchanged), verifies it and disables its old version;
-2. rotates every product's key, sweeps the whole container to each product's current version,
-   verifies with ``--current`` and disables every product's previous version.
+3. rotates every product's key, sweeps the whole container to each product's current version,
+   verifies with ``--current`` and disables every product's previous version, and compares the
+   read path with the baseline.
 
 It writes the tracker-service's ``TRACKER_MEK_ID_<PRODUCTID>`` lines into ``tracker.env`` as the
 runbook's env step does, and prints the audit trail. Uses a SQLite store and a local keyring
@@ -26,6 +29,10 @@ from coordinator import keyops, render, steering
 from coordinator.context import Context, state_dir
 from coordinator.envfile import update_env_file
 from coordinator.launch import WorkerFleet
+from coordinator.preflight import baseline as baselines
+from coordinator.preflight import report
+from coordinator.preflight.fleet import wait_for_workers
+from coordinator.preflight.run import record, run_checks
 from coordinator.verify import scan_ranges, verify_rotation
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.config import load_settings
@@ -37,6 +44,10 @@ KEY_NAME = "tracker-mek-{productId}"
 PRODUCTS = 6
 #: The product whose key is rotated alone first (a suspected leak, a customer's request).
 ONE_PRODUCT = "product-002"
+#: Documents the read-path baseline samples (preflight's default is 1,000).
+BASELINE_SAMPLE = 500
+#: How long the demo's workers have to answer preflight's fleet check.
+WORKERS_START_S = 30.0
 
 
 def run_demo(parent: Context, *, docs: int, workers: int, console: Console) -> int:
@@ -90,25 +101,29 @@ def _rotation(ctx: Context, home: Path, docs: int, workers: int, console: Consol
         _say(
             console, f"broker: {'embedded Redis' if not ctx.settings.redis_url else 'REDIS_URL'}; worker logs in {home}"
         )
-        _step(console, f"2. rotate {ONE_PRODUCT}'s key alone and sweep only its documents")
+        _step(console, "2. preflight: the runbook's checklist, and a baseline of the read path")
+        before = _preflight(ctx, console, workers)
+        if before is None:
+            return 1
+        _step(console, f"3. rotate {ONE_PRODUCT}'s key alone and sweep only its documents")
         provider = ctx.keys.provider_for(ONE_PRODUCT)
         old = provider.current_kid()
         new, _ = keyops.rotate(ctx, provider)
         _tracker_env(ctx, console, env_file, [new.kid])
-        before = _etags(ctx.store, others)
+        etags = _etags(ctx.store, others)
         if not _sweep(ctx, console, products=[ONE_PRODUCT]):
             return 1
-        untouched = sum(1 for key, etag in _etags(ctx.store, others).items() if before.get(key) == etag)
+        untouched = sum(1 for key, etag in _etags(ctx.store, others).items() if etags.get(key) == etag)
         _say(
             console,
-            f"the other {len(others)} products: {untouched} of {len(before)} documents not written (ETags unchanged)",
+            f"the other {len(others)} products: {untouched} of {len(etags)} documents not written (ETags unchanged)",
         )
-        if untouched != len(before):
+        if untouched != len(etags):
             return 1
         if not _verify_and_disable(ctx, console, new.kid, [old], products=[ONE_PRODUCT]):
             return 1
 
-        _step(console, "3. the scheduled rotation: every product's key, one sweep to each product's current version")
+        _step(console, "4. the scheduled rotation: every product's key, one sweep to each product's current version")
         previous = {product: ctx.keys.provider_for(product).current_kid() for product in products}
         rotated = [keyops.rotate(ctx, ctx.keys.provider_for(product))[0] for product in products]
         _tracker_env(ctx, console, env_file, [version.kid for version in rotated])
@@ -116,12 +131,35 @@ def _rotation(ctx: Context, home: Path, docs: int, workers: int, console: Consol
             return 1
         if not _verify_and_disable(ctx, console, None, list(previous.values()), products=None):
             return 1
+        comparison = baselines.compare(before, _read_path(ctx))
+        report.print_comparison(console, comparison)
+        if comparison.failed:
+            return 1
 
-    _step(console, "4. the keys and the audit trail")
+    _step(console, "5. the keys and the audit trail")
     render.key_table(console, [v for product in products for v in ctx.keys.provider_for(product).versions()])
     render.audit(console, ctx.audit.entries(), keyops.audit_problems(ctx))
     console.print("[green]demo complete: one product rotated, then all; old versions disabled, nothing left running[/]")
     return 0
+
+
+def _preflight(ctx: Context, console: Console, workers: int) -> baselines.Baseline | None:
+    """The checklist once the workers answer (they take a few seconds to start), and the
+    baseline; None when a check failed."""
+    wait_for_workers(ctx, workers, WORKERS_START_S)
+    results = run_checks(ctx, [], backup_confirmed=None, expect_workers=workers)
+    report.print_results(console, results)
+    failed = any(result.failed for result in results)
+    record(ctx, results, not failed, None)
+    if failed:
+        return None
+    before = _read_path(ctx)
+    _say(console, f"baseline: read p95 {before.read_ms.p95} ms over {before.documents} sampled documents")
+    return before
+
+
+def _read_path(ctx: Context) -> baselines.Baseline:
+    return baselines.take_baseline(ctx.store, ctx.keyring, store_url=ctx.settings.store, documents=BASELINE_SAMPLE)
 
 
 def _tracker_env(ctx: Context, console: Console, env_file: Path, kids: Iterable[str]) -> None:

@@ -14,14 +14,9 @@ from coordinator.commands.common import JsonOption, ProductOption, emit, err, ou
 from coordinator.context import Context
 from coordinator.preflight import baseline as baselines
 from coordinator.preflight import report
-from coordinator.preflight.backup import check_backup
-from coordinator.preflight.fleet import check_broker, check_fleet
 from coordinator.preflight.result import FAIL, CheckResult
-from coordinator.preflight.store import check_store
-from coordinator.preflight.vault import check_keys
-from tracker_reencrypt.audit import actor
+from coordinator.preflight.run import record, run_checks
 from tracker_reencrypt.errors import ConfigError, ReencryptError
-from tracker_reencrypt.fleet import store_queue
 
 
 def preflight(
@@ -59,19 +54,15 @@ def preflight(
     --baseline FILE also records the read path's latency before the rotation; --compare FILE
     after it prints both side by side and fails past the tolerance."""
     ctx: Context = c.obj
+    if backup_confirmed is not None and not backup_confirmed.strip():
+        raise ConfigError('--backup-confirmed needs a reference to the backup you checked, e.g. "CHG-1234"')
     if baseline_file is not None and compare_file is not None:
         raise ConfigError("give --baseline (before the rotation) or --compare (after it), not both")
     before = baselines.load_baseline(compare_file) if compare_file is not None else None  # bad file: nothing run
     ctx.settings.require("store", "keys")
 
-    results = check_store(lambda: ctx.store, ctx.settings.partition_key_field, actor())
-    store_ok = not any(r.failed for r in results)
-    results += check_keys(ctx.keys, _products(ctx, products, store_ok))
-    results.append(check_backup(ctx.settings.store, ctx.settings.cosmos_resource_id, backup_confirmed))
-    broker, redis_url = check_broker(lambda: ctx.redis_url, ctx.settings.redis_url)
-    results.append(broker)
-    if redis_url is not None:
-        results.append(check_fleet(ctx.celery, store_queue(ctx.settings), expect_workers))
+    results = run_checks(ctx, products, backup_confirmed=backup_confirmed, expect_workers=expect_workers)
+    store_ok = not any(r.failed for r in results if r.check == "store")
     failed = any(r.failed for r in results)
 
     taken = comparison = None
@@ -81,7 +72,9 @@ def preflight(
             baselines.save_baseline(baseline_file, taken)
         failed = failed or taken is None or (comparison is not None and comparison.failed)
     if store_ok:
-        _audit(ctx, results, failed, backup_confirmed)
+        problem = record(ctx, results, not failed, backup_confirmed)
+        if problem:
+            err.print(f"note: preflight not recorded in the audit trail ({problem})", markup=False, highlight=False)
 
     payload = {
         "passed": not failed,
@@ -104,13 +97,6 @@ def preflight(
         raise typer.Exit(1)
 
 
-def _products(ctx: Context, given: list[str], store_ok: bool) -> list[str]:
-    """The products whose keys the sweep will touch: those given, else the container's."""
-    if given or not ctx.keys.per_product:
-        return given
-    return ctx.store.products() if store_ok else ctx.keys.products_with_keys()
-
-
 def _baseline(ctx: Context, results: list[CheckResult], sample: int, before, tolerance: float):
     """The read path's figures now (and against ``before``), or (None, None) when the store or
     keys failed their checks: figures through a broken read path mean nothing."""
@@ -126,17 +112,6 @@ def _baseline(ctx: Context, results: list[CheckResult], sample: int, before, tol
         return None, None
     comparison = baselines.compare(before, taken, tolerance=tolerance) if before is not None else None
     return taken, comparison
-
-
-def _audit(ctx: Context, results: list[CheckResult], failed: bool, backup_confirmed: str | None) -> None:
-    failures = [f"{r.check}: {r.subject}" for r in results if r.status == FAIL]
-    details: dict[str, object] = {"passed": not failed, "failed_checks": failures}
-    if backup_confirmed is not None:
-        details["backup_confirmed"] = backup_confirmed
-    try:
-        ctx.record("preflight", **details)
-    except ReencryptError as error:  # the state-write check already said why
-        err.print(f"note: preflight not recorded in the audit trail ({error})", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

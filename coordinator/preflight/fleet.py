@@ -5,13 +5,16 @@ one's tasks (tracker_reencrypt.fleet)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
+from coordinator.context import Context
 from coordinator.preflight.result import FAIL, PASS, CheckResult
 from tracker_reencrypt.errors import ReencryptError, first_line, redact_url
+from tracker_reencrypt.fleet import store_queue
 
 #: How long workers have to answer the inspect broadcast.
 INSPECT_TIMEOUT_S = 2.0
@@ -59,6 +62,16 @@ def check_fleet(app: Celery, queue: str, expect: int, timeout_s: float = INSPECT
             figures,
         )
     return CheckResult("fleet", queue, PASS, found, "", figures)
+
+
+def wait_for_workers(ctx: Context, count: int, timeout_s: float) -> None:
+    """Until ``count`` workers answer on the store's queue, or ``timeout_s`` passed (the fleet
+    check then reports how many did): for commands that start workers themselves."""
+    deadline = time.monotonic() + timeout_s
+    queue = store_queue(ctx.settings)
+    while time.monotonic() < deadline:
+        if not check_fleet(ctx.celery, queue, count, timeout_s=0.5).failed:
+            return
 
 
 def _concurrency(stats: dict[str, Any]) -> int:
