@@ -22,12 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from celery import Celery
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from coordinator.launch import worker_argv
 from tracker_reencrypt.documents import check_document
-from tracker_reencrypt.fleet import queue_for
+from tracker_reencrypt.fleet import celery_broker_url, queue_for
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.seed import seed_store, seeding_keyring
@@ -222,6 +223,21 @@ class Fleet:
             self.processes.append(process)
             started.append(process)
         return started
+
+    def wait_answering(self, count: int, timeout: float = 30) -> None:
+        """Until ``count`` workers answer Celery's remote control on this store's queue (what
+        preflight's fleet check counts): a worker process takes a few seconds to get there."""
+        app = Celery(broker=celery_broker_url(self.rotation.redis_url), set_as_current=False)
+        queue = self.rotation.queue()
+
+        def answering() -> bool:
+            replies = app.control.inspect(timeout=0.5).active_queues() or {}
+            return sum(any(q.get("name") == queue for q in consumed) for consumed in replies.values()) >= count
+
+        try:
+            wait_for(answering, timeout, interval=0.1, message=f"{count} worker(s) answering on {queue}")
+        finally:
+            app.close()
 
     def kill(self, process: subprocess.Popen) -> None:
         """SIGKILL the whole worker (main process and pool children): no warm shutdown."""

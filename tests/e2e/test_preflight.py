@@ -21,7 +21,7 @@ from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.stores import open_store
 
 from arm_server import ArmServer
-from conftest import ROOT, make_rotation, run_cli, wait_for
+from conftest import ROOT, make_rotation, run_cli
 from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
 from keyvault_server import KeyVaultServer
 from loopback_vault import open_provider
@@ -39,12 +39,8 @@ def checks_named(report: dict, check: str) -> list[dict]:
 
 def test_passes_with_a_worker_on_the_stores_queue_and_records_itself(rotation, fleet):
     fleet.start(1, concurrency=2)
-
-    def answered():
-        code, report = preflight(rotation, "--backup-confirmed", "CHG-1234 restore point 02:00")
-        return (code, report) if checks_named(report, "fleet")[0]["status"] == PASS else None
-
-    code, report = wait_for(answered, timeout=30, interval=0.5, message="the worker to answer inspect")
+    fleet.wait_answering(1)
+    code, report = preflight(rotation, "--backup-confirmed", "CHG-1234 restore point 02:00")
     assert code == 0 and report["passed"]
     (key,) = checks_named(report, "key vault")
     assert key["status"] == PASS and key["figures"]["kid"] == rotation.v2

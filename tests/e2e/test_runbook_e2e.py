@@ -168,6 +168,7 @@ def operator(tmp_path, redis_url):
     operator.cli("keys", "env", "--all-products", "--env-file", str(operator.tracker_env))
     operator.assert_tracker_env({p: kid(p, 1) for p in PRODUCTS})
     fleet.start(count=2, REENCRYPT_KEY_NAME=KEY_NAME, REENCRYPT_PAGE_SIZE=str(PAGE))
+    fleet.wait_answering(2)  # section 1's preflight counts them
     yield operator
     fleet.stop()
 
