@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from tracker_reencrypt.atomicfile import replace_file
 from tracker_reencrypt.errors import ConfigError
 
 _ASSIGNMENT = re.compile(r"\s*(export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -70,18 +70,11 @@ def update_env_file(path: Path, lines: list[str]) -> None:
 def _replace(path: Path, text: str, info: os.stat_result | None) -> None:
     """Write ``text`` over ``path`` atomically, with the mode and owner of the file it replaces."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, info.st_mode & 0o7777 if info else 0o644)
-            if info is not None and (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
-                os.fchown(fd, info.st_uid, info.st_gid)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(
+            path,
+            text,
+            mode=info.st_mode & 0o7777 if info else 0o644,
+            owner=(info.st_uid, info.st_gid) if info else None,
+        )
     except OSError as error:
         raise ConfigError(f"env file {path} cannot be written ({error.strerror}): fix its permissions") from None

@@ -16,9 +16,7 @@ failure reasons, never plaintext, ids or key material.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +26,7 @@ from typing import Any
 
 from coordinator.preflight.result import FAIL, PASS
 from tracker_reencrypt import envelope
+from tracker_reencrypt.atomicfile import replace_file
 from tracker_reencrypt.documents import (
     FIELD_KINDS,
     check_document,
@@ -348,17 +347,7 @@ def save_baseline(path: Path | str, baseline: Baseline) -> None:
     synced, renamed): an interrupted run leaves the previous baseline whole."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(baseline.as_json(), handle, indent=1)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(path, json.dumps(baseline.as_json(), indent=1) + "\n")
     except OSError as error:
         raise ConfigError(
             f"baseline file {path} cannot be written ({error.strerror}): choose a writable path"

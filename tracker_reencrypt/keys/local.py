@@ -38,7 +38,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -49,6 +48,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tracker_reencrypt.atomicfile import replace_file
 from tracker_reencrypt.envelope import b64decode, b64encode
 from tracker_reencrypt.errors import (
     ConfigError,
@@ -234,29 +234,12 @@ class _KeyringFile:
             os.close(fd)  # releases the lock
 
     def write(self, document: dict) -> None:
-        """Replace the file atomically: a crash leaves either the old or the new keyring.
-
-        The temporary file is created 0600 in the same directory, synced, then renamed over
-        the target; the directory is synced so the rename itself survives a power cut.
-        """
+        """Replace the file atomically: a crash leaves either the old or the new keyring. The
+        temporary file is 0600 from the start; the directory is synced too, so the rename itself
+        survives a power cut (tracker_reencrypt.atomicfile)."""
         directory = self.path.parent if str(self.path.parent) else Path(".")
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(directory / self.path.name, json.dumps(document, indent=1), mode=0o600, sync_directory=True)
         self._document = None
         self.load(force=True)
 
