@@ -388,13 +388,22 @@ def stall():
     time.sleep(60)
     raise SystemExit("not killed")
 
-if point == "dump":          # half the new keyring is in the temporary file
-    def half_dump(document, handle, **kwargs):
-        text = local.json.dumps(document, **kwargs)
-        handle.write(text[: len(text) // 2])
-        handle.flush()
-        stall()
-    local.json.dump = half_dump
+if point == "write":         # half the new keyring is in the temporary file
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        def __init__(self, handle):
+            self.handle = handle
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.handle.close()
+        def write(self, text):
+            self.handle.write(text[: len(text) // 2])
+            self.handle.flush()
+            stall()
+
+    os.fdopen = lambda fd, *args, **kwargs: HalfWriter(real_fdopen(fd, *args, **kwargs))
 elif point == "fsync":       # all written, not yet synced
     os.fsync = lambda fd: stall()
 elif point == "replace":     # synced, not yet renamed over the keyring
@@ -404,7 +413,7 @@ local.LocalKeyProvider(path).rotate()
 """
 
 
-@pytest.mark.parametrize("point", ["dump", "fsync", "replace"])
+@pytest.mark.parametrize("point", ["write", "fsync", "replace"])
 def test_a_writer_killed_mid_write_leaves_the_old_keyring_intact(keyring_path, point):
     before = keyring_path.read_bytes()
     child = run_python(CRASH_SCRIPT, str(keyring_path), point)
