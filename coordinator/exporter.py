@@ -27,6 +27,11 @@ Per-product progress, for a sweep scoped with ``--product``:
 
 A whole-container sweep reads the container by EPK ranges that do not map to products: it has
 none of these series, and ``products="all"`` on its info gauge.
+
+Stale writes (documents the tracker wrote after rotation under a retired version of their
+product's key, tracker_reencrypt.stale) are ``reencrypt_stale_writes_total{sweep}``: the durable
+count a sweep or verify sweep found, named apart from the ``reencrypt_sweep_*`` totals because it
+is the tracker's problem, not the sweep's. Its examples (document ids) stay in ``sweep status``.
 """
 
 from __future__ import annotations
@@ -86,11 +91,15 @@ TOTAL_HELP = {
     "fields_not_source": "Fields on a key the sweep was not asked to move",
     "conflicts": "Conditional writes lost to a concurrent tracker write (then redone)",
     "failures": "Fields that could not be moved (see 'reencrypt sweep failures')",
+    "stale_writes": "Documents the tracker wrote after rotation under a retired version of their product's key "
+    "(a tracker instance still uses the old key id: 'reencrypt sweep status' names examples)",
 }
+#: Totals not named reencrypt_sweep_<counter>_total.
+TOTAL_NAMES = {"stale_writes": "reencrypt_stale_writes_total"}
 
 
 def total_metric_name(counter: str) -> str:
-    return f"reencrypt_sweep_{counter}_total"
+    return TOTAL_NAMES.get(counter, f"reencrypt_sweep_{counter}_total")
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,16 @@ from coordinator import follow as following
 from coordinator import steering
 from coordinator.context import Context
 from tracker_reencrypt.pacing.limits import describe_limits
-from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Slice, Sweep, sum_checked
+from tracker_reencrypt.stale import StaleWrite
+from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Slice, Sweep, stale_write_examples, sum_checked
 
 REFRESH_S = 1.0
 #: The unfinished products a status lists by name; the rest are counted ("and N more").
 LISTED_PRODUCTS = 10
+#: Stale-write examples shown to a person (``--json`` carries the report's bound).
+LISTED_STALE_WRITES = 5
+#: Where an operator reads what to do about stale writes.
+STALE_WRITES_RUNBOOK = "ops/runbooks/MEK_ROTATION.md, 2.3 (the tracker-service's restart)"
 
 
 def key_table(console: Console, versions) -> None:
@@ -119,6 +124,30 @@ def products_view(progress: steering.Progress) -> list[RenderableType]:
     return parts
 
 
+def stale_writes_view(count: int, examples: list[StaleWrite], shown: int = LISTED_STALE_WRITES) -> list[Text]:
+    """The stale-writes warning: the count, what it means, and the newest examples. Document and
+    product ids come from the documents: Text, never markup. Nothing when there is none."""
+    if not count:
+        return []
+    lines = [
+        Text(
+            f"stale writes: {count} documents written under a retired version after rotation: a tracker "
+            f"instance still uses the old key id; see {STALE_WRITES_RUNBOOK}",
+            style="bold red",
+        )
+    ]
+    for example in examples[:shown]:
+        lines.append(
+            Text(
+                f"  {example.document_id} (product {example.product}) written {example.written_at} "
+                f"under {example.kid}, current {example.current_kid}"
+            )
+        )
+    if count > min(shown, len(examples)):
+        lines.append(Text(f"  ({count - min(shown, len(examples))} more; examples in --json)"))
+    return lines
+
+
 def _fields(sweep: Sweep, piece: Slice) -> int:
     """A slice's fields: moved, or for a verify sweep checked."""
     return piece.checked.fields if sweep.checks_only else piece.counts["fields_reencrypted"]
@@ -173,7 +202,8 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
             str(counts["failures"]),
             state,
         )
-    parts: list[RenderableType] = [head, overall, *products_view(progress), slices]
+    stale = stale_writes_view(progress.stale_writes, stale_write_examples(progress.slices))
+    parts: list[RenderableType] = [head, *stale, overall, *products_view(progress), slices]
     if sweep.checks_only:
         parts.append(_verify_line(progress))
     if progress.budget_estimate and not sweep.finished:
@@ -235,6 +265,8 @@ def summary(console: Console, progress: steering.Progress) -> None:
     if progress.sweep.products is not None:
         for part in products_view(progress):
             console.print(part)
+    for line in stale_writes_view(progress.stale_writes, stale_write_examples(progress.slices)):
+        console.print(line)
     if totals.get("failures"):
         console.print(f"see them with: reencrypt sweep failures {progress.sweep.id}")
 
@@ -303,6 +335,9 @@ def verify(console: Console, payload: dict) -> None:
         missing = payload.get("products_without_key", {}).get(product)
         text = f"lagging: product {product}: {count} fields not on target" + (f" ({missing})" if missing else "")
         console.print(text, markup=False, highlight=False)
+    examples = [StaleWrite.from_record(example) for example in payload.get("stale_write_examples", [])]
+    for line in stale_writes_view(payload.get("stale_writes", 0), examples):
+        console.print(line)
     verdict = "[green]PASS[/]" if payload["ok"] else "[red]FAIL[/]"
     target = "their product's current version" if payload["expect"] == "current" else payload["expect"]
     scope = f" (products {', '.join(payload['products'])})" if payload.get("products") else ""
@@ -313,6 +348,8 @@ def verify(console: Console, payload: dict) -> None:
     )
     if payload["empty"] and not payload["ok"]:
         console.print("the container holds no document: check the store URL (pass --allow-empty if it really is empty)")
+    elif payload.get("reason"):
+        console.print(f"why: {payload['reason']}", markup=False, highlight=False)
 
 
 def audit(console: Console, entries: list[dict], problems: list[str] | None) -> None:

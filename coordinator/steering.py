@@ -34,6 +34,7 @@ from tracker_reencrypt.sweep.records import (
     add_counts,
     new_sweep_id,
     parse_utc,
+    stale_write_examples,
     sum_counts,
     utc_now,
     zero_counts,
@@ -490,10 +491,19 @@ class Progress:
     active_leases: int
     budget_estimate: str = ""
 
+    @property
+    def stale_writes(self) -> int:
+        """Documents the sweep found written after rotation under a retired version."""
+        return self.totals.get("stale_writes", 0)
+
     def as_json(self) -> dict:
         return {
             "sweep": self.sweep.to_record(),
             "totals": self.totals,
+            # Up front, not only in the totals: a tracker instance on the old key id is the one
+            # thing a sweep cannot fix by itself (tracker_reencrypt.stale).
+            "stale_writes": self.stale_writes,
+            "stale_write_examples": [example.as_json() for example in stale_write_examples(self.slices)],
             "elapsed_s": round(self.elapsed_s, 1),
             "docs_per_s": round(self.docs_per_s, 1),
             "eta_s": None if self.eta_s is None else round(self.eta_s),

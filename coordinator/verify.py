@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
+from tracker_reencrypt import stale
 from tracker_reencrypt.custody import VERIFY_STARTED
 from tracker_reencrypt.documents import (
     data_keys_to_unwrap,
@@ -17,7 +18,14 @@ from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.products import CurrentKids
 from tracker_reencrypt.stores import DocumentStore, FeedRange, ScanPage
-from tracker_reencrypt.sweep.records import TARGET_CURRENT, Sweep, parse_utc, sum_checked, utc_now
+from tracker_reencrypt.sweep.records import (
+    TARGET_CURRENT,
+    Sweep,
+    parse_utc,
+    stale_write_examples,
+    sum_checked,
+    utc_now,
+)
 from tracker_reencrypt.verification import EXAMPLES, Expected, ScanReport, count_document
 
 PAGE_SIZE = 500
@@ -40,11 +48,13 @@ def scan_container(
     sizing: bool = False,
     products: Sequence[str] | None = None,
     expected: Expected | None = None,
+    current: stale.CurrentLookup | None = None,
 ) -> ScanReport:
     """Count every field by kid and kind; with a keyring, also check that each decrypts.
 
     ``products``: read only their partitions (None: the whole container). ``expected``: also
-    count the fields not on the kid expected for their document's product."""
+    count the fields not on the kid expected for their document's product. ``current`` (each
+    product's current version): also count stale writes (tracker_reencrypt.stale)."""
     report = ScanReport(sizing=sizing)
     try:
         for feed_range in scan_ranges(store, products):
@@ -60,6 +70,8 @@ def scan_container(
                         keyring,
                         unreadable=document.unreadable,
                         expected=expected,
+                        written_at=document.written_at,
+                        current=current,
                     )
                 if progress:
                     progress(len(page.documents))
@@ -91,10 +103,13 @@ def require_known_kid(ctx, kid: str) -> KeyProvider:
     return provider
 
 
-def verify_scope(ctx, expect: str | None, products: Sequence[str] | None) -> tuple[list[str] | None, Expected]:
+def verify_scope(
+    ctx, expect: str | None, products: Sequence[str] | None, current: CurrentKids | None = None
+) -> tuple[list[str] | None, Expected]:
     """The products a verify reads (None: the whole container) and the kid each must be on.
 
-    ``expect`` None means each product's current version. Under per-product keys a fixed
+    ``expect`` None means each product's current version (looked up through ``current`` when
+    given, so the stale-write check shares its lookups). Under per-product keys a fixed
     ``expect`` belongs to one product: the verify reads that product only, and naming others is refused.
     """
     keys = ctx.keys
@@ -103,7 +118,7 @@ def verify_scope(ctx, expect: str | None, products: Sequence[str] | None) -> tup
         if not keys.per_product:
             kid = keys.root.current_kid()
             return chosen, lambda _product: kid
-        return chosen, CurrentKids(keys).of
+        return chosen, (current or CurrentKids(keys)).of
     require_known_kid(ctx, expect)
     owner = keys.product_of_kid(expect)
     if keys.per_product:
@@ -129,12 +144,19 @@ def verify_rotation(
     disable`` can later find the proof in this store's trail.
 
     A container (or a product) with no document fails unless ``allow_empty``: a mistyped store
-    or product id must not pass the gate on nothing."""
-    scope, expected = verify_scope(ctx, expect, products)
+    or product id must not pass the gate on nothing.
+
+    It also counts stale writes (documents the tracker wrote after rotation under a retired
+    version): they never change the verdict, but when verify fails because of them its
+    ``reason`` names them."""
+    current = CurrentKids(ctx.keys)
+    scope, expected = verify_scope(ctx, expect, products, current)
     # The proof dates from here, not from the entry written at the end: a long scan may have
     # passed a region before a key switch wrote there (custody.proving_verify).
     started = _reading_starts(ctx)
-    report = scan_container(ctx.store, ctx.keyring, progress=progress, products=scope, expected=expected)
+    report = scan_container(
+        ctx.store, ctx.keyring, progress=progress, products=scope, expected=expected, current=current.version_of
+    )
     payload = verify_payload(
         ctx,
         report.as_json(),
@@ -144,6 +166,9 @@ def verify_rotation(
         lagging=report.off_target_by_product,
         without_key=report.products_without_target,
         allow_empty=allow_empty,
+        stale_writes=report.stale_writes,
+        stale_write_fields=report.stale_write_fields,
+        stale_examples=report.stale_write_examples,
     )
     _record_verify(ctx, payload, allow_empty=allow_empty, **started)
     return payload
@@ -167,11 +192,27 @@ def verify_payload(
     lagging: Mapping[str, int],
     without_key: dict[str, str],
     allow_empty: bool,
+    stale_writes: int = 0,
+    stale_write_fields: int = 0,
+    stale_examples: Sequence[stale.StaleWrite] = (),
 ) -> dict:
     """The verify report (``verify --json``), in one place for both ways of making it.
-    ``counted``: documents, fields and undecryptable fields, by kid and kind (ScanReport.as_json)."""
+    ``counted``: documents, fields and undecryptable fields, by kid and kind (ScanReport.as_json).
+    Stale writes are reported beside the rest and never decide ``ok``: their fields are off
+    target already; they only name the reason."""
     empty = counted["documents"] == 0
     ok = off_target == 0 and counted["undecryptable"] == 0 and (allow_empty or not empty)
+    reason = (
+        None
+        if ok
+        else failure_reason(
+            off_target=off_target,
+            undecryptable=counted["undecryptable"],
+            empty=empty,
+            stale_writes=stale_writes,
+            stale_write_fields=stale_write_fields,
+        )
+    )
     return {
         **counted,
         "expect": expect,
@@ -180,10 +221,35 @@ def verify_payload(
         # the most lagging first, ties by product id: the same products however the counts were summed
         "lagging_products": dict(sorted(lagging.items(), key=lambda item: (-item[1], item[0]))[:EXAMPLES]),
         "products_without_key": without_key,
+        "stale_writes": stale_writes,
+        "stale_write_fields": stale_write_fields,
+        "stale_write_examples": [example.as_json() for example in stale.newest_first(stale_examples)],
         "ok": ok,
+        "reason": reason,
         "empty": empty,
         "store": ctx.store.describe(),
     }
+
+
+def failure_reason(
+    *, off_target: int, undecryptable: int, empty: bool, stale_writes: int, stale_write_fields: int
+) -> str:
+    """Why a verify failed, in one line; stale writers first when some of the off-target fields
+    are theirs: a sweep cannot finish while a tracker instance keeps writing the old key id."""
+    reasons = []
+    if stale_write_fields:
+        reasons.append(
+            f"{stale_write_fields} of the {off_target} fields not on the expected version are in documents "
+            f"written after rotation under a retired version ({stale_writes} documents: stale writes): a tracker "
+            "instance still uses the old key id; restart it, then sweep again"
+        )
+    elif off_target:
+        reasons.append(f"{off_target} fields are not on the expected version: sweep them")
+    if undecryptable:
+        reasons.append(f"{undecryptable} fields (or documents) cannot be decrypted: see the examples")
+    if empty:
+        reasons.append("no document was read: check the store and products (--allow-empty if it really is empty)")
+    return "; ".join(reasons)
 
 
 def _record_verify(ctx, payload: dict, *, allow_empty: bool, **extra) -> None:
@@ -197,6 +263,7 @@ def _record_verify(ctx, payload: dict, *, allow_empty: bool, **extra) -> None:
         fields=payload["fields"],
         off_target=payload["off_target"],
         undecryptable=payload["undecryptable"],
+        stale_writes=payload["stale_writes"],
         fields_by_kid=payload["fields_by_kid"],
         allow_empty=allow_empty,
         store=payload["store"],
@@ -248,6 +315,9 @@ def fleet_verify(ctx, sweep: Sweep) -> dict:
         lagging=checked.off_target_by_product,
         without_key=dict(checked.products_without_key),
         allow_empty=allow_empty,
+        stale_writes=sum(piece.counts.get("stale_writes", 0) for piece in slices),
+        stale_write_fields=checked.stale_write_fields,
+        stale_examples=stale_write_examples(slices),
     )
     payload["sweep_id"] = sweep.id
     if not _audited(ctx, sweep.id) and _claim(ctx, sweep.id):

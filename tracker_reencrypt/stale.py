@@ -70,8 +70,11 @@ class StaleWrite:
         """``ts`` as ISO-8601 UTC, for people."""
         return datetime.fromtimestamp(self.ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "written_at": self.written_at}
+        return {**self.to_record(), "written_at": self.written_at}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> StaleWrite:
@@ -116,6 +119,11 @@ def find(
     if not retired:
         return None
     return StaleWrite(document_id, str(product), written_at, retired[0], current.kid, len(retired))
+
+
+def newest_first(found: Iterable[StaleWrite], limit: int = REPORT_EXAMPLES) -> list[StaleWrite]:
+    """Examples as a report shows them: the newest first (is it still going on?), at most ``limit``."""
+    return sorted(found, key=lambda write: (-write.ts, write.product, write.document_id))[:limit]
 
 
 def _is_version_of(kid: str, key: str) -> bool:

@@ -1,5 +1,6 @@
 """Counting what ``verify`` sees in documents: fields by kid and kind, fields that do not decrypt,
-fields not on the version expected for their product. Pure bookkeeping over
+fields not on the version expected for their product, and stale writes (documents the tracker
+wrote after rotation under a retired version, tracker_reencrypt.stale). Pure bookkeeping over
 :func:`tracker_reencrypt.documents.check_document`, shared by the one-process verify (the
 coordinator) and a verify made on the fleet (each worker's slice), so both count alike.
 """
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracker_reencrypt import stale
 from tracker_reencrypt.documents import WHOLE_DOCUMENT, FieldCheck, check_document, document_label
 from tracker_reencrypt.envelope import KeySource
 from tracker_reencrypt.errors import ReencryptError, first_line
@@ -40,6 +42,11 @@ class ScanReport:
     off_target: int = 0
     off_target_by_product: Counter = field(default_factory=Counter)
     products_without_target: dict[str, str] = field(default_factory=dict)
+    #: With each product's current version: documents written after rotation under a retired
+    #: version, their fields under it (all of them off target too), and the first as examples.
+    stale_writes: int = 0
+    stale_write_fields: int = 0
+    stale_write_examples: list[stale.StaleWrite] = field(default_factory=list)
 
     def documents_with_kids(self, kids) -> int:
         """Documents holding a field on any of ``kids`` (an upper bound when kids overlap)."""
@@ -77,10 +84,14 @@ def count_document(
     *,
     unreadable: str | None = None,
     expected: Expected | None = None,
+    written_at: float | None = None,
+    current: stale.CurrentLookup | None = None,
 ) -> list[FieldCheck]:
     """Add one document to the report. ``partition_key`` None: the document has none.
     ``unreadable``: why the store could not parse the document (see StoredDocument), whose
-    ``body`` is then only its id and partition key.
+    ``body`` is then only its id and partition key. ``written_at`` (its last write, see
+    StoredDocument) and ``current`` (each product's current version): also count it if it is a
+    stale write, judged against the expected kid when that is given (tracker_reencrypt.stale).
 
     A document that cannot be checked as a whole (no partition key, no id, nested too deep,
     unreadable...) counts as one undecryptable entry at field path "": verify cannot vouch for
@@ -100,8 +111,9 @@ def count_document(
         report.document_bytes += len(json.dumps(body, separators=(",", ":")))
     for kid in {check.kid for check in checks}:
         report.documents_by_kid[kid] += 1
-    if expected is not None:
-        _count_off_target(report, partition_key, checks, expected)
+    target = _count_off_target(report, partition_key, checks, expected) if expected is not None else None
+    if current is not None and written_at is not None:
+        _count_stale(report, body, partition_key, written_at, checks, current, target)
     for check in checks:
         report.fields += 1
         report.fields_by_kid[check.kid] += 1
@@ -114,7 +126,10 @@ def count_document(
     return [check for check in checks if not check.decrypts]
 
 
-def _count_off_target(report: ScanReport, partition_key: Any, checks: list[FieldCheck], expected: Expected) -> None:
+def _count_off_target(
+    report: ScanReport, partition_key: Any, checks: list[FieldCheck], expected: Expected
+) -> str | None:
+    """Count the fields not on the product's expected kid; that kid (None: the product has none)."""
     try:
         kid = expected(partition_key)
     except ReencryptError as error:
@@ -126,6 +141,31 @@ def _count_off_target(report: ScanReport, partition_key: Any, checks: list[Field
     if off:
         report.off_target += off
         report.off_target_by_product[str(partition_key)] += off
+    return kid
+
+
+def _count_stale(
+    report: ScanReport,
+    body: dict,
+    partition_key: Any,
+    written_at: float,
+    checks: list[FieldCheck],
+    current: stale.CurrentLookup,
+    target: str | None,
+) -> None:
+    kids = [check.kid for check in checks if check.kid != target]
+    if not kids:
+        return  # every field where expected: nothing to judge, no lookup
+    version = stale.current_version(current, partition_key)
+    if version is None:
+        return
+    found = stale.find(document_label(body), partition_key, written_at, kids, version, target_kid=target)
+    if found is None:
+        return
+    report.stale_writes += 1
+    report.stale_write_fields += found.fields
+    if len(report.stale_write_examples) < stale.REPORT_EXAMPLES:
+        report.stale_write_examples.append(found)
 
 
 def _count_undecryptable(report: ScanReport, body: dict, partition_key: str | None, check: FieldCheck) -> None:

@@ -7,6 +7,10 @@ A document that cannot be re-keyed (a field that does not decrypt, or a document
 as a whole: no partition key, no id, nested too deep, or text the store could not parse) is a
 recorded failure and the batch goes on; only outages of the store or the key provider stop it,
 to be retried.
+
+Every document read is also checked for a stale write (tracker_reencrypt.stale) before it is
+rewritten: one the tracker wrote after its product's key rotated under a retired version. The
+slice counts them and keeps the first few as examples, committed with its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from tracker_reencrypt import stale
 from tracker_reencrypt.documents import (
     UNKNOWN_ID,
     WHOLE_DOCUMENT,
@@ -56,6 +61,9 @@ class BatchReport:
     fields_by_kind: Counter = field(default_factory=Counter)
     failures_by_reason: Counter = field(default_factory=Counter)
     documents_skipped: int = 0
+    #: (product, document id) of the stale writes counted: a document read again after a
+    #: conflict is counted once.
+    stale_seen: set[tuple[str, str]] = field(default_factory=set)
 
 
 def page_size(limits: BatchLimits, handled: int, pacer: Pacer | None, sweep: Sweep) -> int:
@@ -185,7 +193,8 @@ class SliceBatch:
         self, index: int, document: StoredDocument, partition_key: Any, plan: DocumentPlan, report: BatchReport
     ) -> dict | None:
         """The body to write; None when nothing is, after recording failures or counting an
-        already-done document."""
+        already-done document (and, whatever its plan, counting it if it is a stale write)."""
+        self._note_stale(document, partition_key, plan, report)
         if plan.failures:
             self._record_failures(
                 index, document, partition_key, [(f.pointer, f.reason) for f in plan.failures], report
@@ -195,6 +204,33 @@ class SliceBatch:
             report.documents_skipped += 1
             self._count_fields(plan, report)
         return plan.new_body
+
+    def _note_stale(
+        self, document: StoredDocument, partition_key: Any, plan: DocumentPlan, report: BatchReport
+    ) -> None:
+        """Count the document, once per batch, if the tracker wrote it after its product's key
+        rotated under a retired version. Judged against the product's current version, which is
+        what the tracker should use; a sweep to a fixed kid that is not current judges nothing
+        (stale.find). Only fields off the target can be stale: a document wholly on target (one
+        a sweep wrote, say) costs no lookup."""
+        if document.written_at is None or partition_key is None or document.unreadable:
+            return
+        kids = [f.source_kid for f in plan.fields if f.pointer and f.action != "on_target"]
+        if not kids:
+            return
+        current = stale.current_version(self.targets.current.version_of, partition_key)
+        if current is None:
+            return  # no key or an unmappable id: the plan's failures say so
+        target = None if self.sweep.to_current else self.sweep.target_kid
+        found = stale.find(
+            document_label(document.body), partition_key, document.written_at, kids, current, target_kid=target
+        )
+        if found is None or (found.product, found.document_id) in report.stale_seen:
+            return
+        report.stale_seen.add((found.product, found.document_id))
+        report.result.counts["stale_writes"] += 1
+        if len(report.result.stale_writes) < stale.SLICE_EXAMPLES:
+            report.result.stale_writes.append(found)
 
     def _redo(self, index: int, document: StoredDocument, partition_key: Any, report: BatchReport) -> None:
         """The live tracker wrote this document since we read it: its write wins, and we redo

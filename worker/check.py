@@ -3,8 +3,9 @@
 What one-process ``verify`` does to a document (tracker_reencrypt.verification.count_document,
 the same function), done slice by slice on the fleet: each field counted by kid and kind, checked to decrypt where
 it is, and compared with the kid expected for its product (a fixed one, or the product's current
-version, resolved as a sweep to current resolves it). The counts go into the slice with its
-checkpoint, by the same fenced commit as a re-keying batch's, so a redone batch counts once.
+version, resolved as a sweep to current resolves it); each document checked for a stale write.
+The counts go into the slice with its checkpoint, by the same fenced commit as a re-keying
+batch's, so a redone batch counts once.
 
 The first EXAMPLES fields of a slice that do not decrypt (or documents that cannot be read as a
 whole) are recorded as the sweep's failures: the examples survive a killed worker, and
@@ -29,6 +30,7 @@ from tracker_reencrypt.documents import (
     document_label,
 )
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.products import CurrentKids, ProductKeys
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import FeedRange, ScanPage, StoredDocument
 from tracker_reencrypt.sweep.records import CheckCounts, Slice, Sweep
@@ -62,6 +64,7 @@ def _check_counts(report: ScanReport) -> CheckCounts:
             kinds_by_kid={kid: dict(kinds) for kid, kinds in report.kinds_by_kid.items()},
             off_target_by_product=dict(report.off_target_by_product),
             products_without_key=report.products_without_target,
+            stale_write_fields=report.stale_write_fields,
         )
     )
 
@@ -85,6 +88,8 @@ class SliceCheck:
         self.pacer, self.targets = pacer, targets
         if sweep.to_current and targets is None:
             raise ValueError("a verify sweep against current versions needs the sweep's targets")
+        #: Each product's current version, for the stale-write check (the targets' cache when given).
+        self.current = targets.current if targets is not None else CurrentKids(ProductKeys(keyring.provider))
 
     def run(self, piece: Slice) -> BatchReport:
         """Pages of the slice until a bound is reached. The next page is read, and its fields'
@@ -111,6 +116,8 @@ class SliceCheck:
                 if page.continuation is None or following is None:
                     report.result.done = page.continuation is None
                     report.result.checked = _check_counts(tally)
+                    report.result.counts["stale_writes"] = tally.stale_writes
+                    report.result.stale_writes = tally.stale_write_examples
                     return report
                 page = following
         finally:
@@ -141,7 +148,14 @@ class SliceCheck:
         report.result.counts["documents_scanned"] += 1
         partition_key = self._partition_key(document.body)
         broken = count_document(
-            tally, document.body, partition_key, self.keyring, unreadable=document.unreadable, expected=self._expected
+            tally,
+            document.body,
+            partition_key,
+            self.keyring,
+            unreadable=document.unreadable,
+            expected=self._expected,
+            written_at=document.written_at,
+            current=self.current.version_of,
         )
         return self._failed(index, document, partition_key, broken, report, recordable) if broken else 0
 

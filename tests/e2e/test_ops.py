@@ -714,7 +714,7 @@ def test_exporter_exports_the_active_and_the_latest_finished_sweep():
 
 def test_exporter_families_are_bounded_and_named_by_convention():
     from coordinator import steering
-    from coordinator.exporter import STATUSES, Snapshot, SweepCollector, SweepView, families
+    from coordinator.exporter import STATUSES, Snapshot, SweepCollector, SweepView, families, total_metric_name
     from tracker_reencrypt.sweep.records import COUNTERS, Slice, zero_counts
 
     now = time.time()
@@ -743,7 +743,8 @@ def test_exporter_families_are_bounded_and_named_by_convention():
         for sample in family.samples:
             assert set(sample.labels) <= allowed_labels, (family.name, sample.labels)
             by_name.setdefault(sample.name, []).append(sample)
-    assert {f"reencrypt_sweep_{name}_total" for name in COUNTERS} <= set(by_name)
+    assert {total_metric_name(name) for name in COUNTERS} <= set(by_name)
+    assert "reencrypt_stale_writes_total" in by_name
     assert by_name["reencrypt_sweep_documents_scanned_total"][0].value == 60
     assert by_name["reencrypt_sweep_failures_total"][0].value == 2
     assert len(by_name["reencrypt_sweep_status"]) == len(STATUSES)

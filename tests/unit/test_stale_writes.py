@@ -3,13 +3,44 @@ product's key rotated that still holds a field under a retired version of that k
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
+import sqlite3
+import time
+from contextlib import closing
 
-from tracker_reencrypt import stale
+import pytest
+from rich.console import Console
+
+from coordinator import render, steering
+from coordinator.context import Context
+from coordinator.exporter import Snapshot, SweepView, families
+from coordinator.verify import fleet_verify, verify_rotation
+from tracker_reencrypt import envelope, stale
+from tracker_reencrypt.config import Settings
+from tracker_reencrypt.documents import location, rekey_document
 from tracker_reencrypt.errors import KeyNotFoundError, KeyProviderUnavailableError
+from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.keys import KeyVersion
+from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.naming import UnmappableProductError
 from tracker_reencrypt.stale import GRACE_S, StaleWrite, current_version, find
+from tracker_reencrypt.stores.sqlite import SqliteStore
+from tracker_reencrypt.sweep.records import (
+    COMPLETED,
+    RUNNING,
+    TARGET_CURRENT,
+    Slice,
+    Sweep,
+    stale_write_examples,
+    utc_now,
+    zero_counts,
+)
+from tracker_reencrypt.sweep.state import BatchResult, SweepState
+from worker.batch import BatchLimits, SliceBatch
+
+from conftest import make_rotation
+from inprocess_fleet import InProcessFleet
 
 SINCE = "2026-11-28T02:00:00Z"
 SINCE_S = 1795831200.0  # SINCE in seconds since the epoch
@@ -45,6 +76,13 @@ def test_just_past_the_grace_is():
 def test_a_document_on_the_current_version_is_not_as_the_sweeps_own_writes_are():
     assert find("doc-1", "p1", LATE, [V2, V2], CURRENT) is None
     assert find("doc-1", "p1", LATE, [], CURRENT) is None
+
+
+def test_a_tracker_re_encrypting_only_the_fields_it_changes_looks_stale_by_its_untouched_ones():
+    """The caveat docs/OPERATIONS.md states: the untouched field still under v1 makes the
+    document stale although the writer used v2; ``fields`` and ``kid`` tell it apart there."""
+    found = find("doc-1", "p1", LATE, [V1, V2, V1], CURRENT)
+    assert (found.kid, found.fields) == (V1, 2)
 
 
 def test_any_other_version_of_the_same_key_is_retired_a_newer_one_after_a_rollback_too():
@@ -111,3 +149,215 @@ def test_an_example_carries_ids_times_and_kids_only():
         "fields",
     }
     assert stale.SLICE_EXAMPLES <= stale.REPORT_EXAMPLES
+
+
+# -- counted where they are met: sweep batches, verify (both ways), status, the exporter --------
+
+
+DOCUMENTS = 120
+ALL = {"epk_min": 0, "epk_max": 2**32}
+
+
+@pytest.fixture
+def rotation(tmp_path):
+    """Seeded under v1 an hour ago, v2 current for a minute: what a tracker writes now under v1
+    is past the grace, without the test sleeping through it."""
+    rotated = make_rotation(tmp_path, DOCUMENTS)
+    age_rotation(rotated)
+    return rotated
+
+
+def age_rotation(rotation, seconds: float = 60) -> None:
+    """Move every document's last write an hour back and the current version's start ``seconds`` back."""
+    with closing(sqlite3.connect(rotation.home / "tracker.db")) as db, db:
+        db.execute("UPDATE documents SET written_at = written_at - 3600")
+    path = rotation.home / "keyring.json"
+    keyring = json.loads(path.read_text())
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds))
+    for jwk in keyring["keys"]:
+        if jwk.get("current"):
+            jwk["created"] = since
+    path.write_text(json.dumps(keyring))  # written in place: the file keeps its mode
+
+
+def tracker_writes(rotation, kid: str, count: int, skip: int = 0, *, whole: bool = False) -> list[str]:
+    """A tracker instance on ``kid`` writes ``count`` documents now, as the live tracker does: a
+    new field encrypted under it (``whole``: every field re-encrypted under it first), through a
+    conditional replace. Their ids."""
+    store, keyring = rotation.store(), Keyring(rotation.provider())
+    written = []
+    for document in store.scan(ALL, None, 10_000).documents[skip : skip + count]:
+        body = json.loads(json.dumps(document.body))
+        if whole:
+            body = rekey_document(body, body["productId"], target_kid=kid, keyring=keyring).new_body or body
+        body["lateNote"] = envelope.encrypt("late", location(body, body["productId"], ("lateNote",)), keyring, kid)
+        store.replace(body, document.etag)
+        written.append(document.id)
+    return written
+
+
+def settings_for(rotation) -> Settings:
+    return Settings(
+        store=rotation.store_url, keys=rotation.keys_url, batch_documents=40, batch_seconds=30, page_size=20
+    )
+
+
+def fleet_and_context(rotation) -> tuple[InProcessFleet, Context]:
+    fleet = InProcessFleet(settings_for(rotation))
+    ctx = Context(settings_for(rotation))
+    ctx.celery = fleet.broker
+    return fleet, ctx
+
+
+def start(fleet: InProcessFleet, target_kid: str, slices: int = 3) -> Sweep:
+    store = fleet.runtime.store
+    sweep = fleet.state.create_sweep(
+        Sweep(
+            id="sw-stale",
+            target_kid=target_kid,
+            mode="reencrypt",
+            status=RUNNING,
+            started_at=utc_now(),
+            documents_estimate=store.count(),
+        ),
+        store.feed_ranges(slices),
+    )
+    for index in range(sweep.slice_count):
+        enqueue_slice(fleet.broker, sweep.id, index, 0)
+    return sweep
+
+
+def text_of(show) -> str:
+    console = Console(record=True, width=200, file=io.StringIO())
+    show(console)
+    return console.export_text()
+
+
+def test_a_sweep_counts_the_stale_writes_it_reads_and_never_its_own(rotation):
+    stale_ids = tracker_writes(rotation, rotation.v1, 3)
+    tracker_writes(rotation, rotation.v2, 2, skip=3, whole=True)  # an instance already on the new key: not stale
+    fleet, ctx = fleet_and_context(rotation)
+    sweep = start(fleet, TARGET_CURRENT)
+    fleet.join()
+
+    progress = steering.progress(ctx, ctx.state.get_sweep(sweep.id))
+    assert progress.sweep.status == COMPLETED  # stale writes are reported, they fail nothing
+    report = progress.as_json()
+    assert report["stale_writes"] == report["totals"]["stale_writes"] == 3
+    examples = report["stale_write_examples"]
+    assert sorted(e["document_id"] for e in examples) == sorted(stale_ids)
+    assert all(e["kid"] == rotation.v1 and e["current_kid"] == rotation.v2 and e["fields"] > 1 for e in examples)
+    assert all(e["product"].startswith("product-") for e in examples)  # every field still on v1: all of them count
+    assert all(e["ts"] > time.time() - 30 for e in examples)
+
+    shown = text_of(lambda console: render.status(console, progress))
+    assert "stale writes: 3 documents written under a retired version after rotation" in shown
+    assert "a tracker instance still uses the old key id" in shown and stale_ids[0] in shown
+
+    samples = {
+        (s.name, s.labels.get("sweep")): s.value
+        for family in families(Snapshot([SweepView.of(progress, time.time())]))
+        for s in family.samples
+    }
+    assert samples[("reencrypt_stale_writes_total", sweep.id)] == 3
+
+    # Every document the sweep rewrote was written after the rotation, on the current version: none is stale.
+    after = verify_rotation(ctx, None)
+    assert after["ok"] and after["stale_writes"] == 0 and after["stale_write_examples"] == []
+    assert after["reason"] is None
+
+
+def test_a_document_the_tracker_writes_again_during_the_sweep_is_counted_once(rotation):
+    stale_id = tracker_writes(rotation, rotation.v1, 1)[0]
+    fleet, _ = fleet_and_context(rotation)
+    sweep = start(fleet, TARGET_CURRENT, slices=1)
+    runtime = fleet.runtime
+    claim = fleet.state.claim_slice(sweep.id, 0, 0, "worker:1", 60)
+
+    class TrackerRacing:
+        """The store, with the stale tracker writing the document again just before the sweep's page of writes."""
+
+        def __init__(self, store) -> None:
+            self._store, self._raced = store, False
+
+        def __getattr__(self, name):
+            return getattr(self._store, name)
+
+        def replace_many(self, writes):
+            if not self._raced:
+                self._raced = True
+                document = next(d for d in self._store.scan(ALL, None, 10_000).documents if d.id == stale_id)
+                body = {**document.body, "counter": 1}
+                self._store.replace(body, document.etag)
+            return self._store.replace_many(writes)
+
+    batch = SliceBatch(
+        TrackerRacing(runtime.store),
+        runtime.state,
+        runtime.keyring,
+        sweep,
+        BatchLimits(DOCUMENTS, 30, 200, 3),
+        targets=runtime.targets(sweep),
+    )
+    report = batch.run(claim.slice)
+    assert report.result.counts["conflicts"] == 1  # read, lost to the tracker, read again: stale both times
+    assert report.result.counts["stale_writes"] == 1
+    assert [e.document_id for e in report.result.stale_writes] == [stale_id]
+
+
+def test_a_sweep_to_a_version_other_than_the_current_one_judges_nothing(rotation):
+    """--to KID that is not current (an operator's choice): the documents it meets under other
+    versions are the operator's doing as much as a tracker's; nothing is counted."""
+    provider = rotation.provider()
+    v3 = provider.rotate().kid
+    age_rotation(rotation, seconds=30)
+    tracker_writes(rotation, rotation.v2, 2)  # stale against v3: a v1 field (seed) and a v2 one
+    fleet, ctx = fleet_and_context(rotation)
+    sweep = start(fleet, rotation.v2)
+    fleet.join()
+    assert ctx.state.totals(sweep.id)["stale_writes"] == 0
+    assert verify_rotation(ctx, rotation.v2)["stale_writes"] == 0  # a fixed expectation, not current: likewise
+    assert provider.current_kid() == v3
+
+
+def test_verify_fails_as_before_and_names_stale_writers_as_the_reason(rotation):
+    fleet, ctx = fleet_and_context(rotation)
+    start(fleet, TARGET_CURRENT)
+    fleet.join()
+    stale_ids = tracker_writes(rotation, rotation.v1, 2)  # after the sweep: a stale writer behind it
+
+    one_process = verify_rotation(ctx, None)
+    assert not one_process["ok"] and one_process["off_target"] == 2  # exactly as without the check
+    assert one_process["stale_writes"] == 2 and one_process["stale_write_fields"] == 2
+    assert sorted(e["document_id"] for e in one_process["stale_write_examples"]) == sorted(stale_ids)
+    assert one_process["reason"].startswith(
+        "2 of the 2 fields not on the expected version are in documents written after rotation under a "
+        "retired version (2 documents: stale writes): a tracker instance still uses the old key id; "
+        "restart it, then sweep again"
+    )
+    assert verify_rotation(ctx, rotation.v2)["reason"] == one_process["reason"]  # v2 is current
+    shown = text_of(lambda console: render.verify(console, one_process))
+    assert "stale writes: 2 documents" in shown and "why: 2 of the 2 fields" in shown
+
+    sweep = steering.start_verify(ctx, expect=None, products=(), slices=3)
+    fleet.join()
+    on_fleet = fleet_verify(ctx, ctx.state.get_sweep(sweep.id))
+    assert {k: v for k, v in on_fleet.items() if k != "sweep_id"} == one_process
+    audited = [e["details"] for e in ctx.audit.entries() if e["action"] == "verify"]
+    assert [entry["stale_writes"] for entry in audited] == [2, 2, 2]  # two in one process, one on the fleet
+
+
+def test_a_slice_keeps_its_first_examples_and_counts_them_all(tmp_path):
+    state = SweepState(SqliteStore(tmp_path / "t.db").records())
+    state.create_sweep(Sweep(id="sw-1", target_kid="k/v2", mode="reencrypt", status=RUNNING), [{"r": 0}])
+    found = [StaleWrite(f"doc-{n}", "p1", LATE + n, V1, V2) for n in range(8)]
+    for batch in (found[:3], found[3:]):
+        fence = state.claim_slice("sw-1", 0, state.slices("sw-1")[0].fence, "w:1", 60).fence
+        counts = {**zero_counts(), "stale_writes": len(batch)}
+        state.commit_slice("sw-1", 0, fence, BatchResult(None, False, counts, stale_writes=list(batch)))
+    piece = state.slices("sw-1")[0]
+    assert piece.counts["stale_writes"] == 8
+    assert piece.stale_write_examples == tuple(found[: stale.SLICE_EXAMPLES])
+    assert Slice.from_record(piece.to_record()) == piece
+    assert stale_write_examples([piece])[0] == found[4]  # reports show the newest first
+    assert "stale_write_examples" not in Slice(sweep_id="sw-1", index=1, feed_range={}).to_record()

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
+from tracker_reencrypt.stale import StaleWrite, newest_first
 
 Status = Literal["planned", "running", "paused", "cancelling", "cancelled", "completed", "failed"]
 PLANNED, RUNNING, PAUSED, CANCELLING, CANCELLED, COMPLETED, FAILED = get_args(Status)
@@ -45,6 +46,9 @@ COUNTERS = (
     "fields_not_source",
     "conflicts",
     "failures",
+    # Documents written after their product's key rotated under a retired version of it (see
+    # tracker_reencrypt.stale): a tracker instance still uses the old key id.
+    "stale_writes",
 )
 Counts = dict[str, int]
 
@@ -109,6 +113,9 @@ class CheckCounts:
     off_target_by_product: Mapping[str, int] = field(default_factory=dict)
     #: Why a product has no kid to expect (no key, an unmappable id), by product.
     products_without_key: Mapping[str, str] = field(default_factory=dict)
+    #: Of ``off_target``, the fields under a retired version in stale writes (the documents are
+    #: COUNTERS' ``stale_writes``): what verify names as the reason it fails.
+    stale_write_fields: int = 0
 
     def plus(self, more: CheckCounts) -> CheckCounts:
         kinds = {kid: dict(by_kind) for kid, by_kind in self.kinds_by_kid.items()}
@@ -124,6 +131,7 @@ class CheckCounts:
             kinds_by_kid=kinds,
             off_target_by_product=_top(_summed(self.off_target_by_product, more.off_target_by_product), PRODUCTS_KEPT),
             products_without_key=dict(sorted(without.items())[:PRODUCTS_KEPT]),
+            stale_write_fields=self.stale_write_fields + more.stale_write_fields,
         )
 
     @classmethod
@@ -254,6 +262,9 @@ class Slice:
     rescued_fence: int | None = None
     #: What a verify sweep's committed batches counted (empty for any other sweep).
     checked: CheckCounts = field(default_factory=CheckCounts)
+    #: The first stale writes the slice met (at most stale.SLICE_EXAMPLES; ``counts`` has them all),
+    #: kept by the same fenced commit as the counts, so a redone batch adds none twice.
+    stale_write_examples: tuple[StaleWrite, ...] = ()
 
     def lease_is_live(self, now: float) -> bool:
         """Held by a worker whose lease has not expired."""
@@ -266,6 +277,9 @@ class Slice:
     def from_record(cls, record: Mapping[str, Any]) -> Slice:
         known = _known_fields(cls, record)
         known["checked"] = CheckCounts.from_record(record.get("checked") or {})
+        known["stale_write_examples"] = tuple(
+            StaleWrite.from_record(example) for example in record.get("stale_write_examples") or ()
+        )
         return cls(**known)
 
     def to_record(self) -> dict[str, Any]:
@@ -274,7 +288,16 @@ class Slice:
             del record["checked"]  # any sweep but a verify sweep: its slice records stay as they were
         else:
             record["checked"] = self.checked.to_record()
+        if self.stale_write_examples:
+            record["stale_write_examples"] = [example.to_record() for example in self.stale_write_examples]
+        else:
+            del record["stale_write_examples"]  # as above: no stale write, the record as it was
         return record
+
+
+def stale_write_examples(slices: list[Slice]) -> list[StaleWrite]:
+    """A sweep's stale-write examples over its slices, as reports show them (newest first, bounded)."""
+    return newest_first(example for piece in slices for example in piece.stale_write_examples)
 
 
 def sum_counts(slices: list[Slice]) -> Counts:

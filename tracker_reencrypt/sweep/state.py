@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tracker_reencrypt.errors import ConflictError, LeaseLostError, NotFoundError, SweepError, UnknownNameError
+from tracker_reencrypt.stale import SLICE_EXAMPLES, StaleWrite
 from tracker_reencrypt.stores import FeedRange, RecordStore
 from tracker_reencrypt.sweep.records import (
     CANCELLED,
@@ -93,6 +94,9 @@ class BatchResult:
     counts: Counts = field(default_factory=zero_counts)
     #: A verify sweep's batch: what it checked, added to the slice's by the same commit.
     checked: CheckCounts | None = None
+    #: The stale writes met (``counts["stale_writes"]`` counts them), as examples: the slice
+    #: keeps the first SLICE_EXAMPLES of all its batches.
+    stale_writes: list[StaleWrite] = field(default_factory=list)
 
 
 class SweepState:
@@ -266,6 +270,7 @@ class SweepState:
                 error_retries=0,
                 counts=add_counts(piece.counts, result.counts),
                 checked=piece.checked.plus(result.checked) if result.checked is not None else piece.checked,
+                stale_write_examples=(*piece.stale_write_examples, *result.stale_writes)[:SLICE_EXAMPLES],
             ),
         )
 
