@@ -1,7 +1,7 @@
 """Rotation overview (uid ``reencrypt-rotation``): one sweep, from the exporter's durable totals.
 
-Status, progress, ETA, throughput, fields moved, failures, conflicts, products, slices,
-throttling and budgets; the ``sweep`` variable picks the sweep. Written by ``dashboards.py``.
+Status, progress, ETA, throughput, fields moved, failures, conflicts, stale writes, products,
+slices, throttling and budgets; the ``sweep`` variable picks the sweep. Written by ``dashboards.py``.
 """
 
 from __future__ import annotations
@@ -120,12 +120,12 @@ def rotation_overview() -> dashboard.Dashboard:
                 description="Worker processes holding a live slice lease",
             )
         )
-        .with_panel(stat_panel("Slices done", f"reencrypt_sweep_slices_done{{{SWEEP}}}", span=8))
+        .with_panel(stat_panel("Slices done", f"reencrypt_sweep_slices_done{{{SWEEP}}}", span=6))
         .with_panel(
             stat_panel(
                 "Queue depth",
                 QUEUED,
-                span=8,
+                span=6,
                 description="Task messages waiting in Redis (KEDA scales the workers on this)",
             )
         )
@@ -133,11 +133,22 @@ def rotation_overview() -> dashboard.Dashboard:
             stat_panel(
                 "Paused by error",
                 f"reencrypt_sweep_paused_by_error{{{SWEEP}}}",
-                span=8,
+                span=6,
                 steps=((None, "green"), (1, "red")),
                 description="1: the fleet paused the sweep on a problem only a person can fix: "
                 "'reencrypt sweep status ID' says why, "
                 "'reencrypt sweep resume ID' once fixed",
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Stale writes",
+                f"reencrypt_stale_writes_total{{{SWEEP}}}",
+                span=6,
+                steps=((None, "green"), (1, "red")),
+                description="Documents the tracker wrote after rotation under a retired key version: a tracker "
+                "instance still uses the old key id. 'reencrypt sweep status ID' names examples; restart it, "
+                "then 'reencrypt stale-writes --wait'",
             )
         )
         .with_row(dashboard.Row("Over time"))
