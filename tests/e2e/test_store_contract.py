@@ -272,6 +272,33 @@ def test_every_write_records_when_it_happened(store, backend):
     assert replaced.written_at is None or replaced.written_at == pytest.approx(again.written_at, abs=1)
 
 
+def test_written_after_reads_only_the_products_documents_written_since(store, backend):
+    """What the stale-writes command reads: one product's documents last written after a time,
+    filtered by the store, paged; another product's, and older writes, never."""
+    store.create_many([document(n, partitions=2) for n in range(12)])  # product-00: even, product-01: odd
+    time.sleep(1.05)  # Cosmos keeps whole seconds
+    after = time.time()
+    time.sleep(1.05)
+    late = {}
+    for n in (2, 4, 6, 8, 3):  # four of product-00, one of product-01
+        read = store.read(f"doc-{n:04d}", f"product-{n % 2:02d}")
+        late[read.id] = store.replace({**read.body, "counter": 1}, read.etag)
+
+    found, continuation, pages = [], None, 0
+    while True:
+        page = store.written_after("product-00", after, continuation, 2)
+        found += page.documents
+        pages += 1
+        continuation = page.continuation
+        if continuation is None:
+            break
+    assert sorted(d.id for d in found) == ["doc-0002", "doc-0004", "doc-0006", "doc-0008"]
+    assert pages >= 2 and all(d.body["counter"] == 1 and d.written_at > after for d in found)
+    assert [d.id for d in store.written_after("product-01", after, None, 100).documents] == ["doc-0003"]
+    assert store.written_after("product-00", time.time() + 60, None, 100).documents == []
+    assert store.written_after("product-99", after, None, 100).documents == []
+
+
 def test_a_page_of_writes_lands_except_where_the_document_changed_or_went(store, backend):
     bodies = [document(n) for n in range(20, 26)]
     store.create_many(bodies)
@@ -575,8 +602,10 @@ def test_sqlite_a_layout_1_file_gains_write_times_in_place(tmp_path):
     store = SqliteStore(path, partition_key_field=PARTITION_KEY_FIELD, create=False)
     old = store.read("doc-1", "p")
     assert (old.body["id"], old.etag, old.written_at) == ("doc-1", '"e1"', None)
+    assert store.written_after("p", 0.0, None, 10).documents == []  # an unknown time is never "after"
     assert store.replace({**old.body, "n": 1}, old.etag).written_at is not None
     assert store.read("doc-1", "p").written_at is not None
+    assert [d.id for d in store.written_after("p", 0.0, None, 10).documents] == ["doc-1"]
     store.close()
     with closing_sqlite(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION

@@ -191,6 +191,14 @@ class DocumentStore(Protocol):
         from any stored continuation; a product range reads only its product's partition.
         StoreError for a range or continuation the backend cannot read."""
 
+    def written_after(self, product: str, after: float, continuation: str | None, page_size: int) -> ScanPage:
+        """One page of ``product``'s documents last written after ``after`` (seconds since the
+        epoch; Cosmos ``_ts``, SQLite ``written_at``), read from its partition alone and filtered
+        by the store, so only those documents are returned; documents whose write time is
+        unknown never are. A document written again while the pages are read may be missed or
+        returned twice: a caller watching for writes reads again from a later time (the
+        stale-writes command). StoreError for a continuation the backend cannot read."""
+
     def read(self, document_id: str, partition_key: str) -> StoredDocument:
         """Raises NotFoundError."""
 

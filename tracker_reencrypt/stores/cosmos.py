@@ -396,7 +396,25 @@ class CosmosStore:
             options["enable_cross_partition_query"] = True
         else:
             options["feed_range"] = feed_range
-        with self._translated(f"scanning {self.describe()}"):
+        return self._query_page(query, options, continuation, f"scanning {self.describe()}")
+
+    def written_after(self, product: str, after: float, continuation: str | None, page_size: int) -> ScanPage:
+        """A single-partition query on ``_ts`` (indexed by default), the partition key named in its
+        text as every product query names it (docs/COSMOS.md, gap 2)."""
+        options: dict[str, Any] = {
+            "max_item_count": page_size,
+            "parameters": [{"name": "@pk", "value": product}, {"name": "@after", "value": after}],
+            "partition_key": product,
+            **self._document_options(),
+        }
+        query = f"SELECT * FROM c WHERE {self._key} = @pk AND c._ts > @after"
+        return self._query_page(
+            query, options, continuation, f"reading recent writes of product {product!r} in {self.describe()}"
+        )
+
+    def _query_page(self, query: str, options: dict[str, Any], continuation: str | None, doing: str) -> ScanPage:
+        """One page of a query from ``continuation``, with the continuation of the next."""
+        with self._translated(doing):
             try:
                 # by_page's pager carries continuation_token, which its annotation does not show.
                 pages: Any = self._container.query_items(query, **options).by_page(continuation)

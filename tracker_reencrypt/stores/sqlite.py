@@ -236,6 +236,19 @@ class SqliteStore:
         query = f"{_SCAN_COLUMNS} WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?"
         return self._db.execute(query, (*values, page_size)).fetchall()
 
+    def written_after(self, product: str, after: float, continuation: str | None, page_size: int) -> ScanPage:
+        """The product's rows in id order, ``written_at > ?`` checked on each row of its part of the
+        primary key (no index on the time: the rows of one partition are read, only the matching
+        bodies parsed)."""
+        pk = str(product)
+        epk = effective_partition_key(pk)
+        conditions, values = ["epk = ?", "pk = ?", "written_at > ?"], [epk, pk, after]
+        if continuation:
+            conditions.append("id > ?")
+            values.append(self._continued_id(ProductRange(pk), epk, continuation))
+        query = f"{_SCAN_COLUMNS} WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?"
+        return self._page(self._db.execute(query, (*values, page_size)).fetchall(), page_size)
+
     def _continued_id(self, product_range: ProductRange, epk: int, continuation: str) -> str:
         """The id a continuation of this product range resumes after; StoreError if it is another's."""
         try:
