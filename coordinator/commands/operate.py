@@ -1,4 +1,5 @@
-"""The root-level commands that operate the rotation: seed, worker, queue, verify, audit, demo, bench, exporter.
+"""The root-level commands that operate the rotation: seed, worker, queue, verify, stale-writes, audit, demo,
+bench, exporter.
 
 ``register`` adds them to the root app (in this order, the order ``reencrypt --help`` lists them).
 """
@@ -9,6 +10,7 @@ import typer
 
 from coordinator import keyops, render, steering
 from coordinator.commands.common import JsonOption, ProductOption, emit, err, follow_or_exit, out
+from coordinator.commands.stale import stale_writes
 from coordinator.context import Context
 from coordinator.verify import documents_in_scope, fleet_verify, verify_rotation
 from tracker_reencrypt.errors import ConfigError, SweepError
@@ -297,6 +299,7 @@ COMMANDS = (
     ("worker", worker),
     ("queue", queue),
     ("verify", verify),
+    ("stale-writes", stale_writes),
     ("audit", audit_trail),
     ("demo", demo),
     ("bench", bench),

@@ -10,11 +10,14 @@ import time
 from contextlib import closing
 
 import pytest
+import typer
 from rich.console import Console
 
 from coordinator import render, steering
+from coordinator.commands import stale as stale_command
 from coordinator.context import Context
 from coordinator.exporter import Snapshot, SweepView, families
+from coordinator.stale_writes import LOOK_BACK_S, StaleWatch, products_to_watch
 from coordinator.verify import fleet_verify, verify_rotation
 from tracker_reencrypt import envelope, stale
 from tracker_reencrypt.config import Settings
@@ -23,7 +26,9 @@ from tracker_reencrypt.errors import KeyNotFoundError, KeyProviderUnavailableErr
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.keys import KeyVersion
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.keys.naming import UnmappableProductError
+from tracker_reencrypt.keys.products import ProductKeys, epoch_seconds
 from tracker_reencrypt.stale import GRACE_S, StaleWrite, current_version, find
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep.records import (
@@ -361,3 +366,86 @@ def test_a_slice_keeps_its_first_examples_and_counts_them_all(tmp_path):
     assert Slice.from_record(piece.to_record()) == piece
     assert stale_write_examples([piece])[0] == found[4]  # reports show the newest first
     assert "stale_write_examples" not in Slice(sweep_id="sw-1", index=1, feed_range={}).to_record()
+
+
+# -- the stale-writes command's watch (coordinator/stale_writes.py) -------------------------------
+
+
+class Clock:
+    """The real time, moved on by ``ahead`` seconds when the test says so."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead
+
+
+def test_the_watch_counts_each_stale_write_once_across_looks_and_is_quiet_once_they_stop(rotation):
+    store = rotation.store()
+    keys = ProductKeys(rotation.provider())
+    clock = Clock()
+    watch = StaleWatch(store, keys, products_to_watch(store, keys, []), clock=clock)
+    assert watch.look().stale_writes == 0 and watch.report.quiet(300)
+
+    first = tracker_writes(rotation, rotation.v1, 2)
+    tracker_writes(rotation, rotation.v2, 1, skip=2, whole=True)  # on the new key: never counted
+    report = watch.look()
+    assert report.stale_writes == 2 and sorted(e.document_id for e in report.examples) == sorted(first)
+    assert report.products_checked == len(store.products()) and not report.not_checked
+    assert not report.quiet(300) and report.quiet(0)
+    assert watch.look().stale_writes == 2  # read again in the look-back window: counted once
+
+    tracker_writes(rotation, rotation.v1, 1)  # the same document written stale again: a new stale write
+    assert watch.look().stale_writes == 3
+    clock.ahead = 400  # nothing new for longer than asked
+    report = watch.look()
+    assert report.stale_writes == 3 and report.quiet(300) and not report.quiet(500)
+    shown = report.as_json(300, store.describe())
+    assert shown["quiet"] and shown["stale_writes"] == 3 and shown["grace_s"] == GRACE_S
+    assert sum(p["stale_writes"] for p in shown["products"].values()) == 3
+    assert shown["newest_stale_write_ts"] == max(e["ts"] for e in shown["stale_write_examples"])
+
+
+def test_the_watch_reads_only_what_was_written_since_the_rotation(rotation, monkeypatch):
+    store = rotation.store()
+    asked = []
+    real = store.written_after
+    monkeypatch.setattr(store, "written_after", lambda *args: asked.append(args[1]) or real(*args))
+    keys = ProductKeys(rotation.provider())
+    watch = StaleWatch(store, keys, ["product-001"])
+    watch.look()
+    since = keys.root.current_version().current_since
+    assert asked == [epoch_seconds(since) + GRACE_S]
+    watch.look()
+    assert asked[1] >= asked[0] and asked[1] > time.time() - LOOK_BACK_S - 5  # then only the recent writes
+
+
+def test_a_product_without_a_key_is_named_not_checked_never_an_error(rotation):
+    store = rotation.store()
+    per_product = ProductKeys(LocalKeyProvider(rotation.home / "keyring.json", key_name="tracker-mek-{productId}"))
+    report = StaleWatch(store, per_product, ["product-001"]).look()
+    assert report.products_checked == 0 and "product-001" in report.not_checked
+    assert report.quiet(300)
+    assert products_to_watch(store, per_product, []) == []  # no product of this store has a key of its own
+
+
+def test_ctrl_c_while_waiting_says_what_to_run_later_and_exits_130(rotation, monkeypatch, capsys):
+    tracker_writes(rotation, rotation.v1, 1)
+    store = rotation.store()
+    keys = ProductKeys(rotation.provider())
+    watch = StaleWatch(store, keys, products_to_watch(store, keys, []))
+    report = watch.look()
+    assert not report.quiet(300)
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stale_command.time, "sleep", interrupted)
+    again = stale_command._again(["product-001", "product-002"], 300, 10)
+    with pytest.raises(typer.Exit) as stopped:
+        stale_command._wait(watch, report, 300, 10, again, quiet=False)
+    assert stopped.value.exit_code == 130
+    said = capsys.readouterr().err
+    assert "stopped waiting; nothing was changed" in said
+    assert "reencrypt stale-writes --product product-001 --product product-002 --quiet-for 300 --wait" in said
