@@ -273,28 +273,29 @@ def entries(count: int) -> dict[str, str]:
 @pytest.mark.parametrize(
     "changes, limit",
     [
-        ({"extra-1": "x", "extra-2": "x"}, "16 tags but Key Vault allows at most 15 per key version"),
+        ({"extra-1": "x", "extra-2": "x"}, "14 metadata entries but at most 13 fit: Key Vault allows 15 tags"),
         ({"n" * 513: "x"}, "513 characters but Key Vault allows at most 512 per tag name"),
         ({"store-000000000000": "v" * 257}, "257-character value but Key Vault allows at most 256 per tag value"),
     ],
 )
 def test_a_change_beyond_key_vaults_tag_limits_is_refused_and_writes_nothing(vault, provider, changes, limit):
-    assert provider.set_metadata(entries(15)) == entries(15)  # exactly at the limit is fine
+    assert provider.set_metadata(entries(13)) == entries(13)  # exactly at the limit is fine
     updates = vault.counts["update_key"]
     with pytest.raises(KeyProviderError, match=limit) as refused:
         provider.set_metadata({**changes, "store-000000000001": None})  # the deletion is not written either
     assert "\n" not in str(refused.value) and "v" * 257 not in str(refused.value)
     assert vault.counts["update_key"] == updates
-    assert provider.metadata() == entries(15) == newest_tags(vault)
+    assert provider.metadata() == entries(13) == newest_tags(vault)
 
 
-def test_a_promotion_that_would_need_more_than_fifteen_tags_is_refused(vault, provider):
+def test_a_rollback_always_has_room_for_its_tags(vault, provider):
+    """Metadata stops two short of Key Vault's 15 tags: keys promote, the rollback, must never be
+    refused for want of room for its record."""
     first = provider.current_kid()
-    second = provider.rotate().kid
-    provider.set_metadata(entries(15))
-    with pytest.raises(KeyProviderError, match="17 tags .*at most 15"):
-        provider.promote(first)
-    assert provider.current_kid(refresh=True) == second and newest_tags(vault) == entries(15)
+    provider.rotate()
+    provider.set_metadata(entries(13))
+    assert provider.promote(first).current and provider.current_kid(refresh=True) == first
+    assert len(newest_tags(vault)) == 15 and provider.metadata() == entries(13)
 
 
 def test_the_promotion_record_is_not_settable_as_metadata(vault, provider):

@@ -31,8 +31,8 @@ Through the real ``azure-keyvault-keys`` SDK:
   in the newest version's ``current-version`` tag (hidden from :meth:`metadata`), and
   :meth:`current_kid` returns it while that version exists and is enabled, else the newest.
   Its time goes in ``current-since`` (also hidden): writes under any other version after it
-  come from a tracker instance that missed the change (stale writers). Both count against
-  the 15 tags.
+  come from a tracker instance that missed the change (stale writers). Metadata may use 13
+  of the 15 tags, so these two always fit: a rollback is never refused for want of room.
   :meth:`rotate` leaves the tag behind, so its new version is current. Only this tool reads
   the tag: the tracker-service itself must be pointed at the promoted id through its
   ``TRACKER_MEK_ID_<PRODUCTID>`` setting, since the vault's versionless get still returns
@@ -96,6 +96,8 @@ RSA_BITS = 2048
 METADATA_WRITE_TRIES = 5
 # Key Vault's limits on one key version's tags (Key Vault "about keys, secrets and certificates").
 MAX_TAGS = 15
+#: Metadata leaves room for the promotion record's tags, so a rollback is never refused for want of one.
+MAX_METADATA_ENTRIES = MAX_TAGS - len(RESERVED_ENTRIES)
 MAX_TAG_NAME_CHARS = 512
 MAX_TAG_VALUE_CHARS = 256
 KEY_OPERATIONS: list[str | KeyOperation] = [KeyOperation.wrap_key, KeyOperation.unwrap_key]
@@ -445,6 +447,12 @@ class AzureKeyVaultProvider:
         for _ in range(METADATA_WRITE_TRIES):
             newest = self._newest()
             tags = changed_metadata(_metadata(newest.tags), changes)
+            if len(tags) > MAX_METADATA_ENTRIES:
+                raise KeyProviderError(
+                    f"{newest.id} would hold {len(tags)} metadata entries but at most {MAX_METADATA_ENTRIES} fit: "
+                    f"Key Vault allows {MAX_TAGS} tags per version and a rollback (keys promote) needs "
+                    f"{len(RESERVED_ENTRIES)}; delete metadata entries first"
+                )
             tags.update({name: value for name, value in (newest.tags or {}).items() if name in RESERVED_ENTRIES})
             self._write_tags(newest, tags)
             now = _metadata(self._newest().tags)
