@@ -66,6 +66,9 @@ class Account:
     document_endpoint: str
     backup_policy: dict = field(default_factory=dict)
     location: str = "West Europe"
+    #: The account's priority-based execution setting; None leaves the property out, as ARM
+    #: does for accounts that never set it.
+    priority_based_execution: bool | None = None
 
     @property
     def id(self) -> str:
@@ -84,6 +87,11 @@ class Account:
                 "documentEndpoint": self.document_endpoint,
                 "databaseAccountOfferType": "Standard",
                 "backupPolicy": self.backup_policy,
+                **(
+                    {}
+                    if self.priority_based_execution is None
+                    else {"enablePriorityBasedExecution": self.priority_based_execution}
+                ),
             },
         }
 

@@ -38,7 +38,12 @@ def preflight(
     compare_file: Path | None = typer.Option(
         None, "--compare", metavar="FILE", help="Also sample the read path and compare it with the baseline in FILE."
     ),
-    sample: int = typer.Option(baselines.DEFAULT_DOCUMENTS, "--sample", min=1, help="Documents the baseline samples."),
+    sample: int = typer.Option(
+        baselines.DEFAULT_DOCUMENTS,
+        "--sample",
+        min=baselines.DEFAULT_MIN_SAMPLES,
+        help="Documents the baseline samples (fewer could not be judged).",
+    ),
     tolerance: float = typer.Option(
         baselines.DEFAULT_TOLERANCE * 100,
         "--tolerance",
@@ -61,7 +66,13 @@ def preflight(
     before = baselines.load_baseline(compare_file) if compare_file is not None else None  # bad file: nothing run
     ctx.settings.require("store", "keys")
 
-    results = run_checks(ctx, products, backup_confirmed=backup_confirmed, expect_workers=expect_workers)
+    results = run_checks(
+        ctx,
+        products,
+        backup_confirmed=backup_confirmed,
+        expect_workers=expect_workers,
+        after_rotation=before is not None,
+    )
     store_ok = not any(r.failed for r in results if r.check == "store")
     failed = any(r.failed for r in results)
 
@@ -71,9 +82,31 @@ def preflight(
         if taken is not None and baseline_file is not None:
             baselines.save_baseline(baseline_file, taken)
         failed = failed or taken is None or (comparison is not None and comparison.failed)
+        if comparison is not None and comparison.failed:
+            results.append(
+                CheckResult(
+                    "baseline",
+                    "read path",
+                    FAIL,
+                    "the read path is slower than the baseline",
+                    "see the comparison: the decrypt and unwrap rows, and the runbook's rollback",
+                )
+            )
     if store_ok:
         problem = record(ctx, results, not failed, backup_confirmed)
-        if problem:
+        if problem and backup_confirmed is not None:
+            # The reference stands in for a backup policy no one could read: it must be on record.
+            results.append(
+                CheckResult(
+                    "backup",
+                    "audit trail",
+                    FAIL,
+                    f"--backup-confirmed not recorded: {problem}",
+                    "fix the state store's write access and run preflight again",
+                )
+            )
+            failed = True
+        elif problem:
             err.print(f"note: preflight not recorded in the audit trail ({problem})", markup=False, highlight=False)
 
     payload = {

@@ -22,7 +22,7 @@ A SQLite store is a file the operator backs up themselves: the check does not ap
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from azure.mgmt.cosmosdb import CosmosDBManagementClient
 
 CHECK = "backup"
+#: The figure a readable account adds: whether it enables priority-based execution.
+PRIORITY_BASED_EXECUTION = "priority_based_execution"
 ENV_RESOURCE_ID = "REENCRYPT_COSMOS_RESOURCE_ID"
 #: The runbook's recovery point: the latest backup is less than an hour old.
 MAX_BACKUP_INTERVAL_MIN = 60
@@ -149,7 +151,7 @@ def check_backup(store_url: str, resource_id: str, confirmed: str | None) -> Che
         detail = f"{error}{_not_overridden(confirmed)}"
         return CheckResult(CHECK, store_host, FAIL, detail, f"set {ENV_RESOURCE_ID} to {RESOURCE_ID_FORMAT}")
     try:
-        document_endpoint, policy = read_account(account_id)
+        document_endpoint, policy, priority = read_account(account_id)
     except _NotRead as not_read:
         return _not_read(account_id.account, not_read, confirmed)
     if not same_host(store_host, document_endpoint):
@@ -163,7 +165,11 @@ def check_backup(store_url: str, resource_id: str, confirmed: str | None) -> Che
             f"set {ENV_RESOURCE_ID} to the id of the store's own account "
             f"(az cosmosdb show -g <resource group> -n <account> --query id -o tsv)",
         )
-    return judge(policy, account_id.account, confirmed)
+    verdict = judge(policy, account_id.account, confirmed)
+    if priority is None:
+        return verdict
+    # Read with the policy, for the store's priority line (coordinator.preflight.run).
+    return replace(verdict, figures={**verdict.figures, PRIORITY_BASED_EXECUTION: priority})
 
 
 def parse_resource_id(text: str) -> AccountId:
@@ -196,12 +202,18 @@ def _id_problem(text: str) -> str:
     return "the account name is not 3-44 of a-z, 0-9 and -"
 
 
-def read_account(account_id: AccountId) -> tuple[str, BackupPolicy]:
-    """The account's document endpoint and backup policy, from ARM; _NotRead when it cannot say."""
+def read_account(account_id: AccountId) -> tuple[str, BackupPolicy, bool | None]:
+    """The account's document endpoint, backup policy and priority-based execution setting (None:
+    not reported), from ARM; _NotRead when it cannot say."""
     try:
         with open_management_client(account_id.subscription) as client:
             account = client.database_accounts.get(account_id.resource_group, account_id.account)
-            return str(account.document_endpoint or ""), BackupPolicy.of(account.backup_policy)
+            priority = getattr(account, "enable_priority_based_execution", None)
+            return (
+                str(account.document_endpoint or ""),
+                BackupPolicy.of(account.backup_policy),
+                priority if isinstance(priority, bool) else None,
+            )
     except AzureError as error:
         raise _why_not_read(error, account_id) from None
 

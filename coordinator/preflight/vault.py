@@ -20,6 +20,7 @@ from tracker_reencrypt.keys import LOCAL_WRAP_CALL, WRAP_ALGORITHM, KeyProvider
 from tracker_reencrypt.keys.products import ProductKeys
 
 CHECK = "key vault"
+UNREACHABLE_FIX = "check REENCRYPT_KEYS names the vault and that this host reaches it, then run preflight again"
 #: Keys listed one per line; past this many, the passing ones are summed up in one line.
 KEYS_SHOWN = 10
 
@@ -77,7 +78,10 @@ def _check_one(key: KeyToCheck, clock: Callable[[], float]) -> CheckResult:
         unwrapped = provider.unwrap(kid, WRAP_ALGORITHM, wrapped)
         figures["unwrap_ms"] = _ms(clock() - started)
     except ReencryptError as error:
-        what, fix = _split_fix(first_line(error, limit=1000))  # ours are one line; keep the fix whole
+        message = first_line(error, limit=1000)  # ours are one line; keep the fix whole
+        if error.transient:  # an outage's message ends in the SDK's words, not in a fix
+            return CheckResult(CHECK, subject, FAIL, f"failed {step}: {message}", UNREACHABLE_FIX, figures)
+        what, fix = _split_fix(message)
         return CheckResult(CHECK, subject, FAIL, f"failed {step}: {what}", fix, figures)
     figures["kid"] = kid
     if not secrets.compare_digest(unwrapped, dek):

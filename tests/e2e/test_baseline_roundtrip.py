@@ -54,6 +54,10 @@ def test_a_baseline_before_the_rotation_compares_with_one_after_it(tmp_path):
     # The sweep shares one fresh data key among thousands of fields: a handful to unwrap after,
     # too few for a percentile to gate.
     assert after.unwrap_ms.count < before.unwrap_ms.count and rows["unwrap p99"].verdict == SHOWN
+    # The vault's own unwrap is timed on fresh data keys under the versions in use (v1 before,
+    # v2 after): always enough calls to be judged.
+    assert before.vault_unwrap_ms.count == after.vault_unwrap_ms.count == 20
+    assert rows["vault unwrap p99"].verdict == "pass"
     assert all(
         check.kid == rotation.v2
         for document in ctx.store.scan(WHOLE, None, 10_000).documents

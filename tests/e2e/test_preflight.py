@@ -82,10 +82,18 @@ def test_the_baseline_and_compare_round_trip_through_the_command(rotation, tmp_p
     before = tmp_path / "before.json"
     code, report = preflight(rotation, "--expect-workers", "0", "--baseline", str(before), "--sample", "200")
     assert code == 0 and report["baseline"]["documents"] == 200 and json.loads(before.read_text())["format"] == 1
-    code, report = preflight(rotation, "--expect-workers", "0", "--compare", str(before), "--sample", "200")
+    # After the rotation no worker need be left (KEDA scales them to 0): --compare checks the
+    # store and the keys, and says it did not check the backup or the fleet.
+    code, report = preflight(rotation, "--compare", str(before), "--sample", "200")
     comparison = report["comparison"]
     assert code == 0 and not comparison["failed"] and "p95 and p99 gate" in comparison["rule"]
-    assert {row["figure"] for row in comparison["rows"]} >= {"read p95", "read p99"}
+    assert {row["figure"] for row in comparison["rows"]} >= {"read p95", "read p99", "vault unwrap p95"}
+    assert {c["check"]: c["status"] for c in report["checks"] if c["check"] in ("backup", "fleet")} == {
+        "backup": NOT_APPLICABLE,
+        "fleet": NOT_APPLICABLE,
+    }
+    too_few = run_cli("preflight", "--compare", str(before), "--sample", "5", env=rotation.env())
+    assert too_few.returncode == 2 and "--sample" in too_few.stderr  # 5 reads could not be judged
 
     other = make_rotation(tmp_path / "other", 50, rotation.redis_url)
     result = run_cli("preflight", "--expect-workers", "0", "--compare", str(before), env=other.env())
@@ -177,6 +185,7 @@ def test_cosmos_a_periodic_four_hour_backup_fails_preflight(cosmos_env, tmp_path
     with ArmServer() as arm:
         resource_id = arm.add_account("tracker-acct", document_endpoint=server.endpoint)
         arm.set_periodic(resource_id, interval_minutes=240, retention_hours=8)
+        arm.accounts[resource_id.lower()].priority_based_execution = False
         env = {
             **server.env(),
             "PATH": "/usr/bin:/bin",
@@ -187,6 +196,7 @@ def test_cosmos_a_periodic_four_hour_backup_fails_preflight(cosmos_env, tmp_path
             "REENCRYPT_KEYS": f"local:{tmp_path / 'keyring.json'}",
             "REENCRYPT_COSMOS_RESOURCE_ID": resource_id,
             "REENCRYPT_HOME": str(tmp_path / "home"),
+            "REENCRYPT_COSMOS_PRIORITY": "low",
         }
         subprocess.run([sys.executable, "-m", "coordinator.cli", "keys", "init"], env=env, check=True, cwd=ROOT)
         result = subprocess.run(
@@ -198,5 +208,9 @@ def test_cosmos_a_periodic_four_hour_backup_fails_preflight(cosmos_env, tmp_path
             timeout=120,
         )
     assert result.returncode == 1, result.stderr
-    (backup,) = checks_named(json.loads(result.stdout), "backup")
+    report = json.loads(result.stdout)
+    (backup,) = checks_named(report, "backup")
     assert backup["status"] == FAIL and "240 minutes" in backup["detail"]
+    # Low priority asked for, on an account that ignores it: the sweep would not yield to the tracker.
+    (ignored,) = [c for c in checks_named(report, "store") if "priority-based execution off" in c["detail"]]
+    assert ignored["status"] == FAIL and "--enable-priority-based-execution true" in ignored["fix"]

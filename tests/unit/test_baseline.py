@@ -144,7 +144,10 @@ def test_identical_baselines_pass_and_every_figure_is_shown(rotation):
     assert not comparison.failed
     figures = [row.figure for row in comparison.rows]
     assert figures[:6] == ["read p50", "read p95", "read p99", "RU/read p50", "RU/read p95", "RU/read mean"]
-    assert "decrypt comment p99" in figures and figures[-1] == "unwrap p99"
+    assert "decrypt comment p99" in figures and figures[-4:] == [
+        "unwrap p99",
+        *(f"vault unwrap {p}" for p in ("p50", "p95", "p99")),
+    ]
     assert {row.verdict for row in comparison.rows if row.figure.endswith("p50")} == {SHOWN}
     assert all(row.change == 0 for row in comparison.rows if row.change is not None)
     assert comparison.as_json()["rule"].startswith("fails past +50% (and > 2 ms, > 0.5 RU)")
@@ -175,6 +178,7 @@ def figures(read: float, count: int = 100, store: str = "sqlite:/x/tracker.db", 
         "request_units_per_read": {"p50": 1, "p95": 1, "p99": 1, "mean": 1, "count": count, "source": "estimated"},
         "decrypt_ms": {"item": {"p50": 0.05, "p95": 0.05, "p99": 0.05, "count": count}},
         "unwrap_ms": {"p50": 1.5, "p95": 1.5, "p99": 1.5, "count": 3},
+        "vault_unwrap_ms": {"p50": 1.5, "p95": 1.5, "p99": 1.5, "count": 20},
         "failures": {},
     }
     data.update(extra)
@@ -190,10 +194,21 @@ def test_the_floor_keeps_sub_millisecond_growth_passing():
 
 
 def test_figures_from_too_few_measurements_are_shown_not_gated():
-    comparison = compare(figures(read=1, count=10), figures(read=100, count=10))
+    comparison = compare(figures(read=1), figures(read=1))
     assert not comparison.failed
-    assert {row.note for row in comparison.rows if row.figure == "read p95"} == {"fewer than 20 measurements"}
     assert all(row.verdict == SHOWN for row in comparison.rows if row.figure.startswith("unwrap"))  # 3 unwraps
+    assert {row.verdict for row in comparison.rows if row.figure.startswith("vault unwrap p9")} == {"pass"}
+
+
+def test_a_comparison_that_cannot_judge_the_read_path_fails():
+    """Ten reads a side judge nothing: the gate must not pass on nothing (1 ms to 100 ms here)."""
+    comparison = compare(figures(read=1, count=10), figures(read=100, count=10))
+    assert comparison.failed
+    (read_p95,) = [row for row in comparison.rows if row.figure == "read p95"]
+    assert read_p95.verdict == "fail" and "cannot be judged (fewer than 20 measurements)" in read_p95.note
+    none = {"p50": None, "p95": None, "p99": None, "count": 0}
+    assert compare(figures(read=1), figures(read=1, read_ms=none)).failed  # the after side read nothing
+    assert compare(figures(read=1), figures(read=1, vault_unwrap_ms=none)).failed
 
 
 def test_a_kind_measured_on_one_side_only_is_shown_not_dropped():
