@@ -3,7 +3,6 @@ the systems it uses (``keys list`` never touches Redis, ``sweep status`` never t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +23,7 @@ from tracker_reencrypt.sweep.state import SweepState
 
 def state_dir() -> Path:
     """Where embedded services keep their files: $REENCRYPT_HOME, else ./.reencrypt."""
-    return Path(os.environ.get("REENCRYPT_HOME", ".reencrypt"))
+    return embedded_redis.home()
 
 
 class Context:

@@ -8,14 +8,53 @@ import signal
 import subprocess
 import sys
 import tempfile
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.context import Context
 from tracker_reencrypt.fleet import store_queue
 
+#: A worker's Celery node name: stable across restarts (``%h`` is the host's name: in Kubernetes
+#: the pod's, in Compose the container's), so ``celery -A worker.app inspect ping -d
+#: reencrypt@$HOSTNAME`` reaches it. Two workers on one host need a ``--hostname`` each.
+DEFAULT_HOSTNAME = "reencrypt@%h"
 
-def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0) -> dict[str, str]:
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """The Celery worker options ``reencrypt worker`` passes on. The worker itself refuses what
+    it cannot run (worker/health.options_problem: another pool, another store's queue)."""
+
+    #: Pool processes (None: 1; the solo pool has one).
+    concurrency: int | None = None
+    pool: str = "prefork"
+    hostname: str = DEFAULT_HOSTNAME
+    #: Celery task events (-E): Flower and ``celery events`` see every task's states.
+    task_events: bool = False
+    #: "MAX,MIN" pool processes (prefork), as Celery spells it.
+    autoscale: str | None = None
+    max_tasks_per_child: int | None = None
+    #: KiB of resident memory after which a pool process is replaced (once its batch is done).
+    max_memory_per_child: int | None = None
+    #: The queues to consume (None: the store's own, the only one a worker serves).
+    queues: tuple[str, ...] | None = None
+    #: Worker events every 2 s, which Flower and ``celery events`` need to show a worker online.
+    heartbeat: bool = True
+    #: Off by default: every worker would receive every other's events (gossip) and wait for
+    #: replies at start (mingle), for revokes, elections and clock sync the fleet never uses.
+    gossip: bool = False
+    mingle: bool = False
+    loglevel: str = "INFO"
+
+
+def fleet_hostname(number: int) -> str:
+    """The node name of worker ``number`` of a fleet started on one host (demo, bench, tests)."""
+    return f"reencrypt-{number}@%h"
+
+
+def worker_environment(
+    ctx: Context, metrics_port: int = 0, health_port: int = 0, task_events: bool = False
+) -> dict[str, str]:
     """The environment a worker process reads its settings from (see tracker_reencrypt.config)."""
     settings = ctx.settings.require("store", "keys")
     env = dict(os.environ)
@@ -28,6 +67,8 @@ def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0
         REENCRYPT_METRICS_PORT=str(metrics_port or settings.metrics_port),
         REENCRYPT_HEALTH_PORT=str(health_port or settings.health_port),
     )
+    if task_events:  # its own sends (continuations, retries) then say "task-sent" too
+        env["REENCRYPT_TASK_EVENTS"] = "1"
     # prometheus_client reads this when it is imported, so it must be set before Python starts.
     # A fresh directory per worker: stale files from an earlier run would be counted again.
     multiproc_dir = Path(tempfile.mkdtemp(prefix="reencrypt-metrics-"))
@@ -35,8 +76,10 @@ def worker_environment(ctx: Context, metrics_port: int = 0, health_port: int = 0
     return env
 
 
-def worker_argv(queue: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
-    return [
+def worker_argv(queue: str, options: WorkerOptions | None = None) -> list[str]:
+    """``celery -A worker.app worker`` with ``options``, consuming ``queue`` (the store's)."""
+    options = options or WorkerOptions()
+    argv = [
         sys.executable,
         "-m",
         "celery",
@@ -44,27 +87,38 @@ def worker_argv(queue: str, concurrency: int, loglevel: str = "INFO") -> list[st
         "worker.app",
         "worker",
         "--queues",
-        queue,
-        "--concurrency",
-        str(concurrency),
+        ",".join(options.queues or (queue,)),
+        "--pool",
+        options.pool,
         # -O fair: hand a task to a child only when it is free, so one slow batch never
         # holds a second task hostage in its pipe.
         "-O",
         "fair",
         "--loglevel",
-        loglevel,
+        options.loglevel,
         "--hostname",
-        f"reencrypt-{uuid.uuid4().hex[:6]}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
+        options.hostname,
     ]
+    if options.autoscale is None:
+        argv += ["--concurrency", str(options.concurrency or 1)]
+    else:
+        argv += ["--autoscale", options.autoscale]
+    if options.max_tasks_per_child is not None:
+        argv += ["--max-tasks-per-child", str(options.max_tasks_per_child)]
+    if options.max_memory_per_child is not None:
+        argv += ["--max-memory-per-child", str(options.max_memory_per_child)]
+    if options.task_events:
+        argv.append("--task-events")
+    for feature in ("heartbeat", "gossip", "mingle"):
+        if not getattr(options, feature):
+            argv.append(f"--without-{feature}")
+    return argv
 
 
-def exec_worker(ctx: Context, *, concurrency: int, metrics_port: int, health_port: int, loglevel: str) -> None:
+def exec_worker(ctx: Context, options: WorkerOptions, *, metrics_port: int, health_port: int) -> None:
     """Become the Celery worker (exec), so SIGTERM from an orchestrator reaches it directly."""
-    env = worker_environment(ctx, metrics_port, health_port)
-    os.execvpe(sys.executable, worker_argv(store_queue(ctx.settings), concurrency, loglevel), env)
+    env = worker_environment(ctx, metrics_port, health_port, options.task_events)
+    os.execvpe(sys.executable, worker_argv(store_queue(ctx.settings), options), env)
 
 
 class WorkerFleet:
@@ -81,7 +135,7 @@ class WorkerFleet:
             log = open(log_dir / f"worker-{number}.log", "ab")
             self.processes.append(
                 subprocess.Popen(
-                    worker_argv(store_queue(ctx.settings), 1, "INFO"),
+                    worker_argv(store_queue(ctx.settings), WorkerOptions(hostname=fleet_hostname(number))),
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from celery import Celery
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from coordinator.launch import worker_argv
+from coordinator.launch import WorkerOptions, fleet_hostname, worker_argv
 from tracker_reencrypt.documents import check_document
 from tracker_reencrypt.fleet import celery_broker_url, queue_for
 from tracker_reencrypt.keys.keyring import Keyring
@@ -212,7 +213,10 @@ class Fleet:
             multiproc.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"worker-{number}.log", "ab")
             process = subprocess.Popen(
-                worker_argv(self.rotation.queue(), concurrency),  # as 'reencrypt worker' starts one
+                # as 'reencrypt worker' starts one, named as a fleet on one host must be
+                worker_argv(
+                    self.rotation.queue(), WorkerOptions(concurrency=concurrency, hostname=fleet_hostname(number))
+                ),
                 cwd=ROOT,
                 env=self.rotation.env(**{**FAST_RECOVERY, "PROMETHEUS_MULTIPROC_DIR": str(multiproc), **env}),
                 stdout=log,
@@ -265,6 +269,45 @@ def fleet(rotation, tmp_path):
     running.log_dir.mkdir()
     yield running
     running.stop()
+
+
+class TaskEvents:
+    """Celery's events as ``celery events`` and Flower receive them, captured in a thread from
+    construction to :meth:`close` (workers send task events with -E, heartbeats by default)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.app = Celery(broker=celery_broker_url(redis_url), set_as_current=False)
+        self.events: list[dict] = []
+        self._receiver = None
+        self._thread = threading.Thread(target=self._capture, name="task-events", daemon=True)
+        self._thread.start()
+
+    def _capture(self) -> None:
+        with self.app.connection_for_read() as connection:
+            self._receiver = self.app.events.Receiver(connection, handlers={"*": self.events.append})
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def of(self, kind: str) -> list[dict]:
+        """The events of one type (``task-retried``, ``worker-heartbeat``...) so far."""
+        return [event for event in list(self.events) if event["type"] == kind]
+
+    def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True  # seen within its one-second drain
+        self._thread.join(10)
+        self.app.close()
+
+
+def celery_inspect(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """``celery -A worker.app inspect ...`` as an operator or a probe runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "inspect", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_every_field_on(rotation: Rotation, kid: str) -> int:

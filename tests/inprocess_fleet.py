@@ -89,6 +89,8 @@ class InProcessFleet:
             settings, None, pacing=MemoryPacing(clock=self.clock), clock=self.clock, sleep=self.clock.sleep
         )
         self.outcomes: list[str] = []
+        #: How Celery would report each message (tasks.Outcome.verdict; None: not handled here).
+        self.verdicts: list[str | None] = []
 
     @property
     def state(self):
@@ -103,10 +105,12 @@ class InProcessFleet:
         if message.queue != self.broker.conf.task_default_queue:
             # Another store's queue: no worker of this fleet listens there.
             self.outcomes.append(f"not ours: {message.queue[len(QUEUE_PREFIX) :]}")
+            self.verdicts.append(None)
             return self.outcomes[-1]
         outcome = tasks.handle(self.broker, lambda: self.runtime, *message.args, **message.kwargs)
-        self.outcomes.append(outcome)
-        return outcome
+        self.outcomes.append(outcome.text)
+        self.verdicts.append(outcome.verdict)
+        return outcome.text
 
     def join(self, limit: int = 10_000) -> list[str]:
         """Handle messages until none is left (the lease watch looks whenever the queue is

@@ -21,6 +21,8 @@ and passes it down. Variables:
                                            Vault budget (default 200: half a vault's 400/s)
 ``REENCRYPT_METRICS_PORT``                 worker metrics port (0: none)
 ``REENCRYPT_HEALTH_PORT``                  worker /livez and /readyz port (0: none)
+``REENCRYPT_TASK_EVENTS``                  Celery task events for Flower and ``celery events``
+                                           (workers: -E; senders: task-sent), default off
 ``REENCRYPT_COSMOS_RESOURCE_ID``           the Cosmos account's ARM resource id, for
                                            preflight's backup-policy check
 ========================================  =============================================
@@ -30,8 +32,8 @@ A few variables are read where they are used, on purpose, and only there:
 - ``REENCRYPT_COSMOS_KEY``, ``REENCRYPT_COSMOS_CA_BUNDLE``, ``REENCRYPT_COSMOS_PRIORITY``
   (``stores/cosmos``): the account key is a secret, and keeping it out of the settings object
   keeps it out of every repr, log line and error that shows settings;
-- ``REENCRYPT_HOME`` (``coordinator/context.state_dir``): where the embedded services of the
-  CLI keep their files, before any settings exist;
+- ``REENCRYPT_HOME`` (``embedded_redis.home``): where the embedded services of the CLI keep
+  their files, before any settings exist (and where ``worker.app`` finds the embedded broker);
 - ``REENCRYPT_ACTOR`` (``audit.actor``): who the audit trail names, set by automation;
 - ``PROMETHEUS_MULTIPROC_DIR`` (``worker/metrics``): prometheus_client's own variable, read by
   the library when it is imported, so it must be in the environment before Python starts.
@@ -88,6 +90,9 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(0, ge=0, le=65535)
     health_port: int = Field(0, ge=0, le=65535)
+    #: Celery task events (Flower, ``celery events``): a worker sends one event message per task
+    #: state (received, started, succeeded/failed/retried), a sender one per message (sent).
+    task_events: bool = False
 
     @field_validator("redis_url")
     @classmethod

