@@ -252,7 +252,7 @@ def compose() -> dict:
 
 def test_compose_names_the_services():
     services = compose()["services"]
-    assert {"redis", "worker", "exporter", "prometheus", "grafana"} <= set(services)
+    assert {"redis", "worker", "exporter", "prometheus", "grafana", "flower"} <= set(services)
 
 
 def test_compose_worker_scales():
@@ -325,6 +325,37 @@ def test_compose_mounts_exist_and_prometheus_finds_every_worker():
     assert jobs["reencrypt-worker"]["dns_sd_configs"][0]["names"] == ["worker"]
     assert jobs["reencrypt-worker"]["file_sd_configs"]
     assert jobs["reencrypt-exporter"]["static_configs"][0]["targets"] == ["exporter:9809"]
+
+
+def test_compose_runs_flower_on_the_broker_of_workers_sending_task_events():
+    services = compose()["services"]
+    flower = services["flower"]
+    image, _, tag = flower["image"].partition(":")
+    assert image == "mher/flower" and re.fullmatch(r"\d+\.\d+\.\d+", tag), f"pin Flower's image: {flower['image']}"
+    assert f'"flower=={tag}"' in (ROOT / "pyproject.toml").read_text(), "the tests must run the image's Flower"
+    assert flower["environment"]["CELERY_BROKER_URL"] == services["worker"]["environment"]["REDIS_URL"]
+    assert not any("broker" in arg for arg in flower["command"]), "a broker URL may hold a key: not in argv"
+    assert flower["ports"] == ["127.0.0.1:5555:5555"], "Flower controls workers: loopback only"
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in ("worker", "cli"):  # workers send task events, and the CLI's sends "task-sent"
+        assert services[name]["environment"]["REENCRYPT_TASK_EVENTS"] == "${REENCRYPT_TASK_EVENTS:-1}"
+
+
+def test_compose_and_k8s_start_workers_with_flags_reencrypt_worker_has():
+    import typer.main
+
+    from coordinator.cli import app
+
+    worker = typer.main.get_command(app).commands["worker"]
+    flags = {opt for param in worker.params for opt in [*param.opts, *getattr(param, "secondary_opts", [])]}
+    k8s = next(doc for doc in yaml.safe_load_all((K8S_DIR / "worker.yaml").read_text()) if doc["kind"] == "Deployment")
+    for where, args in (
+        ("docker-compose.yml", compose()["services"]["worker"]["command"]),
+        ("ops/k8s/worker.yaml", k8s["spec"]["template"]["spec"]["containers"][0]["args"]),
+    ):
+        assert args[0] == "worker", where
+        unknown = [arg for arg in args[1:] if arg.startswith("-") and arg.split("=")[0] not in flags]
+        assert not unknown, f"{where}: 'reencrypt worker' has no {unknown}"
 
 
 def test_dockerfile_builds_the_package_on_python_311_slim():
