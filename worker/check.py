@@ -30,7 +30,6 @@ from tracker_reencrypt.documents import (
     document_label,
 )
 from tracker_reencrypt.keys.keyring import Keyring
-from tracker_reencrypt.keys.products import CurrentKids, ProductKeys
 from tracker_reencrypt.pacing.pacer import Pacer
 from tracker_reencrypt.stores import FeedRange, ScanPage, StoredDocument
 from tracker_reencrypt.sweep.records import CheckCounts, Slice, Sweep
@@ -82,14 +81,16 @@ class SliceCheck:
         pacer: Pacer | None = None,
         targets: DocumentTargets | None = None,
     ) -> None:
-        """``targets``: resolves the products' current versions for a sweep to current
-        (the worker's, cached for the sweep's life; needed only then)."""
+        """``targets``: the sweep's (Runtime.targets, cached for the sweep's life), required:
+        they resolve the products' current versions, for a sweep to current and for every
+        verify's stale-write check, under the sweep's own key name setting. Optional in the
+        signature only because it follows ``pacer``, as in SliceBatch's, which the task builds alike."""
+        if targets is None:
+            raise ValueError("a verify batch needs the sweep's targets (Runtime.targets)")
         self.store, self.state, self.keyring, self.sweep, self.limits = store, state, keyring, sweep, limits
         self.pacer, self.targets = pacer, targets
-        if sweep.to_current and targets is None:
-            raise ValueError("a verify sweep against current versions needs the sweep's targets")
-        #: Each product's current version, for the stale-write check (the targets' cache when given).
-        self.current = targets.current if targets is not None else CurrentKids(ProductKeys(keyring.provider))
+        #: Each product's current version, for the stale-write check.
+        self.current = targets.current
 
     def run(self, piece: Slice) -> BatchReport:
         """Pages of the slice until a bound is reached. The next page is read, and its fields'
@@ -162,8 +163,7 @@ class SliceCheck:
     def _expected(self, partition_key: Any) -> str:
         if not self.sweep.to_current:
             return self.sweep.target_kid
-        assert self.targets is not None  # checked at construction
-        return self.targets.current.of(partition_key)
+        return self.current.of(partition_key)
 
     def _failed(
         self,

@@ -43,6 +43,7 @@ from tracker_reencrypt.sweep.records import (
 )
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
 from worker.batch import BatchLimits, SliceBatch
+from worker.check import SliceCheck
 
 from conftest import make_rotation
 from inprocess_fleet import InProcessFleet
@@ -449,3 +450,23 @@ def test_ctrl_c_while_waiting_says_what_to_run_later_and_exits_130(rotation, mon
     said = capsys.readouterr().err
     assert "stopped waiting; nothing was changed" in said
     assert "reencrypt stale-writes --product product-001 --product product-002 --quiet-for 300 --wait" in said
+
+
+def test_a_verify_batch_is_built_only_with_the_sweeps_targets(rotation):
+    """Its stale-write check judges under the sweep's key name setting, which only the sweep's
+    targets carry: no batch falls back to the worker's own."""
+    fleet, _ = fleet_and_context(rotation)
+    sweep = Sweep(id="sw-check", target_kid=rotation.v2, mode="verify", status=RUNNING)
+    runtime = fleet.runtime
+    with pytest.raises(ValueError, match="needs the sweep's targets"):
+        SliceCheck(runtime.store, runtime.state, runtime.keyring, sweep, BatchLimits(DOCUMENTS, 30, 200, 3))
+    built = SliceCheck(
+        runtime.store,
+        runtime.state,
+        runtime.keyring,
+        sweep,
+        BatchLimits(DOCUMENTS, 30, 200, 3),
+        None,
+        runtime.targets(sweep),
+    )
+    assert built.current is runtime.targets(sweep).current

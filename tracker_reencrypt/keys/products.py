@@ -86,11 +86,6 @@ class CurrentKids:
         KeyNotFoundError, KeyDisabledError; an outage (transient) is never remembered."""
         return self.version_of(product).kid
 
-    def since(self, product: str | None) -> float | None:
-        """When ``product``'s current version became current (seconds since the epoch), None
-        where the keyring or vault does not say. Raises as :meth:`of` does."""
-        return epoch_seconds(self.version_of(product).current_since)
-
     def version_of(self, product: str | None) -> KeyVersion:
         now = self._clock()
         with self._lock:
