@@ -1,8 +1,10 @@
 """``reencrypt stale-writes``: is any tracker instance still writing under a retired key version?
 
 The runbook's step after the tracker-service's restart (coordinator/stale_writes.py says how it
-reads): exit 0 once no stale write is newer than ``--quiet-for`` seconds, 1 otherwise; with
-``--wait``, look again every ``--interval`` seconds until then.
+reads and what passes): exit 0 once every product watched has been judged, and each has shown
+``--quiet-for`` seconds of writes with no stale write since its current version became current;
+1 otherwise. With ``--wait``, look again until then; a product that cannot be judged fails at
+once (waiting does not fix a missing key). Bad input (an id that cannot name a key) exits 2.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from coordinator.stale_writes import DEFAULT_QUIET_FOR_S, StaleReport, StaleWatc
 from tracker_reencrypt.errors import ReencryptError, first_line
 
 DEFAULT_INTERVAL_S = 10.0
+#: The shortest sleep between looks, and how far past the moment a product turns quiet the next
+#: look is made (so that look is the one that passes).
+MIN_SLEEP_S = 0.05
 
 
 def stale_writes(
@@ -28,21 +33,26 @@ def stale_writes(
         DEFAULT_QUIET_FOR_S,
         "--quiet-for",
         min=0,
-        help="Pass once no stale write is newer than this many seconds (writes of the restart window then "
-        "stop counting against it).",
+        help="Pass once each product's writes since its newest stale write (or, with none, since its current "
+        "version became current plus the grace) span this many seconds.",
     ),
-    wait: bool = typer.Option(False, "--wait", help="Look again every --interval seconds until it passes."),
-    interval: float = typer.Option(DEFAULT_INTERVAL_S, "--interval", min=0.05, help="Seconds between looks (--wait)."),
+    wait: bool = typer.Option(False, "--wait", help="Look again until it passes (or cannot: a product not checked)."),
+    interval: float = typer.Option(
+        DEFAULT_INTERVAL_S, "--interval", min=0.05, help="Longest time between looks (--wait)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Documents the tracker wrote after each product's key rotated, still under a retired version
-    of it: a tracker instance that has not picked the new key id up. Exit 0 when none is newer than
-    --quiet-for seconds, 1 otherwise (--wait: until then; Ctrl-C exits 130).
+    of it: a tracker instance that has not picked the new key id up. Exit 0 when every product was
+    checked and each has been free of stale writes for --quiet-for seconds of its writes since its
+    version became current; 1 otherwise, and for a product that cannot be checked (--wait: until
+    it passes; Ctrl-C exits 130).
 
     Reads only what was written since each product's current version became current (5 s grace),
-    never decrypts; default: every product of the store that has a key."""
+    one query per product per look, never decrypts; default: every product of the store."""
     ctx: Context = c.obj
-    watch = StaleWatch(ctx.store, ctx.keys, products_to_watch(ctx.store, ctx.keys, products))
+    chosen = products_to_watch(ctx.store, ctx.keys, products)
+    watch = StaleWatch(ctx.store, ctx.keys, chosen, time.time, named=bool(products))
     report = watch.look()
     if wait:
         report = _wait(watch, report, quiet_for, interval, _again(products, quiet_for, interval), quiet=as_json)
@@ -55,18 +65,20 @@ def stale_writes(
 def _wait(
     watch: StaleWatch, report: StaleReport, quiet_for: float, interval: float, again: str, *, quiet: bool
 ) -> StaleReport:
-    """Look until quiet; an outage is said and looked past. Ctrl-C: say what to run later, exit 130."""
+    """Look until quiet, or until a look shows what waiting cannot fix (a product not checked).
+    Each sleep ends when the slowest product would turn quiet, at most ``interval`` later. An
+    outage is said and looked past. Ctrl-C: say what to run later, exit 130."""
     try:
-        while not report.quiet(quiet_for):
+        while report.waitable(quiet_for):
+            wake = report.looked_at + report.left_s(quiet_for) + MIN_SLEEP_S
+            pause = max(MIN_SLEEP_S, min(interval, wake - watch.clock()))
             if not quiet:
-                age = report.looked_at - (report.newest_ts or report.looked_at)
                 err.print(
-                    f"not quiet yet: {report.stale_writes} stale writes, the newest {age:.0f} s old "
-                    f"(at {iso(report.newest_ts)}; {quiet_for:g} s asked); looking again in {interval:g} s",
+                    f"not quiet yet: {report.reason(quiet_for)}; looking again in {pause:.1f} s",
                     markup=False,
                     highlight=False,
                 )
-            time.sleep(interval)
+            time.sleep(pause)
             try:
                 report = watch.look()
             except ReencryptError as error:
@@ -97,21 +109,32 @@ def _again(products: list[str], quiet_for: float, interval: float) -> str:
 def _show(report: StaleReport, quiet_for: float) -> None:
     for line in render.stale_writes_view(report.stale_writes, report.examples):
         out.print(line)
-    for product, why in sorted(report.not_checked.items()):
-        out.print(f"not checked: product {product}: {why}", markup=False, highlight=False)
-    checked = f"{report.products_checked} products checked since their current version became current"
-    if report.newest_ts is None:
-        out.print(f"[green]no stale write[/]: {checked}")
+    not_checked = sorted(report.not_checked.items())
+    for product, why in not_checked[: render.LISTED_PRODUCTS]:
+        _say(f"NOT CHECKED: product {product}: {why}", "bold red")
+    if len(not_checked) > render.LISTED_PRODUCTS:
+        _say(f"and {len(not_checked) - render.LISTED_PRODUCTS} more not checked (--json lists all)")
+    checked = f"{len(report.checked)} of {report.products_watched} products checked"
+    reason = report.reason(quiet_for)
+    if reason is None:
+        newest = f"the newest stale write at {iso(report.newest_ts)}" if report.newest_ts else "no stale write"
+        _say(f"quiet: each product free of stale writes for at least {quiet_for:g} s ({newest}); {checked}", "green")
         return
-    age = report.looked_at - report.newest_ts
-    if report.quiet(quiet_for):
-        out.print(
-            f"[green]quiet[/]: no stale write in the last {quiet_for:g} s (the newest at {iso(report.newest_ts)}, "
-            f"{age:.0f} s before this look); {checked}"
+    _say(f"not passed: {reason}; {checked}", "bold red")
+    if report.not_checked:
+        _say(
+            "Fix what is named (a product's key, its id), or name only the products to gate with --product P; "
+            "until then this gate cannot pass"
         )
-    else:
-        out.print(
-            f"[red]not quiet[/]: the newest stale write is {age:.0f} s old (at {iso(report.newest_ts)}), "
-            f"under the {quiet_for:g} s asked; {checked}. Restart the tracker instances still on the old key id "
-            "(their TRACKER_MEK_ID_ line), then look again with --wait"
+    elif any(report.products[product].newest_ts is not None for product in report.not_quiet(quiet_for)):
+        _say(
+            "Restart the tracker instances still on the old key id (their TRACKER_MEK_ID_ line), then look again "
+            "with --wait"
         )
+    elif report.checked:
+        _say(f"Look again in {report.left_s(quiet_for):.0f} s, or with --wait")
+
+
+def _say(text: str, style: str = "") -> None:
+    """A line naming product ids (arbitrary text): never read as markup."""
+    out.print(text, style=style, markup=False, highlight=False)

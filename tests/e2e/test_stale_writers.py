@@ -31,6 +31,7 @@ from tracker_reencrypt.errors import ConflictError
 from tracker_reencrypt.fleet import queue_for
 from tracker_reencrypt.keys import open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring
+from tracker_reencrypt.keys.products import epoch_seconds
 from tracker_reencrypt.stale import GRACE_S
 from tracker_reencrypt.stores import open_store, store_fingerprint
 
@@ -182,3 +183,28 @@ def test_a_stale_writer_is_named_by_count_and_example_everywhere_and_the_wait_en
         if writer is not None:
             writer.stop.set()
         fleet.stop()
+
+
+def test_right_after_a_rotation_the_gate_waits_for_quiet_for_past_the_grace_and_refuses_what_it_cannot_judge(tracker):
+    """The runbook's step run at once after ``keys rotate``: nothing written since is judged yet,
+    so --quiet-for 300 fails at once (saying how long is left) and --quiet-for 2 --wait (the
+    default --interval of 10 s) returns once 2 s past the grace have been seen, not earlier and
+    not an interval later. A product the store does not hold fails the gate, with or without --wait."""
+    tracker.cli_json("seed", "--docs", "20", "--products", "2")
+    tracker.cli_json("keys", "rotate", "--product", PRODUCT)
+    versions = tracker.cli_json("keys", "list", "--product", PRODUCT)
+    since_s = next(epoch_seconds(v["current_since"]) for v in versions if v["current"])
+    assert since_s is not None
+
+    at_once = tracker.cli_json("stale-writes", "--product", PRODUCT, "--quiet-for", "300", code=1)
+    assert not at_once["quiet"] and at_once["stale_writes"] == 0 and at_once["quiet_left_s"] > 290
+    assert "s left" in at_once["reason"]
+
+    waited = tracker.cli_json("stale-writes", "--product", PRODUCT, "--quiet-for", "2", "--wait")
+    ended = time.time()
+    assert waited["quiet"] and waited["products_checked"] == 1
+    assert since_s + GRACE_S + 2 <= ended < since_s + 1 + GRACE_S + 2 + 4  # current_since is whole seconds
+
+    for wait in ([], ["--wait"]):
+        unknown = tracker.cli_json("stale-writes", "--product", "product-0007", "--quiet-for", "0", *wait, code=1)
+        assert unknown["products_checked"] == 0 and "product-0007" in unknown["products_not_checked"]

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import time
 from contextlib import closing
+from types import SimpleNamespace
 
 import pytest
 import typer
@@ -372,6 +373,16 @@ def test_a_slice_keeps_its_first_examples_and_counts_them_all(tmp_path):
 # -- the stale-writes command's watch (coordinator/stale_writes.py) -------------------------------
 
 
+TEMPLATE = "tracker-mek-{productId}"
+
+
+def since_of(keys: ProductKeys) -> float:
+    """When the key's current version became current, in seconds since the epoch."""
+    since = epoch_seconds(keys.root.current_version().current_since)
+    assert since is not None
+    return since
+
+
 class Clock:
     """The real time, moved on by ``ahead`` seconds when the test says so."""
 
@@ -382,18 +393,45 @@ class Clock:
         return time.time() + self.ahead
 
 
+def command(rotation, capsys, *products: str, key_name: str = "", **options) -> tuple[int, dict]:
+    """``reencrypt stale-writes --json`` in this process: its exit code and the JSON it printed."""
+    ctx = Context(Settings(store=rotation.store_url, keys=rotation.keys_url, key_name=key_name))
+    code = 0
+    try:
+        stale_command.stale_writes(
+            SimpleNamespace(obj=ctx),
+            list(products),
+            **{"quiet_for": 300, "wait": False, "interval": 10, **options},
+            as_json=True,
+        )
+    except typer.Exit as stopped:
+        code = stopped.exit_code
+    return code, json.loads(capsys.readouterr().out)
+
+
+def shown(rotation, monkeypatch, *products: str, quiet_for: float = 300) -> str:
+    """The command's human output for one look."""
+    store, keys = rotation.store(), ProductKeys(rotation.provider())
+    report = StaleWatch(store, keys, products_to_watch(store, keys, products), named=bool(products)).look()
+    console = Console(record=True, width=300, file=io.StringIO())
+    monkeypatch.setattr(stale_command, "out", console)
+    stale_command._show(report, quiet_for)
+    return console.export_text()
+
+
 def test_the_watch_counts_each_stale_write_once_across_looks_and_is_quiet_once_they_stop(rotation):
     store = rotation.store()
     keys = ProductKeys(rotation.provider())
     clock = Clock()
     watch = StaleWatch(store, keys, products_to_watch(store, keys, []), clock=clock)
-    assert watch.look().stale_writes == 0 and watch.report.quiet(300)
+    report = watch.look()  # v2 current for a minute, nothing stale in it
+    assert report.stale_writes == 0 and report.quiet(30) and not report.quiet(300)
 
     first = tracker_writes(rotation, rotation.v1, 2)
     tracker_writes(rotation, rotation.v2, 1, skip=2, whole=True)  # on the new key: never counted
     report = watch.look()
     assert report.stale_writes == 2 and sorted(e.document_id for e in report.examples) == sorted(first)
-    assert report.products_checked == len(store.products()) and not report.not_checked
+    assert len(report.checked) == len(store.products()) and not report.not_checked
     assert not report.quiet(300) and report.quiet(0)
     assert watch.look().stale_writes == 2  # read again in the look-back window: counted once
 
@@ -403,9 +441,123 @@ def test_the_watch_counts_each_stale_write_once_across_looks_and_is_quiet_once_t
     report = watch.look()
     assert report.stale_writes == 3 and report.quiet(300) and not report.quiet(500)
     shown = report.as_json(300, store.describe())
-    assert shown["quiet"] and shown["stale_writes"] == 3 and shown["grace_s"] == GRACE_S
+    assert shown["quiet"] and shown["reason"] is None and shown["stale_writes"] == 3 and shown["grace_s"] == GRACE_S
     assert sum(p["stale_writes"] for p in shown["products"].values()) == 3
     assert shown["newest_stale_write_ts"] == max(e["ts"] for e in shown["stale_write_examples"])
+    assert shown["products_checked"] == shown["products_watched"] == len(shown["products"])
+
+
+def test_a_fresh_rotation_is_not_quiet_until_quiet_for_seconds_of_writes_after_the_grace_were_seen(rotation):
+    """The writes are judged from the version's start plus the grace: right after a rotation
+    none has been seen yet, so --quiet-for 300 does not pass at once, and --quiet-for 2 passes
+    only 2 s past the grace."""
+    age_rotation(rotation, seconds=0)
+    store, keys = rotation.store(), ProductKeys(rotation.provider())
+    since = since_of(keys)
+    clock = Clock()
+    watch = StaleWatch(store, keys, ["product-001"], clock=clock, named=True)
+    report = watch.look()
+    assert not report.quiet(300) and not report.quiet(2)
+    assert report.left_s(300) == pytest.approx(since + GRACE_S + 300 - report.looked_at, abs=0.01)
+    reason = report.reason(300) or ""
+    assert report.waitable(300) and "quiet for 0 s" in reason and "s left" in reason
+
+    clock.ahead = since + GRACE_S + 1.9 - time.time()  # 1.9 s of writes seen past the grace
+    assert not watch.look().quiet(2)
+    clock.ahead = since + GRACE_S + 2.1 - time.time()
+    report = watch.look()
+    assert report.quiet(2) and not report.quiet(300) and report.left_s(2) == 0
+    assert report.as_json(2, store.describe())["products"]["product-001"]["quiet"]
+
+
+def test_a_fresh_rotation_fails_at_once_without_wait_saying_how_long_is_left(rotation, capsys, monkeypatch):
+    age_rotation(rotation, seconds=0)
+    started = time.monotonic()
+    code, result = command(rotation, capsys, "product-001", quiet_for=300)
+    assert code == 1 and not result["quiet"] and time.monotonic() - started < 5
+    assert result["products_checked"] == 1 and result["quiet_left_s"] > 290
+    assert "product product-001 quiet for" in result["reason"] and "s left" in result["reason"]
+    text = shown(rotation, monkeypatch, "product-001")
+    assert "not passed: 1 of the 1 products checked not quiet for 300 s yet" in text and "Look again in" in text
+
+
+def test_wait_sleeps_until_the_product_turns_quiet_and_not_past_it(rotation, monkeypatch):
+    """The runbook's wait right after a rotation with a short --quiet-for: it ends at the grace
+    plus --quiet-for, not a whole --interval later (the clock is moved, nothing sleeps)."""
+    age_rotation(rotation, seconds=0)
+    store, keys = rotation.store(), ProductKeys(rotation.provider())
+    since = since_of(keys)
+    clock = Clock()
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock.ahead += seconds
+
+    monkeypatch.setattr(stale_command.time, "sleep", sleep)
+    watch = StaleWatch(store, keys, ["product-001"], clock=clock, named=True)
+    report = stale_command._wait(watch, watch.look(), 2, 10, "again", quiet=True)
+    assert report.quiet(2) and len(slept) == 1 and slept[0] <= 10
+    assert since + GRACE_S + 2 <= report.looked_at <= since + GRACE_S + 2 + 0.5
+
+
+def test_a_named_product_the_store_does_not_hold_fails_the_gate(rotation, capsys, monkeypatch):
+    code, result = command(rotation, capsys, "product-0007", quiet_for=0)
+    assert code == 1 and not result["quiet"] and result["products_checked"] == 0
+    assert "holds no document of product 'product-0007'" in result["products_not_checked"]["product-0007"]
+    assert "could not be checked (product-0007)" in result["reason"]
+    code, result = command(rotation, capsys, "product-0007", quiet_for=0, wait=True)  # waiting cannot fix it
+    assert code == 1 and "product-0007" in result["products_not_checked"]
+    text = shown(rotation, monkeypatch, "product-0007", quiet_for=0)
+    assert "NOT CHECKED: product product-0007" in text and "this gate cannot pass" in text
+
+
+def test_a_product_without_a_key_is_not_checked_and_fails_the_gate(rotation, capsys):
+    store = rotation.store()
+    per_product = ProductKeys(LocalKeyProvider(rotation.home / "keyring.json", key_name=TEMPLATE))
+    report = StaleWatch(store, per_product, ["product-001"]).look()
+    assert not report.checked and "product-001" in report.not_checked
+    assert not report.quiet(0) and not report.waitable(0)
+    assert products_to_watch(store, per_product, []) == store.products()  # keyless ones included
+
+    code, result = command(rotation, capsys, "product-001", key_name=TEMPLATE, quiet_for=0)
+    assert code == 1 and "product-001" in result["products_not_checked"]
+    code, result = command(rotation, capsys, key_name=TEMPLATE, quiet_for=0)  # no product of the store has a key
+    assert code == 1 and result["products_checked"] == 0
+    assert len(result["products_not_checked"]) == result["products_watched"] == len(store.products())
+
+
+def test_the_whole_store_fails_while_any_product_cannot_be_checked(rotation, capsys):
+    per_product = ProductKeys(LocalKeyProvider(rotation.home / "keyring.json", key_name=TEMPLATE))
+    per_product.provider_for("product-001").init()
+    age_rotation(rotation)
+    products = rotation.store().products()
+    code, result = command(rotation, capsys, key_name=TEMPLATE, quiet_for=0)
+    assert code == 1 and result["products_checked"] == 1 and list(result["products"]) == ["product-001"]
+    assert set(result["products_not_checked"]) == set(products) - {"product-001"}
+    assert command(rotation, capsys, "product-001", key_name=TEMPLATE, quiet_for=0)[0] == 0  # gated alone: passes
+
+
+def test_an_undated_current_version_is_not_checked_and_fails_the_gate(rotation, capsys):
+    path = rotation.home / "keyring.json"
+    keyring = json.loads(path.read_text())
+    for jwk in keyring["keys"]:
+        if jwk.get("current"):
+            jwk["created"] = ""
+            jwk.pop("current_since", None)
+    path.write_text(json.dumps(keyring))
+    code, result = command(rotation, capsys, "product-001", quiet_for=0)
+    assert code == 1 and "does not say when" in result["products_not_checked"]["product-001"]
+
+
+def test_a_store_with_no_products_fails_the_gate(tmp_path, capsys):
+    LocalKeyProvider(tmp_path / "keyring.json").init()
+    SqliteStore(tmp_path / "tracker.db").close()
+    empty = SimpleNamespace(
+        store_url=f"sqlite:///{tmp_path / 'tracker.db'}", keys_url=f"local:{tmp_path / 'keyring.json'}"
+    )
+    code, result = command(empty, capsys, quiet_for=0)
+    assert code == 1 and result["products_watched"] == 0 and result["reason"].startswith("no product was checked")
 
 
 def test_the_watch_reads_only_what_was_written_since_the_rotation(rotation, monkeypatch):
@@ -420,15 +572,6 @@ def test_the_watch_reads_only_what_was_written_since_the_rotation(rotation, monk
     assert asked == [epoch_seconds(since) + GRACE_S]
     watch.look()
     assert asked[1] >= asked[0] and asked[1] > time.time() - LOOK_BACK_S - 5  # then only the recent writes
-
-
-def test_a_product_without_a_key_is_named_not_checked_never_an_error(rotation):
-    store = rotation.store()
-    per_product = ProductKeys(LocalKeyProvider(rotation.home / "keyring.json", key_name="tracker-mek-{productId}"))
-    report = StaleWatch(store, per_product, ["product-001"]).look()
-    assert report.products_checked == 0 and "product-001" in report.not_checked
-    assert report.quiet(300)
-    assert products_to_watch(store, per_product, []) == []  # no product of this store has a key of its own
 
 
 def test_ctrl_c_while_waiting_says_what_to_run_later_and_exits_130(rotation, monkeypatch, capsys):
