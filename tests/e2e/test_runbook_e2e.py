@@ -74,6 +74,7 @@ class Operator:
             REENCRYPT_ACTOR="runbook e2e (change CHG-TEST)",
             TRACKER_ENV=str(self.tracker_env),
             PRODUCT=PRODUCT,
+            QUIET_FOR="2",  # no tracker writes here: the wait only has to outlast the grace
             PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
 
