@@ -508,7 +508,9 @@ def test_concurrent_changes_to_the_keyring_all_land(keyring_path):
     import multiprocessing
 
     jobs = [(_mark, n) for n in range(8)] + [(_rotate, n) for n in range(3)]
-    context = multiprocessing.get_context("fork")
+    # Fresh interpreters, as separate commands are: a forked child inherits the locks other
+    # tests' threads (servers, SDK pools) held at the fork, and could hang on one.
+    context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=job, args=(str(keyring_path), n)) for job, n in jobs]
     for process in processes:
         process.start()

@@ -273,7 +273,9 @@ def test_products_keys_initialised_at_once_all_land(tmp_path):
     each read-modify-write holds the file's lock, so none writes over another's key."""
     path = str(tmp_path / "keyring.json")
     names = [f"tracker-mek-p{n}" for n in range(5)]
-    context = multiprocessing.get_context("fork")
+    # Fresh interpreters, as separate commands are: a forked child inherits the locks other
+    # tests' threads (servers, SDK pools) held at the fork, and could hang on one.
+    context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_init, args=(path, name)) for name in names]
     for process in processes:
         process.start()
