@@ -61,13 +61,19 @@ def add_counts(base: Mapping[str, int], more: Mapping[str, int]) -> Counts:
     return {name: base.get(name, 0) + more.get(name, 0) for name in COUNTERS}
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def utc_now(*, milliseconds: bool = False) -> str:
+    """Now, as the records store it: whole seconds, or with ``milliseconds`` (a sweep's start,
+    which its elapsed time and rate are measured from: a sweep can take less than a second)."""
+    now = datetime.now(UTC)
+    if milliseconds:
+        return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_utc(text: str) -> float:
-    """Seconds since the epoch of a utc_now() timestamp."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    """Seconds since the epoch of a utc_now() timestamp (either resolution)."""
+    layout = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
+    return datetime.strptime(text, layout).replace(tzinfo=UTC).timestamp()
 
 
 def new_sweep_id() -> str:
