@@ -28,6 +28,20 @@ Per-product progress, for a sweep scoped with ``--product``:
 A whole-container sweep reads the container by EPK ranges that do not map to products: it has
 none of these series, and ``products="all"`` on its info gauge.
 
+Throughput and ETA (``reencrypt_sweep_documents_per_second``, ``reencrypt_sweep_eta_seconds``) are
+coordinator.throughput's: the documents committed over the last minute of the exporter's reads
+(since the start until it has read for a minute), what ``sweep status --watch`` shows and what
+the dashboards compute with ``rate(reencrypt_sweep_documents_scanned_total[1m])``.
+
+Sweep events (started, paused, paused_by_error, resumed, throttled, cancelling, cancelled,
+completed, failed) are ``reencrypt_sweep_event_timestamp_seconds{sweep, event}``: when each last
+happened, from the audit trail (the fleet's own pause, which is not audited, from the sweep
+record). At most EVENTS series per exported sweep; the dashboards draw them as annotations.
+
+HTTP: ``/metrics`` serves the metrics, ``/healthz`` answers 200 while the sweep state was read
+recently and 503 when it cannot be (a probe that restarts nothing by itself: the last good values
+are still served); any other path is 404.
+
 Stale writes (documents the tracker wrote after rotation under a retired version of their
 product's key, tracker_reencrypt.stale) are ``reencrypt_stale_writes_total{sweep}``: the durable
 count a sweep or verify sweep found, named apart from the ``reencrypt_sweep_*`` totals because it
@@ -36,21 +50,28 @@ is the tracker's problem, not the sweep's. Its examples (document ids) stay in `
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from urllib.parse import urlparse
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from coordinator import steering
 from coordinator.context import Context, state_dir
+from coordinator.throughput import ThroughputWindow
 from tracker_reencrypt import embedded_redis
-from tracker_reencrypt.errors import ReencryptError
+from tracker_reencrypt.custody import VERIFY_STARTED
+from tracker_reencrypt.errors import ConfigError, ReencryptError
 from tracker_reencrypt.fleet import pending_messages, store_queue
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
 from tracker_reencrypt.sweep.records import (
@@ -70,7 +91,14 @@ from tracker_reencrypt.sweep.records import (
 log = logging.getLogger("reencrypt.exporter")
 
 DEFAULT_PORT = 9809
+#: Every interface: in Kubernetes the kubelet's probes and Prometheus reach the pod's IP.
+#: On a shared host, --bind 127.0.0.1 keeps it to the machine.
+DEFAULT_BIND = "0.0.0.0"
 DEFAULT_INTERVAL_S = 5.0
+#: /healthz fails once the sweep state has not been read for this many intervals (at least
+#: HEALTHY_FOR_MIN_S): a read that hangs is as bad as one that fails.
+HEALTHY_FOR_INTERVALS = 3
+HEALTHY_FOR_MIN_S = 30.0
 #: Per-product series only for a sweep over at most this many products. Rotating one product
 #: (a suspected leak, a customer's request) or a few is what an on-call watches product by
 #: product; a sweep over hundreds of products (up to steering.MAX_SLICES) would add two series
@@ -97,6 +125,32 @@ TOTAL_HELP = {
 #: Totals not named reencrypt_sweep_<counter>_total.
 TOTAL_NAMES = {"stale_writes": "reencrypt_stale_writes_total"}
 
+#: Sweep events (the ``event`` label), by the audit action that records each. A sweep paused by
+#: the fleet (a problem only a person can fix) is not audited: it is "paused_by_error", from the
+#: sweep record.
+EVENT_OF_ACTION = {
+    "sweep started": "started",
+    VERIFY_STARTED: "started",
+    "sweep paused": "paused",
+    "sweep resumed": "resumed",
+    "sweep throttled": "throttled",
+    "sweep cancel requested": "cancelling",
+    "sweep cancelled": "cancelled",
+    "sweep completed": "completed",
+    "sweep failed": "failed",
+}
+EVENTS = (
+    "started",
+    "paused",
+    "paused_by_error",
+    "resumed",
+    "throttled",
+    "cancelling",
+    "cancelled",
+    "completed",
+    "failed",
+)
+
 
 def total_metric_name(counter: str) -> str:
     return TOTAL_NAMES.get(counter, f"reencrypt_sweep_{counter}_total")
@@ -118,16 +172,18 @@ class SweepView:
     sweep: Sweep
     totals: Counts
     slices: list[dict]
-    docs_per_s: float
+    docs_per_s: float | None  # None: measured over less than a second
     eta_s: float | None
     elapsed_s: float
     leases: int
     workers: int
     #: None for a whole-container sweep.
     products: tuple[ProductView, ...] | None = None
+    #: When each of its EVENTS last happened (seconds since the epoch).
+    events: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, progress: steering.Progress, now: float) -> SweepView:
+    def of(cls, progress: steering.Progress, now: float, events: Mapping[str, float] | None = None) -> SweepView:
         live_owners = {s.lease_owner for s in progress.slices if s.lease_is_live(now)}
         return cls(
             sweep=progress.sweep,
@@ -142,6 +198,7 @@ class SweepView:
             leases=progress.active_leases,
             workers=len(live_owners),
             products=product_views(progress),
+            events=dict(events or {}),
         )
 
 
@@ -165,6 +222,35 @@ class Snapshot:
     refreshed_at: float = 0.0  # last successful read of the store (0: never)
     refresh_seconds: float = 0.0
     queue: str = ""  # the store's task queue (tracker_reencrypt.fleet.store_queue)
+
+
+def sweep_events(sweep: Sweep, audit_entries: list[dict]) -> dict[str, float]:
+    """When each of the sweep's EVENTS last happened: from its audit entries, its start from the
+    record (to the millisecond), its end from the record when the audit lacks it, and a pause by
+    the fleet (never audited) from the record while it lasts (pure)."""
+    events: dict[str, float] = {}
+    for entry in audit_entries:
+        event = EVENT_OF_ACTION.get(entry.get("action", ""))
+        if event is None or (entry.get("details") or {}).get("sweep_id") != sweep.id:
+            continue
+        try:
+            at = parse_utc(entry["at"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        events[event] = max(events.get(event, at), at)
+    if sweep.started_at:
+        events["started"] = parse_utc(sweep.started_at)
+    if sweep.finished and sweep.finished_at:
+        events.setdefault(sweep.status, parse_utc(sweep.finished_at))
+    if sweep.status == PAUSED and sweep.paused_reason and sweep.updated_at:
+        events["paused_by_error"] = parse_utc(sweep.updated_at)
+    return events
+
+
+def slice_ratio(done: bool, scanned: int, per_slice: float) -> float:
+    """A slice's progress: 1 once scanned to its end, else its documents over the sweep's estimate
+    shared evenly by its slices, below 1 (a slice's own size is not known until it ends)."""
+    return 1.0 if done else min(0.99, scanned / max(1.0, per_slice))
 
 
 def exported_sweeps(all_sweeps: list[Sweep], active_id: str | None) -> list[Sweep]:
@@ -207,11 +293,14 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     )
     throughput = GaugeMetricFamily(
         "reencrypt_sweep_documents_per_second",
-        "Documents scanned per second between the exporter's last two reads",
+        "Documents committed per second over the last minute (since the start until the exporter has read "
+        "for a minute; over the whole run once finished); the dashboards' rate(...documents_scanned_total[1m])",
         labels=["sweep"],
     )
     eta = GaugeMetricFamily(
-        "reencrypt_sweep_eta_seconds", "Estimated seconds left (only while running and moving)", labels=["sweep"]
+        "reencrypt_sweep_eta_seconds",
+        "Documents left over reencrypt_sweep_documents_per_second (only while running and moving)",
+        labels=["sweep"],
     )
     elapsed = GaugeMetricFamily(
         "reencrypt_sweep_elapsed_seconds",
@@ -233,6 +322,18 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     )
     slice_done = GaugeMetricFamily(
         "reencrypt_sweep_slice_done", "1 once the slice is scanned to its end", labels=["sweep", "slice"]
+    )
+    slice_ratio_family = GaugeMetricFamily(
+        "reencrypt_sweep_slice_progress_ratio",
+        "1 once the slice is scanned to its end, else its documents over the estimate shared evenly by the "
+        "sweep's slices (at most 0.99)",
+        labels=["sweep", "slice"],
+    )
+    events = GaugeMetricFamily(
+        "reencrypt_sweep_event_timestamp_seconds",
+        "When the sweep last was started, paused, paused_by_error, resumed, throttled, cancelling, cancelled, "
+        "completed or failed (audit trail), seconds since the epoch: the dashboards' annotations",
+        labels=["sweep", "event"],
     )
     leases = GaugeMetricFamily("reencrypt_sweep_leases_active", "Slices under a live worker lease", labels=["sweep"])
     workers = GaugeMetricFamily(
@@ -282,7 +383,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         estimate.add_metric([sid], documents)
         ratio = 1.0 if sweep.status == COMPLETED else min(1.0, scanned / documents) if documents else 0.0
         progress.add_metric([sid], ratio)
-        throughput.add_metric([sid], view.docs_per_s)
+        if view.docs_per_s is not None:
+            throughput.add_metric([sid], view.docs_per_s)
         if view.eta_s is not None:
             eta.add_metric([sid], view.eta_s)
         elapsed.add_metric([sid], view.elapsed_s)
@@ -292,9 +394,16 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
             ended.add_metric([sid], parse_utc(sweep.finished_at))
         slice_count.add_metric([sid], len(view.slices))
         slices_done.add_metric([sid], sum(1 for s in view.slices if s["done"]))
+        per_slice = documents / max(1, len(view.slices))
         for s in view.slices:
             slice_scanned.add_metric([sid, str(s["index"])], s["documents_scanned"])
             slice_done.add_metric([sid, str(s["index"])], 1 if s["done"] else 0)
+            slice_ratio_family.add_metric(
+                [sid, str(s["index"])], slice_ratio(s["done"], s["documents_scanned"], per_slice)
+            )
+        for event in EVENTS:
+            if event in view.events:
+                events.add_metric([sid, event], view.events[event])
         leases.add_metric([sid], view.leases)
         workers.add_metric([sid], view.workers)
         for key, label in LIMITS.items():
@@ -325,6 +434,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         slices_done,
         slice_scanned,
         slice_done,
+        slice_ratio_family,
+        events,
         leases,
         workers,
         limits,
@@ -389,7 +500,9 @@ class SweepCollector:
 class Exporter:
     """Reads the durable state and the broker into snapshots."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self, ctx: Context, *, interval: float = DEFAULT_INTERVAL_S, clock: Callable[[], float] = time.time
+    ) -> None:
         self.queue = store_queue(ctx.settings)
         try:
             ctx.store  # noqa: B018 - a store that does not exist or is not ours refuses the start
@@ -398,8 +511,12 @@ class Exporter:
                 raise
             # An outage at start is served as store_up 0 until the store answers.
         self.ctx = ctx
+        self.interval = interval
+        self.clock = clock  # seconds since the epoch; injectable, so rates are tested without sleeping
         self.snapshot = Snapshot()
-        self._previous: dict[str, steering.Progress] = {}
+        self._windows: dict[str, ThroughputWindow] = {}
+        self._events: dict[str, dict[str, float]] = {}
+        self._events_read_for: dict[str, str] = {}  # sweep id -> the record version its events were read at
         self._redis: redis.Redis | None = None
         self._last_problem: dict[str, str] = {}
 
@@ -408,7 +525,7 @@ class Exporter:
         views, store_up, refreshed_at = self.snapshot.sweeps, False, self.snapshot.refreshed_at
         try:
             views = self._read_sweeps()
-            store_up, refreshed_at = True, time.time()
+            store_up, refreshed_at = True, self.clock()
             self._recovered("store")
         except Exception as exc:  # noqa: BLE001 - a failed read must never stop the exporter; it shows as store_up 0
             self._problem("store", exc)
@@ -431,16 +548,53 @@ class Exporter:
         )
         return self.snapshot
 
+    def health(self, now: float | None = None) -> tuple[int, str]:
+        """/healthz: 200 while the sweep state was read within HEALTHY_FOR_INTERVALS intervals
+        (HEALTHY_FOR_MIN_S at least), else 503 and why."""
+        now = self.clock() if now is None else now
+        snapshot = self.snapshot
+        if not snapshot.refreshed_at:
+            return 503, "the sweep state has not been read yet"
+        age = now - snapshot.refreshed_at
+        if not snapshot.store_up:
+            return 503, f"the last read of the sweep state failed (last good read {age:.0f} s ago; see the log)"
+        if age > max(HEALTHY_FOR_MIN_S, HEALTHY_FOR_INTERVALS * self.interval):
+            return 503, f"the sweep state was last read {age:.0f} s ago"
+        return 200, f"ok: sweep state read {age:.0f} s ago"
+
     def _read_sweeps(self) -> list[SweepView]:
         state = self.ctx.state
         chosen = exported_sweeps(state.sweeps(), state.active_sweep_id())
-        now, views, previous = time.time(), [], {}
+        now, views = self.clock(), []
+        windows = {sweep.id: self._windows.get(sweep.id) or steering.throughput_window(sweep) for sweep in chosen}
+        events = self._sweep_events(chosen)
         for sweep in chosen:
-            progress = steering.progress(self.ctx, sweep, self._previous.get(sweep.id))
-            previous[sweep.id] = progress
-            views.append(SweepView.of(progress, now))
-        self._previous = previous
+            progress = steering.progress(self.ctx, sweep, windows[sweep.id], now=now)
+            views.append(SweepView.of(progress, now, events.get(sweep.id)))
+        self._windows = windows
         return views
+
+    def _sweep_events(self, chosen: list[Sweep]) -> dict[str, dict[str, float]]:
+        """The chosen sweeps' events. The audit trail is read only when a sweep's record changed
+        since the last read (each event also rewrites the record), not every interval; an event's
+        time never goes back (a fleet pause stays drawn once resumed)."""
+        versions = {sweep.id: f"{sweep.status} {sweep.updated_at}" for sweep in chosen}
+        stale = [sweep for sweep in chosen if self._events_read_for.get(sweep.id) != versions[sweep.id]]
+        if stale:
+            try:
+                entries = self.ctx.audit.entries()
+            except Exception as exc:  # noqa: BLE001 - events are extras: the totals are served without them
+                self._problem("audit trail", exc)
+            else:
+                self._recovered("audit trail")
+                for sweep in stale:
+                    known = self._events.get(sweep.id, {})
+                    found = sweep_events(sweep, entries)
+                    self._events[sweep.id] = {e: max(known.get(e, at), at) for e, at in {**known, **found}.items()}
+                    self._events_read_for[sweep.id] = versions[sweep.id]
+        self._events = {sweep.id: self._events.get(sweep.id, {}) for sweep in chosen}
+        self._events_read_for = {k: v for k, v in self._events_read_for.items() if k in versions}
+        return self._events
 
     def _broker(self) -> redis.Redis:
         if self._redis is None:
@@ -461,23 +615,84 @@ class Exporter:
             log.warning("reading the %s works again", what)
 
 
-def serve(
-    ctx: Context, *, port: int = DEFAULT_PORT, interval: float = DEFAULT_INTERVAL_S, addr: str = "0.0.0.0", ready=None
-) -> None:
-    """Serve the metrics on ``addr:port`` and refresh them every ``interval`` s until SIGTERM or SIGINT."""
-    exporter = Exporter(ctx)
-    exporter.refresh()  # the first scrape already has data
+def _handler(registry: CollectorRegistry, health: Callable[[], tuple[int, str]]) -> type[MetricsHandler]:
+    """/metrics (prometheus_client's own handler: content negotiation, gzip, name[] filters),
+    /healthz, and 404 for any other path."""
+
+    class Handler(MetricsHandler):
+        def do_GET(self) -> None:
+            path = urlparse(self.path).path
+            if path == "/metrics":
+                super().do_GET()
+                return
+            code, text = health() if path == "/healthz" else (404, "not found: metrics on /metrics, health on /healthz")
+            body = (text + "\n").encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    Handler.registry = registry
+    return Handler
+
+
+def listen(bind: str, port: int, exporter: Exporter) -> ThreadingHTTPServer:
+    """The exporter's HTTP server on ``bind:port`` (IPv4 or IPv6; port 0: any free one), not yet
+    serving. A port taken or an address this host does not have is a ConfigError (one line,
+    exit 2), not a traceback."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SweepCollector(exporter))
-    server, thread = start_http_server(port, addr=addr, registry=registry)
+    handler = _handler(registry, exporter.health)
+    try:
+        family, _, _, _, address = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        raise ConfigError(f"--bind {bind}: not an address of this host") from None
+
+    class Server(ThreadingHTTPServer):
+        address_family = family
+        daemon_threads = True
+
+    try:
+        return Server((str(address[0]), int(address[1])), handler)
+    except OSError as exc:
+        where = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{where} is already in use (another exporter, or another program): stop it or choose another --port"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise ConfigError(f"{where}: not allowed to listen there (a port under 1024 needs privileges)") from None
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
+def serve(
+    ctx: Context,
+    *,
+    port: int = DEFAULT_PORT,
+    interval: float = DEFAULT_INTERVAL_S,
+    bind: str = DEFAULT_BIND,
+    ready: Callable[[str], object] | None = None,
+) -> None:
+    """Serve /metrics and /healthz on ``bind:port`` and refresh every ``interval`` s until SIGTERM or
+    SIGINT. The port is taken before the first read, so a port in use fails at once; ``ready``
+    gets the address served ("host:port")."""
+    exporter = Exporter(ctx, interval=interval)
+    server = listen(bind, port, exporter)
+    exporter.refresh()  # the first scrape already has data
+    thread = threading.Thread(target=server.serve_forever, name="reencrypt-exporter-http", daemon=True)
+    thread.start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if ready is not None:
-        ready(port)
+        host, bound = server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
+        ready(f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}")
     try:
         while not stop.wait(interval):
             exporter.refresh()
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(5)

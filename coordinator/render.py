@@ -16,6 +16,7 @@ from rich.text import Text
 from coordinator import follow as following
 from coordinator import steering
 from coordinator.context import Context
+from coordinator.throughput import duration_text, rate_text
 from tracker_reencrypt.pacing.limits import describe_limits
 from tracker_reencrypt.stale import StaleWrite
 from tracker_reencrypt.sweep.records import FINISHED, PAUSED, Failure, Slice, Sweep, stale_write_examples, sum_checked
@@ -178,7 +179,7 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
         ProgressBar(total=estimate, completed=min(done, estimate), width=40),
         f"{done}/{sweep.documents_estimate} docs",
         f"{sum(_fields(sweep, s) for s in progress.slices)} fields {'checked' if sweep.checks_only else 'moved'}",
-        f"{progress.docs_per_s:,.0f} docs/s",
+        rate_text(progress.throughput),
         f"ETA {_eta(progress.eta_s)}",
         f"conflicts {totals.get('conflicts', 0)}",
         f"failures {totals.get('failures', 0)}",
@@ -231,7 +232,9 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
     KeyboardInterrupt out of here with the sweep untouched: the CLI says what goes on running
     and how to stop it.
     """
-    progress = steering.progress(ctx, ctx.state.get_sweep(sweep_id))
+    sweep = ctx.state.get_sweep(sweep_id)
+    window = steering.throughput_window(sweep)  # this follower's reads: the rate over the last minute
+    progress = steering.progress(ctx, sweep, window)
     recovery = following.Recovery(ctx) if kick_stalled else None
     if console:
         console.print(
@@ -241,7 +244,7 @@ def follow(ctx: Context, sweep_id: str, console: Console | None, *, kick_stalled
     with live if live is not None else contextlib.nullcontext():
         while progress.sweep.status not in FINISHED | {PAUSED}:
             time.sleep(REFRESH_S)
-            progress = steering.progress(ctx, ctx.state.get_sweep(sweep_id), previous=progress)
+            progress = steering.progress(ctx, ctx.state.get_sweep(sweep_id), window)
             if recovery is not None:
                 recovery.step(progress)
             if live is not None:
@@ -258,8 +261,8 @@ def summary(console: Console, progress: steering.Progress) -> None:
         f"sweep {progress.sweep.id} {progress.sweep.status}: {totals.get('documents_scanned', 0)} documents scanned, "
         f"{totals.get('documents_written', 0)} rewritten, {totals.get('fields_reencrypted', 0)} fields moved to "
         f"{target_text(progress.sweep)}, {totals.get('conflicts', 0)} conflicts retried, "
-        f"{totals.get('failures', 0)} failures "
-        f"in {progress.elapsed_s:.1f}s",
+        f"{totals.get('failures', 0)} failures in {duration_text(progress.elapsed_s)}"
+        + (f", {rate_text(progress.throughput)}" if progress.docs_per_s is not None else ""),
         markup=False,
     )
     if progress.sweep.products is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from coordinator.context import Context
 from coordinator.estimate import estimate, unwrap_pace
+from coordinator.throughput import Throughput, ThroughputWindow, over_run
 from coordinator.verify import ScanReport, count_document, documents_in_scope, scan_container, verify_scope
 from tracker_reencrypt.audit import actor
 from tracker_reencrypt.custody import VERIFY_STARTED
@@ -252,7 +253,7 @@ def _create(
             limits=limits,
             status=RUNNING,
             started_by=actor(),
-            started_at=utc_now(),
+            started_at=utc_now(milliseconds=True),  # a sweep can take under a second
             documents_estimate=documents_in_scope(ctx.store, plan.products),
             store=ctx.store.describe(),
             sample=_sample(ctx, feed_ranges),
@@ -486,10 +487,16 @@ class Progress:
     slices: list[Slice]
     totals: Counts
     elapsed_s: float
-    docs_per_s: float
+    throughput: Throughput
     eta_s: float | None
     active_leases: int
     budget_estimate: str = ""
+
+    @property
+    def docs_per_s(self) -> float | None:
+        """Documents per second (coordinator.throughput: over the last minute, or since the
+        start, or over the whole run once finished); None over less than a second."""
+        return self.throughput.docs_per_s
 
     @property
     def stale_writes(self) -> int:
@@ -504,8 +511,10 @@ class Progress:
             # thing a sweep cannot fix by itself (tracker_reencrypt.stale).
             "stale_writes": self.stale_writes,
             "stale_write_examples": [example.as_json() for example in stale_write_examples(self.slices)],
-            "elapsed_s": round(self.elapsed_s, 1),
-            "docs_per_s": round(self.docs_per_s, 1),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "docs_per_s": None if self.docs_per_s is None else round(self.docs_per_s, 1),
+            # What docs_per_s is measured over: "window" (the last minute), "since start" or "run".
+            "docs_per_s_basis": self.throughput.basis,
             "eta_s": None if self.eta_s is None else round(self.eta_s),
             "active_leases": self.active_leases,
             "budget_estimate": self.budget_estimate,
@@ -549,21 +558,42 @@ def product_state(entry: dict) -> str:
     return "in_progress" if entry["slices_done"] or entry["counts"].get("documents_scanned") else "pending"
 
 
-def progress(ctx: Context, sweep: Sweep, previous: Progress | None = None) -> Progress:
-    """Counts from the durable state; the rate from two samples when given, else since start."""
+def throughput_window(sweep: Sweep) -> ThroughputWindow:
+    """Where a reader following ``sweep`` keeps its reads of the committed counts (give the
+    same one to every progress() call of that sweep)."""
+    return ThroughputWindow(parse_utc(sweep.started_at))
+
+
+def progress(
+    ctx: Context, sweep: Sweep, window: ThroughputWindow | None = None, *, now: float | None = None
+) -> Progress:
+    """Counts from the durable state; the throughput over the reader's ``window`` of earlier
+    reads (throughput_window), or, for a single read, since the sweep started."""
+    now = time.time() if now is None else now
     slices = ctx.state.slices(sweep.id)
     totals = sum_counts(slices)
-    started = parse_utc(sweep.started_at)
-    end = parse_utc(sweep.finished_at) if sweep.finished and sweep.finished_at else time.time()
-    elapsed = max(1.0, end - started)  # timestamps are whole seconds: a shorter sweep took "about a second"
     scanned = totals.get("documents_scanned", 0)
-    rate = scanned / elapsed
-    if previous is not None and previous.sweep.id == sweep.id:
-        window = elapsed - previous.elapsed_s
-        if window > 0.5:
-            rate = (scanned - previous.totals.get("documents_scanned", 0)) / window
+    started = parse_utc(sweep.started_at)
+    if sweep.finished:
+        end = ended_at(sweep, slices, now)
+        rate = over_run(started, end, scanned)
+    else:
+        end = now
+        rate = (window or throughput_window(sweep)).observe(now, scanned)
     remaining = max(0, sweep.documents_estimate - scanned)
-    eta = remaining / rate if rate > 0 and sweep.status == RUNNING else None
-    now = time.time()
+    eta = rate.eta_s(remaining, running=sweep.status == RUNNING)
     leases = sum(1 for s in slices if s.lease_is_live(now))
-    return Progress(sweep, slices, totals, elapsed, rate, eta, leases, limits_estimate(sweep, remaining))
+    return Progress(
+        sweep, slices, totals, max(0.0, end - started), rate, eta, leases, limits_estimate(sweep, remaining)
+    )
+
+
+def ended_at(sweep: Sweep, slices: list[Slice], now: float) -> float:
+    """When a finished sweep ended, to the millisecond where the records allow: ``finished_at``
+    is whole seconds (the true end lies within the second after it), and its last slice
+    commit, to the microsecond, is the end of a sweep that completed."""
+    if not sweep.finished_at:
+        return now
+    second = parse_utc(sweep.finished_at)
+    last_commit = max((piece.updated_at for piece in slices), default=0.0)
+    return max(second, min(last_commit, second + 1.0))

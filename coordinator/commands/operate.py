@@ -356,7 +356,10 @@ def bench(
 
 def exporter(
     c: typer.Context,
-    port: int = typer.Option(9809, "--port", min=1, max=65535, help="Serve the metrics on this port (all interfaces)."),
+    port: int = typer.Option(9809, "--port", min=1, max=65535, help="Serve /metrics and /healthz on this port."),
+    bind: str = typer.Option(
+        "0.0.0.0", "--bind", help="Address to listen on (default: every interface; 127.0.0.1: this host only)."
+    ),
     interval: float = typer.Option(
         5.0, "--interval", min=0.5, help="Seconds between reads of the sweep state and the queue."
     ),
@@ -367,8 +370,11 @@ def exporter(
     serve(
         c.obj,
         port=port,
+        bind=bind,
         interval=interval,
-        ready=lambda bound: err.print(f"serving sweep metrics on :{bound}/metrics, refreshed every {interval:g}s"),
+        ready=lambda where: err.print(
+            f"serving sweep metrics on http://{where}/metrics (health: /healthz), refreshed every {interval:g}s"
+        ),
     )
 
 

@@ -746,6 +746,7 @@ def test_exporter_exports_the_active_and_the_latest_finished_sweep():
 def test_exporter_families_are_bounded_and_named_by_convention():
     from coordinator import steering
     from coordinator.exporter import STATUSES, Snapshot, SweepCollector, SweepView, families, total_metric_name
+    from coordinator.throughput import Throughput
     from tracker_reencrypt.sweep.records import COUNTERS, Slice, zero_counts
 
     now = time.time()
@@ -762,7 +763,8 @@ def test_exporter_families_are_bounded_and_named_by_convention():
         for i in range(3)
     ]
     sweep = _sweep("sw-9", "running", "2026-01-03T00:00:00Z", rate=50.0, ru_per_s=None)
-    progress = steering.Progress(sweep, slices, {"documents_scanned": 60, "failures": 2}, 12.0, 5.0, 8.0, 2)
+    rate = Throughput(5.0, 60.0, "window")
+    progress = steering.Progress(sweep, slices, {"documents_scanned": 60, "failures": 2}, 12.0, rate, 8.0, 2)
     view = SweepView.of(progress, now)
     assert (view.leases, view.workers) == (2, 1)  # two slices leased by one process
     snapshot = Snapshot([view], queue_messages=4, unacked_messages=1, store_up=True, redis_up=True, refreshed_at=now)
@@ -799,10 +801,12 @@ def test_exporter_families_are_bounded_and_named_by_convention():
 def test_exporter_flags_a_sweep_paused_by_error_apart_from_one_retrying():
     from coordinator import steering
     from coordinator.exporter import Snapshot, SweepView, families
+    from coordinator.throughput import Throughput
 
     def flags(**fields) -> dict[str, float]:
         sweep = _sweep("sw-9", fields.pop("status"), "2026-01-03T00:00:00Z", **fields)
-        view = SweepView.of(steering.Progress(sweep, [], {}, 1.0, 0.0, None, 0), time.time())
+        rate = Throughput(0.0, 1.0, "since start")
+        view = SweepView.of(steering.Progress(sweep, [], {}, 1.0, rate, None, 0), time.time())
         return {
             s.name: s.value
             for family in families(Snapshot([view]))
