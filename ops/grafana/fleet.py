@@ -1,16 +1,18 @@
 """Fleet view (uid ``reencrypt-fleet``): the workers' own metrics (worker/metrics.py).
 
 Per-worker rates, batch latency and outcomes, Key Vault latency and errors, DEK cache hit ratio,
-budgets and rate-limit waits, queue depth; the ``instance`` variable picks workers. Written by
-``dashboards.py``.
+budgets and rate-limit waits, queue depth; the ``pod`` variable picks workers, and per-worker
+panels are keyed by ``pod``: the pod's name in Kubernetes (the PodMonitor's relabeling), the
+worker's host or container address elsewhere (ops/prometheus/prometheus.yml). A pod keeps its
+name across its IP changes; an address is what compose can offer. Written by ``dashboards.py``.
 """
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard
-from panels import QUEUED, RATE, label_variable, reencrypt_dashboard, series_panel, stat_panel
+from panels import QUEUED, RATE, label_variable, reencrypt_dashboard, series_panel, stat_panel, sweep_events
 
-WORKER = 'instance=~"$instance"'
+WORKER = 'pod=~"$pod"'
 
 
 def fleet_view() -> dashboard.Dashboard:
@@ -20,7 +22,8 @@ def fleet_view() -> dashboard.Dashboard:
             "reencrypt-fleet",
             "The worker fleet's own metrics (worker/metrics.py): one series set per worker container.",
             since="now-1h",
-            variable=label_variable("instance", "Worker", "reencrypt_batches_total", include_all=True),
+            variable=label_variable("pod", "Worker pod", "reencrypt_batches_total", include_all=True),
+            events=sweep_events(),
         )
         .with_row(dashboard.Row("Workers"))
         .with_panel(
@@ -45,7 +48,7 @@ def fleet_view() -> dashboard.Dashboard:
         .with_panel(
             series_panel(
                 "Documents/s per worker",
-                (f"sum by (instance) (rate(reencrypt_documents_scanned_total{{{WORKER}}}[{RATE}]))", "{{instance}}"),
+                (f"sum by (pod) (rate(reencrypt_documents_scanned_total{{{WORKER}}}[{RATE}]))", "{{pod}}"),
                 stack=True,
             )
         )
@@ -140,8 +143,8 @@ def fleet_view() -> dashboard.Dashboard:
             series_panel(
                 "Rate-limit waits per worker",
                 (
-                    f"sum by (instance, limit) (rate(reencrypt_ratelimit_wait_seconds_total{{{WORKER}}}[{RATE}]))",
-                    "{{instance}} {{limit}}",
+                    f"sum by (pod, limit) (rate(reencrypt_ratelimit_wait_seconds_total{{{WORKER}}}[{RATE}]))",
+                    "{{pod}} {{limit}}",
                 ),
                 unit="s",
             )
@@ -150,14 +153,14 @@ def fleet_view() -> dashboard.Dashboard:
         .with_panel(
             series_panel(
                 "Request units/s per worker",
-                (f"sum by (instance) (rate(reencrypt_store_request_units_total{{{WORKER}}}[{RATE}]))", "{{instance}}"),
+                (f"sum by (pod) (rate(reencrypt_store_request_units_total{{{WORKER}}}[{RATE}]))", "{{pod}}"),
                 stack=True,
             )
         )
         .with_panel(
             series_panel(
                 "Store throttles per worker",
-                (f"sum by (instance) (rate(reencrypt_store_throttles_total{{{WORKER}}}[{RATE}]))", "{{instance}}"),
+                (f"sum by (pod) (rate(reencrypt_store_throttles_total{{{WORKER}}}[{RATE}]))", "{{pod}}"),
             )
         )
         .with_panel(

@@ -3,17 +3,21 @@
 A panel is one call (title, query, unit): :func:`stat_panel` for a single number,
 :func:`series_panel` for lines over time; :func:`reencrypt_dashboard` holds the settings common
 to both dashboards (tags, refresh, time zone, cursor sync, the ``Prometheus`` data source
-variable and one label variable). The dashboards themselves: ``rotation.py`` and ``fleet.py``;
-``dashboards.py`` writes them.
+variable, one label variable, the links to each other and to the runbook, and the sweep events
+as annotations). The dashboards themselves: ``rotation.py`` and ``fleet.py``; ``dashboards.py``
+writes them.
 """
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
+    DashboardLinkType,
     DataSourceRef,
     Threshold,
     ThresholdsMode,
@@ -23,12 +27,21 @@ from grafana_foundation_sdk.models.dashboard import (
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
+#: The window of the throughput and ETA stats: the CLI's and the exporter's one minute
+#: (coordinator/throughput.py), four scrapes at the 15 s interval ops/ configures.
+WINDOW = "1m"
+#: The runbook, as the alerts' runbook_url names it (ops/prometheus/alerts.yml, same base).
+RUNBOOK_URL = "https://github.com/tracker/tracker-reencrypt/blob/main/ops/runbooks/MEK_ROTATION.md"
+#: Both dashboards carry this tag: each links to the others by it.
+TAG = "reencrypt"
 # Each store's tasks have a queue of their own, reencrypt-<store fingerprint> ('reencrypt queue').
 QUEUED = 'sum(reencrypt_queue_messages{queue=~"reencrypt-.*"})'
 
 
-def query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
+def query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False) -> prometheus.Dataquery:
     q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if instant:
+        q = q.instant()
     return q.legend_format(legend) if legend else q
 
 
@@ -51,12 +64,15 @@ def stat_panel(
     steps: tuple = ((None, "green"),),
     span: int = 4,
     decimals: int | None = None,
+    now: bool = False,
 ) -> stat.Panel:
+    """A single number. ``now``: the value at the end of the time range (an instant query), not
+    the last one seen in it: a state that ended (a status, an ETA) must not linger."""
     panel = (
         stat.Panel()
         .title(title)
         .datasource(DATASOURCE)
-        .with_target(query(expr, legend))
+        .with_target(query(expr, legend, instant=now))
         .unit(unit)
         .span(span)
         .height(4)
@@ -122,20 +138,91 @@ def label_variable(name: str, label: str, metric: str, *, include_all: bool) -> 
     return variable.include_all(True).all_value(".*").multi(True) if include_all else variable
 
 
+class PrometheusAnnotation(models.AnnotationQuery):
+    """An annotation query on the Prometheus data source. The SDK's AnnotationQuery (Grafana 11.6)
+    stops at ``expr``: the Prometheus data source's own fields (title, text, tags, step, series
+    value as timestamp) are added here, under the names Grafana's annotation editor writes."""
+
+    def __init__(self, name: str, expr: str, *, title: str, text: str, tags: str, color: str, step: str) -> None:
+        super().__init__(name=name, datasource=DATASOURCE, enable=True, hide=False, icon_color=color, expr=expr)
+        self.fields = {
+            "titleFormat": title,
+            "textFormat": text,
+            "tagKeys": tags,
+            "step": step,
+            "useValueForTime": True,
+        }
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), **self.fields}
+
+
+class Built(Builder[models.AnnotationQuery]):
+    """A ready-made model where the SDK takes a builder."""
+
+    def __init__(self, model: models.AnnotationQuery) -> None:
+        self.model = model
+
+    def build(self) -> models.AnnotationQuery:
+        return self.model
+
+
+def sweep_events(selector: str = "") -> Built:
+    """The sweep events the exporter records (reencrypt_sweep_event_timestamp_seconds: started,
+    paused, paused_by_error, resumed, throttled, cancelling, cancelled, completed, failed) as
+    annotations, each at the time it happened: the series' value, in milliseconds, is the
+    timestamp ("Series value as timestamp"), so an event is drawn once, where it happened, for
+    as long as the exporter exports its sweep."""
+    matcher = f"{{{selector}}}" if selector else ""
+    return Built(
+        PrometheusAnnotation(
+            "Sweep events",
+            f"reencrypt_sweep_event_timestamp_seconds{matcher} * 1000",
+            title="sweep {{event}}",
+            text="{{sweep}}",
+            tags="event,sweep",
+            color="purple",
+            step="1m",
+        )
+    )
+
+
+def links() -> list[dashboard.DashboardLink]:
+    """The other rotation dashboards (by their shared tag, keeping the time range) and the runbook."""
+    return [
+        dashboard.DashboardLink("Re-encryption dashboards")
+        .type(DashboardLinkType.DASHBOARDS)
+        .tags([TAG])
+        .as_dropdown(False)
+        .keep_time(True)
+        .include_vars(False)
+        .target_blank(False),
+        dashboard.DashboardLink("Runbook")
+        .type(DashboardLinkType.LINK)
+        .url(RUNBOOK_URL)
+        .icon("doc")
+        .tooltip("MEK rotation runbook: what to watch at each step, what to do when an alert fires")
+        .target_blank(True),
+    ]
+
+
 def reencrypt_dashboard(
-    title: str, uid: str, description: str, *, since: str, variable: dashboard.QueryVariable
+    title: str, uid: str, description: str, *, since: str, variable: dashboard.QueryVariable, events: Built
 ) -> dashboard.Dashboard:
-    """What both dashboards share: tags, refresh, time zone, cursor sync, the data source and one label variable."""
+    """What both dashboards share: tags, refresh, time zone, cursor sync, the data source, one label
+    variable, the links, and the sweep events as annotations."""
     return (
         dashboard.Dashboard(title)
         .uid(uid)
         .description(description)
-        .tags(["reencrypt", "mek-rotation"])
+        .tags([TAG, "mek-rotation"])
         .refresh("10s")
         .time(since, "now")
         .timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .editable()
+        .links(links())
+        .annotation(events)
         .with_variable(datasource_variable())
         .with_variable(variable)
     )

@@ -1,7 +1,10 @@
 """Rotation overview (uid ``reencrypt-rotation``): one sweep, from the exporter's durable totals.
 
 Status, progress, ETA, throughput, fields moved, failures, conflicts, stale writes, products,
-slices, throttling and budgets; the ``sweep`` variable picks the sweep. Written by ``dashboards.py``.
+slices, throttling and budgets; the ``sweep`` variable picks the sweep, whose events (started,
+paused, throttled, cancelled, completed...) are annotations. Throughput and ETA are the CLI's:
+documents committed over the last minute (``rate(...[1m])`` of the durable counter). Written by
+``dashboards.py``.
 """
 
 from __future__ import annotations
@@ -13,15 +16,25 @@ from panels import (
     DATASOURCE,
     QUEUED,
     RATE,
+    WINDOW,
     label_variable,
     query,
     reencrypt_dashboard,
     series_panel,
     stat_panel,
+    sweep_events,
     thresholds,
 )
 
 SWEEP = 'sweep=~"$sweep"'
+#: Documents committed per second over the last minute: the CLI's and the exporter's throughput.
+THROUGHPUT = f"rate(reencrypt_sweep_documents_scanned_total{{{SWEEP}}}[{WINDOW}])"
+#: Documents left over that throughput, while the sweep runs and moves (no ETA when paused or stalled).
+ETA = (
+    f"clamp_min(reencrypt_sweep_documents_estimate{{{SWEEP}}} - reencrypt_sweep_documents_scanned_total{{{SWEEP}}}, 0)"
+    f" / ({THROUGHPUT} > 0)"
+    f' and on (sweep) (reencrypt_sweep_status{{{SWEEP},status="running"}} == 1)'
+)
 
 
 def rotation_overview() -> dashboard.Dashboard:
@@ -32,6 +45,7 @@ def rotation_overview() -> dashboard.Dashboard:
             "One MEK rotation sweep from the durable sweep state (reencrypt exporter): never resets with workers.",
             since="now-6h",
             variable=label_variable("sweep", "Sweep", "reencrypt_sweep_info", include_all=False),
+            events=sweep_events(SWEEP),
         )
         .with_row(dashboard.Row("Sweep"))
         .with_panel(
@@ -42,6 +56,7 @@ def rotation_overview() -> dashboard.Dashboard:
                 text_mode=common.BigValueTextMode.NAME,
                 span=4,
                 description="planned, running, paused, cancelling, cancelled, completed or failed",
+                now=True,
             )
         )
         .with_panel(
@@ -68,20 +83,24 @@ def rotation_overview() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "ETA",
-                f"reencrypt_sweep_eta_seconds{{{SWEEP}}}",
+                ETA,
                 unit="s",
                 span=4,
-                description="Documents left over the current throughput; empty unless running",
+                description="Documents left over the throughput of the last minute (as 'reencrypt sweep status' "
+                "shows it); empty unless the sweep runs and committed a batch in that minute",
+                now=True,
             )
         )
         .with_panel(
             stat_panel(
                 "Throughput",
-                f"reencrypt_sweep_documents_per_second{{{SWEEP}}}",
+                THROUGHPUT,
                 unit="short",
                 span=4,
-                description="Documents scanned per second (exporter, between its last two reads)",
+                description="Documents committed per second over the last minute, from the durable count: "
+                "what 'reencrypt sweep status --watch' and the exporter's reencrypt_sweep_documents_per_second show",
                 decimals=1,
+                now=True,
             )
         )
         .with_panel(stat_panel("Documents scanned", f"reencrypt_sweep_documents_scanned_total{{{SWEEP}}}", span=4))
@@ -242,11 +261,15 @@ def rotation_overview() -> dashboard.Dashboard:
         .with_panel(
             bar_gauge(
                 "Slice progress",
-                f"reencrypt_sweep_slice_documents_scanned_total{{{SWEEP}}}",
+                f"reencrypt_sweep_slice_progress_ratio{{{SWEEP}}}",
                 "slice {{slice}}",
                 span=24,
-                description="Documents scanned per slice (feed range); the last to finish set the end",
+                description="Each slice (feed range): 100% once scanned to its end, else its documents over the "
+                "estimate shared evenly by the slices (at most 99%); the last to finish sets the end",
                 orientation=common.VizOrientation.VERTICAL,
+                minimum=0,
+                maximum=1,
+                unit="percentunit",
             )
         )
     )
@@ -261,9 +284,11 @@ def bar_gauge(
     description: str,
     orientation: common.VizOrientation = common.VizOrientation.HORIZONTAL,
     minimum: float | None = None,
+    maximum: float | None = None,
+    unit: str | None = None,
 ) -> bargauge.Panel:
-    """One bar per series of ``expr``, at its last value; bars start at ``minimum`` when given
-    (unset, Grafana takes the range from the data)."""
+    """One bar per series of ``expr``, at its last value; bars span ``minimum`` to ``maximum`` when
+    given (unset, Grafana takes the range from the data)."""
     panel = (
         bargauge.Panel()
         .title(title)
@@ -276,4 +301,8 @@ def bar_gauge(
         .orientation(orientation)
         .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     )
-    return panel.min(minimum) if minimum is not None else panel
+    if minimum is not None:
+        panel = panel.min(minimum)
+    if maximum is not None:
+        panel = panel.max(maximum)
+    return panel.unit(unit) if unit is not None else panel

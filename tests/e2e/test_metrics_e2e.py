@@ -121,7 +121,18 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
     env = rotation.env()
     exporter_log = open(tmp_path / "exporter.log", "wb")
     exporter = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.cli", "exporter", "--port", str(exporter_port), "--interval", "1"],
+        [
+            sys.executable,
+            "-m",
+            "coordinator.cli",
+            "exporter",
+            "--port",
+            str(exporter_port),
+            "--bind",
+            "127.0.0.1",
+            "--interval",
+            "1",
+        ],
         cwd=ROOT,
         env=env,
         stdout=exporter_log,
@@ -138,6 +149,11 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
         wait_for(prom.ready, 30, message="prometheus ready")
         wait_for(lambda: answers(f"http://127.0.0.1:{worker_port}/metrics"), 30, message="worker metrics port")
         wait_for(lambda: answers(f"http://127.0.0.1:{exporter_port}/metrics"), 30, message="exporter metrics port")
+        # Metrics on /metrics only; /healthz says the sweep state is read (Kubernetes' probe).
+        assert http_get(f"http://127.0.0.1:{exporter_port}/healthz").startswith(b"ok: sweep state read")
+        with pytest.raises(urllib.error.HTTPError) as elsewhere:
+            http_get(f"http://127.0.0.1:{exporter_port}/")
+        assert elsewhere.value.code == 404
         wait_for(lambda: prom.value("sum(up)") == 2, 20, message="both targets up in prometheus")
 
         sweep = run_cli("sweep", "start", "--to", rotation.v2, "--wait", "--json", env=env, timeout=60)
@@ -179,6 +195,11 @@ def test_prometheus_scrapes_prefork_workers_and_exporter_during_a_sweep(rotation
         assert prom.value(f"sum(reencrypt_sweep_slice_documents_scanned_total{sel})") == rotation.documents
         assert prom.value(f"reencrypt_sweep_slices_done{sel}") == result["sweep"]["slice_count"]
         assert prom.value(f"reencrypt_sweep_progress_ratio{sel}") == 1
+        assert prom.value(f"min(reencrypt_sweep_slice_progress_ratio{sel})") == 1
+        # Its events, for the dashboards' annotations: started, then completed, at their own times.
+        started_at = prom.value(f'reencrypt_sweep_event_timestamp_seconds{{sweep="{sweep_id}",event="started"}}')
+        completed_at = prom.value(f'reencrypt_sweep_event_timestamp_seconds{{sweep="{sweep_id}",event="completed"}}')
+        assert started_at is not None and completed_at is not None and started_at <= completed_at + 1
         assert prom.value(f"reencrypt_sweep_documents_estimate{sel}") == rotation.documents
         assert prom.value(f'reencrypt_sweep_info{{sweep="{sweep_id}",target_kid="{rotation.v2}"}}') == 1
         # The store's own queue, empty once the sweep completed; no error left on the sweep.

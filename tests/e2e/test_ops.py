@@ -121,12 +121,15 @@ def panels(dashboard: dict) -> list[dict]:
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, PromQL) of every panel target and query variable."""
+    """(where, PromQL) of every panel target, annotation and query variable."""
     queries = []
     for name, dashboard in dashboards().items():
         for panel in panels(dashboard):
             for target in panel.get("targets", []):
                 queries.append((f"{name}: {panel['title']}", target["expr"]))
+        for annotation in dashboard.get("annotations", {}).get("list", []):
+            if "expr" in annotation:
+                queries.append((f"{name}: annotation {annotation['name']}", annotation["expr"]))
         for variable in dashboard.get("templating", {}).get("list", []):
             if variable["type"] == "query":
                 query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
@@ -169,15 +172,60 @@ def test_every_alert_is_tested_firing_and_not_firing():
     assert names - quiet == set(), "alerts never shown quiet"
 
 
+#: Where the repository's files are read on the web: every runbook_url (and the dashboards' Runbook
+#: link) starts with it, so moving the repository is one replacement (ops/prometheus/alerts.yml).
+REPOSITORY_WEB = "https://github.com/tracker/tracker-reencrypt/blob/main/"
+
+
+def runbook_anchors() -> set[str]:
+    return {heading_anchor(line) for line in RUNBOOK.read_text().splitlines() if line.startswith("#")}
+
+
 def test_alerts_use_only_exported_metrics_and_link_the_runbook():
+    """Offline: every alert's runbook_url (the annotation Alertmanager and Grafana link) is the
+    runbook on the repository's web view, at a section that exists."""
     exported = exported_metric_names()
-    anchors = {heading_anchor(line) for line in RUNBOOK.read_text().splitlines() if line.startswith("#")}
+    anchors = runbook_anchors()
     for rule in alert_rules():
         used = metrics_in(rule["expr"])
         assert used, f"{rule['alert']}: no metric found in {rule['expr']}"
         assert used <= exported, f"{rule['alert']} uses metrics nobody exports: {sorted(used - exported)}"
-        page, _, anchor = rule["annotations"]["runbook"].partition("#")
-        assert (ROOT / page).resolve() == RUNBOOK.resolve() and anchor in anchors, rule["annotations"]["runbook"]
+        annotations = rule["annotations"]
+        assert "runbook" not in annotations, f"{rule['alert']}: runbook_url, the name Alertmanager and Grafana know"
+        url = annotations["runbook_url"]
+        assert url.startswith(REPOSITORY_WEB), url
+        page, _, anchor = url.removeprefix(REPOSITORY_WEB).partition("#")
+        assert (ROOT / page).resolve() == RUNBOOK.resolve() and anchor in anchors, url
+    tested = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())["tests"]
+    for case in tested:
+        for check in case.get("alert_rule_test", []):
+            for alert in check.get("exp_alerts", []):
+                assert alert["exp_annotations"]["runbook_url"].startswith(REPOSITORY_WEB), check["alertname"]
+
+
+def test_the_worker_job_labels_each_target_with_a_pod():
+    """The Fleet view keys workers by pod: in Kubernetes the PodMonitor's relabeling; under
+    compose and on hosts, prometheus.yml's rule gives a target without one its host (RE2 and
+    Python agree on this regex: no look-around, anchored as Prometheus anchors it)."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "reencrypt-worker")
+    (rule,) = [r for r in job["relabel_configs"] if r["target_label"] == "pod"]
+    assert rule["source_labels"] == ["pod", "__address__"]
+
+    def pod(labels: dict[str, str]) -> str | None:
+        joined = ";".join(labels.get(name, "") for name in rule["source_labels"])
+        match = re.fullmatch(rule["regex"], joined)
+        if not match:
+            return labels.get("pod")
+        return match.expand(rule["replacement"].replace("$1", r"\1"))
+
+    assert pod({"__address__": "172.18.0.7:9808"}) == "172.18.0.7"  # a compose replica
+    assert pod({"__address__": "worker-host-1.internal:9808"}) == "worker-host-1.internal"
+    assert pod({"__address__": "[fd00::7]:9808"}) == "[fd00::7]"
+    assert pod({"__address__": "10.0.0.1:9808", "pod": "named-by-hand"}) == "named-by-hand"
+    monitor = next(doc for doc in by_kind("PodMonitor") if doc["metadata"]["name"] == "reencrypt-worker")
+    relabelings = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"} in relabelings
 
 
 def test_file_sd_example_is_a_target_list():
@@ -202,7 +250,7 @@ def test_dashboard_queries_parse(tmp_path):
     """Each panel query as a recording rule through promtool (Grafana's variables filled in)."""
     rules = []
     for index, (_where, expr) in enumerate(dashboard_queries()):
-        filled = expr.replace("$__rate_interval", "5m").replace("$sweep", "x").replace("$instance", "x")
+        filled = expr.replace("$__rate_interval", "5m").replace("$sweep", "x").replace("$pod", "x")
         rules.append({"record": f"dashboard:query:{index}", "expr": filled})
     rule_file = tmp_path / "dashboard_rules.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
@@ -226,6 +274,91 @@ def test_dashboards_match_their_generator(tmp_path, monkeypatch):
             f"{path.name} differs from ops/grafana/dashboards.py (and panels, rotation, fleet): run it, commit the JSON"
         )
     assert {p.name for p in tmp_path.glob("*.json")} == {p.name for p in DASHBOARD_DIR.glob("*.json")}
+
+
+def dashboard_target(title: str) -> str:
+    (panel,) = [p for p in panels(dashboards()["reencrypt-rotation.json"]) if p["title"] == title]
+    assert panel["targets"][0].get("instant"), f"{title}: now, not the last value in the range"
+    return panel["targets"][0]["expr"].replace("$sweep", "sw-1")
+
+
+def stepped(increments: list[int], start: int = 0) -> str:
+    """promtool's values of a counter growing by ``increments``, one per scrape."""
+    values, total = [], start
+    for step in increments:
+        total += step
+        values.append(str(total))
+    return " ".join([str(start), *values])
+
+
+def test_dashboard_throughput_and_eta_hold_while_counts_step(tmp_path):
+    """The Rotation overview's Throughput and ETA stats through promtool, on counters that move in
+    steps as the exporter's do (scraped every 15 s): about 100 docs/s and an ETA at every instant
+    while the sweep runs, never 0 or empty between commits; no ETA once paused or stalled."""
+    throughput, eta = dashboard_target("Throughput"), dashboard_target("ETA")
+    exporter = 'job="reencrypt-exporter",sweep="sw-1"'
+    # 1,000 documents every 10 s seen every 15 s (the issue's --rate 100): +1000, +2000, ...;
+    # paused at minute 12 (status), stalled from minute 20 (counter flat).
+    uneven = [1000, 2000] * 24
+    series = [
+        {"series": f"reencrypt_sweep_documents_scanned_total{{{exporter}}}", "values": stepped(uneven + [0] * 40)},
+        {"series": f"reencrypt_sweep_documents_estimate{{{exporter}}}", "values": "200000x87"},
+        {"series": f'reencrypt_sweep_status{{{exporter},status="running"}}', "values": "1x47 0x12 1x27"},
+    ]
+    tests = []
+    for second in range(60, 720, 15):  # running, moving
+        for expr in (f"count(({throughput}) > 80 < 120)", f"count({eta})"):
+            tests.append({"expr": expr, "eval_time": f"{second}s", "exp_samples": [{"labels": "{}", "value": 1}]})
+    scanned_at_10m = sum(uneven[:40])  # the ETA: documents left over ~100 docs/s, here at 10 minutes
+    tests.append(
+        {
+            "expr": f"count(({eta}) > {(200_000 - scanned_at_10m) / 120} < {(200_000 - scanned_at_10m) / 80})",
+            "eval_time": "600s",
+            "exp_samples": [{"labels": "{}", "value": 1}],
+        }
+    )
+    tests.append({"expr": eta, "eval_time": "750s", "exp_samples": []})  # paused: no ETA
+    tests.append({"expr": eta, "eval_time": "1290s", "exp_samples": []})  # running, stalled for over a minute
+    tests.append({"expr": f"({throughput}) > 0", "eval_time": "1290s", "exp_samples": []})
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    case = {"interval": "15s", "input_series": series, "promql_expr_test": tests}
+    (tmp_path / "test.yml").write_text(
+        yaml.safe_dump({"rule_files": ["none.yml"], "evaluation_interval": "15s", "tests": [case]})
+    )
+    result = promtool("test", "rules", str(tmp_path / "test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboards_link_each_other_and_the_runbook_and_draw_sweep_events():
+    boards = dashboards()
+    for name, board in boards.items():
+        others = [other for other_name, other in boards.items() if other_name != name]
+        (by_tag,) = [link for link in board["links"] if link["type"] == "dashboards"]
+        assert by_tag["keepTime"] and all(set(by_tag["tags"]) <= set(other["tags"]) for other in others), name
+        (runbook,) = [link for link in board["links"] if link["title"] == "Runbook"]
+        assert runbook["url"] == REPOSITORY_WEB + "ops/runbooks/MEK_ROTATION.md", name
+        (events,) = board["annotations"]["list"]
+        assert events["expr"].startswith("reencrypt_sweep_event_timestamp_seconds") and events["expr"].endswith(
+            "* 1000"
+        ), "the series value is the event's time, in ms"
+        assert events["useValueForTime"] and events["datasource"]["uid"] == "${datasource}"
+        assert "{{event}}" in events["titleFormat"] and set(events["tagKeys"].split(",")) == {"event", "sweep"}
+    rotation = boards["reencrypt-rotation.json"]["annotations"]["list"][0]["expr"]
+    assert 'sweep=~"$sweep"' in rotation, "the rotation overview draws its sweep's events"
+
+
+def test_the_fleet_view_is_keyed_by_pod_and_slice_progress_is_a_ratio():
+    fleet = dashboards()["reencrypt-fleet.json"]
+    assert [v["name"] for v in fleet["templating"]["list"]] == ["datasource", "pod"]
+    for panel in panels(fleet):
+        for target in panel.get("targets", []):
+            assert "instance" not in target["expr"] + target.get("legendFormat", ""), panel["title"]
+    keyed = [p["title"] for p in panels(fleet) if any("by (pod" in t["expr"] for t in p.get("targets", []))]
+    assert len(keyed) >= 4, keyed
+    (slices,) = [p for p in panels(dashboards()["reencrypt-rotation.json"]) if p["title"] == "Slice progress"]
+    assert slices["targets"][0]["expr"].startswith("reencrypt_sweep_slice_progress_ratio")
+    defaults = slices["fieldConfig"]["defaults"]
+    assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percentunit", 0, 1)
 
 
 def test_dashboards_are_provisioned_with_their_datasource_variable():
