@@ -187,7 +187,7 @@ def sweep_events(selector: str = "") -> Built:
     )
 
 
-def links() -> list[dashboard.DashboardLink]:
+def links() -> list[Builder[models.DashboardLink]]:
     """The other rotation dashboards (by their shared tag, keeping the time range) and the runbook."""
     return [
         dashboard.DashboardLink("Re-encryption dashboards")
