@@ -13,18 +13,28 @@ says "ready" and loops on errors. The other Celery commands skip that check: a p
 A message ends in Celery's own terms (worker/tasks.py, Outcome.verdict): SUCCESS; RETRY with
 Celery's retry (the same task id, ``retries`` counted) when an outage gave the slice back; or
 FAILURE (:class:`BatchFailed`) when it cannot succeed as it is (the sweep paused with the reason).
+
+Logs: Celery's (``-l/--loglevel``), as text or, with ``REENCRYPT_LOG_FORMAT=json``, one JSON
+object per line, Celery's own lines included (tracker_reencrypt/logs.py lists the fields; a
+batch's lines carry its sweep and slice). The probes of ``--health-port``: worker/health.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing.util
+import os
+import sys
 
+import celery.apps.worker
 from celery import concurrency, signals
 
-from tracker_reencrypt import embedded_redis
+from tracker_reencrypt import embedded_redis, logs
 from tracker_reencrypt.config import Settings, load_settings
 from tracker_reencrypt.errors import ReencryptError
 from tracker_reencrypt.fleet import PROCESS_SLICE, make_celery
+from tracker_reencrypt.stores import open_store
 from worker import health, lease_watch, metrics, runtime, tasks
 
 # azure-core logs every HTTP request at INFO (URL and headers): one line per Key Vault call
@@ -39,7 +49,7 @@ def _with_broker(settings: Settings) -> Settings:
         return settings
     home = embedded_redis.home()
     if not embedded_redis.is_running(home):
-        raise SystemExit(
+        raise logs.fatal(
             f"error: REDIS_URL is not set and no embedded Redis answers under {home} ($REENCRYPT_HOME): "
             "set REDIS_URL, or start workers with 'reencrypt worker', which provides one"
         )
@@ -50,9 +60,12 @@ try:
     settings = _with_broker(load_settings())
     app = make_celery(settings, settings.redis_url)
 except ReencryptError as exc:
-    raise SystemExit(f"error: worker app not loaded: {exc}") from None
+    raise logs.fatal(f"error: worker app not loaded: {exc}") from None
 
 _health: health.HealthServer | None = None
+#: Beaten by the consumer's event loop (worker/health.py): what /livez answers from.
+_heartbeat = health.Heartbeat(queue=app.conf.task_default_queue)
+health.install_heartbeat(app, _heartbeat)
 
 
 @app.task(
@@ -82,10 +95,11 @@ def process_slice(self, sweep_id: str, index: int, fence: int, store: str | None
             )
         )
 
-    outcome = tasks.handle(
-        app, lambda: runtime.current(settings, settings.redis_url), sweep_id, index, fence, store, retry
-    )
-    log.info("slice %s/%d: %s", sweep_id, index, outcome.text)
+    with logs.context(sweep=sweep_id, slice=index, task_id=self.request.id, task_name=PROCESS_SLICE):
+        outcome = tasks.handle(
+            app, lambda: runtime.current(settings, settings.redis_url), sweep_id, index, fence, store, retry
+        )
+        log.info("slice %s/%d: %s", sweep_id, index, outcome.text)
     if outcome.verdict == "retry" and retries:
         raise retries[-1]
     if outcome.verdict == "failed":
@@ -94,11 +108,21 @@ def process_slice(self, sweep_id: str, index: int, fence: int, store: str | None
 
 
 @signals.celeryd_init.connect
-def _check_before_starting(options=None, **_) -> None:
-    """A worker only (not inspect, events or flower): its options, then what every batch needs."""
+def _check_before_starting(instance=None, options=None, **_) -> None:
+    """A worker only (not inspect, events or flower): its log format, its options, then what
+    every batch needs."""
+    try:
+        if logs.configure() == logs.JSON:
+            if instance is not None:
+                instance.quiet = True  # Celery's banner: a block of text on stdout (its facts are logged)
+            celery.apps.worker.safe_say = _say_as_json
+    except ReencryptError as exc:
+        raise logs.fatal(f"error: worker not started: {exc}") from None
     given = options or {}
+    pool = _pool_name(given.get("pool") or given.get("pool_cls") or app.conf.worker_pool)
+    _heartbeat.stalled_after = health.stall_limit(pool, settings.batch_seconds)
     problem = health.options_problem(
-        _pool_name(given.get("pool") or given.get("pool_cls") or app.conf.worker_pool),
+        pool,
         own_queue=app.conf.task_default_queue,
         queues=given.get("queues"),
         concurrency=given.get("concurrency"),
@@ -107,11 +131,33 @@ def _check_before_starting(options=None, **_) -> None:
         max_memory_per_child=given.get("max_memory_per_child"),
     )
     if problem:
-        raise SystemExit(f"error: worker not started: {problem}")
+        raise logs.fatal(f"error: worker not started: {problem}")
     try:
         health.check_configuration(settings, settings.redis_url)
     except ReencryptError as exc:
-        raise SystemExit(f"error: worker not started: {exc}") from None
+        raise logs.fatal(f"error: worker not started: {exc}") from None
+
+
+def _say_as_json(message: str, f=sys.__stderr__) -> None:
+    """Celery's notices from its signal handlers ("worker: Warm shutdown (MainProcess)"), which
+    it writes to the file descriptor itself (no logging in a signal handler), as a JSON line."""
+    with contextlib.suppress(OSError):
+        os.write(f.fileno(), (logs.json_line(message, logger="celery.apps.worker") + "\n").encode())
+
+
+@signals.after_setup_logger.connect
+def _json_logs(logger=None, **_) -> None:
+    """Celery's handlers (root's, and the pool's multiprocessing logger) write JSON when asked."""
+    if logs.log_format() == logs.JSON:
+        for configured in (logger, multiprocessing.util.get_logger()):
+            if configured is not None:
+                logs.use_json(configured)
+
+
+@signals.after_setup_task_logger.connect
+def _json_task_logs(logger=None, **_) -> None:
+    if logger is not None and logs.log_format() == logs.JSON:
+        logs.use_json(logger)
 
 
 def _pool_name(pool: object) -> str:
@@ -128,13 +174,18 @@ def _serve_metrics_and_probes(**_) -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     if settings.health_port:
-        _health = health.HealthServer(settings.health_port, settings.redis_url)
+        dependencies = health.Dependencies(
+            settings.redis_url,
+            lambda: open_store(settings.store, partition_key_field=settings.partition_key_field),
+        )
+        _health = health.HealthServer(settings.health_port, _heartbeat, dependencies)
 
 
 @signals.worker_ready.connect
 def _start_watching(**_) -> None:
     lease_watch.start(app, settings)
     if _health is not None:
+        _health.dependencies.start()  # after the pool's processes were forked: no thread of it in theirs
         _health.ready.set()
 
 

@@ -414,7 +414,7 @@ def probe(port: int, path: str) -> int:
 def test_compose_worker_healthcheck_follows_the_worker_readiness(redis_url):
     """The healthcheck command, run as Docker runs it (the image has Python, not curl), against a
     real health server on the port the worker's command opens: unhealthy while starting."""
-    from worker.health import HealthServer
+    from worker.health import Dependencies, HealthServer, Heartbeat
 
     worker = compose()["services"]["worker"]
     port = int(option(worker["command"], "--health-port"))
@@ -422,11 +422,14 @@ def test_compose_worker_healthcheck_follows_the_worker_readiness(redis_url):
     assert check[:3] == ["CMD", "python", "-c"], "python:3.11-slim has no curl: the check runs Python's urllib"
     assert f"127.0.0.1:{port}/readyz" in check[3], check
     assert "curl" not in (ROOT / "Dockerfile").read_text()
-    health = HealthServer(0, redis_url, bind="127.0.0.1")
+    heartbeat, dependencies = Heartbeat(queue="q"), Dependencies(redis_url, None)
+    health = HealthServer(0, heartbeat, dependencies, bind="127.0.0.1")
     try:
         script = check[3].replace(f":{port}/", f":{health.port}/")
         starting = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
         assert starting.returncode != 0 and "503" in starting.stderr, "healthy before Celery is ready"
+        heartbeat.beat(time.monotonic(), consuming=True)  # as the worker's event loop does
+        dependencies.check_once()
         health.ready.set()
         ready = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
         assert ready.returncode == 0, ready.stderr

