@@ -13,13 +13,11 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
@@ -501,9 +499,7 @@ def test_dockerfile_builds_the_package_on_python_311_slim():
     assert re.search(r'^ENTRYPOINT \["reencrypt"\]', text, re.M)
 
 
-# -- Kubernetes ---------------------------------------------------------------------------------
-
-SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|REDIS_URL|CONNECTION", re.I)
+# -- Kubernetes (the manifests' own checks: tests/e2e/test_k8s.py) --------------------------------
 
 
 def manifests() -> list[dict]:
@@ -516,204 +512,6 @@ def manifests() -> list[dict]:
 
 def by_kind(kind: str) -> list[dict]:
     return [doc for doc in manifests() if doc["kind"] == kind]
-
-
-def test_k8s_has_the_required_kinds():
-    kinds = [doc["kind"] for doc in manifests()]
-    for kind in ("Deployment", "PodDisruptionBudget", "ScaledObject", "Service", "ServiceAccount"):
-        assert kind in kinds, kind
-    names = {doc["metadata"]["name"] for doc in by_kind("Deployment")}
-    assert names == {"reencrypt-worker", "reencrypt-exporter"}
-    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
-    assert {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"} == set(kustomization["resources"])
-
-
-def test_k8s_worker_shuts_down_warm():
-    from tracker_reencrypt.config import Settings
-
-    worker = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "reencrypt-worker")
-    pod = worker["spec"]["template"]["spec"]
-    # One batch (REENCRYPT_BATCH_SECONDS) plus the Cosmos SDK's 429 retry budget (<= 30 s).
-    assert pod["terminationGracePeriodSeconds"] > Settings().batch_seconds + 30
-    container = pod["containers"][0]
-    assert "lifecycle" not in container, "SIGTERM already starts Celery's warm shutdown: no preStop"
-    assert container["args"][0] == "worker" and "--metrics-port" in container["args"]
-    assert "replicas" not in worker["spec"], "KEDA owns the replica count"
-    pdb = by_kind("PodDisruptionBudget")[0]
-    assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
-
-
-def test_k8s_worker_probes_ask_the_health_port_its_args_open():
-    from tracker_reencrypt.config import Settings
-    from worker.health import PROBE_TIMEOUT_S, HealthServer
-
-    container = worker_container(manifests())
-    port = int(option(container["args"], "--health-port"))
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert port in ports.values(), f"no containerPort {port}"
-    paths = {}
-    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-        get = container[kind]["httpGet"]
-        assert ports.get(get["port"], get["port"]) == port, f"{kind} asks port {get['port']}, the worker serves {port}"
-        paths[kind] = get["path"]
-    assert paths == {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}
-
-    def patience(kind: str) -> float:
-        found = container[kind]
-        return found.get("periodSeconds", 10) * found.get("failureThreshold", 3)
-
-    # The start-up check (store, vault, broker, with their SDKs' retries) gets a minute at least;
-    # liveness outlasts a slow batch (~40 s: batch bound, 429 retries, a commit) with a margin.
-    assert patience("startupProbe") >= 60
-    assert patience("livenessProbe") >= 40 + Settings().batch_seconds
-    assert container["readinessProbe"]["timeoutSeconds"] > 2 * PROBE_TIMEOUT_S, "/readyz pings the broker first"
-
-    # The paths the probes ask are the ones the worker serves (a real health server, not yet ready).
-    health = HealthServer(0, "redis://127.0.0.1:1", bind="127.0.0.1")
-    try:
-        assert probe(health.port, paths["livenessProbe"]) == 200
-        assert probe(health.port, paths["readinessProbe"]) == 503
-    finally:
-        health.close()
-
-
-# `kubectl apply -k ops/k8s` renders the manifests with kustomization.yaml. Offline, the test
-# renders them with kustomize itself when installed (kustomize, or kubectl's built-in one), and
-# always with the replacement semantics below, so a developer without either still checks them.
-
-FIELD_SEGMENT = re.compile(r"\[[^\]]*\]|[^.\[]+")
-SELECTOR_FIELDS = {"kind", "name", "namespace"}
-
-
-def selected(doc: dict, selector: dict) -> bool:
-    assert set(selector) <= SELECTOR_FIELDS, f"selector fields this test does not implement: {selector}"
-    meta = doc.get("metadata", {})
-    return all((doc["kind"] if key == "kind" else meta.get(key)) == value for key, value in selector.items())
-
-
-def field_step(node, segment: str, path: str):
-    """One step of a kustomize field path: a map key, a list index, or a list item [field=value]."""
-    if segment.startswith("["):
-        key, _, value = segment[1:-1].partition("=")
-        matches = [item for item in node if isinstance(item, dict) and str(item.get(key)) == value]
-        assert len(matches) == 1, f"{path}: {segment} matches {len(matches)} items"
-        return matches[0]
-    if isinstance(node, list):
-        return node[int(segment)]
-    assert isinstance(node, dict) and segment in node, f"unable to find field {path}"
-    return node[segment]
-
-
-def apply_replacements(documents: list[dict], replacements: list[dict]) -> list[dict]:
-    """kustomize's ``replacements:`` (source fieldPath copied to each target fieldPath; the
-    default source field is metadata.name; a missing target field is an error)."""
-    for replacement in replacements:
-        assert set(replacement) <= {"source", "targets"}, f"not implemented here: {replacement}"
-        source = dict(replacement["source"])
-        field = source.pop("fieldPath", "metadata.name")
-        assert "options" not in source, f"source options are not implemented here: {source}"
-        sources = [doc for doc in documents if selected(doc, source)]
-        assert len(sources) == 1, f"replacement source {source} matches {len(sources)} resources"
-        value = sources[0]
-        for segment in FIELD_SEGMENT.findall(field):
-            value = field_step(value, segment, field)
-        for target in replacement["targets"]:
-            assert set(target) <= {"select", "fieldPaths"}, f"not implemented here: {target}"
-            for doc in (d for d in documents if selected(d, target["select"])):
-                for path in target["fieldPaths"]:
-                    *parents, last = FIELD_SEGMENT.findall(path)
-                    node = doc
-                    for segment in parents:
-                        node = field_step(node, segment, path)
-                    field_step(node, last, path)  # the field must exist: no `create` option here
-                    node[int(last) if isinstance(node, list) else last] = value
-    return documents
-
-
-def render_with_replacements(directory: Path) -> list[dict]:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    documents = [
-        doc for name in kustomization["resources"] for doc in yaml.safe_load_all((directory / name).read_text()) if doc
-    ]
-    return apply_replacements(documents, kustomization.get("replacements", []))
-
-
-def render_with_kustomize(directory: Path) -> list[dict]:
-    if shutil.which("kustomize"):
-        command = ["kustomize", "build", str(directory)]
-    elif shutil.which("kubectl"):
-        command = ["kubectl", "kustomize", str(directory)]
-    else:
-        pytest.skip("neither kustomize nor kubectl is installed: the replacement semantics case checks the manifests")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def worker_container(documents: list[dict]) -> dict:
-    worker = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "reencrypt-worker")
-    return worker["spec"]["template"]["spec"]["containers"][0]
-
-
-def container_environment(documents: list[dict], container: dict) -> dict[str, str]:
-    """The plain variables a container starts with: its ConfigMaps' data, then its own env values."""
-    maps = {d["metadata"]["name"]: d["data"] for d in documents if d["kind"] == "ConfigMap"}
-    env = {}
-    for source in container.get("envFrom", []):
-        env.update(maps[source["configMapRef"]["name"]])
-    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
-    return env
-
-
-@pytest.mark.parametrize("render", [render_with_replacements, render_with_kustomize], ids=["replacements", "kustomize"])
-def test_k8s_keda_scales_workers_on_the_store_queue(render, tmp_path):
-    """The operator writes the store and its queue ('reencrypt queue') once, in the ConfigMap:
-    KEDA watches that list, and a worker whose store has another queue refuses to start."""
-    from tracker_reencrypt.config import Settings
-    from tracker_reencrypt.errors import ConfigError
-    from tracker_reencrypt.fleet import QUEUE_PREFIX, store_queue
-
-    text = (K8S_DIR / "configmap.yaml").read_text()
-    shipped = yaml.safe_load(text)["data"]["REENCRYPT_QUEUE"]
-    assert shipped.startswith(QUEUE_PREFIX) and "reencrypt queue" in text, "say how to get the queue name"
-
-    store = "cosmos://tracker-prod.documents.azure.com/tracker/documents"
-    queue = store_queue(Settings(store=store))
-    k8s = tmp_path / "k8s"
-    shutil.copytree(K8S_DIR, k8s)
-    config = yaml.safe_load(text)
-    config["data"].update(REENCRYPT_STORE=store, REENCRYPT_QUEUE=queue)
-    (k8s / "configmap.yaml").write_text(yaml.safe_dump(config))
-    documents = render(k8s)
-
-    scaled = [d for d in documents if d["kind"] == "ScaledObject"]
-    assert len(scaled) == 1 and scaled[0]["spec"]["scaleTargetRef"]["name"] == "reencrypt-worker"
-    trigger = scaled[0]["spec"]["triggers"][0]
-    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue
-
-    env = container_environment(documents, worker_container(documents))
-    assert env["REENCRYPT_QUEUE"] == queue
-    assert store_queue(Settings(store=env["REENCRYPT_STORE"], queue=env["REENCRYPT_QUEUE"])) == queue
-    with pytest.raises(ConfigError, match="REENCRYPT_QUEUE"):
-        store_queue(Settings(store=store.replace("/documents", "/other"), queue=env["REENCRYPT_QUEUE"]))
-
-
-def test_k8s_uses_workload_identity_and_holds_no_secrets():
-    accounts = {doc["metadata"]["name"]: doc for doc in by_kind("ServiceAccount")}
-    for deployment in by_kind("Deployment"):
-        template = deployment["spec"]["template"]
-        assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
-        account = accounts[template["spec"]["serviceAccountName"]]
-        assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
-        for container in template["spec"]["containers"]:
-            for env in container.get("env", []):
-                if SECRET_NAME.search(env["name"]):
-                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
-    assert not by_kind("Secret"), "secrets are created outside the manifests"
-    for config_map in by_kind("ConfigMap"):
-        for name, value in config_map["data"].items():
-            assert not SECRET_NAME.search(name) or name in ("REENCRYPT_KEYS", "REENCRYPT_KEY_NAME"), name
-            assert "AccountKey=" not in value and not re.search(r"rediss?://:[^<]", value), name
 
 
 # -- runbook ------------------------------------------------------------------------------------
