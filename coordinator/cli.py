@@ -19,6 +19,7 @@ from coordinator.commands.common import JsonOption, emit, err, out  # noqa: F401
 from coordinator.commands.keys import keys_app
 from coordinator.commands.sweep import sweep_app
 from coordinator.context import Context
+from tracker_reencrypt import logs
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ReencryptError
 
@@ -58,6 +59,7 @@ def main_options(
 
 def main() -> None:
     try:
+        logs.configure()  # REENCRYPT_LOG_FORMAT: json makes the log (not the output) JSON lines
         code = app(standalone_mode=False)
     except ReencryptError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

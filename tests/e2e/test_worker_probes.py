@@ -1,11 +1,7 @@
-"""A real worker's probes and logs: /livez and /readyz as the kubelet asks them (ops/k8s/worker.yaml),
-and REENCRYPT_LOG_FORMAT=json as Container Insights reads it (every line one JSON object)."""
+"""A real worker's probes, /livez and /readyz, as the kubelet asks them (ops/k8s/worker.yaml)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +16,7 @@ from celery.contrib.testing.worker import start_worker
 from tracker_reencrypt.fleet import celery_broker_url
 from worker.health import Heartbeat, install_heartbeat
 
-from conftest import ROOT, Fleet, _start_private_redis, free_port, make_rotation, run_cli, wait_for
+from conftest import ROOT, Fleet, _start_private_redis, free_port, make_rotation, wait_for
 
 
 def probe(port: int, path: str) -> tuple[int | None, str]:
@@ -31,48 +27,6 @@ def probe(port: int, path: str) -> tuple[int | None, str]:
         return error.code, error.read().decode().strip()
     except OSError as error:  # not listening yet
         return None, str(error)
-
-
-def test_a_json_worker_writes_only_json_lines_celery_s_own_included(fleet, rotation):
-    port = free_port()
-    (worker,) = fleet.start(REENCRYPT_LOG_FORMAT="json", REENCRYPT_HEALTH_PORT=str(port))
-    wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, message="the worker ready")
-    done = run_cli("sweep", "start", "--to", "current", "--wait", env=rotation.env())
-    assert done.returncode == 0, done.stderr
-    os.killpg(worker.pid, signal.SIGTERM)  # the warm shutdown's notice is written too
-    worker.wait(20)
-
-    lines = fleet.logs().splitlines()
-    entries = []
-    for line in lines:
-        assert line.startswith("{"), f"not a JSON line: {line!r}"
-        entries.append(json.loads(line))
-    assert all({"time", "level", "logger", "process", "message"} <= set(entry) for entry in entries)
-    messages = {(entry["logger"], entry["message"]) for entry in entries}
-    assert any(logger == "celery.apps.worker" and text.endswith(" ready.") for logger, text in messages)
-    assert any(logger == "celery.worker.consumer.connection" and "Connected to" in text for logger, text in messages)
-    assert ("celery.apps.worker", "worker: Warm shutdown (MainProcess)") in messages
-    batches = [e for e in entries if e["logger"] == "reencrypt.worker" and e["message"].startswith("slice ")]
-    assert batches and all(isinstance(e["slice"], int) and e["sweep"] and e["task_id"] for e in batches)
-    assert batches[0]["message"].startswith(f"slice {batches[0]['sweep']}/{batches[0]['slice']}: ")
-    received = [e for e in entries if e["logger"] == "celery.worker.strategy"]
-    assert received and all(e["task_name"] == "reencrypt.process_slice" for e in received)
-    assert not any("Traceback" in line for line in lines)
-
-
-def test_an_invalid_log_format_stops_the_worker_in_one_line(rotation):
-    from coordinator.launch import WorkerOptions, worker_argv
-
-    started = subprocess.run(
-        worker_argv(rotation.queue(), WorkerOptions()),
-        cwd=ROOT,
-        env=rotation.env(REENCRYPT_LOG_FORMAT="yaml"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert started.returncode != 0
-    assert "error: worker not started: REENCRYPT_LOG_FORMAT='yaml' is not a log format" in started.stderr
 
 
 def test_probes_follow_the_broker_and_the_consumer_of_a_real_worker(tmp_path):
