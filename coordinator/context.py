@@ -12,7 +12,7 @@ import redis
 from tracker_reencrypt import custody, embedded_redis
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
-from tracker_reencrypt.errors import ConfigError, redact_url
+from tracker_reencrypt.errors import BrokerUnavailableError, redact_url
 from tracker_reencrypt.fleet import make_celery
 from tracker_reencrypt.keys import KeyProvider, open_key_provider
 from tracker_reencrypt.keys.keyring import Keyring, ProcessRate
@@ -78,7 +78,7 @@ class Context:
         try:
             redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
         except (redis.RedisError, OSError, ValueError) as exc:
-            raise ConfigError(
+            raise BrokerUnavailableError(
                 f"Redis at {redact_url(self.settings.redis_url)} is unreachable ({type(exc).__name__}): "
                 "start it or fix REDIS_URL"
             ) from None

@@ -12,9 +12,9 @@ from coordinator.verify import require_known_kid, scan_container
 from tracker_reencrypt import custody
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import (
+    InputError,
     KeyDisabledError,
     KeyNotFoundError,
-    KeyProviderError,
     KeyringFileError,
     SweepError,
 )
@@ -68,7 +68,7 @@ def _refuse_existing_key(provider: KeyProvider) -> None:
     except (KeyNotFoundError, KeyringFileError):
         return  # no key yet (a missing keyring file, a key the vault does not have): init may go on
     if existing:
-        raise KeyProviderError(
+        raise InputError(
             f"{provider.describe()} already holds {existing[-1].kid}: use 'reencrypt keys rotate' to add a version"
         )
 

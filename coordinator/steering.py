@@ -16,7 +16,14 @@ from coordinator.verify import ScanReport, count_document, documents_in_scope, s
 from tracker_reencrypt.audit import actor
 from tracker_reencrypt.custody import VERIFY_STARTED
 from tracker_reencrypt.documents import MODES, partition_key_or_none
-from tracker_reencrypt.errors import KeyNotFoundError, KeyringFileError, ReencryptError, SweepError, UnknownNameError
+from tracker_reencrypt.errors import (
+    InputError,
+    KeyNotFoundError,
+    KeyringFileError,
+    ReencryptError,
+    SweepError,
+    UnknownNameError,
+)
 from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.keys.products import CurrentKids
@@ -73,11 +80,11 @@ def plan_target(ctx: Context, to: str, sources: list[str], products: list[str]) 
         provider = _known(ctx, target, "target")
         version = next(v for v in provider.versions() if v.kid == target)
         if not version.enabled:
-            raise SweepError(f"target key {target} is disabled: enable it with 'reencrypt keys enable {target}' first")
+            raise InputError(f"target key {target} is disabled: enable it with 'reencrypt keys enable {target}' first")
         owner = keys.product_of_kid(target)
         if keys.per_product:
             if chosen is not None and chosen != (owner,):
-                raise SweepError(
+                raise InputError(
                     f"target key {target} is product {owner}'s: a sweep towards it reads product {owner} alone "
                     f"(drop the other --product values, or use --to current to move each product to its own key)"
                 )
@@ -85,7 +92,7 @@ def plan_target(ctx: Context, to: str, sources: list[str], products: list[str]) 
     for kid in sources:
         _known(ctx, kid, "source")
         if kid == target:
-            raise SweepError(f"source key {kid} is the target itself: drop it from --from")
+            raise InputError(f"source key {kid} is the target itself: drop it from --from")
     return Plan(target, chosen)
 
 
@@ -139,7 +146,7 @@ class LimitFlags:
         values = {name: getattr(self, name) for name in self.FLAGS if getattr(self, name) is not None}
         for name, value in values.items():
             if value <= 0:
-                raise SweepError(f"{self.FLAGS[name]} must be positive, got {value}")
+                raise InputError(f"{self.FLAGS[name]} must be positive, got {value}")
         return values
 
 
@@ -154,9 +161,9 @@ def start(
     products: Sequence[str] = (),
 ) -> Sweep:
     if mode not in MODES:
-        raise SweepError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
+        raise InputError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
     if not 1 <= slices <= MAX_SLICES:
-        raise SweepError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
+        raise InputError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
     given = limits.given()
     plan = plan_target(ctx, to, sources, list(products))
     celery, feed_ranges = _slices_when_free(ctx, plan, slices, "sweep")
@@ -194,7 +201,7 @@ def start_verify(
     Audited as "verify started", never "sweep started": the disable gate must not count it as
     a sweep that writes (custody.write_window), and its result proves what it read from here on."""
     if not 1 <= slices <= MAX_SLICES:
-        raise SweepError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
+        raise InputError(f"--slices must be between 1 and {MAX_SLICES}, got {slices}")
     given = limits.given()
     scope, _ = verify_scope(ctx, expect, list(products) or None)
     plan = Plan(expect or TARGET_CURRENT, tuple(scope) if scope is not None else None)
@@ -225,7 +232,7 @@ def _slices_when_free(ctx: Context, plan: Plan, slices: int, what: str):
     celery = ctx.celery  # fails here, before anything is written, when Redis is unreachable
     feed_ranges = plan_slices(ctx, plan, slices)
     if len(feed_ranges) > MAX_SLICES:
-        raise SweepError(
+        raise InputError(
             f"{len(feed_ranges)} slices for {len(plan.products or ())} products is more than {MAX_SLICES}: "
             f"{what} fewer products at a time, or lower --slices"
         )
@@ -468,7 +475,7 @@ def throttle(ctx: Context, sweep_id: str | None, limits: LimitFlags, *, unlimite
     """Change the given limits of a running sweep (``unlimited`` clears them all)."""
     changes = limits.given()
     if not changes and not unlimited:
-        raise SweepError(f"give at least one of {', '.join(limit.flag for limit in SWEEP_LIMITS)}, or --unlimited")
+        raise InputError(f"give at least one of {', '.join(limit.flag for limit in SWEEP_LIMITS)}, or --unlimited")
     sweep = resolve(ctx, sweep_id)
     if sweep.finished:
         raise SweepError(f"sweep {sweep.id} is {sweep.status}; there is nothing to throttle")

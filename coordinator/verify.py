@@ -13,7 +13,7 @@ from tracker_reencrypt.documents import (
     data_keys_to_unwrap,
     partition_key_or_none,
 )
-from tracker_reencrypt.errors import SweepError, UnknownNameError
+from tracker_reencrypt.errors import InputError, UnknownNameError
 from tracker_reencrypt.keys import KeyProvider
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.products import CurrentKids
@@ -123,7 +123,7 @@ def verify_scope(
     owner = keys.product_of_kid(expect)
     if keys.per_product:
         if chosen is not None and chosen != [owner]:
-            raise SweepError(
+            raise InputError(
                 f"{expect} is a version of product {owner}'s key: verify it with --product {owner} alone "
                 f"(or use --current for several products)"
             )

@@ -18,7 +18,7 @@ from tracker_reencrypt import envelope
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.custody import VERIFY_STARTED, write_window
 from tracker_reencrypt.documents import location
-from tracker_reencrypt.errors import SweepError
+from tracker_reencrypt.errors import InputError, SweepError
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
 from tracker_reencrypt.keys.products import ProductKeys
@@ -216,7 +216,7 @@ def test_a_verify_sweep_holds_the_container_like_any_sweep_and_never_opens_a_wri
     sweep = steering.start_verify(ctx, expect=None, products=(), slices=2)
     with pytest.raises(SweepError, match=f"sweep {sweep.id} is still active"):
         steering.start(ctx, to=rotation.v2, sources=[], mode="reencrypt", slices=2)
-    with pytest.raises(SweepError, match="mode 'verify' is unknown"):
+    with pytest.raises(InputError, match="mode 'verify' is unknown"):  # bad input: exit 2
         steering.start(ctx, to=rotation.v2, sources=[], mode=VERIFY, slices=2)
     # Running and "towards current": a re-keying sweep like it would hold the disable gate.
     assert write_window(ctx.audit.entries(), rotation.v1).open_sweeps == ()
