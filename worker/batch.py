@@ -197,7 +197,7 @@ class SliceBatch:
         self._note_stale(document, partition_key, plan, report)
         if plan.failures:
             self._record_failures(
-                index, document, partition_key, [(f.pointer, f.reason) for f in plan.failures], report
+                index, document, partition_key, [(f.pointer, f.reason, f.source_kid) for f in plan.failures], report
             )
             return None
         if plan.new_body is None:
@@ -255,7 +255,7 @@ class SliceBatch:
                 return
             self._count_written(plan, report)
             return
-        self._record_failures(index, document, partition_key, [(WHOLE_DOCUMENT, CONFLICT_REASON)], report)
+        self._record_failures(index, document, partition_key, [(WHOLE_DOCUMENT, CONFLICT_REASON, "")], report)
 
     def _count_written(self, plan: DocumentPlan, report: BatchReport) -> None:
         report.result.counts["documents_written"] += 1
@@ -273,8 +273,8 @@ class SliceBatch:
     def _record_failures(
         self, index: int, document: StoredDocument, partition_key: Any, fields, report: BatchReport
     ) -> None:
-        """One failed document: ``fields`` are (field path, reason) pairs, the path "" for the whole
-        document. A document without a usable id or partition key is recorded as "?" and ""; one without
+        """One failed document: ``fields`` are (field path, reason, kid) triples, the path and kid ""
+        for the whole document. A document without a usable id or partition key is recorded as "?" and ""; one without
         a usable id is told apart from others like it by the store's key of its row (where the store
         has none, its ETag): what a redone batch reads again unchanged."""
         report.result.counts["documents_failed"] += 1
@@ -282,7 +282,9 @@ class SliceBatch:
         row = ""
         if document_id == UNKNOWN_ID:
             row = json.dumps(list(document.row)) if document.row else document.etag
-        for pointer, reason in fields:
-            self.state.record_failure(self.sweep.id, index, document_id, partition_key, pointer, reason, row=row)
+        for pointer, reason, kid in fields:
+            self.state.record_failure(
+                self.sweep.id, index, document_id, partition_key, pointer, reason, row=row, kid=kid
+            )
             report.result.counts["failures"] += 1
             report.failures_by_reason[reason] += 1

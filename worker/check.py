@@ -183,7 +183,9 @@ class SliceCheck:
         row = (json.dumps(list(document.row)) if document.row else document.etag) if document_id == UNKNOWN_ID else ""
         recorded = 0
         for check in checks[: max(0, recordable)]:
-            self.state.record_failure(self.sweep.id, index, document_id, key, check.pointer, check.reason, row=row)
+            self.state.record_failure(
+                self.sweep.id, index, document_id, key, check.pointer, check.reason, row=row, kid=check.kid
+            )
             report.result.counts["failures"] += 1
             report.failures_by_reason[check.reason] += 1
             recorded += 1

@@ -327,6 +327,8 @@ class Failure:
     at: str = ""
     #: The store's key of the document's row, for documents with no usable id (recorded as "?").
     row: str | None = None
+    #: The key version the field is on ("": a whole document, or a failure recorded before kids were).
+    kid: str = ""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Failure:

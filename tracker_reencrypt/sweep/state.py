@@ -394,8 +394,10 @@ class SweepState:
         reason: str,
         *,
         row: str = "",
+        kid: str = "",
     ) -> None:
-        """Record one field that could not be moved. Idempotent: a redone batch adds nothing.
+        """Record one field that could not be moved (``kid``: the version it is on). Idempotent:
+        a redone batch adds nothing.
 
         A failure is the same failure when its document id, partition key and field path are.
         ``row`` is for documents those do not identify (no usable id, recorded as "?"): the
@@ -414,6 +416,7 @@ class SweepState:
             reason=reason,
             at=utc_now(),
             row=row or None,
+            kid=kid,
         )
         try:
             self.records.create(FAILURE, f"{sweep_id}/{digest}", failure.to_record())
