@@ -124,14 +124,37 @@ class Settings(BaseSettings):
         return self
 
 
+#: The settings a global flag of the CLI overrides (``reencrypt --store URL ...``).
+FLAGS = {"store": "--store", "keys": "--keys", "key_name": "--key-name", "redis_url": "--redis-url"}
+
+
+def variable(name: str) -> str:
+    """The environment variable of setting ``name``: ``REENCRYPT_BATCH_DOCUMENTS``, ``REDIS_URL``."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
+
+
 def load_settings(**overrides) -> Settings:
-    """Settings from the environment, with non-empty ``overrides`` (CLI flags) on top."""
+    """Settings from the environment, with non-empty ``overrides`` (CLI flags) on top.
+
+    An invalid one is named as the operator set it: the flag when one was given, else the
+    variable (never the value: a broker URL may carry a password)."""
     given = {name: value for name, value in overrides.items() if value not in (None, "")}
     try:
         return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
+        reason = first["msg"].removeprefix("Value error, ")
         if not first["loc"]:  # a check across settings: its message names the variables
-            raise ConfigError(f"settings are inconsistent: {first['msg'].removeprefix('Value error, ')}") from None
-        name = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"setting {name} is invalid: {first['msg']}") from None
+            raise ConfigError(f"settings are inconsistent: {reason}") from None
+        loc = str(first["loc"][0])  # the field's name, or its alias (REDIS_URL) when read through it
+        name = next((field for field in Settings.model_fields if loc in (field, variable(field))), loc)
+        if name in given:
+            where = FLAGS.get(name, name)
+        elif name in Settings.model_fields:
+            where = variable(name) + (f" (or {FLAGS[name]})" if name in FLAGS else "")
+        else:
+            where = loc
+        raise ConfigError(f"{where} is invalid: {reason}") from None
