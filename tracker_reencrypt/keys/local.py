@@ -125,19 +125,41 @@ def _consistent(v: dict[str, int]) -> bool:
 
 
 def _as_layout_2(raw: object) -> dict:
-    """The document in layout 2, from either layout (ValueError: not a keyring at all)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("keys"), list):
-        raise ValueError("not a keyring")  # not an assert: python -O would skip it
+    """The document in layout 2, from either layout (ValueError, saying what is missing in words
+    of our own, never the file's content: not a keyring at all)."""
+    if not isinstance(raw, dict):
+        raise ValueError("its JSON is not an object")  # not an assert: python -O would skip it
+    if not isinstance(raw.get("keys"), list):
+        raise ValueError('it has no "keys" list')
     if not all(isinstance(jwk, dict) and isinstance(jwk.get("kid"), str) for jwk in raw["keys"]):
-        raise ValueError("a key without a kid")
+        raise ValueError('a key has no "kid"')
     if "layout" in raw:
         if raw["layout"] != LAYOUT:
             raise ValueError("another layout")
         return {"layout": LAYOUT, "keys": raw["keys"], "metadata": raw.get("metadata", {})}
     if not isinstance(raw.get("name"), str):
-        raise ValueError("not a keyring")
+        raise ValueError('it has neither a "layout" nor a "name"')
     metadata = {raw["name"]: raw["metadata"]} if "metadata" in raw else {}
     return {"layout": LAYOUT, "keys": raw["keys"], "metadata": metadata}
+
+
+def _parse(path: Path, content: bytes) -> object:
+    """The file's JSON; a KeyringFileError saying where it breaks (line, column and the parser's
+    reason, which names the character class expected, never the text found: the file holds
+    private keys, and the part that fails to parse may be one)."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as problem:
+        raise KeyringFileError(
+            f"keyring file {path} is not a JWKS keyring this tool wrote: not UTF-8 text (at byte {problem.start})"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise KeyringFileError(
+            f"keyring file {path} is not a JWKS keyring this tool wrote: invalid JSON at line {problem.lineno}, "
+            f"column {problem.colno} ({problem.msg})"
+        ) from None
 
 
 class _KeyringFile:
@@ -180,10 +202,7 @@ class _KeyringFile:
                 raise KeyringFileError(f"keyring file {self.path} cannot be read") from None
             if self._document is not None and stamp == self._loaded_stamp:
                 return self._document
-            try:
-                raw = json.loads(stamp.decode("utf-8"))
-            except ValueError:
-                raise KeyringFileError(f"keyring file {self.path} is not a JWKS keyring this tool wrote") from None
+            raw = _parse(self.path, stamp)
             if isinstance(raw, dict) and "layout" in raw and raw["layout"] != LAYOUT:
                 raise KeyringFileError(
                     f"keyring file {self.path} has layout {raw['layout']!r}; this tool reads layouts 1 and {LAYOUT}: "
@@ -191,8 +210,10 @@ class _KeyringFile:
                 )
             try:
                 document = _as_layout_2(raw)
-            except ValueError:
-                raise KeyringFileError(f"keyring file {self.path} is not a JWKS keyring this tool wrote") from None
+            except ValueError as problem:
+                raise KeyringFileError(
+                    f"keyring file {self.path} is not a JWKS keyring this tool wrote: {problem}"
+                ) from None
             self._document, self._loaded_stamp = document, stamp
             self._private_keys = {}
             return document
