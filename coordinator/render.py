@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 
 from rich.console import Console, Group, RenderableType
@@ -359,8 +360,9 @@ def audit(console: Console, entries: list[dict], problems: list[str] | None) -> 
     table = Table("#", "at", "who", "action")
     table.add_column("details", overflow="fold")  # ids must stay whole: operators copy them
     for e in entries:
-        details = ", ".join(f"{k}={v}" for k, v in e["details"].items())
-        table.add_row(str(e["seq"]), e["at"], e["who"], e["action"], details)
+        # Product ids, references and paths are the operator's text: never read as markup.
+        cells = (str(e["seq"]), e["at"], e["who"], e["action"], audit_details(e["details"]))
+        table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
     if problems is not None:
         for problem in problems:
@@ -368,3 +370,35 @@ def audit(console: Console, entries: list[dict], problems: list[str] | None) -> 
         console.print(
             "[green]audit chain intact[/]" if not problems else f"[red]audit chain broken: {len(problems)} problems[/]"
         )
+
+
+def audit_details(details: dict) -> str:
+    """An entry's details as ``key=value`` text, in logfmt's manner: nested objects flattened
+    (``totals.documents_written=60``), lists comma-separated, a value with spaces, commas or
+    quotes quoted, None as ``-``."""
+    return " ".join(f"{key}={value}" for key, value in _flattened(details))
+
+
+def _flattened(details: dict, prefix: str = "") -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for key, value in details.items():
+        if isinstance(value, dict) and value:
+            pairs += _flattened(value, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", _detail_value(value)))
+    return pairs
+
+
+def _detail_value(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_detail_value(item) for item in value) if value else "-"
+    if isinstance(value, dict):
+        return "-"  # an empty one (a filled one is flattened)
+    text = str(value)
+    if not text or any(char.isspace() or char in ',"=' for char in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
