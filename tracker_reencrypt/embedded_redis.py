@@ -7,10 +7,15 @@ starts share one broker, and we stop it when the owner is done.
 Starting and stopping hold ``<state dir>/redis.lock``: two commands started at once on a
 fresh home would otherwise both see no server and start one each, and the second server
 takes over the socket path while the first keeps the clients that already connected to it.
+
+The server outlives the command that started it (the next command, and the workers, share it);
+``reencrypt embedded-redis status|stop`` shows and stops it. Only a server this module started
+is ever stopped: the one answering on the home's socket whose process the home's pid file names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import socket
@@ -18,14 +23,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tracker_reencrypt.errors import ConfigError
+from tracker_reencrypt.errors import ConfigError, EmbeddedRedisError
 
 START_TIMEOUT_S = 10.0
 #: A lock holder starts or stops within START_TIMEOUT_S; waiting longer means it is stuck.
@@ -146,13 +152,68 @@ def _start(state_dir: Path) -> None:
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Server:
+    """The embedded Redis of a home, as ``reencrypt embedded-redis status`` shows it."""
+
+    home: str
+    socket: str
+    running: bool
+    #: Started by this module: the answering process is the one the home's pid file names.
+    ours: bool = False
+    pid: int | None = None
+    uptime_s: int | None = None
+    used_memory_bytes: int | None = None
+    #: Connections besides the look that read this (workers, a command following a sweep...).
+    clients: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def server(state_dir: Path) -> Server:
+    """What answers on the home's socket, without starting anything."""
+    home, socket_path = str(state_dir.resolve()), str(_socket(state_dir).resolve())
+    try:
+        with _client(state_dir) as probe:
+            info = probe.info()
+    except (redis.RedisError, OSError):
+        return Server(home, socket_path, running=False)
+    pid = info.get("process_id")
+    return Server(
+        home,
+        socket_path,
+        running=True,
+        ours=pid is not None and _pid_file_names(state_dir, int(pid)),
+        pid=pid,
+        uptime_s=info.get("uptime_in_seconds"),
+        used_memory_bytes=info.get("used_memory"),
+        clients=max(0, int(info.get("connected_clients", 1)) - 1),
+    )
+
+
+def _pid_file_names(state_dir: Path, pid: int) -> bool:
+    try:
+        return int((state_dir / "redis.pid").read_text().strip()) == pid
+    except (OSError, ValueError):
+        return False
+
+
 def stop(state_dir: Path) -> None:
-    """Shut the embedded server down (no-op if none runs there)."""
+    """Shut the embedded server down (no-op if none runs there). A server answering on the
+    socket that this module did not start (the pid file names another process, or none) is
+    refused, never stopped."""
     if not state_dir.is_dir():
         return
     with _exclusive(state_dir):
-        if not is_running(state_dir):
+        found = server(state_dir)
+        if not found.running:
             return
+        if not found.ours:
+            raise EmbeddedRedisError(
+                f"the Redis answering on {found.socket} (pid {found.pid}) was not started by reencrypt "
+                f"(the pid file {state_dir / 'redis.pid'} does not name it): not stopping it"
+            )
         try:
             with _client(state_dir) as client:
                 client.shutdown(nosave=True)
