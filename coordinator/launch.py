@@ -7,11 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.context import Context
+from coordinator.context import Context, state_dir
 from tracker_reencrypt.fleet import store_queue
 
 #: A worker's Celery node name: stable across restarts (``%h`` is the host's name: in Kubernetes
@@ -53,9 +52,15 @@ def fleet_hostname(number: int) -> str:
 
 
 def worker_environment(
-    ctx: Context, metrics_port: int = 0, health_port: int = 0, task_events: bool = False
+    ctx: Context,
+    metrics_port: int = 0,
+    health_port: int = 0,
+    task_events: bool = False,
+    *,
+    hostname: str = DEFAULT_HOSTNAME,
 ) -> dict[str, str]:
-    """The environment a worker process reads its settings from (see tracker_reencrypt.config)."""
+    """The environment a worker process reads its settings from (see tracker_reencrypt.config),
+    with its metrics directory (metrics_dir) when it serves metrics."""
     settings = ctx.settings.require("store", "keys")
     env = dict(os.environ)
     # A flag given wins over the setting; an unset flag (0) leaves REENCRYPT_*_PORT as configured.
@@ -70,10 +75,29 @@ def worker_environment(
     if task_events:  # its own sends (continuations, retries) then say "task-sent" too
         env["REENCRYPT_TASK_EVENTS"] = "1"
     # prometheus_client reads this when it is imported, so it must be set before Python starts.
-    # A fresh directory per worker: stale files from an earlier run would be counted again.
-    multiproc_dir = Path(tempfile.mkdtemp(prefix="reencrypt-metrics-"))
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+    # Without a metrics port nobody reads the samples: none are written to files at all.
+    if metrics_port or settings.metrics_port:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(hostname))
+    else:
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return env
+
+
+def metrics_dir(hostname: str) -> Path:
+    """The prometheus_client multiprocess directory of the worker named ``hostname`` (its Celery
+    node name, ``%h`` expanded): ``$REENCRYPT_HOME/metrics/<node name>``, emptied here at each start.
+
+    One directory per node name, reused, not a new one per start: ``reencrypt worker`` becomes
+    Celery (exec), so nothing of ours runs after it exits to remove a directory, and a killed
+    worker would not either. Node names are stable across restarts and unique per host (Celery
+    warns about two alike), so the next start of the same worker empties and reuses it: starts
+    leave nothing behind, however many. A fleet started by a command (WorkerFleet) removes it."""
+    from celery.utils.nodenames import host_format
+
+    directory = state_dir() / "metrics" / host_format(hostname).replace(os.sep, "_")
+    shutil.rmtree(directory, ignore_errors=True)  # samples of an earlier run would be counted again
+    directory.mkdir(parents=True, mode=0o700)
+    return directory.resolve()
 
 
 def worker_argv(queue: str, options: WorkerOptions | None = None) -> list[str]:
@@ -117,7 +141,7 @@ def worker_argv(queue: str, options: WorkerOptions | None = None) -> list[str]:
 
 def exec_worker(ctx: Context, options: WorkerOptions, *, metrics_port: int, health_port: int) -> None:
     """Become the Celery worker (exec), so SIGTERM from an orchestrator reaches it directly."""
-    env = worker_environment(ctx, metrics_port, health_port, options.task_events)
+    env = worker_environment(ctx, metrics_port, health_port, options.task_events, hostname=options.hostname)
     os.execvpe(sys.executable, worker_argv(store_queue(ctx.settings), options), env)
 
 
@@ -130,8 +154,9 @@ class WorkerFleet:
         log_dir.mkdir(parents=True, exist_ok=True)
         for number in range(count):
             port = metrics_ports[number] if metrics_ports else 0
-            env = worker_environment(ctx, port)
-            self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
+            env = worker_environment(ctx, port, hostname=fleet_hostname(number))
+            if "PROMETHEUS_MULTIPROC_DIR" in env:
+                self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
             log = open(log_dir / f"worker-{number}.log", "ab")
             self.processes.append(
                 subprocess.Popen(

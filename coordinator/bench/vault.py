@@ -127,8 +127,9 @@ class VaultWorkerFleet(WorkerFleet):
         for number in range(count):
             argv = worker_argv(store_queue(ctx.settings), WorkerOptions(hostname=fleet_hostname(number)))
             argv[argv.index("worker.app")] = WORKER_APP
-            env = worker_environment(ctx, metrics_ports[number])
-            self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
+            env = worker_environment(ctx, metrics_ports[number], hostname=fleet_hostname(number))
+            if "PROMETHEUS_MULTIPROC_DIR" in env:
+                self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
             env["TEST_VAULT_CA"] = vault.server.cert_path
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
             with open(log_dir / f"worker-{number}.log", "ab") as log:
