@@ -18,7 +18,7 @@ from coordinator.commands.common import AllProductsOption, JsonOption, ProductOp
 from coordinator.context import Context
 from coordinator.envfile import check_env_file, update_env_file
 from coordinator.verify import require_known_kid
-from tracker_reencrypt.errors import ConfigError, KeyNotFoundError, KeyProviderError, KeyringFileError
+from tracker_reencrypt.errors import EXIT_FAILED, ConfigError, KeyNotFoundError, KeyProviderError, KeyringFileError
 from tracker_reencrypt.keys import KeyProvider, KeyVersion
 from tracker_reencrypt.keys.naming import env_line
 
@@ -27,6 +27,7 @@ keys_app = typer.Typer(help="Manage MEK versions (init, rotate, list, env, disab
 EnvFileOption = typer.Option(
     None,
     "--env-file",
+    metavar="FILE",
     help="Also write the TRACKER_MEK_ID_<PRODUCTID> lines into this dotenv file (its other lines are kept).",
 )
 
@@ -232,7 +233,10 @@ def keys_env(
     products: list[str] = ProductOption,
     all_products: bool = AllProductsOption,
     kid: str | None = typer.Option(
-        None, "--kid", help="Print this version's line instead of the current one's (rollback: the previous id)."
+        None,
+        "--kid",
+        metavar="KID",
+        help="Print this version's line instead of the current one's (rollback: the previous id).",
     ),
     env_file: Path | None = EnvFileOption,
     as_json: bool = JsonOption,
@@ -294,7 +298,9 @@ def _kids_to_change(
 @keys_app.command("disable")
 def keys_disable(
     c: typer.Context,
-    kids: list[str] = typer.Argument(None, help="Versions to disable (default with --product: the previous one)."),
+    kids: list[str] = typer.Argument(
+        None, metavar="KID", help="Versions to disable (default with --product: the previous one)."
+    ),
     products: list[str] = ProductOption,
     all_products: bool = AllProductsOption,
     force: bool = typer.Option(
@@ -334,13 +340,13 @@ def keys_disable(
         payload = [{**_version_json(ctx, v), "store": ctx.store_text()} for v in done]
         emit(ctx, as_json, payload, lambda: _say(*(f"disabled {v.kid} ({checked})" for v in done)))
     if refused:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @keys_app.command("promote")
 def keys_promote(
     c: typer.Context,
-    kid: str = typer.Argument(..., help="The enabled version to make current again."),
+    kid: str = typer.Argument(..., metavar="KID", help="The enabled version to make current again."),
     env_file: Path | None = EnvFileOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -364,7 +370,9 @@ def keys_promote(
 @keys_app.command("enable")
 def keys_enable(
     c: typer.Context,
-    kids: list[str] = typer.Argument(None, help="Versions to enable (default with --product: the previous one)."),
+    kids: list[str] = typer.Argument(
+        None, metavar="KID", help="Versions to enable (default with --product: the previous one)."
+    ),
     products: list[str] = ProductOption,
     all_products: bool = AllProductsOption,
     as_json: bool = JsonOption,

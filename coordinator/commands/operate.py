@@ -14,7 +14,7 @@ from coordinator.commands.stale import stale_writes
 from coordinator.context import Context
 from coordinator.launch import DEFAULT_HOSTNAME
 from coordinator.verify import documents_in_scope, fleet_verify, verify_rotation
-from tracker_reencrypt.errors import ConfigError, SweepError
+from tracker_reencrypt.errors import ConfigError, SweepError, redact_url
 from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, product_ids, seed_store, seeding_keyring
 from tracker_reencrypt.sweep.records import COMPLETED, FAILED, PAUSED, Sweep
 
@@ -47,8 +47,11 @@ def seed(
             progress=advance,
             kid_of=kids.__getitem__,
         )
-    under = next(iter(kids.values())) if len(set(kids.values())) == 1 else f"{len(kids)} products' keys"
-    payload = {"documents": written, "kid": under, "store": ctx.store.describe()}
+    one_kid = next(iter(kids.values())) if len(set(kids.values())) == 1 else None
+    under = one_kid or f"{len(kids)} products' keys"
+    # The store as configured (credentials redacted), as 'queue --json' gives it; kid: null when
+    # the products are under keys of their own (kids: each product's).
+    payload: dict[str, object] = {"documents": written, "kid": one_kid, "store": redact_url(ctx.settings.store)}
     if ctx.keys.per_product:
         payload["kids"] = kids
     emit(
@@ -165,12 +168,12 @@ def queue(c: typer.Context, as_json: bool = JsonOption) -> None:
     from tracker_reencrypt.fleet import store_queue
 
     name = store_queue(c.obj.settings)
-    emit(c.obj, as_json, {"queue": name, "store": c.obj.settings.store}, lambda: out.print(name))
+    emit(c.obj, as_json, {"queue": name, "store": redact_url(c.obj.settings.store)}, lambda: out.print(name))
 
 
 def verify(
     c: typer.Context,
-    expect: str | None = typer.Option(None, "--expect", help="The key id every field must be on."),
+    expect: str | None = typer.Option(None, "--expect", metavar="KID", help="The key id every field must be on."),
     current: bool = typer.Option(
         False, "--current", help="Every field must be on its product's current key version (instead of --expect)."
     ),
@@ -182,10 +185,17 @@ def verify(
         False, "--fleet", help="Check on the worker fleet, slice by slice (a verify sweep), not in this process."
     ),
     slices: int | None = typer.Option(
-        None, "--slices", help=f"With --fleet: slices to split the container into (default {steering.DEFAULT_SLICES})."
+        None,
+        "--slices",
+        min=1,
+        max=steering.MAX_SLICES,
+        help=f"With --fleet: slices to split the container into (default {steering.DEFAULT_SLICES}).",
     ),
     sweep_id: str | None = typer.Option(
-        None, "--sweep", help="The result of verify sweep ID (followed to its end first if it still runs)."
+        None,
+        "--sweep",
+        metavar="SWEEP_ID",
+        help="The result of verify sweep SWEEP_ID (followed to its end first if it still runs).",
     ),
     rate: float | None = typer.Option(None, "--rate", help="With --fleet: fleet-wide limit in documents/s."),
     kv_ops_per_s: float | None = typer.Option(

@@ -179,7 +179,7 @@ def rotation(tmp_path, redis_url):
 def start_sweep(rotation, *options: str) -> str:
     result = run_cli("sweep", "start", "--to", rotation.v2, "--slices", "6", "--json", *options, env=rotation.env())
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["sweep_id"]
+    return json.loads(result.stdout)["id"]
 
 
 def cli_json(rotation, *args: str):

@@ -118,7 +118,7 @@ def test_flower_shows_the_sweeps_tasks_as_failed_and_succeeded_on_the_workers_no
         wait_for(lambda: flower_get(port, "/healthcheck") == "OK", 30, message="Flower to answer")
         started = run_cli("sweep", "start", "--to", rotation.v2, "--slices", "2", "--json", env=env)
         assert started.returncode == 0, started.stderr
-        sweep_id = json.loads(started.stdout)["sweep_id"]
+        sweep_id = json.loads(started.stdout)["id"]
         # Seen as sent before any worker runs (which also shows Flower is listening to events).
         sent = wait_for(lambda: len(flower_tasks(port)) == 2 and flower_tasks(port), 30, message="the sent tasks")
         assert {task["state"] for task in sent.values()} == {"PENDING"}, sent

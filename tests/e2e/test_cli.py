@@ -452,13 +452,18 @@ def test_sweep_start_refusals_write_nothing(rotation):
         "disabled target": f"target key {rotation.v2} is disabled",
         "--from is the target": "is the target itself",
         "unknown --from": "source key 'tracker-mek/v8' is unknown",
-        "unknown mode": "mode 'shuffle' is unknown",
-        "no slices": "--slices must be between 1 and 1024, got 0",
         "negative rate": "--rate must be positive",
     }
+    usage = {"unknown mode": "Invalid value for '--mode'", "no slices": "Invalid value for '--slices'"}
     for name, result in results.items():
+        assert result.returncode == 2, f"{name}: exit {result.returncode}, bad input is 2\n{result.stderr}"
+        if name in usage:  # Click's own usage error, naming the choices and the range
+            assert usage[name] in result.stderr and "Usage:" in result.stderr, result.stderr
+            continue
         line = one_error_line(result)
         assert expected[name] in line, f"{name}: {line}"
+    assert "'reencrypt', 'rewrap'" in results["unknown mode"].stderr
+    assert "greater than or equal to 1" in results["no slices"].stderr
     assert f"keys enable {rotation.v2}" in results["disabled target"].stderr
     assert "known: tracker-mek/v1, tracker-mek/v2, tracker-mek/v3" in results["unknown target"].stderr
     assert_unchanged(before, rotation.home, "refused sweep start")
@@ -467,7 +472,7 @@ def test_sweep_start_refusals_write_nothing(rotation):
 
 def test_a_second_sweep_is_refused_while_one_is_active(rotation):
     env = rotation.env()
-    first = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "4", env=env)["sweep_id"]
+    first = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "4", env=env)["id"]
     db = rotation.home / "tracker.db"
     before = tree(rotation.home)
 
@@ -480,7 +485,7 @@ def test_a_second_sweep_is_refused_while_one_is_active(rotation):
 
     # Once the first is cancelled, the container is free again.
     cli("sweep", "cancel", first, env=env)
-    third = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "2", env=env)["sweep_id"]
+    third = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "2", env=env)["id"]
     assert third != first
     assert [s["id"] for s in cli_json("sweep", "status", "--all", env=env)] == [first, third]
 
@@ -490,7 +495,7 @@ def test_a_second_sweep_is_refused_while_one_is_active(rotation):
 
 def test_sweep_status_pause_resume_throttle_cancel(rotation):
     env = rotation.env()
-    sweep_id = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "3", "--rate", "40", env=env)["sweep_id"]
+    sweep_id = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "3", "--rate", "40", env=env)["id"]
 
     def status() -> dict:
         return cli_json("sweep", "status", sweep_id, env=env)
@@ -531,7 +536,7 @@ def test_sweep_status_pause_resume_throttle_cancel(rotation):
     assert "is paused" in one_error_line(paused["again"])
 
     resumed = cli_json("sweep", "resume", sweep_id, env=env)
-    assert resumed == {"sweep_id": sweep_id, "status": "running", "slices_queued": 3}
+    assert (resumed["id"], resumed["status"], resumed["slices_queued"]) == (sweep_id, "running", 3)  # the sweep
     unlimited = status()
     assert (unlimited["sweep"]["status"], unlimited["sweep"]["rate"]) == (
         "running",
@@ -569,7 +574,7 @@ def test_sweep_status_pause_resume_throttle_cancel(rotation):
 
 def test_sweep_failures_as_csv_and_json(rotation):
     env = rotation.env()
-    sweep_id = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "2", env=env)["sweep_id"]
+    sweep_id = cli_json("sweep", "start", "--to", rotation.v2, "--slices", "2", env=env)["id"]
 
     empty = invoke_all(
         {
@@ -577,13 +582,13 @@ def test_sweep_failures_as_csv_and_json(rotation):
             "json": (("sweep", "failures", sweep_id, "--format", "json"), env),
         }
     )
-    assert empty["csv"].stdout.splitlines() == ["document_id,partition_key,field_path,reason,slice,at"]
+    assert empty["csv"].stdout.splitlines() == ["document_id,partition_key,field_path,kid,reason,slice,at"]
     assert json.loads(empty["json"].stdout) == []
 
     # A failure as a worker records it (workers themselves are test_sweep_fleet.py's business).
     store = rotation.store()
     SweepState(store.records()).record_failure(
-        sweep_id, 1, "doc-0000042", "product-007", "/customFields/1/value", "authentication_failed"
+        sweep_id, 1, "doc-0000042", "product-007", "/customFields/1/value", "authentication_failed", kid=rotation.v1
     )
     store.close()
     results = invoke_all(
@@ -591,21 +596,27 @@ def test_sweep_failures_as_csv_and_json(rotation):
             "csv": (("sweep", "failures", sweep_id, "--format", "csv"), env),
             "json": (("sweep", "failures", sweep_id, "--format", "json"), env),
             "table": (("sweep", "failures", sweep_id), env),
+            "--json": (("sweep", "failures", sweep_id, "--json"), env),
             "format": (("sweep", "failures", sweep_id, "--format", "xml"), env),
+            "both": (("sweep", "failures", sweep_id, "--format", "csv", "--json"), env),
             "sweep": (("sweep", "failures", "sw-nope", "--format", "csv"), env),
         }
     )
     rows = list(csv.DictReader(io.StringIO(results["csv"].stdout)))
-    assert [(r["document_id"], r["partition_key"], r["field_path"], r["reason"], r["slice"]) for r in rows] == [
-        ("doc-0000042", "product-007", "/customFields/1/value", "authentication_failed", "1"),
+    assert [
+        (r["document_id"], r["partition_key"], r["field_path"], r["kid"], r["reason"], r["slice"]) for r in rows
+    ] == [
+        ("doc-0000042", "product-007", "/customFields/1/value", rotation.v1, "authentication_failed", "1"),
     ]
     listed = json.loads(results["json"].stdout)
-    assert [(f["document_id"], f["field_path"], f["reason"]) for f in listed] == [
-        ("doc-0000042", "/customFields/1/value", "authentication_failed"),
+    assert [(f["document_id"], f["field_path"], f["kid"], f["reason"]) for f in listed] == [
+        ("doc-0000042", "/customFields/1/value", rotation.v1, "authentication_failed"),
     ]
+    assert json.loads(results["--json"].stdout) == listed  # --json is --format json
     assert "doc-0000042" in results["table"].stdout and "1 failures" in results["table"].stdout
-    assert "--format 'xml' is unknown: use table, csv or json" in one_error_line(results["format"])
+    assert results["format"].returncode == 2 and "Invalid value for '--format'" in results["format"].stderr
     assert results["format"].stdout == ""
+    assert "--json is --format json" in one_error_line(results["both"]) and results["both"].returncode == 2
     assert "no sweep 'sw-nope'" in one_error_line(results["sweep"])
 
 
@@ -664,7 +675,7 @@ def test_audit_trail_records_who_did_what_and_detects_tampering(tmp_path, redis_
     cli("keys", "init", env=env)
     cli("seed", "--docs", "20", env=env)
     cli("keys", "rotate", env=env)
-    sweep_id = cli_json("sweep", "start", "--to", "tracker-mek/v2", "--slices", "2", env=env)["sweep_id"]
+    sweep_id = cli_json("sweep", "start", "--to", "tracker-mek/v2", "--slices", "2", env=env)["id"]
     cli("verify", "--expect", "tracker-mek/v2", env=env, code=1)
     cli("keys", "disable", "tracker-mek/v1", "--force", env=env)
 
@@ -769,6 +780,12 @@ def _config_cases(rotation: Rotation, tmp_path: Path):
             ["chmod 600"],
         ),
         "malformed REDIS_URL": (to, {"REDIS_URL": "http://x"}, ["REDIS_URL", "redis://"]),
+        # Named as the operator set it: the variable, not the Python field (batch_documents).
+        "malformed setting": (
+            ("sweep", "status"),
+            {"REENCRYPT_BATCH_DOCUMENTS": "0"},
+            ["REENCRYPT_BATCH_DOCUMENTS is invalid", "greater than or equal to 1"],
+        ),
         "unreachable Redis": (
             to,
             {"REDIS_URL": "redis://127.0.0.1:1/0"},
@@ -780,6 +797,10 @@ def _config_cases(rotation: Rotation, tmp_path: Path):
             ["redis://127.0.0.1:1/0 is unreachable"],
         ),
     }
+
+
+#: A broker that does not answer may be restarting: exit 3 (try again), not a configuration error.
+UNAVAILABLE = {"unreachable Redis", "unreachable Redis (flag)"}
 
 
 def test_configuration_errors_are_one_line_exit_2_and_write_nothing(seeded, tmp_path):
@@ -802,7 +823,8 @@ def test_configuration_errors_are_one_line_exit_2_and_write_nothing(seeded, tmp_
     problems = []
     for name, result in results.items():
         lines = result.stderr.strip().splitlines()
-        if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: "):
+        code = 3 if name in UNAVAILABLE else 2
+        if result.returncode != code or len(lines) != 1 or not lines[0].startswith("error: "):
             problems.append(f"{name}: exit {result.returncode}, stderr:\n{result.stderr}")
         elif missing := [f for f in cases[name][2] if f not in lines[0]]:
             problems.append(f"{name}: {missing} not in {lines[0]!r}")

@@ -212,7 +212,7 @@ def test_cancel_settles_to_cancelled_audits_both_steps_and_frees_the_container(r
 
     again = run_cli("sweep", "start", "--to", rotation.v2, "--rate", "50", "--json", env=rotation.env())
     assert again.returncode == 0, again.stderr
-    second = json.loads(again.stdout)["sweep_id"]
+    second = json.loads(again.stdout)["id"]
     assert second != sweep_id
 
     trail = cli_json(rotation, "audit", "--json")
@@ -408,7 +408,7 @@ def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(
 
     started = reencrypt("sweep", "start", "--to", rotation.v2, "--slices", "4", "--rate", "60", "--json")
     assert started.returncode == 0, started.stderr
-    stored = Stored(rotation, json.loads(started.stdout)["sweep_id"])
+    stored = Stored(rotation, json.loads(started.stdout)["id"])
 
     def explain() -> str:
         return f"{stored.describe()}\n{worker.output()[-3000:]}"

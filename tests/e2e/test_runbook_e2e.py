@@ -266,7 +266,7 @@ def test_rollback_while_the_product_sweep_runs(operator):
     operator.run(ONE_PRODUCT, until="reencrypt sweep start")
     operator.assert_tracker_env({p: kid(p, 1) for p in PRODUCTS} | {PRODUCT: kid(PRODUCT, 2)})
     forward = operator.cli("sweep", "start", "--to", "current", "--product", PRODUCT, "--rate", "6", "--json")
-    sweep_id = json.loads(forward.stdout)["sweep_id"]
+    sweep_id = json.loads(forward.stdout)["id"]
     state = SweepState(operator.rotation.store().records())
     wait_for(
         lambda: sum(s.counts.get("documents_written", 0) for s in state.slices(sweep_id)) > 0,

@@ -21,7 +21,7 @@ def test_a_target_key_disabled_mid_sweep_pauses_the_sweep_until_it_is_enabled_an
     started = run_cli(
         "sweep", "start", "--to", rotation.v2, "--slices", "2", "--rate", "40", "--json", env=rotation.env()
     )
-    sweep_id = json.loads(started.stdout)["sweep_id"]
+    sweep_id = json.loads(started.stdout)["id"]
     wait_for(lambda: status(rotation, sweep_id)["totals"]["documents_scanned"] > 0, 30, message="first batch")
 
     provider.set_enabled(rotation.v2, False)

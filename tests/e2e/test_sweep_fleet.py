@@ -91,7 +91,7 @@ def assert_on_target(rotation, originals, *, kid: str, except_documents=(), extr
 def start_sweep(rotation, *options: str) -> str:
     result = run_cli("sweep", "start", "--to", rotation.v2, "--json", *options, env=rotation.env())
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["sweep_id"]
+    return json.loads(result.stdout)["id"]
 
 
 def cli_json(rotation, *args: str):
