@@ -35,6 +35,9 @@ A few variables are read where they are used, on purpose, and only there:
 - ``REENCRYPT_HOME`` (``embedded_redis.home``): where the embedded services of the CLI keep
   their files, before any settings exist (and where ``worker.app`` finds the embedded broker);
 - ``REENCRYPT_ACTOR`` (``audit.actor``): who the audit trail names, set by automation;
+- ``REENCRYPT_LOG_FORMAT`` (``tracker_reencrypt.logs``): ``text`` (default) or ``json``; logging
+  is set up before settings exist (the CLI's first step, the worker's celeryd_init), and an
+  invalid setting's error must already come out in the chosen format;
 - ``PROMETHEUS_MULTIPROC_DIR`` (``worker/metrics``): prometheus_client's own variable, read by
   the library when it is imported, so it must be in the environment before Python starts.
 """
