@@ -290,10 +290,10 @@ def sweep_list(console: Console, listed: list[Sweep]) -> None:
 
 
 def failures(console: Console, rows: list[Failure]) -> None:
-    table = Table("document", "partition key", "field", "reason")
+    table = Table("document", "partition key", "field", "kid", "reason")
     for row in rows:
         # Ids, product ids and paths come from the documents: text, never read as markup.
-        cells = (row.document_id, str(row.partition_key), row.field_path or "(document)", row.reason)
+        cells = (row.document_id, str(row.partition_key), row.field_path or "(document)", row.kid or "-", row.reason)
         table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
     console.print(f"{len(rows)} failures")
