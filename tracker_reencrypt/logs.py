@@ -134,17 +134,19 @@ def configure(level: int | str | None = None, environ: Mapping[str, str] = os.en
     return chosen
 
 
-def fatal(message: str, environ: Mapping[str, str] = os.environ) -> SystemExit:
-    """The exit of a process that cannot start, its one line in the chosen format: ``raise
-    fatal("error: ...")``. Before logging is set up (or with a bad format), the plain line."""
+def fatal(message: str, code: int, environ: Mapping[str, str] = os.environ) -> SystemExit:
+    """The exit of a process that cannot start, its one line in the chosen format, with the
+    exit code of the table in tracker_reencrypt.errors: ``raise fatal("error: ...", exc.exit_code)``.
+    Before logging is set up (or with a bad format), the plain line."""
     try:
         chosen = log_format(environ)
     except ConfigError:
         chosen = TEXT
     if chosen == TEXT:
-        return SystemExit(message)
-    print(json_line(message, level=logging.CRITICAL), file=sys.stderr, flush=True)
-    return SystemExit(1)
+        print(message, file=sys.stderr, flush=True)
+    else:
+        print(json_line(message, level=logging.CRITICAL), file=sys.stderr, flush=True)
+    return SystemExit(code)
 
 
 def json_line(message: str, *, logger: str = "reencrypt", level: int = logging.INFO) -> str:

@@ -32,7 +32,7 @@ from celery import concurrency, signals
 
 from tracker_reencrypt import embedded_redis, logs
 from tracker_reencrypt.config import Settings, load_settings
-from tracker_reencrypt.errors import ReencryptError
+from tracker_reencrypt.errors import EXIT_BAD_INPUT, ReencryptError
 from tracker_reencrypt.fleet import PROCESS_SLICE, make_celery
 from tracker_reencrypt.stores import open_store
 from worker import health, lease_watch, metrics, runtime, tasks
@@ -51,7 +51,8 @@ def _with_broker(settings: Settings) -> Settings:
     if not embedded_redis.is_running(home):
         raise logs.fatal(
             f"error: REDIS_URL is not set and no embedded Redis answers under {home} ($REENCRYPT_HOME): "
-            "set REDIS_URL, or start workers with 'reencrypt worker', which provides one"
+            "set REDIS_URL, or start workers with 'reencrypt worker', which provides one",
+            EXIT_BAD_INPUT,
         )
     return settings.model_copy(update={"redis_url": embedded_redis.url_for(home)})
 
@@ -60,7 +61,7 @@ try:
     settings = _with_broker(load_settings())
     app = make_celery(settings, settings.redis_url)
 except ReencryptError as exc:
-    raise logs.fatal(f"error: worker app not loaded: {exc}") from None
+    raise logs.fatal(f"error: worker app not loaded: {exc}", exc.exit_code) from None
 
 _health: health.HealthServer | None = None
 #: Beaten by the consumer's event loop (worker/health.py): what /livez answers from.
@@ -117,7 +118,7 @@ def _check_before_starting(instance=None, options=None, **_) -> None:
                 instance.quiet = True  # Celery's banner: a block of text on stdout (its facts are logged)
             celery.apps.worker.safe_say = _say_as_json
     except ReencryptError as exc:
-        raise logs.fatal(f"error: worker not started: {exc}") from None
+        raise logs.fatal(f"error: worker not started: {exc}", exc.exit_code) from None
     given = options or {}
     pool = _pool_name(given.get("pool") or given.get("pool_cls") or app.conf.worker_pool)
     _heartbeat.stalled_after = health.stall_limit(pool, settings.batch_seconds)
@@ -131,11 +132,11 @@ def _check_before_starting(instance=None, options=None, **_) -> None:
         max_memory_per_child=given.get("max_memory_per_child"),
     )
     if problem:
-        raise logs.fatal(f"error: worker not started: {problem}")
+        raise logs.fatal(f"error: worker not started: {problem}", EXIT_BAD_INPUT)
     try:
         health.check_configuration(settings, settings.redis_url)
     except ReencryptError as exc:
-        raise logs.fatal(f"error: worker not started: {exc}") from None
+        raise logs.fatal(f"error: worker not started: {exc}", exc.exit_code) from None
 
 
 def _say_as_json(message: str, f=sys.__stderr__) -> None:

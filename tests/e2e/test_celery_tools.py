@@ -173,7 +173,7 @@ def test_celery_inspect_finds_the_embedded_broker_and_the_stable_node_name(rotat
     env.pop("REDIS_URL")
     refused = celery_inspect("ping", env=env)
     lines = [line for line in (refused.stdout + refused.stderr).splitlines() if line.strip()]
-    assert refused.returncode != 0 and len(lines) == 1, lines
+    assert refused.returncode == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: REDIS_URL is not set") and str(home) in lines[0], lines
     assert not embedded_redis.is_running(home), "an inspect started a Redis"
 

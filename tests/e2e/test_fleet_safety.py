@@ -303,7 +303,7 @@ def test_a_worker_with_a_broken_configuration_exits_naming_the_problem(rotation,
     except subprocess.TimeoutExpired:
         raise AssertionError(f"a worker with a missing {broken} is still running:\n{worker.output()[-3000:]}") from None
     lines = [line for line in worker.output().splitlines() if line.strip()]
-    assert code != 0
+    assert code == 2  # bad configuration, as the CLI's exit-code table says
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: worker not started:") and str(missing) in lines[0], lines
     assert "ready" not in lines[0]

@@ -63,7 +63,7 @@ def test_an_invalid_log_format_stops_the_worker_in_one_line(rotation):
         text=True,
         timeout=60,
     )
-    assert started.returncode != 0
+    assert started.returncode == 2
     assert "error: worker not started: REENCRYPT_LOG_FORMAT='yaml' is not a log format" in started.stderr
 
 

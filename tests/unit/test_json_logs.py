@@ -99,11 +99,12 @@ def test_configure_json_routes_the_root_logger_and_warnings_to_one_json_handler(
         root.setLevel(saved[1])
 
 
-def test_fatal_is_the_plain_line_in_text_and_one_json_line_in_json(capsys):
-    exit_text = logs.fatal("error: worker not started: no store", environ={})
-    assert exit_text.code == "error: worker not started: no store"
-    exit_json = logs.fatal("error: worker not started: no store", environ={"REENCRYPT_LOG_FORMAT": "json"})
-    assert exit_json.code == 1
+def test_fatal_is_the_plain_line_in_text_and_one_json_line_in_json_with_the_tables_exit_code(capsys):
+    exit_text = logs.fatal("error: worker not started: no store", 2, environ={})
+    assert exit_text.code == 2 and capsys.readouterr().err == "error: worker not started: no store\n"
+    exit_json = logs.fatal("error: worker not started: no store", 3, environ={"REENCRYPT_LOG_FORMAT": "json"})
+    assert exit_json.code == 3
     entry = json.loads(capsys.readouterr().err)
     assert (entry["level"], entry["message"]) == ("CRITICAL", "error: worker not started: no store")
-    assert logs.fatal("x", environ={"REENCRYPT_LOG_FORMAT": "yaml"}).code == "x"  # a bad format: the plain line
+    assert logs.fatal("x", 2, environ={"REENCRYPT_LOG_FORMAT": "yaml"}).code == 2  # a bad format: the plain line
+    assert capsys.readouterr().err == "x\n"
