@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.context import Context, state_dir
+from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.fleet import store_queue
 
 #: A worker's Celery node name: stable across restarts (``%h`` is the host's name: in Kubernetes
@@ -89,15 +91,45 @@ def metrics_dir(hostname: str) -> Path:
 
     One directory per node name, reused, not a new one per start: ``reencrypt worker`` becomes
     Celery (exec), so nothing of ours runs after it exits to remove a directory, and a killed
-    worker would not either. Node names are stable across restarts and unique per host (Celery
-    warns about two alike), so the next start of the same worker empties and reuses it: starts
-    leave nothing behind, however many. A fleet started by a command (WorkerFleet) removes it."""
+    worker would not either. The next start of the same worker empties and reuses it: starts
+    leave nothing behind, however many. A fleet started by a command (WorkerFleet) removes it.
+
+    Two live workers of one name on one host would wipe and then mix each other's samples, so
+    the directory is held by a lock (``<node name>.lock`` beside it) for as long as its worker
+    runs: the descriptor is inherited across the exec, and the kernel drops the lock when that
+    process ends, however it ends. A second start of a name in use is refused before it deletes
+    anything."""
     from celery.utils.nodenames import host_format
 
-    directory = state_dir() / "metrics" / host_format(hostname).replace(os.sep, "_")
+    name = host_format(hostname).replace(os.sep, "_")
+    root = state_dir() / "metrics"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = os.open(root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise ConfigError(
+            f"a worker named {name} already runs on this host (it holds {root / name}): give this one "
+            "another name with -n NAME@%h"
+        ) from None
+    os.set_inheritable(lock, True)
+    directory = root / name
     shutil.rmtree(directory, ignore_errors=True)  # samples of an earlier run would be counted again
-    directory.mkdir(parents=True, mode=0o700)
+    directory.mkdir(mode=0o700)
+    _held[directory.resolve()] = lock
     return directory.resolve()
+
+
+#: The metrics directories this process holds, and their locks' descriptors.
+_held: dict[Path, int] = {}
+
+
+def release_metrics_dir(directory: Path) -> None:
+    """Give up a directory this process holds (its fleet stopped); a later start may take it."""
+    lock = _held.pop(Path(directory).resolve(), None)
+    if lock is not None:
+        os.close(lock)
 
 
 def worker_argv(queue: str, options: WorkerOptions | None = None) -> list[str]:
@@ -182,6 +214,7 @@ class WorkerFleet:
                 process.wait()
         for directory in self.metrics_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+            release_metrics_dir(Path(directory))
 
     def __enter__(self) -> WorkerFleet:
         return self

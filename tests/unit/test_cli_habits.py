@@ -290,12 +290,21 @@ def test_worker_starts_reuse_one_metrics_directory_per_node_name(monkeypatch, tm
     first = Path(start("--metrics-port", "9999", "-n", "blue@%h")["PROMETHEUS_MULTIPROC_DIR"])
     assert first.parent == (tmp_path / "home" / "metrics").resolve() and first.name.startswith("blue@")
     (first / "counter_4242.db").write_bytes(b"an earlier run's samples")
+    # While that worker runs (here: while this process holds what its exec would have), a second
+    # worker of the same name is refused before it touches the running one's samples.
+    twin = CliRunner().invoke(app, ["worker", "--metrics-port", "9998", "-n", "blue@%h"], env=env)
+    assert isinstance(twin.exception, ConfigError) and twin.exception.exit_code == 2  # main() exits with it
+    assert "already runs on this host" in str(twin.exception) and "-n NAME@%h" in str(twin.exception)
+    assert [p.name for p in first.iterdir()] == ["counter_4242.db"]
+    launch.release_metrics_dir(first)  # the worker exited
     again = Path(start("--metrics-port", "9999", "-n", "blue@%h")["PROMETHEUS_MULTIPROC_DIR"])
     assert again == first and list(first.iterdir()) == []
     other = Path(start("--metrics-port", "9999", "-n", "green@%h")["PROMETHEUS_MULTIPROC_DIR"])
     assert other != first
     assert "PROMETHEUS_MULTIPROC_DIR" not in start()  # no metrics served: no sample files
-    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, other.name])
+    assert sorted(p.name for p in first.parent.iterdir() if p.is_dir()) == sorted([first.name, other.name])
+    for directory in (first, other):
+        launch.release_metrics_dir(directory)
     assert set(temp.glob("reencrypt-metrics-*")) == before
 
 
