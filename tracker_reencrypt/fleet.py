@@ -69,11 +69,13 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
-        # When the broker connection drops, Redis redelivers the unacknowledged batches after
-        # the visibility timeout whatever the worker does; cancelling them at once (Celery 6's
-        # default, warned about in 5.x) stops a batch whose acknowledgement cannot land anyway.
-        # Batches are fenced and idempotent, so the redelivered one starts from the checkpoint.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Said explicitly (Celery 5 warns on every reconnect until it is): when the broker
+        # connection drops, a running batch goes on and commits its checkpoint to the store,
+        # which does not need Redis. Its acknowledgement is lost with the connection, so Redis
+        # hands the message out again after the visibility timeout, and the slice's fence,
+        # moved by the commit, drops it. Cancelling (True, Celery 6's default) would kill every
+        # batch at each Redis failover and leave its slice until the lease expired.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         # Task events (Flower, `celery events`): off unless asked for (`reencrypt worker -E`,
         # REENCRYPT_TASK_EVENTS=1), since each task state is one more message on the broker.

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from tracker_reencrypt.audit import AuditTrail
@@ -212,13 +213,13 @@ def _give_back(runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exc
         else f"unexpected {type(exc).__name__} in a batch (a bug: see the worker log)"
     )
     if not isinstance(exc, ReencryptError):
-        log.error(
-            "slice %s/%d: unexpected %s at\n%s",
-            sweep_id,
-            index,
-            type(exc).__name__,
-            "".join(traceback.format_tb(exc.__traceback__)),
+        # Where it happened, frame by frame (file, line, function), one line: enough to find the
+        # bug, and no frame's source text or values (a frame could hold a document's).
+        frames = " < ".join(
+            f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
+            for frame in reversed(traceback.extract_tb(exc.__traceback__))
         )
+        log.error("slice %s/%d: unexpected %s at %s", sweep_id, index, type(exc).__name__, frames)
     try:
         released = state.release_slice(sweep_id, index, fence, failed=True)
     except LeaseLostError:
