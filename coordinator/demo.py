@@ -63,11 +63,13 @@ def run_demo(parent: Context, *, docs: int, workers: int, console: Console) -> i
         )
     )
     ctx.may_create_store = True  # the demo makes its own container, as 'keys init' and 'seed' would
-    embedded = not ctx.settings.redis_url
+    # Stop the embedded Redis only if the demo started it: one already running serves others
+    # (workers started with 'reencrypt worker' in this home), as bench also leaves it.
+    ours = not ctx.settings.redis_url and not embedded_redis.is_running(state_dir())
     try:
         return _rotation(ctx, home, docs, workers, console)
     finally:
-        if embedded:
+        if ours:
             embedded_redis.stop(state_dir())
 
 
