@@ -3,7 +3,7 @@ prints it (Redis: conftest's), the embedded Redis shown and stopped by ``reencry
 embedded-redis`` (never one it did not start), and the completion script bash gets.
 
 The in-process checks (help, exit codes, settings, keyring, audit, metrics directory) are
-tests/unit/test_cli_habits.py."""
+tests/unit/test_cli_conventions.py."""
 
 from __future__ import annotations
 
