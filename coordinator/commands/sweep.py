@@ -94,12 +94,14 @@ def sweep_status(
 ) -> None:
     """Progress per slice and overall: documents, fields, rate, ETA, conflicts, failures."""
     ctx: Context = c.obj
+    if watch and as_json:
+        raise InputError("--watch refreshes a view for people and --json prints one snapshot: give one of them")
     if all_sweeps:
         listed = ctx.state.sweeps()
         emit(ctx, as_json, [sweep.to_record() for sweep in listed], lambda: render.sweep_list(out, listed))
         return
     sweep = steering.resolve(ctx, sweep_id)
-    if watch and not as_json:
+    if watch:
         follow_or_exit(ctx, sweep.id, out, kick_stalled=False)
         return
     progress = steering.progress(ctx, sweep)

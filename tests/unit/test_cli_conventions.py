@@ -178,6 +178,7 @@ def test_exit_codes_through_the_entry_point(reencrypt, configured, monkeypatch):
         "unknown sweep id": ("sweep", "status", "sw-nope"),
         "options that do not go together": ("verify", "--expect", V3, "--current"),
         "--format and --json": ("sweep", "failures", "--format", "csv", "--json"),
+        "--watch and --json": ("sweep", "status", "--watch", "--json"),
         "malformed setting": ("--redis-url", "http://x", "queue"),
     }
     for name, args in failed.items():
