@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,10 +73,16 @@ def flower_argv(port: int) -> list[str]:
     ]
 
 
+def compose_value(value: object) -> str:
+    """A compose environment value with ``${NAME:-default}`` interpolated as Compose does (from a
+    shell with none of our variables set: the defaults)."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda found: found.group(2), str(value))
+
+
 def flower_env(redis_url: str) -> dict[str, str]:
     """The compose service's environment, its broker being the test Redis."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REENCRYPT_", "CELERY_", "FLOWER_"))}
-    env.update({name: str(value) for name, value in flower_service()["environment"].items()})
+    env.update({name: compose_value(value) for name, value in flower_service()["environment"].items()})
     env["CELERY_BROKER_URL"] = celery_broker_url(redis_url)
     return env
 

@@ -180,7 +180,7 @@ def test_cosmos_a_missing_container_fails_and_an_existing_one_reports_its_facts(
 
 
 @pytest.mark.cosmos
-def test_cosmos_a_periodic_four_hour_backup_fails_preflight(cosmos_env, tmp_path):
+def test_cosmos_a_periodic_four_hour_backup_fails_preflight(cosmos_env, tmp_path, redis_url):
     server, database = cosmos_env
     with ArmServer() as arm:
         resource_id = arm.add_account("tracker-acct", document_endpoint=server.endpoint)
@@ -197,6 +197,7 @@ def test_cosmos_a_periodic_four_hour_backup_fails_preflight(cosmos_env, tmp_path
             "REENCRYPT_COSMOS_RESOURCE_ID": resource_id,
             "REENCRYPT_HOME": str(tmp_path / "home"),
             "REENCRYPT_COSMOS_PRIORITY": "low",
+            "REDIS_URL": redis_url,  # the tests' Redis: an embedded one would outlive the test
         }
         subprocess.run([sys.executable, "-m", "coordinator.cli", "keys", "init"], env=env, check=True, cwd=ROOT)
         result = subprocess.run(

@@ -88,7 +88,9 @@ def test_configure_json_routes_the_root_logger_and_warnings_to_one_json_handler(
         logging.getLogger("reencrypt.exporter").warning("reading the %s failed", "sweep state")
         import warnings
 
-        warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # shown even if an earlier test already showed one from here
+            warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
         lines = capsys.readouterr().err.splitlines()
         entries = [json.loads(line) for line in lines]
         assert entries[0]["message"] == "reading the sweep state failed" and entries[0]["level"] == "WARNING"
