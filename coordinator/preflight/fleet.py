@@ -16,8 +16,9 @@ from coordinator.preflight.result import FAIL, PASS, CheckResult
 from tracker_reencrypt.errors import ReencryptError, first_line, redact_url
 from tracker_reencrypt.fleet import store_queue
 
-#: How long workers have to answer the inspect broadcast.
-INSPECT_TIMEOUT_S = 2.0
+#: How long workers have to answer the inspect broadcast: Celery's own default for
+#: ``celery inspect`` (a worker answers in milliseconds; the broadcast waits it out in full).
+INSPECT_TIMEOUT_S = 1.0
 
 
 def check_broker(redis_url: Callable[[], str], configured: str) -> tuple[CheckResult, str | None]:
