@@ -18,6 +18,7 @@ instead to share one server across modules).
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import json
 import os
@@ -98,13 +99,23 @@ def _installed_version() -> str | None:
 
 
 def ensure_installed() -> Path:
-    """The node_modules directory holding the pinned server, installing it if needed."""
+    """The node_modules directory holding the pinned server, installing it if needed. Under a
+    lock: test processes running side by side (pytest -n) must not run two npm installs into one
+    prefix."""
     if _installed_version() == VERSION:
+        return NODE_MODULES
+    INSTALL_PREFIX.mkdir(parents=True, exist_ok=True)
+    with open(INSTALL_PREFIX / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install()
+
+
+def _install() -> Path:
+    if _installed_version() == VERSION:  # another process installed it while this one waited
         return NODE_MODULES
     npm = shutil.which("npm")
     if npm is None:
         _unavailable("npm is not on PATH (install Node.js 20+ to run them)")
-    INSTALL_PREFIX.mkdir(parents=True, exist_ok=True)
     command = [
         npm, "install", "--prefix", str(INSTALL_PREFIX), "--no-save", "--no-package-lock",
         "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error", f"{PACKAGE}@{VERSION}",
