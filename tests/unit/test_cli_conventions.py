@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from coordinator import launch
 from coordinator.cli import app, main
+from coordinator.commands import common
 from coordinator.context import Context
 from coordinator.render import audit_details
 from tracker_reencrypt.errors import (
@@ -52,6 +53,9 @@ def reencrypt(monkeypatch, capsys, tmp_path):
         monkeypatch.delenv(name)
     monkeypatch.setenv("REENCRYPT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("COLUMNS", "250")
+    # The consoles read COLUMNS when their module is imported, maybe by an earlier test: wide here.
+    for console in (common.out, common.err):
+        monkeypatch.setattr(console, "width", 250)
 
     def run(*args: str, **env: str) -> tuple[int, str, str]:
         for name, value in env.items():
