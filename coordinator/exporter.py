@@ -74,6 +74,7 @@ from tracker_reencrypt.custody import VERIFY_STARTED
 from tracker_reencrypt.errors import ConfigError, ReencryptError
 from tracker_reencrypt.fleet import pending_messages, store_queue
 from tracker_reencrypt.pacing.limits import SWEEP_LIMITS
+from tracker_reencrypt.plaintext_http import send_text
 from tracker_reencrypt.sweep.records import (
     CANCELLED,
     CANCELLING,
@@ -626,12 +627,7 @@ def _handler(registry: CollectorRegistry, health: Callable[[], tuple[int, str]])
                 super().do_GET()
                 return
             code, text = health() if path == "/healthz" else (404, "not found: metrics on /metrics, health on /healthz")
-            body = (text + "\n").encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_text(self, code, text)
 
     Handler.registry = registry
     return Handler

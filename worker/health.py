@@ -43,6 +43,7 @@ from tracker_reencrypt.errors import BrokerUnavailableError, ReencryptError, red
 from tracker_reencrypt.keys import open_key_provider
 from tracker_reencrypt.keys.naming import KeyNaming
 from tracker_reencrypt.logs import one_line
+from tracker_reencrypt.plaintext_http import send_text
 from tracker_reencrypt.stores import DocumentStore, open_store
 
 PROBE_TIMEOUT_S = 2.0
@@ -350,12 +351,7 @@ def _handler_for(health: HealthServer) -> type[BaseHTTPRequestHandler]:
                 code, text = health.readiness()
             else:
                 code, text = 404, "try /livez or /readyz"
-            body = (text + "\n").encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_text(self, code, text)
 
         def log_message(self, format, *args) -> None:  # probes every few seconds would drown the log
             pass
