@@ -53,7 +53,9 @@ BUDGETS_DB = 10
 PAGE_SIZE = 5
 FLEET_ENV = {"REENCRYPT_PAGE_SIZE": str(PAGE_SIZE), "REENCRYPT_BATCH_DOCUMENTS": "50", "REENCRYPT_BATCH_SECONDS": "2"}
 FLEET_DOCUMENTS = 1500
-WARMUP_S = 1.5  # past the bucket's initial burst (one second of budget)
+#: Past the bucket's initial burst (one second of budget), with room for workers slowed by a
+#: busy machine (the suite runs in two processes): a burst inside a window reads as overspend.
+WARMUP_S = 3.0
 WINDOW_S = 5.0
 TOLERANCE = 1.10
 
@@ -229,7 +231,7 @@ def test_throttle_changes_a_running_sweeps_budget_within_seconds(rotation, fleet
     fleet.start(count=3, **FLEET_ENV)
     sweep_id = start_sweep(rotation, flag, str(before))
     warmed_up(moved, fleet)
-    old_bound, old_rate, _ = moved.rate_over(3.0)
+    old_bound, old_rate, _ = moved.rate_over(WINDOW_S)
 
     changed = cli_json(rotation, "sweep", "throttle", sweep_id, flag, str(after))
     assert changed[flag[2:].replace("-", "_")] == after
