@@ -160,8 +160,11 @@ def test_reads_and_decrypts_slower_past_the_tolerance_fail_the_comparison(rotati
     assert comparison.failed
     verdicts = {row.figure: (row.before, row.after, row.change, row.verdict) for row in comparison.rows}
     assert verdicts["read p95"] == (1.0, 4.0, 3.0, "fail")
-    assert verdicts["decrypt item p99"][3] == "fail"
+    assert verdicts["decrypt item p95"][3] == "fail"
     assert verdicts["read p50"][3] == SHOWN  # shown, never gated
+    # A p99 of a few hundred measurements is the slowest few calls: shown, judged from 1,000 on.
+    assert verdicts["decrypt item p99"][3] == SHOWN
+    assert compare(figures(read=1, count=1000), figures(read=4, count=1000)).failed
     assert verdicts["RU/read mean"][3] == "pass"  # the same documents cost the same
     assert not compare(before, after, tolerance=3.5).failed  # +300% is within +350%
 
@@ -197,7 +200,12 @@ def test_figures_from_too_few_measurements_are_shown_not_gated():
     comparison = compare(figures(read=1), figures(read=1))
     assert not comparison.failed
     assert all(row.verdict == SHOWN for row in comparison.rows if row.figure.startswith("unwrap"))  # 3 unwraps
-    assert {row.verdict for row in comparison.rows if row.figure.startswith("vault unwrap p9")} == {"pass"}
+    vault = {row.figure: row for row in comparison.rows if row.figure.startswith("vault unwrap p9")}
+    assert vault["vault unwrap p95"].verdict == "pass"  # 20 measurements judge a p95...
+    assert (vault["vault unwrap p99"].verdict, vault["vault unwrap p99"].note) == (
+        SHOWN,
+        "fewer than 1000 measurements",
+    )  # ...not a p99: that is the slowest of them
 
 
 def test_a_comparison_that_cannot_judge_the_read_path_fails():
