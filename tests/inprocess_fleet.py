@@ -22,11 +22,13 @@ from tracker_reencrypt.config import Settings
 from tracker_reencrypt.fleet import (
     PROCESS_SLICE,
     QUEUE_PREFIX,
+    enqueue_slice,
     requeue_lost_messages,
     rescue_expired_leases,
     store_queue,
 )
 from tracker_reencrypt.pacing.backends.memory import MemoryPacing
+from tracker_reencrypt.sweep.records import RUNNING, Sweep, utc_now
 from worker import tasks
 from worker.runtime import Runtime
 
@@ -123,3 +125,22 @@ class InProcessFleet:
                 if not rescued and not lost:
                     return self.outcomes[start:]
         raise AssertionError(f"the fleet did not drain in {limit} messages: {self.outcomes[-10:]}")
+
+
+def start_sweep(fleet: InProcessFleet, target_kid: str, slices: int, sweep_id: str) -> Sweep:
+    """What 'sweep start' writes and sends, without the CLI's checks."""
+    store = fleet.runtime.store
+    sweep = fleet.state.create_sweep(
+        Sweep(
+            id=sweep_id,
+            target_kid=target_kid,
+            mode="reencrypt",
+            status=RUNNING,
+            started_at=utc_now(),
+            documents_estimate=store.count(),
+        ),
+        store.feed_ranges(slices),
+    )
+    for index in range(sweep.slice_count):
+        enqueue_slice(fleet.broker, sweep.id, index, 0)
+    return sweep

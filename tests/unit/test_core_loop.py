@@ -14,10 +14,10 @@ from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import StoreUnavailableError
 from tracker_reencrypt.fleet import STALL_S, enqueue_slice, requeue_lost_messages, rescue_expired_leases
-from tracker_reencrypt.sweep.records import CANCELLED, CANCELLING, COMPLETED, PAUSED, RUNNING, Sweep, utc_now
+from tracker_reencrypt.sweep.records import CANCELLED, CANCELLING, COMPLETED, PAUSED, RUNNING, Sweep
 
 from conftest import assert_every_field_on, make_rotation
-from inprocess_fleet import InProcessFleet
+from inprocess_fleet import InProcessFleet, start_sweep
 
 DOCUMENTS = 300
 BATCH = 40
@@ -34,22 +34,7 @@ def fleet_for(rotation, **settings) -> InProcessFleet:
 
 
 def start(fleet: InProcessFleet, target_kid: str, slices: int = 4) -> Sweep:
-    """What 'sweep start' writes and sends, without the CLI's checks."""
-    store = fleet.runtime.store
-    sweep = fleet.state.create_sweep(
-        Sweep(
-            id="sw-core",
-            target_kid=target_kid,
-            mode="reencrypt",
-            status=RUNNING,
-            started_at=utc_now(),
-            documents_estimate=store.count(),
-        ),
-        store.feed_ranges(slices),
-    )
-    for index in range(sweep.slice_count):
-        enqueue_slice(fleet.broker, sweep.id, index, 0)
-    return sweep
+    return start_sweep(fleet, target_kid, slices, "sw-core")
 
 
 def audit_actions(fleet: InProcessFleet) -> list[str]:

@@ -24,7 +24,6 @@ from tracker_reencrypt import envelope, stale
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.documents import location, rekey_document
 from tracker_reencrypt.errors import KeyNotFoundError, KeyProviderUnavailableError
-from tracker_reencrypt.fleet import enqueue_slice
 from tracker_reencrypt.keys import KeyVersion
 from tracker_reencrypt.keys.keyring import Keyring
 from tracker_reencrypt.keys.local import LocalKeyProvider
@@ -39,7 +38,6 @@ from tracker_reencrypt.sweep.records import (
     Slice,
     Sweep,
     stale_write_examples,
-    utc_now,
     zero_counts,
 )
 from tracker_reencrypt.sweep.state import BatchResult, SweepState
@@ -47,7 +45,7 @@ from worker.batch import BatchLimits, SliceBatch
 from worker.check import SliceCheck
 
 from conftest import make_rotation
-from inprocess_fleet import InProcessFleet
+from inprocess_fleet import InProcessFleet, start_sweep
 
 SINCE = "2026-11-28T02:00:00Z"
 SINCE_S = 1795831200.0  # SINCE in seconds since the epoch
@@ -217,21 +215,7 @@ def fleet_and_context(rotation) -> tuple[InProcessFleet, Context]:
 
 
 def start(fleet: InProcessFleet, target_kid: str, slices: int = 3) -> Sweep:
-    store = fleet.runtime.store
-    sweep = fleet.state.create_sweep(
-        Sweep(
-            id="sw-stale",
-            target_kid=target_kid,
-            mode="reencrypt",
-            status=RUNNING,
-            started_at=utc_now(),
-            documents_estimate=store.count(),
-        ),
-        store.feed_ranges(slices),
-    )
-    for index in range(sweep.slice_count):
-        enqueue_slice(fleet.broker, sweep.id, index, 0)
-    return sweep
+    return start_sweep(fleet, target_kid, slices, "sw-stale")
 
 
 def text_of(show) -> str:
