@@ -412,7 +412,7 @@ def pause(ctx: Context, sweep_id: str | None) -> Sweep:
 
 
 def resume(ctx: Context, sweep_id: str | None) -> tuple[Sweep, int]:
-    """Set a paused sweep running and (re-)enqueue every unfinished slice.
+    """Set a paused sweep running and (re-)enqueue every unfinished slice, back-offs ended.
 
     Also the recovery after Redis lost its queue (flushed, restarted without persistence):
     on a running sweep it enqueues the slices again from their durable checkpoints. Extra
@@ -430,6 +430,8 @@ def resume(ctx: Context, sweep_id: str | None) -> tuple[Sweep, int]:
             only_if=lambda body: body.status == PAUSED,
         )
     ctx.audit.append("sweep resumed", sweep_id=sweep.id)
+    # Resuming says the cause is fixed: slices waiting out a back-off go now, with the rest.
+    ctx.state.clear_back_offs(sweep.id)
     queued = kick(ctx, sweep.id, celery)
     # Its last slices may have finished while it was paused: then no message is left to settle it.
     finished = ctx.state.settle(sweep.id)

@@ -8,7 +8,8 @@ in milliseconds; the subprocess tests with real Celery workers stay as the small
 
 The broker here is the in-memory twin of the part of Celery the handler uses: ``send_task``
 and the app's default queue. A countdown is honoured by the clock: a message is not handled
-before it is due, and waiting for it moves the clock forward instead of sleeping.
+before it is due, and waiting for it moves the clock forward instead of sleeping. Each message
+has a Celery task id (a new one unless the sender names it, as a retry does) and its retries.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tracker_reencrypt.fleet import (
     enqueue_slice,
     requeue_lost_messages,
     rescue_expired_leases,
+    send_due_retries,
     store_queue,
 )
 from tracker_reencrypt.pacing.backends.memory import MemoryPacing
@@ -53,6 +55,8 @@ class Message:
     queue: str = field(compare=False)
     args: list = field(compare=False)
     kwargs: dict = field(compare=False)
+    task_id: str = field(compare=False)
+    retries: int = field(compare=False, default=0)
 
 
 class MemoryBroker:
@@ -65,13 +69,19 @@ class MemoryBroker:
         self.published = 0
         self._order = itertools.count()
 
-    def send_task(self, name: str, args=None, kwargs=None, countdown=None, queue=None) -> None:
+    def send_task(self, name: str, args=None, kwargs=None, countdown=None, queue=None, task_id=None, retries=0) -> None:
         assert name == PROCESS_SLICE, name
-        due = self.clock() + (countdown or 0)
+        due, order = self.clock() + (countdown or 0), next(self._order)
         heapq.heappush(
             self.messages,
             Message(
-                due, next(self._order), queue or self.conf.task_default_queue, list(args or []), dict(kwargs or {})
+                due,
+                order,
+                queue or self.conf.task_default_queue,
+                list(args or []),
+                dict(kwargs or {}),
+                task_id or f"task-{order}",
+                retries,
             ),
         )
         self.published += 1
@@ -109,22 +119,38 @@ class InProcessFleet:
             self.outcomes.append(f"not ours: {message.queue[len(QUEUE_PREFIX) :]}")
             self.verdicts.append(None)
             return self.outcomes[-1]
-        outcome = tasks.handle(self.broker, lambda: self.runtime, *message.args, **message.kwargs)
+        outcome = tasks.handle(
+            self.broker, lambda: self.runtime, *message.args, **message.kwargs, task_id=message.task_id
+        )
         self.outcomes.append(outcome.text)
         self.verdicts.append(outcome.verdict)
         return outcome.text
 
     def join(self, limit: int = 10_000) -> list[str]:
         """Handle messages until none is left (the lease watch looks whenever the queue is
-        empty, as the workers' watch does every quarter lease); the outcomes, in order."""
+        empty, as the workers' watch does every quarter lease, and the clock moves on to the
+        next back-off's end while one is waited out); the outcomes, in order."""
         start = len(self.outcomes)
         for _ in range(limit):
-            if self.step() is None:
-                rescued = rescue_expired_leases(self.broker, self.state)
-                lost = requeue_lost_messages(self.broker, self.state, len(self.broker.messages))
-                if not rescued and not lost:
+            if self.step() is None and not self.watch():
+                waits = [piece.retry_at for piece in self._running_slices() if piece.retry_at > self.clock.now]
+                if not waits:
                     return self.outcomes[start:]
+                self.clock.now = min(waits)
         raise AssertionError(f"the fleet did not drain in {limit} messages: {self.outcomes[-10:]}")
+
+    def watch(self) -> bool:
+        """One look of the lease watch (worker/lease_watch.py); whether it sent anything."""
+        rescued = rescue_expired_leases(self.broker, self.state)
+        retried = send_due_retries(self.broker, self.state)
+        lost = requeue_lost_messages(self.broker, self.state, len(self.broker.messages))
+        return bool(rescued or retried or lost)
+
+    def _running_slices(self):
+        sweep_id = self.state.active_sweep_id()
+        if not sweep_id or self.state.get_sweep(sweep_id).status != RUNNING:
+            return []
+        return self.state.slices(sweep_id)
 
 
 def start_sweep(fleet: InProcessFleet, target_kid: str, slices: int, sweep_id: str) -> Sweep:

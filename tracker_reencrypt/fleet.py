@@ -20,7 +20,7 @@ from celery import Celery
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.stores import store_fingerprint
-from tracker_reencrypt.sweep.records import RUNNING
+from tracker_reencrypt.sweep.records import RUNNING, Slice
 from tracker_reencrypt.sweep.state import SweepState
 
 log = logging.getLogger("reencrypt.fleet")
@@ -87,17 +87,28 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
 
 
 def enqueue_slice(
-    app: Celery, sweep_id: str, index: int, fence: int, countdown: float = 0, fingerprint: str | None = None
+    app: Celery,
+    sweep_id: str,
+    index: int,
+    fence: int,
+    countdown: float = 0,
+    fingerprint: str | None = None,
+    retry_of: Slice | None = None,
 ) -> None:
     """Queue one batch of work on a slice, naming the fence the task must find and the store it
-    belongs to (by default the app's own store; a misrouted message is sent on to its own)."""
+    belongs to (by default the app's own store; a misrouted message is sent on to its own).
+
+    ``retry_of``: the slice, its back-off after a failed batch over. The message is the failed
+    task's retry as Celery's own would be: the same task id, its retries counted."""
     queue = queue_for(fingerprint) if fingerprint else app.conf.task_default_queue
+    as_retry = {"task_id": retry_of.retry_task_id, "retries": retry_of.error_retries} if retry_of else {}
     app.send_task(
         PROCESS_SLICE,
         args=[sweep_id, index, fence],
         kwargs={"store": queue[len(QUEUE_PREFIX) :]},
         countdown=countdown or None,
         queue=queue,
+        **as_retry,
     )
 
 
@@ -158,10 +169,34 @@ def requeue_lost_messages(app: Celery, state: SweepState, waiting: int) -> list[
     if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
         return []
     now = state.clock()
-    idle = sum(1 for piece in state.slices(sweep_id) if not piece.done and not piece.lease_is_live(now))
+    # A slice waiting out a back-off has no message by design (send_due_retries sends it).
+    idle = sum(
+        1
+        for piece in state.slices(sweep_id)
+        if not piece.done and not piece.lease_is_live(now) and piece.retry_at <= now
+    )
     if idle <= waiting:
         return []
     return _send_rescues(app, state, sweep_id, state.rescue_stalled(sweep_id, STALL_S, idle - waiting))
+
+
+def send_due_retries(app: Celery, state: SweepState) -> list[tuple[int, int]]:
+    """Send, once each, the retries of the running sweep's slices whose back-off after a failed
+    batch is over (SweepState.back_off_slice recorded when): the durable half of Celery's retry,
+    so that no retry waits in a worker's memory. Used by the lease watch and ``sweep start --wait``."""
+    sweep_id = state.active_sweep_id()
+    if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
+        return []
+    sent = []
+    for piece in state.due_retries(sweep_id):
+        try:
+            enqueue_slice(app, sweep_id, piece.index, piece.fence, retry_of=piece)
+        except Exception:
+            state.unmark_rescue(sweep_id, piece.index, piece.fence)  # the next look sends it
+            raise
+        log.info("slice %s/%d: back-off over; retry %d sent", sweep_id, piece.index, piece.error_retries)
+        sent.append((piece.index, piece.fence))
+    return sent
 
 
 def _send_rescues(app: Celery, state: SweepState, sweep_id: str, rescued: list[tuple[int, int]]) -> list:

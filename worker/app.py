@@ -10,8 +10,9 @@ Celery consumes anything): a broken one exits non-zero with one line instead of 
 says "ready" and loops on errors. The other Celery commands skip that check: a probe's
 ``inspect ping`` must not call the vault.
 
-A message ends in Celery's own terms (worker/tasks.py, Outcome.verdict): SUCCESS; RETRY with
-Celery's retry (the same task id, ``retries`` counted) when an outage gave the slice back; or
+A message ends in Celery's own terms (worker/tasks.py, Outcome.verdict): SUCCESS; RETRY when
+an outage gave the slice back, retried as Celery retries (the same task id, ``retries``
+counted) but sent by the lease watch when the back-off kept with the slice is over; or
 FAILURE (:class:`BatchFailed`) when it cannot succeed as it is (the sweep paused with the reason).
 
 Logs: Celery's (``-l/--loglevel``), as text or, with ``REENCRYPT_LOG_FORMAT=json``, one JSON
@@ -29,6 +30,7 @@ import sys
 
 import celery.apps.worker
 from celery import concurrency, signals
+from celery.exceptions import Retry
 
 from tracker_reencrypt import embedded_redis, logs
 from tracker_reencrypt.config import Settings, load_settings
@@ -84,8 +86,8 @@ def process_slice(self, sweep_id: str, index: int, fence: int, store: str | None
     retries = []
 
     def retry(at_fence: int, delay: float, why: str) -> None:
-        # Sent now (before the sweep record is touched, see tasks._give_back), raised below.
-        # A failed batch's claim moved the slice's fence on: the retry must name the new one.
+        # An outage before the slice was claimed: nothing durable says when to try again, so
+        # Celery's own retry message does (sent now, raised below).
         retries.append(
             self.retry(
                 args=[sweep_id, index, at_fence],
@@ -98,11 +100,20 @@ def process_slice(self, sweep_id: str, index: int, fence: int, store: str | None
 
     with logs.context(sweep=sweep_id, slice=index, task_id=self.request.id, task_name=PROCESS_SLICE):
         outcome = tasks.handle(
-            app, lambda: runtime.current(settings, settings.redis_url), sweep_id, index, fence, store, retry
+            app,
+            lambda: runtime.current(settings, settings.redis_url),
+            sweep_id,
+            index,
+            fence,
+            store,
+            retry,
+            task_id=self.request.id,
         )
         log.info("slice %s/%d: %s", sweep_id, index, outcome.text)
-    if outcome.verdict == "retry" and retries:
-        raise retries[-1]
+    if outcome.verdict == "retry":
+        # A failed batch: its slice records the back-off and the lease watch sends the retry
+        # (this task id, retries counted) when it is due; Celery is told RETRY without a message.
+        raise retries[-1] if retries else Retry(exc=tasks.BatchFailed(outcome.cause), when=outcome.retry_in)
     if outcome.verdict == "failed":
         raise tasks.BatchFailed(outcome.text)
     return outcome.text

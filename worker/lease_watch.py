@@ -10,6 +10,10 @@ look counts the messages the broker holds for the store's queue: when there are 
 slices nobody holds, and some of those have not moved for a minute, their messages were lost
 (Redis restarted without its data, a send that failed after a commit) and they are re-queued,
 once per fence, as many as are missing.
+
+It also sends the retries of failed batches when their back-off is over: the back-off is kept
+with the slice in the store (SweepState.back_off_slice), not in a countdown message that one
+worker would hold in memory and lose with it. A retry is sent at most a look late.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import redis
 
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ReencryptError
-from tracker_reencrypt.fleet import pending_messages, requeue_lost_messages, rescue_expired_leases
+from tracker_reencrypt.fleet import pending_messages, requeue_lost_messages, rescue_expired_leases, send_due_retries
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.state import SweepState
 
@@ -45,6 +49,7 @@ def start(app, settings: Settings) -> threading.Event:
             while not stop.wait(interval):
                 try:
                     rescue_expired_leases(app, state)
+                    send_due_retries(app, state)
                     requeue_lost_messages(app, state, sum(pending_messages(broker, queue)))
                 except Exception as exc:  # noqa: BLE001 - an outage (store, broker): the next look tries again
                     log.warning("lease watch: %s", exc if isinstance(exc, ReencryptError) else type(exc).__name__)

@@ -25,23 +25,13 @@ from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, ReencryptError
 from tracker_reencrypt.fleet import QUEUE_PREFIX, enqueue_slice
 from tracker_reencrypt.sweep.records import CANCELLING, RUNNING, Sweep
-from tracker_reencrypt.sweep.state import Claim
+from tracker_reencrypt.sweep.state import ERROR_BACKOFF_S, Claim
 from worker import metrics
 from worker.batch import BatchLimits, SliceBatch
 from worker.check import SliceCheck
 from worker.runtime import Runtime
 
 log = logging.getLogger("reencrypt.worker")
-
-#: After a transient failure (vault or store unreachable), the first retry of the slice comes
-#: this late, doubling with each failure in a row up to ERROR_BACKOFF_MAX_S.
-ERROR_BACKOFF_S = 10.0
-ERROR_BACKOFF_MAX_S = 300.0
-
-
-def error_backoff(failures_in_a_row: int) -> float:
-    return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** max(0, failures_in_a_row - 1))
-
 
 #: How Celery is to report a message: SUCCESS, RETRY (a new try of it is on its way) or FAILURE
 #: (nothing retries it: the sweep is paused with the reason, or the message cannot succeed).
@@ -51,11 +41,14 @@ Verdict = Literal["done", "retry", "failed"]
 @dataclass(frozen=True)
 class Outcome:
     """What one message did: the text logged (and returned to Celery), whether its slice ended
-    (after which a running sweep may have no slice left to do and is settled), and its verdict."""
+    (after which a running sweep may have no slice left to do and is settled), and its verdict;
+    for a retry, why and in how many seconds (the slice's back-off, recorded with it)."""
 
     text: str
     slice_ended: bool = False
     verdict: Verdict = "done"
+    cause: str = ""
+    retry_in: float = 0.0
 
 
 class BatchFailed(Exception):
@@ -63,9 +56,10 @@ class BatchFailed(Exception):
     Its text is the outcome's one line (our errors carry no secrets; others are named by type)."""
 
 
-#: Sends the message again, naming ``fence`` (the slice's, which a claim moved on), ``delay``
-#: seconds from now, for ``why``: Celery's own retry in the task (the same task id, its retries
-#: counted); by default a new message (the in-process fleet, direct calls).
+#: Sends the message again, naming ``fence``, ``delay`` seconds from now, for ``why``: Celery's
+#: own retry in the task (the same task id, its retries counted); by default a new message (the
+#: in-process fleet, direct calls). Only for an outage before the slice is claimed, when the
+#: store cannot record a back-off; a failed batch's back-off is kept with its slice instead.
 RetryLater = Callable[[int, float, str], None]
 
 
@@ -77,6 +71,7 @@ def handle(
     fence: int,
     store: str | None = None,
     retry: RetryLater | None = None,
+    task_id: str | None = None,
 ) -> Outcome:
     """One task message, as the Celery task (worker/app.py) and the tests' in-process fleet
     receive it: ours is worked, another store's is sent on to its own queue.
@@ -84,10 +79,11 @@ def handle(
     Until a claim holds the slice nothing is held, so a failure there only has to bring the
     message back: later when retrying can help, never when it cannot (a sweep or slice that
     does not exist, a refused credential), which is logged and dropped instead of looping.
+    ``task_id`` is the message's Celery task id: a failed batch is retried under it.
     """
     if store != app.conf.task_default_queue[len(QUEUE_PREFIX) :]:
         return forward_misrouted(app, sweep_id, index, fence, store)
-    return _process(app, runtime_of, sweep_id, index, fence, retry or send_again(app, sweep_id, index))
+    return _process(app, runtime_of, sweep_id, index, fence, retry or send_again(app, sweep_id, index), task_id)
 
 
 def send_again(app, sweep_id: str, index: int) -> RetryLater:
@@ -97,22 +93,30 @@ def send_again(app, sweep_id: str, index: int) -> RetryLater:
 
 def process_slice(app, runtime: Runtime, sweep_id: str, index: int, fence: int) -> str:
     """Advance one slice of this worker's own store by one batch; what happened, as text."""
-    return _process(app, lambda: runtime, sweep_id, index, fence, send_again(app, sweep_id, index)).text
+    return _process(app, lambda: runtime, sweep_id, index, fence, send_again(app, sweep_id, index), None).text
 
 
 def _process(
-    app, runtime_of: Callable[[], Runtime], sweep_id: str, index: int, fence: int, retry: RetryLater
+    app,
+    runtime_of: Callable[[], Runtime],
+    sweep_id: str,
+    index: int,
+    fence: int,
+    retry: RetryLater,
+    task_id: str | None,
 ) -> Outcome:
     try:
         runtime = runtime_of()
-        outcome = _advance(app, runtime, sweep_id, index, fence, retry)
+        outcome = _advance(app, runtime, sweep_id, index, fence, task_id)
     except ReencryptError as exc:
         if not exc.transient:
             log.error("slice %s/%d: %s; message dropped (it cannot succeed as it is)", sweep_id, index, exc)
             return Outcome(f"dropped: {exc}", verdict="failed")
+        # Nothing is claimed and the store may be what is down: no back-off can be recorded,
+        # so the message itself comes back later.
         log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, exc, ERROR_BACKOFF_S)
         retry(fence, ERROR_BACKOFF_S, str(exc))
-        return Outcome("error: retrying", verdict="retry")
+        return Outcome("error: retrying", verdict="retry", cause=str(exc), retry_in=ERROR_BACKOFF_S)
     _settle(runtime, sweep_id, outcome)
     return outcome
 
@@ -130,7 +134,7 @@ def forward_misrouted(app, sweep_id: str, index: int, fence: int, store: str | N
     return Outcome("forwarded to its own store's queue")
 
 
-def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int, retry: RetryLater) -> Outcome:
+def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int, task_id: str | None) -> Outcome:
     state, settings = runtime.state, runtime.settings
     sweep = state.get_sweep(sweep_id)
     if sweep.status != RUNNING:
@@ -142,10 +146,10 @@ def _advance(app, runtime: Runtime, sweep_id: str, index: int, fence: int, retry
         return Outcome(f"retry later: {claim.why}")
     if claim.action == "drop":
         return Outcome(f"dropped: {claim.why}", slice_ended=claim.slice_done)
-    return _work(app, runtime, sweep, index, claim, retry)
+    return _work(app, runtime, sweep, index, claim, task_id)
 
 
-def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim, retry: RetryLater) -> Outcome:
+def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim, task_id: str | None) -> Outcome:
     state, settings, sweep_id = runtime.state, runtime.settings, sweep.id
     started = time.perf_counter()
     try:
@@ -173,7 +177,7 @@ def _work(app, runtime: Runtime, sweep: Sweep, index: int, claim: Claim, retry: 
         return Outcome("lease lost")
     except Exception as exc:  # noqa: BLE001 - every failure gives the slice back; none may leave it leased
         metrics.BATCHES.labels("error").inc()
-        return _give_back(runtime, sweep_id, index, claim.fence, exc, retry)
+        return _give_back(runtime, sweep_id, index, claim.fence, exc, task_id)
     finally:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         runtime.publish_metrics()
@@ -200,9 +204,9 @@ def _clear_last_error(state, sweep_id: str) -> None:
         log.warning("sweep %s: could not clear its last error (%s)", sweep_id, exc)
 
 
-def _give_back(runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exception, retry: RetryLater) -> Outcome:
-    """Release the slice at its checkpoint (documents already rewritten are on target and will
-    be skipped), then retry later or pause the sweep, by what kind of failure this is."""
+def _give_back(runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exception, task_id: str | None) -> Outcome:
+    """Give the slice back with its back-off recorded (SweepState.back_off_slice: the lease
+    watch sends its retry when due), then pause the sweep if retrying cannot help."""
     state = runtime.state
     transient = isinstance(exc, ReencryptError) and exc.transient
     # Our errors are one line without secrets; anything else is named by its type only, since
@@ -221,22 +225,21 @@ def _give_back(runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exc
         )
         log.error("slice %s/%d: unexpected %s at %s", sweep_id, index, type(exc).__name__, frames)
     try:
-        released = state.release_slice(sweep_id, index, fence, failed=True)
+        waiting = state.back_off_slice(sweep_id, index, fence, task_id)
     except LeaseLostError:
         return Outcome("lease lost")
-    # Released: from here on only a message moves the slice on, so it is sent before the
-    # sweep record is touched (a store error there must not strand the slice).
-    delay = error_backoff(released.error_retries)
+    # Its retry is due then whatever happens next: if the sweep cannot be paused below (the
+    # store failed again), the slice is still tried again, and 'sweep resume' makes it due now.
+    delay = waiting.retry_at - state.clock()
+    retrying = Outcome("error: retrying", verdict="retry", cause=message, retry_in=delay)
     if not transient:
         log.error("slice %s/%d: %s; pausing the sweep ('reencrypt sweep resume' once fixed)", sweep_id, index, message)
         try:
             state.pause_for(sweep_id, message)
-        except ReencryptError as outage:  # the slice must not be left without a message: try again later
-            retry(fence, delay, message)
+        except ReencryptError as outage:
             log.error("sweep %s: could not be paused (%s); slice %d retried in %.0fs", sweep_id, outage, index, delay)
-            return Outcome("error: retrying", verdict="retry")
+            return retrying
         return Outcome("paused: " + message, verdict="failed")
-    retry(fence, delay, message)
     log.error("slice %s/%d: %s; retrying in %.0fs", sweep_id, index, message, delay)
     try:
         state.update_sweep(
@@ -244,7 +247,7 @@ def _give_back(runtime: Runtime, sweep_id: str, index: int, fence: int, exc: Exc
         )
     except ReencryptError as outage:  # shown on the sweep when the store answers again
         log.warning("sweep %s: could not record its last error (%s)", sweep_id, outage)
-    return Outcome("error: retrying", verdict="retry")
+    return retrying
 
 
 def _settle(runtime: Runtime, sweep_id: str, outcome: Outcome) -> None:

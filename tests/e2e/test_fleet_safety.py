@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -365,38 +366,19 @@ def vault_rotation(home: Path, vault: KeyVaultServer, documents: int, redis_url:
     )
 
 
-def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(
-    tmp_path, redis_url, vault, spawn, request
-):
-    """...and Celery's events say so: the failed batches as RETRY, then the same tasks SUCCESS."""
-    rotation = vault_rotation(tmp_path / "vaulted", vault, 300, redis_url)
-    env = rotation.env(**FAST_RECOVERY, TEST_VAULT_CA=vault.cert_path, PYTHONPATH=str(ROOT / "tests"))
-    events = TaskEvents(redis_url)
-    request.addfinalizer(events.close)
-    worker = spawn(
-        "vault-worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "vault_worker",
-            "worker",
-            "--queues",
-            rotation.queue(),
-            "--concurrency",
-            "2",
-            "--loglevel",
-            "INFO",
-            "--task-events",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env,
-    )
-    wait_ready(worker)
+def vault_worker(rotation: Rotation, concurrency: int) -> list[str]:
+    """A Celery worker of the project's app whose Key Vault client trusts the loopback vault."""
+    return [
+        *[sys.executable, "-m", "celery", "-A", "vault_worker", "worker", "--queues", rotation.queue()],
+        *["--concurrency", str(concurrency), "--loglevel", "INFO", "--task-events"],
+        *["--without-gossip", "--without-mingle"],
+    ]
 
-    def reencrypt(*args: str) -> subprocess.CompletedProcess:  # the CLI, as a client of the loopback vault
+
+def vault_cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
+    """The CLI, as a client of the loopback vault."""
+
+    def reencrypt(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "loopback_vault", *args],
             cwd=ROOT,
@@ -405,6 +387,21 @@ def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(
             text=True,
             timeout=120,
         )
+
+    return reencrypt
+
+
+def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(
+    tmp_path, redis_url, vault, spawn, request
+):
+    """...and Celery's events say so: the failed batches as RETRY, then the same tasks SUCCESS."""
+    rotation = vault_rotation(tmp_path / "vaulted", vault, 300, redis_url)
+    env = rotation.env(**FAST_RECOVERY, TEST_VAULT_CA=vault.cert_path, PYTHONPATH=str(ROOT / "tests"))
+    events = TaskEvents(redis_url)
+    request.addfinalizer(events.close)
+    worker = spawn("vault-worker", vault_worker(rotation, concurrency=2), env)
+    wait_ready(worker)
+    reencrypt = vault_cli(env)
 
     started = reencrypt("sweep", "start", "--to", rotation.v2, "--slices", "4", "--rate", "60", "--json")
     assert started.returncode == 0, started.stderr
@@ -447,6 +444,56 @@ def test_a_vault_outage_is_retried_and_the_sweep_completes_with_no_error_left(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     report = json.loads(verified.stdout)
     assert report["ok"] and report["undecryptable"] == 0, report
+
+
+def test_a_retry_waiting_out_its_back_off_is_not_lost_with_the_worker_that_failed(
+    tmp_path, redis_url, vault, spawn, request
+):
+    """Celery's own retry would be a countdown message held in the failing worker's memory:
+    killed, the retry would wait for the visibility timeout (here ten minutes). The back-off is
+    kept with the slice instead, and the next worker's lease watch sends it when it is due."""
+    rotation = vault_rotation(tmp_path / "vaulted", vault, 300, redis_url)
+    env = rotation.env(
+        **{**FAST_RECOVERY, "REENCRYPT_VISIBILITY_TIMEOUT_SECONDS": "600"},
+        TEST_VAULT_CA=vault.cert_path,
+        PYTHONPATH=str(ROOT / "tests"),
+    )
+    events = TaskEvents(redis_url)
+    request.addfinalizer(events.close)
+    failing = spawn("failing-worker", vault_worker(rotation, concurrency=1), env)
+    wait_ready(failing)
+    started = vault_cli(env)("sweep", "start", "--to", rotation.v2, "--slices", "2", "--rate", "60", "--json")
+    assert started.returncode == 0, started.stderr
+    stored = Stored(rotation, json.loads(started.stdout)["id"])
+    wait_for(lambda: stored.scanned() > 0, 30, message="the first batch committed")
+    wait_for(lambda: events.of("worker-heartbeat"), 30, message="the event capture listening")
+
+    vault.handle = lambda *request: OUTAGE
+    try:
+        wait_for(
+            lambda: all(piece["done"] or piece["retry_at"] > time.time() for piece in stored.slices()),
+            30,
+            0.1,
+            message=f"every slice waiting out a back-off\n{failing.output()[-3000:]}",
+        )
+        os.killpg(failing.process.pid, signal.SIGKILL)  # the worker that saw every failure, gone
+        failing.process.wait()
+        waiting = {piece["retry_task_id"] for piece in stored.slices() if not piece["done"]}
+    finally:
+        del vault.handle
+    assert waiting <= {event["uuid"] for event in events.of("task-retried")}, waiting
+
+    survivor = spawn("next-worker", vault_worker(rotation, concurrency=1), env)
+    final = stored.wait_finished(90, survivor.output)  # a back-off (10 s) and a look, not ten minutes
+    assert final["sweep"]["status"] == "completed", f"{stored.describe()}\n{survivor.output()[-3000:]}"
+    assert final["totals"]["documents_scanned"] == rotation.documents and final["totals"]["failures"] == 0
+    # Sent again as Celery's retry is: the same task ids, now succeeding on the other worker.
+    wait_for(
+        lambda: waiting <= {event["uuid"] for event in events.of("task-succeeded")},
+        30,
+        message="the retried tasks to succeed",
+    )
+    assert "back-off over; retry" in survivor.output()
 
 
 # -- case 10: a killed worker ----------------------------------------------------------------

@@ -178,11 +178,46 @@ def test_an_outage_mid_batch_is_a_retry_naming_the_slices_new_fence(rotation):
         return scan(*args, **kwargs)
 
     fleet.runtime.store.scan = scan_failing_once
+    (first,) = fleet.broker.messages
+    failed_at = fleet.clock.now
     assert fleet.step() == "error: retrying" and fleet.verdicts == ["retry"]
+
+    # The back-off is kept with the slice, not in a countdown message some worker would hold.
+    assert fleet.broker.messages == []
+    (waiting,) = fleet.state.slices(sweep.id)
+    assert (waiting.retry_at, waiting.retry_task_id, waiting.error_retries) == (failed_at + 10, first.task_id, 1)
+    fleet.clock.now = failed_at + 9
+    assert not fleet.watch() and fleet.broker.messages == []  # not due yet
+    fleet.clock.now = failed_at + 10
+    assert fleet.watch() and not fleet.watch()  # due: sent once, however many watches look
     (again,) = fleet.broker.messages
-    assert again.args[2] == fleet.state.slices(sweep.id)[0].fence == 1  # the claim's fence, not the message's
+    assert (again.task_id, again.retries) == (first.task_id, 1)  # Celery's retry: same task, counted
+    assert again.args[2] == waiting.fence == 1  # the claim's fence, not the first message's
     fleet.join()
     assert set(fleet.verdicts[1:]) == {"done"} and fleet.state.get_sweep(sweep.id).status == COMPLETED
+
+
+def test_a_message_for_a_slice_in_back_off_is_dropped_and_resume_ends_the_back_off(rotation):
+    fleet = fleet_for(rotation)
+    sweep = start(fleet, rotation.v2, slices=1)
+    scan = fleet.runtime.store.scan
+
+    def store_down(*args, **kwargs):
+        raise StoreUnavailableError("the store did not answer")
+
+    fleet.runtime.store.scan = store_down
+    assert fleet.step() == "error: retrying"
+    (waiting,) = fleet.state.slices(sweep.id)
+    enqueue_slice(fleet.broker, sweep.id, 0, waiting.fence)  # a rescue or an earlier resume's message
+    assert fleet.step().startswith("dropped: backing off after a failed batch")
+    assert fleet.state.slices(sweep.id)[0].retry_at == waiting.retry_at  # it waits on
+
+    fleet.runtime.store.scan = scan  # fixed: 'sweep resume' ends every back-off, then sends each slice
+    fleet.state.clear_back_offs(sweep.id)
+    assert fleet.state.slices(sweep.id)[0].retry_at == 0
+    enqueue_slice(fleet.broker, sweep.id, 0, waiting.fence)
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
 
 
 def test_a_batch_that_pauses_the_sweep_and_a_message_that_cannot_succeed_are_failures(rotation):

@@ -165,13 +165,56 @@ def test_an_expired_lease_is_rescued_once_and_the_rescue_takes_the_slice_over(st
         state.commit_slice("sw-1", 0, dead.fence, BatchResult("x", False, counts()))
 
 
-def test_a_failed_batch_counts_its_retries_and_a_commit_resets_them(state):
+def test_a_failed_batch_backs_off_longer_each_time_in_a_row_and_a_commit_resets_it(state, clock):
     start(state, slices=1)
-    for expected in (1, 2):
+    for failures, back_off in ((1, 10), (2, 20), (3, 40)):
         claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0].fence, "a", 30)
-        assert state.release_slice("sw-1", 0, claim.fence, failed=True).error_retries == expected
+        assert claim.action == "work"
+        waiting = state.back_off_slice("sw-1", 0, claim.fence, f"task-{failures}")
+        assert (waiting.error_retries, waiting.retry_at, waiting.lease_owner) == (failures, clock.now + back_off, None)
+        early = state.claim_slice("sw-1", 0, waiting.fence, "b", 30)
+        assert early.action == "drop" and early.why.startswith("backing off")
+        clock.now += back_off - 1
+        assert state.due_retries("sw-1") == []
+        clock.now += 1
+        (due,) = state.due_retries("sw-1")
+        assert (due.fence, due.retry_task_id, due.error_retries) == (waiting.fence, f"task-{failures}", failures)
+        assert state.due_retries("sw-1") == []  # marked: one message, however many watches look
     claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0].fence, "a", 30)
+    assert (claim.slice.retry_at, claim.slice.retry_task_id) == (0.0, None)
     assert state.commit_slice("sw-1", 0, claim.fence, BatchResult("c", False, counts())).error_retries == 0
+
+
+def test_the_back_off_caps_at_five_minutes():
+    assert [state_module.error_backoff(n) for n in (1, 5, 6, 30)] == [10, 160, 300, 300]
+
+
+def test_a_batch_that_fails_after_its_lease_was_rescued_is_still_retried(state, clock):
+    """The slow worker's lease expired and a rescue went out for its fence; then its batch
+    failed. The rescue meets the back-off and is dropped, so the retry must still be sent."""
+    start(state, slices=1)
+    slow = state.claim_slice("sw-1", 0, 0, "slow", 30)
+    clock.now += 31
+    assert state.rescue_expired("sw-1") == [(0, slow.fence)]
+    state.back_off_slice("sw-1", 0, slow.fence, "task-slow")
+    assert state.claim_slice("sw-1", 0, slow.fence, "b", 30).action == "drop"  # the rescue, early
+    clock.now += 10
+    assert [piece.index for piece in state.due_retries("sw-1")] == [0]
+
+
+def test_a_slice_waiting_out_a_back_off_is_not_taken_for_one_whose_message_was_lost(state, clock):
+    start(state, slices=1)
+    claim = state.claim_slice("sw-1", 0, 0, "a", 30)
+    state.back_off_slice("sw-1", 0, claim.fence, "task-1")
+    for _ in range(4):  # back-offs of 10, 20, 40, 80 s: longer than the stall limit
+        clock.now = state.slices("sw-1")[0].retry_at
+        claim = state.claim_slice("sw-1", 0, state.slices("sw-1")[0].fence, "a", 30)
+        state.back_off_slice("sw-1", 0, claim.fence, "task-1")
+    clock.now += 61
+    assert state.rescue_stalled("sw-1", 60, 1) == []  # no message by design: the retry comes when due
+    state.clear_back_offs("sw-1")  # 'sweep resume'
+    assert state.slices("sw-1")[0].retry_at == 0
+    assert state.claim_slice("sw-1", 0, claim.fence, "a", 30).action == "work"
 
 
 def test_a_problem_only_a_person_can_fix_pauses_the_sweep_with_its_reason(state):

@@ -264,6 +264,12 @@ class Slice:
     updated_at: float = 0.0
     #: Failed batches in a row: the back-off of the next try grows with it.
     error_retries: int = 0
+    #: After a failed batch, when the slice is tried again (seconds since the epoch; 0: not
+    #: waiting), and the Celery task id that try goes under (SweepState.back_off_slice). Kept
+    #: here, not in a countdown message a worker holds: a worker lost while the slice waits
+    #: loses nothing, and any worker's lease watch sends the try when it is due.
+    retry_at: float = 0.0
+    retry_task_id: str | None = None
     #: The fence whose expired lease was already re-queued once (SweepState.rescue_expired).
     rescued_fence: int | None = None
     #: What a verify sweep's committed batches counted (empty for any other sweep).

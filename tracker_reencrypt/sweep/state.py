@@ -35,6 +35,7 @@ always be cancelled once their leases expire.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -67,6 +68,16 @@ from tracker_reencrypt.sweep.records import (
 
 SWEEP, SLICE, FAILURE, LOCK = "sweep", "slice", "failure", "lock"
 ACTIVE_LOCK_ID = "active-sweep"
+#: After a failed batch (vault or store unreachable), the slice's first retry comes this late,
+#: doubling with each failure in a row up to ERROR_BACKOFF_MAX_S.
+ERROR_BACKOFF_S = 10.0
+ERROR_BACKOFF_MAX_S = 300.0
+
+
+def error_backoff(failures_in_a_row: int) -> float:
+    return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** max(0, failures_in_a_row - 1))
+
+
 #: A lock naming a sweep with no record yet is a start still writing it, for this long; after
 #: that, a start that crashed before writing it, and no longer blocks the container.
 LOCK_GRACE_S = 60.0
@@ -249,8 +260,17 @@ class SweepState:
                 return Claim("retry", retry_after=piece.lease_expires - now, why=f"leased by {piece.lease_owner}")
             if not piece.lease_owner and piece.fence != expected_fence:
                 return Claim("drop", why="stale message: the slice moved on")
+            if piece.retry_at > now:
+                # Its try is due later and the lease watch sends it then (a resume or a rescue
+                # of a running sweep sends every slice a message, this one too).
+                return Claim("drop", why=f"backing off after a failed batch, {piece.retry_at - now:.0f}s to go")
             claimed = piece.but(
-                fence=piece.fence + 1, lease_owner=owner, lease_expires=now + lease_seconds, updated_at=now
+                fence=piece.fence + 1,
+                lease_owner=owner,
+                lease_expires=now + lease_seconds,
+                updated_at=now,
+                retry_at=0.0,
+                retry_task_id=None,
             )
             try:
                 self.records.replace(SLICE, record_id, claimed.to_record(), etag)
@@ -274,12 +294,33 @@ class SweepState:
             ),
         )
 
-    def release_slice(self, sweep_id: str, index: int, fence: int, *, failed: bool = False) -> Slice:
-        """Give a claimed slice back at its checkpoint (the sweep was paused or cancelled, or the
-        batch failed: then ``error_retries`` counts on, for the back-off of the next try)."""
-        return self._settle_slice(
-            sweep_id, index, fence, lambda piece: piece.but(error_retries=piece.error_retries + int(failed))
-        )
+    def back_off_slice(self, sweep_id: str, index: int, fence: int, task_id: str | None) -> Slice:
+        """Give a claimed slice back at its checkpoint after its batch failed (documents already
+        rewritten are on target and will be skipped), to be tried again after the back-off
+        (``error_retries`` counts on; ``retry_at`` says when), as Celery task ``task_id`` again:
+        :meth:`due_retries` hands it to the lease watch then. Nothing waits in a worker."""
+
+        def back_off(piece: Slice) -> Slice:
+            failures = piece.error_retries + 1
+            # A rescue already sent for this fence (its lease expired while the batch ran)
+            # would meet the back-off and be dropped: the retry is a message of its own.
+            return piece.but(
+                error_retries=failures,
+                retry_at=self.clock() + error_backoff(failures),
+                retry_task_id=task_id,
+                rescued_fence=None,
+            )
+
+        return self._settle_slice(sweep_id, index, fence, back_off)
+
+    def clear_back_offs(self, sweep_id: str) -> None:
+        """Make every slice waiting out a back-off due now: ``sweep resume`` says the cause is
+        fixed. Best effort per slice: one that moved on meanwhile needs no change."""
+        for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
+            piece = Slice.from_record(body)
+            if piece.retry_at:
+                with contextlib.suppress(ConflictError):
+                    self.records.replace(SLICE, record_id, piece.but(retry_at=0.0).to_record(), etag)
 
     def _settle_slice(self, sweep_id: str, index: int, fence: int, change: Callable[[Slice], Slice]) -> Slice:
         record_id = slice_id(sweep_id, index)
@@ -315,18 +356,30 @@ class SweepState:
         return self._rescue(sweep_id, lambda piece: bool(piece.lease_owner) and not piece.lease_is_live(now))
 
     def rescue_stalled(self, sweep_id: str, idle_for_s: float, limit: int) -> list[tuple[int, int]]:
-        """Up to ``limit`` slices nobody holds that have not moved for ``idle_for_s``: the caller
-        found fewer messages in the broker than such slices, so theirs were lost (a broker that
-        lost its queue, a send that failed after a commit). Marked as rescue_expired does."""
+        """Up to ``limit`` slices nobody holds that have not moved for ``idle_for_s`` (and wait
+        for no back-off): the caller found fewer messages in the broker than such slices, so
+        theirs were lost (a broker that lost its queue, a send that failed after a commit).
+        Marked as rescue_expired does."""
         now = self.clock()
         return self._rescue(
-            sweep_id, lambda piece: not piece.lease_owner and now - piece.updated_at > idle_for_s, limit=limit
+            sweep_id,
+            lambda piece: not piece.lease_owner and piece.retry_at <= now and now - piece.updated_at > idle_for_s,
+            limit=limit,
         )
+
+    def due_retries(self, sweep_id: str) -> list[Slice]:
+        """Slices whose back-off after a failed batch is over, each claimed for ONE message (as
+        rescue_expired marks them): the caller sends each as Celery task ``retry_task_id``."""
+        now = self.clock()
+        return self._mark_rescues(sweep_id, lambda piece: not piece.lease_owner and 0 < piece.retry_at <= now)
 
     def _rescue(
         self, sweep_id: str, needs_it: Callable[[Slice], bool], limit: int | None = None
     ) -> list[tuple[int, int]]:
-        rescued: list[tuple[int, int]] = []
+        return [(piece.index, piece.fence) for piece in self._mark_rescues(sweep_id, needs_it, limit)]
+
+    def _mark_rescues(self, sweep_id: str, needs_it: Callable[[Slice], bool], limit: int | None = None) -> list[Slice]:
+        rescued: list[Slice] = []
         for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
             if limit is not None and len(rescued) >= limit:
                 break
@@ -337,7 +390,7 @@ class SweepState:
                 self.records.replace(SLICE, record_id, piece.but(rescued_fence=piece.fence).to_record(), etag)
             except ConflictError:
                 continue  # taken over or rescued by someone else meanwhile
-            rescued.append((piece.index, piece.fence))
+            rescued.append(piece)
         return rescued
 
     def totals(self, sweep_id: str) -> Counts:
