@@ -528,7 +528,17 @@ class Progress:
             "active_leases": self.active_leases,
             "budget_estimate": self.budget_estimate,
             "slices": [
-                {"index": s.index, "done": s.done, "leased_by": s.lease_owner, "counts": s.counts} for s in self.slices
+                {
+                    "index": s.index,
+                    "done": s.done,
+                    "leased_by": s.lease_owner,
+                    "counts": s.counts,
+                    # After a failed batch: when its retry is due (seconds since the epoch), and
+                    # how many batches failed in a row; 0 and 0 otherwise.
+                    "retry_at": s.retry_at,
+                    "error_retries": s.error_retries,
+                }
+                for s in self.slices
             ],
             "products": self.by_product(),
         }
@@ -585,10 +595,10 @@ def progress(
     started = parse_utc(sweep.started_at)
     if sweep.finished:
         end = ended_at(sweep, slices, now)
-        rate = over_run(started, end, scanned)
+        rate = over_run(started, end, scanned, sweep.time_paused(end))
     else:
         end = now
-        rate = (window or throughput_window(sweep)).observe(now, scanned)
+        rate = (window or throughput_window(sweep)).observe(now, scanned, sweep.time_paused(now))
     remaining = max(0, sweep.documents_estimate - scanned)
     eta = rate.eta_s(remaining, running=sweep.status == RUNNING)
     leases = sum(1 for s in slices if s.lease_is_live(now))

@@ -12,7 +12,8 @@ progresses.
 A reader that has not watched the sweep for a whole window yet (``sweep status`` once, an exporter
 just started) has no count from a window ago: its figure is the average since the sweep started
 (whose count was 0), which for a sweep younger than the window *is* the window's figure. Once the
-sweep finished, the figure is its average over the whole run.
+sweep finished, the figure is its average over the whole run. Both leave out the time the sweep
+spent paused: a sweep paused for an hour did not run slower.
 
 A span under :data:`MIN_SPAN_S` gives no figure at all (None, shown as "-"): a sweep that took a few
 milliseconds did not run at millions of documents per second.
@@ -71,11 +72,15 @@ class ThroughputWindow:
     def __init__(self, started_at: float, window_s: float = WINDOW_S) -> None:
         self.started_at = started_at
         self.window_s = window_s
+        self.paused_s = 0.0
         self._samples: deque[Sample] = deque()
 
-    def observe(self, at: float, scanned: int) -> Throughput:
+    def observe(self, at: float, scanned: int, paused_s: float = 0.0) -> Throughput:
+        """A read at ``at``; ``paused_s``: the time the sweep has spent paused by then, which a
+        rate since the start leaves out (the window's rate, like Prometheus', keeps it in)."""
         if self._samples and at < self._samples[-1].at:
             return self.throughput()  # an older read arriving late adds nothing
+        self.paused_s = paused_s
         self._samples.append(Sample(at, scanned))
         while len(self._samples) > 1 and self._samples[1].at <= at - self.window_s:
             self._samples.popleft()
@@ -87,12 +92,12 @@ class ThroughputWindow:
         last, oldest = self._samples[-1], self._samples[0]
         if oldest.at <= last.at - self.window_s:
             return _rate(oldest, last, "window")
-        return _rate(Sample(self.started_at, 0), last, "since start")
+        return _rate(Sample(self.started_at + self.paused_s, 0), last, "since start")
 
 
-def over_run(started_at: float, ended_at: float, scanned: int) -> Throughput:
-    """A finished sweep's average over its whole run."""
-    return _rate(Sample(started_at, 0), Sample(ended_at, scanned), "run")
+def over_run(started_at: float, ended_at: float, scanned: int, paused_s: float = 0.0) -> Throughput:
+    """A finished sweep's average over the time it ran (its run, less ``paused_s`` paused)."""
+    return _rate(Sample(started_at + paused_s, 0), Sample(ended_at, scanned), "run")
 
 
 def _rate(base: Sample, last: Sample, basis: Basis) -> Throughput:

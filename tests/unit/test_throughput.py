@@ -26,7 +26,7 @@ from coordinator.throughput import (
 )
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.stores.sqlite import SqliteStore
-from tracker_reencrypt.sweep.records import RUNNING, Sweep, zero_counts
+from tracker_reencrypt.sweep.records import CANCELLING, PAUSED, RUNNING, Sweep, zero_counts
 from tracker_reencrypt.sweep.state import BatchResult
 
 T0 = 1_800_000_000.0  # the sweep's start
@@ -238,3 +238,37 @@ def test_a_sweep_finished_within_a_second_says_so(ctx):
     render.summary(console, progress)
     text = console.export_text()
     assert "in under 1 s" in text and "docs/s" not in text and "0.0s" not in text
+
+
+def test_time_spent_paused_is_left_out_of_the_rate_since_the_start(ctx):
+    """A sweep that ran a minute at 100 docs/s, was paused for an hour, then ran another minute:
+    'sweep status' read once says 100 docs/s, not 3, and the ETA follows from that."""
+    sweep = start(ctx, slices=1)
+    now = [T0]
+    ctx.state.clock = lambda: now[0]
+    now[0] = T0 + 60
+    commit(ctx, sweep, 0, 6000)
+    ctx.state.set_status(sweep.id, PAUSED, allowed_from=frozenset({RUNNING}))
+    now[0] = T0 + 1860  # half an hour into the pause: a paused sweep's rate is the rate it ran at
+    paused = steering.progress(ctx, ctx.state.get_sweep(sweep.id), now=now[0])
+    assert paused.docs_per_s == pytest.approx(100) and paused.eta_s is None
+    now[0] = T0 + 3660
+    resumed = ctx.state.update_sweep(sweep.id, lambda body: body.but(status=RUNNING))
+    assert (resumed.paused_s, resumed.paused_since) == (3600, None)
+    now[0] = T0 + 3720
+    commit(ctx, sweep, 0, 6000)
+    once = steering.progress(ctx, ctx.state.get_sweep(sweep.id), now=now[0])
+    assert once.throughput.basis == "since start" and once.docs_per_s == pytest.approx(100)
+    assert once.eta_s == pytest.approx((100_000 - 12_000) / 100)
+    assert once.elapsed_s == pytest.approx(3720)  # the wall-clock time since the start is still shown
+    # Paused twice: the second pause adds to the first.
+    ctx.state.set_status(sweep.id, PAUSED, allowed_from=frozenset({RUNNING}))
+    now[0] = T0 + 3780
+    assert ctx.state.get_sweep(sweep.id).time_paused(now[0]) == pytest.approx(3660)
+    cancelled = ctx.state.set_status(sweep.id, CANCELLING, allowed_from=frozenset({PAUSED}))
+    assert (cancelled.paused_s, cancelled.paused_since) == (3660, None)
+
+
+def test_a_finished_sweeps_average_is_over_the_time_it_ran():
+    assert value(over_run(T0, T0 + 3720, 12_000, paused_s=3600)) == pytest.approx(100)
+    assert value(over_run(T0, T0 + 3720, 12_000)) == pytest.approx(12_000 / 3720)

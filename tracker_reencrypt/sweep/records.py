@@ -200,9 +200,18 @@ class Sweep:
     last_error: str | None = None
     #: Why the fleet paused the sweep: a problem only a person can fix (cleared by resume).
     paused_reason: str | None = None
+    #: Seconds spent paused before the latest resume, and since when it is paused now (seconds
+    #: since the epoch; None while not paused): kept by SweepState.update_sweep on every change
+    #: of status, so a rate since the start leaves paused time out.
+    paused_s: float = 0.0
+    paused_since: float | None = None
     #: A verify sweep's result being audited: "<claim token> <utc_now()>", set once by the
     #: collector that records its "verify" entry (see coordinator/verify.py, record_fleet_verify).
     verify_claim: str | None = None
+
+    def time_paused(self, now: float) -> float:
+        """Seconds the sweep has spent paused up to ``now``."""
+        return self.paused_s + (max(0.0, now - self.paused_since) if self.paused_since is not None else 0.0)
 
     @property
     def finished(self) -> bool:

@@ -110,6 +110,16 @@ class BatchResult:
     stale_writes: list[StaleWrite] = field(default_factory=list)
 
 
+def _time_paused(before: Sweep, after: Sweep, now: float) -> Sweep:
+    """Keep count of the time a sweep spends paused, whichever command or worker pauses and
+    resumes or cancels it: its throughput is measured over the time it ran."""
+    if after.status == PAUSED and before.status != PAUSED:
+        return after.but(paused_since=now)
+    if before.status == PAUSED and after.status != PAUSED and before.paused_since is not None:
+        return after.but(paused_s=before.paused_s + max(0.0, now - before.paused_since), paused_since=None)
+    return after
+
+
 class SweepState:
     """Sweeps, slices and failures over a RecordStore, as typed records (sweep/records.py).
 
@@ -178,7 +188,7 @@ class SweepState:
             before = Sweep.from_record(body)
             if only_if is not None and not only_if(before):
                 return before
-            after = change(before).but(updated_at=utc_now())
+            after = _time_paused(before, change(before), self.clock()).but(updated_at=utc_now())
             try:
                 self.records.replace(SWEEP, sweep_id, after.to_record(), etag)
             except ConflictError:
