@@ -243,8 +243,13 @@ def sweep_events(sweep: Sweep, audit_entries: list[dict]) -> dict[str, float]:
         events["started"] = parse_utc(sweep.started_at)
     if sweep.finished and sweep.finished_at:
         events.setdefault(sweep.status, parse_utc(sweep.finished_at))
-    if sweep.status == PAUSED and sweep.paused_reason and sweep.updated_at:
-        events["paused_by_error"] = parse_utc(sweep.updated_at)
+    if sweep.status == PAUSED and sweep.paused_reason:
+        # When it paused, which a throttle of the paused sweep (a later update) does not move;
+        # a record from before paused_since was kept has only its last update to go by.
+        if sweep.paused_since is not None:
+            events["paused_by_error"] = sweep.paused_since
+        elif sweep.updated_at:
+            events["paused_by_error"] = parse_utc(sweep.updated_at)
     return events
 
 

@@ -23,6 +23,7 @@ from coordinator.exporter import EVENTS, Exporter, families, listen
 from tracker_reencrypt.config import load_settings
 from tracker_reencrypt.errors import ConfigError
 from tracker_reencrypt.stores.sqlite import SqliteStore
+from tracker_reencrypt.sweep import state as state_module
 from tracker_reencrypt.sweep.records import RUNNING, Sweep, parse_utc, utc_now, zero_counts
 from tracker_reencrypt.sweep.state import BatchResult
 
@@ -233,6 +234,16 @@ def test_sweep_events_come_from_the_audit_trail_and_the_fleet_pause(ctx, monkeyp
     assert set(seen) == {"started", "paused", "throttled", "resumed", "paused_by_error"}
     assert len(reads) == 2
     assert all(seen["started"] - 1 <= at <= datetime.now(UTC).timestamp() for at in seen.values())
+    assert seen["paused_by_error"] == ctx.state.get_sweep(sweep.id).paused_since
+
+    # Throttled two minutes into the fleet's pause: the pause is still drawn where it happened.
+    later = datetime.fromtimestamp(datetime.now(UTC).timestamp() + 120, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with monkeypatch.context() as patched:
+        patched.setattr(state_module, "utc_now", lambda **_: later)
+        steering.throttle(ctx, sweep.id, steering.LimitFlags(rate=20))
+    assert ctx.state.get_sweep(sweep.id).updated_at == later
+    seen = events()
+    assert seen["paused_by_error"] == ctx.state.get_sweep(sweep.id).paused_since
 
     steering.cancel(ctx, sweep.id)  # cancel requested, and settled at once: no lease in hand
     final = events()
