@@ -188,23 +188,22 @@ def send_due_retries(app: Celery, state: SweepState) -> list[tuple[int, int]]:
     if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
         return []
     sent = []
+    # A send that fails (the broker down) leaves its slice, and the due ones after it, idle
+    # without a message: requeue_lost_messages sends them once the broker answers.
     for piece in state.due_retries(sweep_id):
-        try:
-            enqueue_slice(app, sweep_id, piece.index, piece.fence, retry_of=piece)
-        except Exception:
-            state.unmark_rescue(sweep_id, piece.index, piece.fence)  # the next look sends it
-            raise
+        enqueue_slice(app, sweep_id, piece.index, piece.fence, retry_of=piece)
         log.info("slice %s/%d: back-off over; retry %d sent", sweep_id, piece.index, piece.error_retries)
         sent.append((piece.index, piece.fence))
     return sent
 
 
 def _send_rescues(app: Celery, state: SweepState, sweep_id: str, rescued: list[tuple[int, int]]) -> list:
-    for index, fence in rescued:
+    for sent, (index, fence) in enumerate(rescued):
         try:
             enqueue_slice(app, sweep_id, index, fence)
         except Exception:
-            state.unmark_rescue(sweep_id, index, fence)  # the next look sends it
+            for unsent_index, unsent_fence in rescued[sent:]:  # this one and the rest: the next look sends them
+                state.unmark_rescue(sweep_id, unsent_index, unsent_fence)
             raise
         log.warning("slice %s/%d: its worker died or its message was lost; re-queued", sweep_id, index)
     return rescued

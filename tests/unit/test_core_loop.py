@@ -13,7 +13,13 @@ from coordinator.context import Context
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import StoreUnavailableError
-from tracker_reencrypt.fleet import STALL_S, enqueue_slice, requeue_lost_messages, rescue_expired_leases
+from tracker_reencrypt.fleet import (
+    STALL_S,
+    enqueue_slice,
+    requeue_lost_messages,
+    rescue_expired_leases,
+    send_due_retries,
+)
 from tracker_reencrypt.sweep.records import CANCELLED, CANCELLING, COMPLETED, PAUSED, RUNNING, Sweep
 
 from conftest import assert_every_field_on, make_rotation
@@ -215,20 +221,62 @@ def test_a_rescue_whose_message_could_not_be_sent_is_sent_at_the_next_look(rotat
     message = fleet.broker.take()
     fleet.state.claim_slice(sweep.id, 0, message.args[2], "dead-worker:4", 60)
     fleet.clock.now += 61
-    send, broken = fleet.broker.send_task, []
-
-    def broker_down_once(*args, **kwargs):
-        if not broken:
-            broken.append(True)
-            raise OSError("broker unreachable")
-        return send(*args, **kwargs)
-
-    fleet.broker.send_task = broker_down_once
+    broker_down_for(fleet, sends=1)
     with pytest.raises(OSError):
         rescue_expired_leases(fleet.broker, fleet.state)
     assert rescue_expired_leases(fleet.broker, fleet.state) == [(0, message.args[2] + 1)]
     fleet.join()
     assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+
+
+def broker_down_for(fleet: InProcessFleet, sends: int) -> None:
+    """The broker refuses the next ``sends`` messages, then answers again."""
+    send, refused = fleet.broker.send_task, []
+
+    def flaky(*args, **kwargs):
+        if len(refused) < sends:
+            refused.append(True)
+            raise OSError("broker unreachable")
+        return send(*args, **kwargs)
+
+    fleet.broker.send_task = flaky
+
+
+def test_rescues_after_one_that_could_not_be_sent_are_all_sent_at_the_next_look(rotation):
+    fleet = fleet_for(rotation, lease_seconds=60)
+    sweep = start(fleet, rotation.v2, slices=3)
+    for _ in range(3):
+        message = fleet.broker.take()
+        fleet.state.claim_slice(sweep.id, message.args[1], message.args[2], "dead-worker:4", 60)
+    fleet.clock.now += 61
+    broker_down_for(fleet, sends=1)
+    with pytest.raises(OSError):
+        rescue_expired_leases(fleet.broker, fleet.state)
+    assert sorted(index for index, _ in rescue_expired_leases(fleet.broker, fleet.state)) == [0, 1, 2]
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+
+
+def test_retries_due_while_the_broker_is_down_are_re_queued_once_it_answers(rotation):
+    fleet = fleet_for(rotation)
+    sweep = start(fleet, rotation.v2, slices=2)
+    scan = fleet.runtime.store.scan
+
+    def store_down(*args, **kwargs):
+        raise StoreUnavailableError("the store did not answer")
+
+    fleet.runtime.store.scan = store_down
+    assert [fleet.step(), fleet.step()] == ["error: retrying"] * 2
+    fleet.runtime.store.scan = scan
+    fleet.clock.now = max(piece.retry_at for piece in fleet.state.slices(sweep.id))
+    broker_down_for(fleet, sends=1)
+    with pytest.raises(OSError):
+        send_due_retries(fleet.broker, fleet.state)
+    assert fleet.join() == [] and fleet.state.get_sweep(sweep.id).status == RUNNING
+    fleet.clock.now += STALL_S + 1  # no message for either slice: the lost-message look sends them
+    fleet.join()
+    assert fleet.state.get_sweep(sweep.id).status == COMPLETED
+    assert_every_field_on(rotation, rotation.v2)
 
 
 def test_a_lost_message_is_sent_again_once_the_slice_has_stalled(rotation):

@@ -297,3 +297,23 @@ def test_a_cancel_while_the_start_writes_its_slices_is_not_overwritten(state):
         start(state, slices=3)
     assert state.get_sweep("sw-1").status == CANCELLED  # not set running over the cancel
     assert state.active_sweep_id() is None
+
+
+def test_a_retry_sent_by_a_watcher_whose_clock_is_ahead_is_worked_not_dropped(state, clock):
+    start(state, slices=1)
+    claim = state.claim_slice("sw-1", 0, 0, "a", 30)
+    waiting = state.back_off_slice("sw-1", 0, claim.fence, "task-1")
+    clock.now = waiting.retry_at  # the watcher's clock says due...
+    (due,) = state.due_retries("sw-1")
+    clock.now -= 2  # ...the worker that receives the retry is two seconds behind
+    assert state.claim_slice("sw-1", 0, due.fence, "b", 30).action == "work"
+
+
+def test_a_retry_message_the_broker_lost_is_re_queued_like_any_lost_message(state, clock):
+    start(state, slices=1)
+    claim = state.claim_slice("sw-1", 0, 0, "a", 30)
+    waiting = state.back_off_slice("sw-1", 0, claim.fence, "task-1")
+    clock.now = waiting.retry_at
+    (due,) = state.due_retries("sw-1")  # sent, and lost with a Redis restart
+    clock.now += 61
+    assert state.rescue_stalled("sw-1", 60, 1) == [(0, due.fence)]

@@ -35,8 +35,8 @@ always be cancelled once their leases expire.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -324,13 +324,35 @@ class SweepState:
         return self._settle_slice(sweep_id, index, fence, back_off)
 
     def clear_back_offs(self, sweep_id: str) -> None:
-        """Make every slice waiting out a back-off due now: ``sweep resume`` says the cause is
-        fixed. Best effort per slice: one that moved on meanwhile needs no change."""
-        for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
-            piece = Slice.from_record(body)
+        """End every slice's back-off now: ``sweep resume`` says the cause is fixed (and then
+        sends every unfinished slice a message)."""
+        for piece in self.slices(sweep_id):
             if piece.retry_at:
-                with contextlib.suppress(ConflictError):
-                    self.records.replace(SLICE, record_id, piece.but(retry_at=0.0).to_record(), etag)
+                self._end_back_off(sweep_id, piece.index, due_by=math.inf)
+
+    def due_retries(self, sweep_id: str) -> list[Slice]:
+        """Slices whose back-off after a failed batch is over, each taken for ONE message by the
+        conditional write that ends its back-off: the caller sends each as Celery task
+        ``retry_task_id``. Ended, not marked as a rescue: the message then meets no back-off on
+        a worker whose clock is behind, and a message lost (a send that failed, a broker that
+        lost it) leaves an idle slice without one, which the lost-message look re-queues."""
+        now = self.clock()
+        waiting = [piece for piece in self.slices(sweep_id) if 0 < piece.retry_at <= now]
+        return [taken for piece in waiting if (taken := self._end_back_off(sweep_id, piece.index, due_by=now))]
+
+    def _end_back_off(self, sweep_id: str, index: int, *, due_by: float) -> Slice | None:
+        """The slice as it was, if this call ended its back-off (one due by ``due_by``)."""
+        record_id = slice_id(sweep_id, index)
+        while True:
+            body, etag = self.records.get(SLICE, record_id)
+            piece = Slice.from_record(body)
+            if piece.done or piece.lease_owner or not 0 < piece.retry_at <= due_by:
+                return None  # claimed, ended by another look, or not due
+            try:
+                self.records.replace(SLICE, record_id, piece.but(retry_at=0.0).to_record(), etag)
+                return piece
+            except ConflictError:
+                continue
 
     def _settle_slice(self, sweep_id: str, index: int, fence: int, change: Callable[[Slice], Slice]) -> Slice:
         record_id = slice_id(sweep_id, index)
@@ -377,19 +399,10 @@ class SweepState:
             limit=limit,
         )
 
-    def due_retries(self, sweep_id: str) -> list[Slice]:
-        """Slices whose back-off after a failed batch is over, each claimed for ONE message (as
-        rescue_expired marks them): the caller sends each as Celery task ``retry_task_id``."""
-        now = self.clock()
-        return self._mark_rescues(sweep_id, lambda piece: not piece.lease_owner and 0 < piece.retry_at <= now)
-
     def _rescue(
         self, sweep_id: str, needs_it: Callable[[Slice], bool], limit: int | None = None
     ) -> list[tuple[int, int]]:
-        return [(piece.index, piece.fence) for piece in self._mark_rescues(sweep_id, needs_it, limit)]
-
-    def _mark_rescues(self, sweep_id: str, needs_it: Callable[[Slice], bool], limit: int | None = None) -> list[Slice]:
-        rescued: list[Slice] = []
+        rescued: list[tuple[int, int]] = []
         for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
             if limit is not None and len(rescued) >= limit:
                 break
@@ -400,7 +413,7 @@ class SweepState:
                 self.records.replace(SLICE, record_id, piece.but(rescued_fence=piece.fence).to_record(), etag)
             except ConflictError:
                 continue  # taken over or rescued by someone else meanwhile
-            rescued.append(piece)
+            rescued.append((piece.index, piece.fence))
         return rescued
 
     def totals(self, sweep_id: str) -> Counts:
