@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from tracker_reencrypt.config import Settings
+from tracker_reencrypt.errors import StoreUnavailableError
 from tracker_reencrypt.fleet import (
     PROCESS_SLICE,
     QUEUE_PREFIX,
@@ -100,6 +101,7 @@ class InProcessFleet:
         self.runtime = Runtime(
             settings, None, pacing=MemoryPacing(clock=self.clock), clock=self.clock, sleep=self.clock.sleep
         )
+        self._answering_scan = self.runtime.store.scan
         self.outcomes: list[str] = []
         #: How Celery would report each message (tasks.Outcome.verdict; None: not handled here).
         self.verdicts: list[str | None] = []
@@ -138,6 +140,22 @@ class InProcessFleet:
                     return self.outcomes[start:]
                 self.clock.now = min(waits)
         raise AssertionError(f"the fleet did not drain in {limit} messages: {self.outcomes[-10:]}")
+
+    def store_down(self, scans: int | None = None) -> None:
+        """The store stops answering scans (the next ``scans`` of them; None: until
+        :meth:`store_up`), as a Cosmos outage mid-batch looks to a worker."""
+        scan, failed = self._answering_scan, []
+
+        def scan_or_fail(*args, **kwargs):
+            if scans is None or len(failed) < scans:
+                failed.append(True)
+                raise StoreUnavailableError("the store did not answer")
+            return scan(*args, **kwargs)
+
+        self.runtime.store.scan = scan_or_fail
+
+    def store_up(self) -> None:
+        self.runtime.store.scan = self._answering_scan
 
     def watch(self) -> bool:
         """One look of the lease watch (worker/lease_watch.py); whether it sent anything."""

@@ -12,7 +12,6 @@ from coordinator.cli import app as cli
 from coordinator.context import Context
 from coordinator.launch import WorkerOptions, worker_argv
 from tracker_reencrypt.config import Settings
-from tracker_reencrypt.errors import StoreUnavailableError
 from tracker_reencrypt.fleet import enqueue_slice, make_celery
 from tracker_reencrypt.sweep.records import COMPLETED, PAUSED, RUNNING, Sweep, utc_now
 from worker.health import options_problem
@@ -169,15 +168,7 @@ def start(fleet: InProcessFleet, target_kid: str, slices: int) -> Sweep:
 def test_an_outage_mid_batch_is_a_retry_naming_the_slices_new_fence(rotation):
     fleet = fleet_for(rotation)
     sweep = start(fleet, rotation.v2, slices=1)
-    scan, failed = fleet.runtime.store.scan, []
-
-    def scan_failing_once(*args, **kwargs):
-        if not failed:
-            failed.append(True)
-            raise StoreUnavailableError("the store did not answer")
-        return scan(*args, **kwargs)
-
-    fleet.runtime.store.scan = scan_failing_once
+    fleet.store_down(scans=1)
     (first,) = fleet.broker.messages
     failed_at = fleet.clock.now
     assert fleet.step() == "error: retrying" and fleet.verdicts == ["retry"]
@@ -200,19 +191,14 @@ def test_an_outage_mid_batch_is_a_retry_naming_the_slices_new_fence(rotation):
 def test_a_message_for_a_slice_in_back_off_is_dropped_and_resume_ends_the_back_off(rotation):
     fleet = fleet_for(rotation)
     sweep = start(fleet, rotation.v2, slices=1)
-    scan = fleet.runtime.store.scan
-
-    def store_down(*args, **kwargs):
-        raise StoreUnavailableError("the store did not answer")
-
-    fleet.runtime.store.scan = store_down
+    fleet.store_down()
     assert fleet.step() == "error: retrying"
     (waiting,) = fleet.state.slices(sweep.id)
     enqueue_slice(fleet.broker, sweep.id, 0, waiting.fence)  # a rescue or an earlier resume's message
     assert fleet.step().startswith("dropped: backing off after a failed batch")
     assert fleet.state.slices(sweep.id)[0].retry_at == waiting.retry_at  # it waits on
 
-    fleet.runtime.store.scan = scan  # fixed: 'sweep resume' ends every back-off, then sends each slice
+    fleet.store_up()  # fixed: 'sweep resume' ends every back-off, then sends each slice
     fleet.state.clear_back_offs(sweep.id)
     assert fleet.state.slices(sweep.id)[0].retry_at == 0
     enqueue_slice(fleet.broker, sweep.id, 0, waiting.fence)

@@ -260,14 +260,9 @@ def test_rescues_after_one_that_could_not_be_sent_are_all_sent_at_the_next_look(
 def test_retries_due_while_the_broker_is_down_are_re_queued_once_it_answers(rotation):
     fleet = fleet_for(rotation)
     sweep = start(fleet, rotation.v2, slices=2)
-    scan = fleet.runtime.store.scan
-
-    def store_down(*args, **kwargs):
-        raise StoreUnavailableError("the store did not answer")
-
-    fleet.runtime.store.scan = store_down
+    fleet.store_down()
     assert [fleet.step(), fleet.step()] == ["error: retrying"] * 2
-    fleet.runtime.store.scan = scan
+    fleet.store_up()
     fleet.clock.now = max(piece.retry_at for piece in fleet.state.slices(sweep.id))
     broker_down_for(fleet, sends=1)
     with pytest.raises(OSError):
