@@ -83,10 +83,14 @@ def test_the_baseline_and_compare_round_trip_through_the_command(rotation, tmp_p
     code, report = preflight(rotation, "--expect-workers", "0", "--baseline", str(before), "--sample", "200")
     assert code == 0 and report["baseline"]["documents"] == 200 and json.loads(before.read_text())["format"] == 1
     # After the rotation no worker need be left (KEDA scales them to 0): --compare checks the
-    # store and the keys, and says it did not check the backup or the fleet.
-    code, report = preflight(rotation, "--compare", str(before), "--sample", "200")
+    # store and the keys, and says it did not check the backup or the fleet. The gate's verdicts
+    # are tested on given figures (tests/unit/test_baseline.py); here two timings of one busy
+    # machine (the suite runs two test processes and their workers) may differ several times
+    # over, so the round trip states a tolerance that leaves only the plumbing to judge.
+    code, report = preflight(rotation, "--compare", str(before), "--sample", "200", "--tolerance", "2000")
     comparison = report["comparison"]
-    assert code == 0 and not comparison["failed"]
+    assert code == 0 and not comparison["failed"], comparison["rows"]
+    assert "+2000%" in comparison["rule"]
     assert "p95 (from 20 measurements) and p99 (from 1000) gate" in comparison["rule"]
     assert {row["figure"] for row in comparison["rows"]} >= {"read p95", "read p99", "vault unwrap p95"}
     assert {c["check"]: c["status"] for c in report["checks"] if c["check"] in ("backup", "fleet")} == {
