@@ -7,6 +7,7 @@ tests/e2e/test_preflight_backup.py)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -66,6 +67,21 @@ def test_fails_when_no_worker_serves_the_store_and_says_what_to_do(rotation):
     # Where workers start on demand (KEDA scales them from the queue), none is expected.
     code, report = preflight(rotation, "--expect-workers", "0")
     assert code == 0 and checks_named(report, "fleet")[0]["figures"]["workers"] == 0
+
+
+def test_a_broker_that_does_not_answer_fails_the_broker_check_and_skips_no_other(rotation):
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, report = preflight(rotation, "--expect-workers", "0", REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    assert code == 1 and not report["passed"]
+    (broker,) = checks_named(report, "broker")
+    assert broker["status"] == FAIL and f"127.0.0.1:{port}" in broker["subject"]
+    assert "REDIS_URL" in broker["fix"]
+    (fleet,) = checks_named(report, "fleet")
+    assert fleet["status"] == NOT_APPLICABLE and "not checked" in fleet["detail"]
+    assert checks_named(report, "key vault")[0]["status"] == PASS
+    assert all(check["status"] != FAIL for check in checks_named(report, "store"))
 
 
 def test_a_missing_store_fails_the_store_check_and_skips_no_other(tmp_path, rotation):
