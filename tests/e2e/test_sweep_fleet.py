@@ -352,9 +352,9 @@ def test_tampered_field_is_recorded_and_left_untouched_while_the_rest_moves(rota
     assert final["totals"]["failures"] == 1 and final["totals"]["documents_failed"] == 1
     assert final["totals"]["documents_scanned"] == rotation.documents
     failures = json.loads(run_cli("sweep", "failures", sweep_id, "--format", "json", env=rotation.env()).stdout)
-    assert [(f["document_id"], f["partition_key"], f["field_path"], f["reason"]) for f in failures] == [
-        (victim.id, victim.body["productId"], "/description", "authentication_failed")
-    ]
+    assert [(f["document_id"], f["partition_key"], f["field_path"], f["kid"], f["reason"]) for f in failures] == [
+        (victim.id, victim.body["productId"], "/description", rotation.v1, "authentication_failed")
+    ]  # the kid the field is on: the version whose key must decrypt it once repaired
 
     after = rotation.store().read(victim.id, victim.body["productId"])
     assert after.etag == tampered.etag, "the tampered document was rewritten"
