@@ -187,9 +187,10 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
         f"workers {progress.active_leases}",
     )
     slices = Table("slice", "progress", "docs", "fields", "conflicts", "failures", "state", box=None)
+    now = time.time()
     for s in progress.slices:
         counts = s.counts
-        state = "done" if s.done else ("working" if s.lease_owner else "queued")
+        state = slice_state(s, now)
         bar = ProgressBar(
             total=per_slice,
             completed=per_slice if s.done else min(counts["documents_scanned"], per_slice * 0.99),
@@ -219,6 +220,18 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
     if notice:
         parts.append(f"[yellow]{notice}[/]")
     return Group(*parts)
+
+
+def slice_state(piece: Slice, now: float) -> str:
+    """A slice's line in the status table; one waiting out a back-off after a failed batch says
+    when its retry is due (the lease watch sends it then)."""
+    if piece.done:
+        return "done"
+    if piece.lease_owner:
+        return "working"
+    if piece.retry_at > now:
+        return f"retry in {piece.retry_at - now:.0f}s ({piece.error_retries} failed)"
+    return "queued"
 
 
 def status(console: Console, progress: steering.Progress) -> None:

@@ -3,6 +3,7 @@ record store: the rules that keep two workers from ever advancing one slice."""
 
 import pytest
 
+from coordinator import render
 from tracker_reencrypt.audit import AuditTrail
 from tracker_reencrypt.errors import LeaseLostError, SweepError, UnknownNameError
 from tracker_reencrypt.stores.sqlite import SqliteStore
@@ -317,3 +318,12 @@ def test_a_retry_message_the_broker_lost_is_re_queued_like_any_lost_message(stat
     (due,) = state.due_retries("sw-1")  # sent, and lost with a Redis restart
     clock.now += 61
     assert state.rescue_stalled("sw-1", 60, 1) == [(0, due.fence)]
+
+
+def test_the_status_table_says_when_a_slice_in_back_off_is_retried(state, clock):
+    start(state, slices=1)
+    claim = state.claim_slice("sw-1", 0, 0, "a", 30)
+    assert render.slice_state(state.slices("sw-1")[0], clock.now) == "working"
+    waiting = state.back_off_slice("sw-1", 0, claim.fence, "task-1")
+    assert render.slice_state(waiting, clock.now) == "retry in 10s (1 failed)"
+    assert render.slice_state(waiting, waiting.retry_at) == "queued"  # due: its message is on its way
