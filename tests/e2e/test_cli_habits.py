@@ -22,7 +22,7 @@ import redis
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.sweep.records import Sweep
 
-from conftest import ROOT, run_cli, wait_for
+from conftest import ROOT, process_alive, run_cli, wait_for
 
 # -- one shape for a sweep -------------------------------------------------------------------------
 
@@ -104,14 +104,6 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_embedded_redis_status_and_stop(home):
     env = _env(home)
     idle = run_cli("embedded-redis", "status", "--json", env=env)
@@ -138,13 +130,13 @@ def test_embedded_redis_status_and_stop(home):
     try:
         refused = run_cli("embedded-redis", "stop", env=env)
         assert refused.returncode == 1 and refused.stderr.startswith("error: 1 other clients are connected")
-        assert "--force" in refused.stderr and _alive(pid)
+        assert "--force" in refused.stderr and process_alive(pid)
     finally:
         worker_like.close()
 
     stopped = run_cli("embedded-redis", "stop", env=env)
     assert stopped.returncode == 0 and f"stopped the embedded Redis of {home.resolve()} (pid {pid})" in stopped.stdout
-    wait_for(lambda: not _alive(pid), 10, interval=0.05, message="the server to exit")
+    wait_for(lambda: not process_alive(pid), 10, interval=0.05, message="the server to exit")
     again = run_cli("embedded-redis", "stop", env=env)
     assert again.returncode == 0 and "nothing to stop" in again.stdout
 

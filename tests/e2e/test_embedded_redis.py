@@ -16,7 +16,7 @@ import redis
 
 from tracker_reencrypt import embedded_redis
 
-from conftest import ROOT, TEST_DB, wait_for
+from conftest import ROOT, TEST_DB, process_alive, wait_for
 
 STARTERS = 6
 
@@ -42,20 +42,15 @@ def _servers_of(home: Path) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == home.resolve() and _alive(int(entry.name)):
+            if (
+                entry.name.isdigit()
+                and Path(os.readlink(entry / "cwd")) == home.resolve()
+                and process_alive(int(entry.name))
+            ):
                 found.append(int(entry.name))
         except OSError:
             continue  # gone meanwhile, or not ours to inspect
     return found
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (a container's init may be slow to reap a daemon)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -104,7 +99,7 @@ def test_socket_left_by_killed_server_does_not_block_a_start(home):
     embedded_redis.ensure_running(home)
     killed = int((home / "redis.pid").read_text())
     os.kill(killed, signal.SIGKILL)
-    wait_for(lambda: not _alive(killed), 10, interval=0.05, message="killed redis-server to exit")
+    wait_for(lambda: not process_alive(killed), 10, interval=0.05, message="killed redis-server to exit")
     assert (home / "redis.sock").exists() and not embedded_redis.is_running(home)
 
     url = embedded_redis.ensure_running(home)

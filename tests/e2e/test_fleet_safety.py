@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from conftest import (
     TaskEvents,
     assert_every_field_on,
     free_port,
+    loopback_get,
     make_rotation,
     run_cli,
     wait_for,
@@ -311,30 +310,20 @@ def test_a_worker_with_a_broken_configuration_exits_naming_the_problem(rotation,
     assert not missing.exists(), f"the worker created {missing}"
 
 
-def probe(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
-
-
 def test_a_healthy_worker_answers_its_liveness_and_readiness_probes(rotation, spawn):
     # As the Kubernetes manifest starts it (--health-port).
     port = free_port()
     worker = spawn("healthy-worker", cli_worker("--health-port", str(port)), rotation.env())
     try:
         wait_for(
-            lambda: probe(port, "/readyz") == 200 or worker.process.poll() is not None,
+            lambda: loopback_get(port, "/readyz", timeout=2)[0] == 200 or worker.process.poll() is not None,
             30,
             message="/readyz to answer 200",
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{worker.output()[-3000:]}") from None
     assert worker.process.poll() is None, worker.output()[-3000:]
-    assert probe(port, "/livez") == 200
+    assert loopback_get(port, "/livez", timeout=2)[0] == 200
     assert " ready." in worker.output()
 
 

@@ -9,26 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
-from conftest import ROOT, free_port, run_cli, wait_for
-
-
-def probe(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:  # not listening yet
-        return None
+from conftest import ROOT, free_port, loopback_get, run_cli, wait_for
 
 
 def test_a_json_worker_writes_only_json_lines_celery_s_own_included(fleet, rotation):
     port = free_port()
     (worker,) = fleet.start(REENCRYPT_LOG_FORMAT="json", REENCRYPT_HEALTH_PORT=str(port))
-    wait_for(lambda: probe(port, "/readyz") == 200, 30, message="the worker ready")
+    wait_for(lambda: loopback_get(port, "/readyz")[0] == 200, 30, message="the worker ready")
     done = run_cli("sweep", "start", "--to", "current", "--wait", env=rotation.env())
     assert done.returncode == 0, done.stderr
     os.killpg(worker.pid, signal.SIGTERM)  # the warm shutdown's notice is written too
@@ -84,7 +72,7 @@ def test_the_cli_and_the_exporter_log_json_lines_and_refuse_an_unknown_format(ro
         text=True,
     )
     try:
-        wait_for(lambda: probe(port, "/metrics") == 200, 30, message="the exporter serving")
+        wait_for(lambda: loopback_get(port, "/metrics")[0] == 200, 30, message="the exporter serving")
         time.sleep(1)  # a few refreshes, each failing to read the queue length
     finally:
         exporter.send_signal(signal.SIGTERM)

@@ -19,15 +19,13 @@ import shlex
 import shutil
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, loopback_get
 
 K8S_DIR = ROOT / "ops" / "k8s"
 OPERATIONS = ROOT / "docs" / "OPERATIONS.md"
@@ -380,14 +378,6 @@ def test_k8s_worker_shuts_down_warm():
     assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def test_k8s_worker_probes_ask_the_health_port_what_it_serves(redis_url):
     from tracker_reencrypt.config import Settings
     from worker.health import CHECK_DEADLINE_S, CHECK_INTERVAL_S, Dependencies, HealthServer, Heartbeat, stall_limit
@@ -422,7 +412,7 @@ def test_k8s_worker_probes_ask_the_health_port_what_it_serves(redis_url):
     health = HealthServer(0, Heartbeat(queue="q"), Dependencies(redis_url, None), bind="127.0.0.1")
     try:
         for kind, path in paths.items():
-            code, text = get(health.port, path)
+            code, text = loopback_get(health.port, path)
             assert code == 503 and text.startswith("starting"), (kind, code, text)
     finally:
         health.close()
@@ -450,8 +440,8 @@ def test_k8s_exporter_probes_ask_its_healthz_on_its_port():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(CollectorRegistry(), lambda: (503, "not read yet")))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert get(server.server_address[1], "/healthz")[0] == 503
-        assert get(server.server_address[1], "/metrics")[0] == 200
+        assert loopback_get(server.server_address[1], "/healthz")[0] == 503
+        assert loopback_get(server.server_address[1], "/metrics")[0] == 200
     finally:
         server.shutdown()
         server.server_close()

@@ -7,7 +7,6 @@ tests/e2e/test_preflight_backup.py)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,7 +21,7 @@ from tracker_reencrypt.keys.products import ProductKeys
 from tracker_reencrypt.stores import open_store
 
 from arm_server import ArmServer
-from conftest import ROOT, make_rotation, run_cli
+from conftest import ROOT, free_port, make_rotation, run_cli
 from cosmos_server import cosmos_server  # noqa: F401  (pytest fixture)
 from keyvault_server import KeyVaultServer
 from loopback_vault import open_provider
@@ -70,9 +69,7 @@ def test_fails_when_no_worker_serves_the_store_and_says_what_to_do(rotation):
 
 
 def test_a_broker_that_does_not_answer_fails_the_broker_check_and_skips_no_other(rotation):
-    with socket.socket() as probe:  # a loopback port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a loopback port nobody listens on
     code, report = preflight(rotation, "--expect-workers", "0", REDIS_URL=f"redis://127.0.0.1:{port}/0")
     assert code == 1 and not report["passed"]
     (broker,) = checks_named(report, "broker")

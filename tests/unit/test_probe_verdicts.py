@@ -4,9 +4,6 @@ waiting. tests/e2e/test_worker_probes.py asks a real worker."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 from tracker_reencrypt.errors import StoreError
 from tracker_reencrypt.stores.sqlite import SqliteStore
 from worker.health import (
@@ -18,6 +15,8 @@ from worker.health import (
     Heartbeat,
     stall_limit,
 )
+
+from conftest import loopback_get
 
 NO_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1: refused at once
 
@@ -107,29 +106,21 @@ def test_readiness_fails_on_a_broker_that_does_not_answer_and_on_a_check_that_ha
     assert code == 503 and text.startswith("store unreachable: its check has not ended for 11s")
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode().strip()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode().strip()
-
-
 def test_ready_needs_celery_ready_a_connected_consumer_and_passing_checks(redis_url):
     clock = Clock()
     heartbeat = Heartbeat(queue="q")
     dependencies = Dependencies(redis_url, None, clock=clock)
     server = HealthServer(0, heartbeat, dependencies, bind="127.0.0.1", clock=clock)
     try:
-        assert get(server.port, "/livez")[0] == 503 and get(server.port, "/readyz")[0] == 503
+        assert loopback_get(server.port, "/livez")[0] == 503 and loopback_get(server.port, "/readyz")[0] == 503
         heartbeat.beat(clock.now, consuming=True)
         dependencies.check_once()
-        assert get(server.port, "/livez")[0] == 200
-        assert get(server.port, "/readyz") == (503, "starting: Celery is not ready yet")
+        assert loopback_get(server.port, "/livez")[0] == 200
+        assert loopback_get(server.port, "/readyz") == (503, "starting: Celery is not ready yet\n")
         server.ready.set()
-        assert get(server.port, "/readyz")[0] == 200
+        assert loopback_get(server.port, "/readyz")[0] == 200
         heartbeat.pause(clock.now)  # the broker connection lost: alive, not ready
-        assert get(server.port, "/livez")[0] == 200 and get(server.port, "/readyz")[0] == 503
-        assert get(server.port, "/metrics")[0] == 404
+        assert loopback_get(server.port, "/livez")[0] == 200 and loopback_get(server.port, "/readyz")[0] == 503
+        assert loopback_get(server.port, "/metrics")[0] == 404
     finally:
         server.close()
