@@ -326,9 +326,7 @@ class SweepState:
     def clear_back_offs(self, sweep_id: str) -> None:
         """End every slice's back-off now: ``sweep resume`` says the cause is fixed (and then
         sends every unfinished slice a message)."""
-        for piece in self.slices(sweep_id):
-            if piece.retry_at:
-                self._end_back_off(sweep_id, piece.index, due_by=math.inf)
+        self._end_back_offs(sweep_id, due_by=math.inf)
 
     def due_retries(self, sweep_id: str) -> list[Slice]:
         """Slices whose back-off after a failed batch is over, each taken for ONE message by the
@@ -336,23 +334,26 @@ class SweepState:
         ``retry_task_id``. Ended, not marked as a rescue: the message then meets no back-off on
         a worker whose clock is behind, and a message lost (a send that failed, a broker that
         lost it) leaves an idle slice without one, which the lost-message look re-queues."""
-        now = self.clock()
-        waiting = [piece for piece in self.slices(sweep_id) if 0 < piece.retry_at <= now]
-        return [taken for piece in waiting if (taken := self._end_back_off(sweep_id, piece.index, due_by=now))]
+        return self._end_back_offs(sweep_id, due_by=self.clock())
 
-    def _end_back_off(self, sweep_id: str, index: int, *, due_by: float) -> Slice | None:
-        """The slice as it was, if this call ended its back-off (one due by ``due_by``)."""
-        record_id = slice_id(sweep_id, index)
-        while True:
-            body, etag = self.records.get(SLICE, record_id)
-            piece = Slice.from_record(body)
-            if piece.done or piece.lease_owner or not 0 < piece.retry_at <= due_by:
-                return None  # claimed, ended by another look, or not due
-            try:
-                self.records.replace(SLICE, record_id, piece.but(retry_at=0.0).to_record(), etag)
-                return piece
-            except ConflictError:
-                continue
+    def _end_back_offs(self, sweep_id: str, *, due_by: float) -> list[Slice]:
+        """End the back-off of every slice whose retry is due by ``due_by``; the slices as they
+        were, for those this call ended (a conflict is read again: claimed, or ended by another
+        look, it needs nothing more)."""
+        ended: list[Slice] = []
+        for record_id, body, etag in self.records.list(SLICE, prefix=f"{sweep_id}/"):
+            while True:
+                piece = Slice.from_record(body)
+                if piece.done or piece.lease_owner or not 0 < piece.retry_at <= due_by:
+                    break
+                try:
+                    self.records.replace(SLICE, record_id, piece.but(retry_at=0.0).to_record(), etag)
+                except ConflictError:
+                    body, etag = self.records.get(SLICE, record_id)
+                    continue
+                ended.append(piece)
+                break
+        return ended
 
     def _settle_slice(self, sweep_id: str, index: int, fence: int, change: Callable[[Slice], Slice]) -> Slice:
         record_id = slice_id(sweep_id, index)
