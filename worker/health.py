@@ -65,15 +65,21 @@ CHECK_DEADLINE_S = 10.0
 POOLS = ("prefork", "solo")
 
 
+def _probe_client(redis_url: str) -> redis.Redis:
+    """A Redis client that gives up within a probe's time."""
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S)
+
+
 def broker_answers(redis_url: str) -> bool:
     try:
-        return bool(
-            redis.Redis.from_url(
-                redis_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
-            ).ping()
-        )
+        return bool(_probe_client(redis_url).ping())
     except (redis.RedisError, OSError):
         return False
+
+
+def read_state(store: DocumentStore) -> None:
+    """Read the sweep state (an empty listing): raises when the store does not answer."""
+    store.records().list("sweep", prefix="~")
 
 
 def check_configuration(settings: Settings, redis_url: str) -> None:
@@ -81,7 +87,7 @@ def check_configuration(settings: Settings, redis_url: str) -> None:
     settings.require("store", "keys")
     store = open_store(settings.store, partition_key_field=settings.partition_key_field)
     try:
-        store.records().list("sweep", prefix="~")  # the state is readable (an empty listing)
+        read_state(store)
     finally:
         store.close()
     provider = open_key_provider(settings.keys, settings.key_name)
@@ -230,9 +236,7 @@ class Dependencies:
         self.clock = clock
         self._open_store = open_store
         self._store: DocumentStore | None = None
-        self._broker = redis.Redis.from_url(
-            redis_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
-        )
+        self._broker = _probe_client(redis_url)
         self._where = redact_url(redis_url)
         self.last: Check | None = None
         #: (what, since when) of the check under way: a check that hangs turns /readyz to 503.
@@ -260,7 +264,7 @@ class Dependencies:
         try:
             if self._store is None:
                 self._store = self._open_store()
-            self._store.records().list("sweep", prefix="~")  # an empty listing: the state is readable
+            read_state(self._store)
         except Exception as exc:  # noqa: BLE001 - any failure of the store is the answer
             self._close_store()
             detail = str(exc) if isinstance(exc, ReencryptError) else type(exc).__name__
@@ -340,6 +344,7 @@ class HealthServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.dependencies.stop()
 
 
 def _handler_for(health: HealthServer) -> type[BaseHTTPRequestHandler]:
