@@ -20,13 +20,7 @@ from kombu.exceptions import OperationalError
 from coordinator import steering
 from coordinator.context import Context
 from tracker_reencrypt.errors import redact_url
-from tracker_reencrypt.fleet import (
-    pending_messages,
-    requeue_lost_messages,
-    rescue_expired_leases,
-    send_due_retries,
-    store_queue,
-)
+from tracker_reencrypt.fleet import pending_messages, recover, store_queue
 from tracker_reencrypt.sweep.records import RUNNING
 
 log = logging.getLogger("reencrypt.follow")
@@ -66,13 +60,10 @@ class Recovery:
         if progress.sweep.status != RUNNING:
             return 0
         try:
-            expired = rescue_expired_leases(self.ctx.celery, self.ctx.state)
-            retried = send_due_retries(self.ctx.celery, self.ctx.state)
-            lost = requeue_lost_messages(self.ctx.celery, self.ctx.state, self._messages_waiting())
+            return recover(self.ctx.celery, self.ctx.state, self._messages_waiting)
         except (redis.RedisError, OSError, OperationalError) as exc:
             log.warning("re-queuing skipped this time: the broker did not answer (%s)", type(exc).__name__)
             return 0
-        return len(expired) + len(retried) + len(lost)
 
     def _messages_waiting(self) -> int:
         client = redis.Redis.from_url(self.ctx.redis_url, socket_connect_timeout=3, socket_timeout=3)

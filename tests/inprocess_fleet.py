@@ -25,9 +25,7 @@ from tracker_reencrypt.fleet import (
     PROCESS_SLICE,
     QUEUE_PREFIX,
     enqueue_slice,
-    requeue_lost_messages,
-    rescue_expired_leases,
-    send_due_retries,
+    recover,
     store_queue,
 )
 from tracker_reencrypt.pacing.backends.memory import MemoryPacing
@@ -159,10 +157,7 @@ class InProcessFleet:
 
     def watch(self) -> bool:
         """One look of the lease watch (worker/lease_watch.py); whether it sent anything."""
-        rescued = rescue_expired_leases(self.broker, self.state)
-        retried = send_due_retries(self.broker, self.state)
-        lost = requeue_lost_messages(self.broker, self.state, len(self.broker.messages))
-        return bool(rescued or retried or lost)
+        return recover(self.broker, self.state, lambda: len(self.broker.messages)) > 0
 
     def _running_slices(self):
         sweep_id = self.state.active_sweep_id()

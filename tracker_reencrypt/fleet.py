@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import redis
 from celery import Celery
@@ -151,23 +152,29 @@ def _routing_key(unacked_value: bytes) -> str | None:
 STALL_S = 60.0
 
 
-def rescue_expired_leases(app: Celery, state: SweepState) -> list[tuple[int, int]]:
-    """Re-queue, once per expiry, every slice of the running sweep whose lease expired (its
-    worker died): see SweepState.rescue_expired. Used by every worker's lease watch and by
-    ``sweep start --wait``."""
+def recover(app: Celery, state: SweepState, count_waiting: Callable[[], int]) -> int:
+    """One look of the fleet's recovery, by every worker's lease watch and ``sweep start
+    --wait``: over the running sweep (none: nothing to do), the expired leases rescued, the due
+    retries sent, then the lost messages re-queued (``count_waiting``: the messages the broker
+    holds for this store's queue, counted after the first two sent theirs). How many were sent."""
     sweep_id = state.active_sweep_id()
     if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
-        return []
+        return 0
+    expired = rescue_expired_leases(app, state, sweep_id)
+    retried = send_due_retries(app, state, sweep_id)
+    return len(expired) + len(retried) + len(requeue_lost_messages(app, state, sweep_id, count_waiting()))
+
+
+def rescue_expired_leases(app: Celery, state: SweepState, sweep_id: str) -> list[tuple[int, int]]:
+    """Re-queue, once per expiry, every slice of the sweep whose lease expired (its worker
+    died): see SweepState.rescue_expired."""
     return _send_rescues(app, state, sweep_id, state.rescue_expired(sweep_id))
 
 
-def requeue_lost_messages(app: Celery, state: SweepState, waiting: int) -> list[tuple[int, int]]:
-    """Re-queue, once per fence, the slices of the running sweep whose message was lost: those
-    nobody holds that have not moved for STALL_S, as many as the broker (``waiting`` messages of
-    this store's queue) is short of. Used by the lease watch and ``sweep start --wait``."""
-    sweep_id = state.active_sweep_id()
-    if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
-        return []
+def requeue_lost_messages(app: Celery, state: SweepState, sweep_id: str, waiting: int) -> list[tuple[int, int]]:
+    """Re-queue, once per fence, the slices of the sweep whose message was lost: those nobody
+    holds that have not moved for STALL_S, as many as the broker (``waiting`` messages of this
+    store's queue) is short of."""
     now = state.clock()
     # A slice waiting out a back-off has no message by design (send_due_retries sends it).
     idle = sum(
@@ -180,13 +187,10 @@ def requeue_lost_messages(app: Celery, state: SweepState, waiting: int) -> list[
     return _send_rescues(app, state, sweep_id, state.rescue_stalled(sweep_id, STALL_S, idle - waiting))
 
 
-def send_due_retries(app: Celery, state: SweepState) -> list[tuple[int, int]]:
-    """Send, once each, the retries of the running sweep's slices whose back-off after a failed
-    batch is over (SweepState.back_off_slice recorded when): the durable half of Celery's retry,
-    so that no retry waits in a worker's memory. Used by the lease watch and ``sweep start --wait``."""
-    sweep_id = state.active_sweep_id()
-    if not sweep_id or state.get_sweep(sweep_id).status != RUNNING:
-        return []
+def send_due_retries(app: Celery, state: SweepState, sweep_id: str) -> list[tuple[int, int]]:
+    """Send, once each, the retries of the sweep's slices whose back-off after a failed batch is
+    over (SweepState.back_off_slice recorded when): the durable half of Celery's retry, so that
+    no retry waits in a worker's memory."""
     sent = []
     # A send that fails (the broker down) leaves its slice, and the due ones after it, idle
     # without a message: requeue_lost_messages sends them once the broker answers.

@@ -25,7 +25,7 @@ import redis
 
 from tracker_reencrypt.config import Settings
 from tracker_reencrypt.errors import ReencryptError
-from tracker_reencrypt.fleet import pending_messages, requeue_lost_messages, rescue_expired_leases, send_due_retries
+from tracker_reencrypt.fleet import pending_messages, recover
 from tracker_reencrypt.stores import open_store
 from tracker_reencrypt.sweep.state import SweepState
 
@@ -48,9 +48,7 @@ def start(app, settings: Settings) -> threading.Event:
         try:
             while not stop.wait(interval):
                 try:
-                    rescue_expired_leases(app, state)
-                    send_due_retries(app, state)
-                    requeue_lost_messages(app, state, sum(pending_messages(broker, queue)))
+                    recover(app, state, lambda: sum(pending_messages(broker, queue)))
                 except Exception as exc:  # noqa: BLE001 - an outage (store, broker): the next look tries again
                     log.warning("lease watch: %s", exc if isinstance(exc, ReencryptError) else type(exc).__name__)
         finally:

@@ -223,8 +223,8 @@ def test_a_rescue_whose_message_could_not_be_sent_is_sent_at_the_next_look(rotat
     fleet.clock.now += 61
     broker_down_for(fleet, sends=1)
     with pytest.raises(OSError):
-        rescue_expired_leases(fleet.broker, fleet.state)
-    assert rescue_expired_leases(fleet.broker, fleet.state) == [(0, message.args[2] + 1)]
+        rescue_expired_leases(fleet.broker, fleet.state, sweep.id)
+    assert rescue_expired_leases(fleet.broker, fleet.state, sweep.id) == [(0, message.args[2] + 1)]
     fleet.join()
     assert fleet.state.get_sweep(sweep.id).status == COMPLETED
 
@@ -251,8 +251,8 @@ def test_rescues_after_one_that_could_not_be_sent_are_all_sent_at_the_next_look(
     fleet.clock.now += 61
     broker_down_for(fleet, sends=1)
     with pytest.raises(OSError):
-        rescue_expired_leases(fleet.broker, fleet.state)
-    assert sorted(index for index, _ in rescue_expired_leases(fleet.broker, fleet.state)) == [0, 1, 2]
+        rescue_expired_leases(fleet.broker, fleet.state, sweep.id)
+    assert sorted(index for index, _ in rescue_expired_leases(fleet.broker, fleet.state, sweep.id)) == [0, 1, 2]
     fleet.join()
     assert fleet.state.get_sweep(sweep.id).status == COMPLETED
 
@@ -266,7 +266,7 @@ def test_retries_due_while_the_broker_is_down_are_re_queued_once_it_answers(rota
     fleet.clock.now = max(piece.retry_at for piece in fleet.state.slices(sweep.id))
     broker_down_for(fleet, sends=1)
     with pytest.raises(OSError):
-        send_due_retries(fleet.broker, fleet.state)
+        send_due_retries(fleet.broker, fleet.state, sweep.id)
     assert fleet.join() == [] and fleet.state.get_sweep(sweep.id).status == RUNNING
     fleet.clock.now += STALL_S + 1  # no message for either slice: the lost-message look sends them
     fleet.join()
@@ -291,6 +291,6 @@ def test_a_lost_message_is_sent_again_once_the_slice_has_stalled(rotation):
 
 def test_slices_waiting_in_a_long_queue_are_not_sent_twice(rotation):
     fleet = fleet_for(rotation)
-    start(fleet, rotation.v2, slices=4)
+    sweep = start(fleet, rotation.v2, slices=4)
     fleet.clock.now += STALL_S + 1  # every slice idle for long, but each still has its message
-    assert requeue_lost_messages(fleet.broker, fleet.state, len(fleet.broker.messages)) == []
+    assert requeue_lost_messages(fleet.broker, fleet.state, sweep.id, len(fleet.broker.messages)) == []
