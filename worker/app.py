@@ -158,18 +158,14 @@ def _say_as_json(message: str, f=sys.__stderr__) -> None:
 
 
 @signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
 def _json_logs(logger=None, **_) -> None:
-    """Celery's handlers (root's, and the pool's multiprocessing logger) write JSON when asked."""
+    """Celery's handlers (root's, its task logger's, and the pool's multiprocessing logger)
+    write JSON when asked."""
     if logs.log_format() == logs.JSON:
         for configured in (logger, multiprocessing.util.get_logger()):
             if configured is not None:
                 logs.use_json(configured)
-
-
-@signals.after_setup_task_logger.connect
-def _json_task_logs(logger=None, **_) -> None:
-    if logger is not None and logs.log_format() == logs.JSON:
-        logs.use_json(logger)
 
 
 def _pool_name(pool: object) -> str:

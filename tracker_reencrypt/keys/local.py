@@ -143,23 +143,18 @@ def _as_layout_2(raw: object) -> dict:
     return {"layout": LAYOUT, "keys": raw["keys"], "metadata": metadata}
 
 
-def _parse(path: Path, content: bytes) -> object:
-    """The file's JSON; a KeyringFileError saying where it breaks (line, column and the parser's
+def _parse(content: bytes) -> object:
+    """The file's JSON; a ValueError saying where it breaks (line, column and the parser's
     reason, which names the character class expected, never the text found: the file holds
     private keys, and the part that fails to parse may be one)."""
     try:
         text = content.decode("utf-8")
-    except UnicodeDecodeError as problem:
-        raise KeyringFileError(
-            f"keyring file {path} is not a JWKS keyring this tool wrote: not UTF-8 text (at byte {problem.start})"
-        ) from None
+    except UnicodeDecodeError as problem:  # its own text quotes the bytes: only the offset is said
+        raise ValueError(f"not UTF-8 text (at byte {problem.start})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as problem:
-        raise KeyringFileError(
-            f"keyring file {path} is not a JWKS keyring this tool wrote: invalid JSON at line {problem.lineno}, "
-            f"column {problem.colno} ({problem.msg})"
-        ) from None
+        raise ValueError(f"invalid JSON at line {problem.lineno}, column {problem.colno} ({problem.msg})") from None
 
 
 class _KeyringFile:
@@ -202,13 +197,13 @@ class _KeyringFile:
                 raise KeyringFileError(f"keyring file {self.path} cannot be read") from None
             if self._document is not None and stamp == self._loaded_stamp:
                 return self._document
-            raw = _parse(self.path, stamp)
-            if isinstance(raw, dict) and "layout" in raw and raw["layout"] != LAYOUT:
-                raise KeyringFileError(
-                    f"keyring file {self.path} has layout {raw['layout']!r}; this tool reads layouts 1 and {LAYOUT}: "
-                    "use the version of reencrypt that wrote it"
-                )
             try:
+                raw = _parse(stamp)
+                if isinstance(raw, dict) and "layout" in raw and raw["layout"] != LAYOUT:
+                    raise KeyringFileError(
+                        f"keyring file {self.path} has layout {raw['layout']!r}; this tool reads layouts 1 and "
+                        f"{LAYOUT}: use the version of reencrypt that wrote it"
+                    )
                 document = _as_layout_2(raw)
             except ValueError as problem:
                 raise KeyringFileError(
