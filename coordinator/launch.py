@@ -66,19 +66,20 @@ def worker_environment(
     settings = ctx.settings.require("store", "keys")
     env = dict(os.environ)
     # A flag given wins over the setting; an unset flag (0) leaves REENCRYPT_*_PORT as configured.
+    metrics_port = metrics_port or settings.metrics_port
     env.update(
         REENCRYPT_STORE=settings.store,
         REENCRYPT_KEYS=settings.keys,
         REENCRYPT_KEY_NAME=settings.key_name,
         REDIS_URL=ctx.redis_url,
-        REENCRYPT_METRICS_PORT=str(metrics_port or settings.metrics_port),
+        REENCRYPT_METRICS_PORT=str(metrics_port),
         REENCRYPT_HEALTH_PORT=str(health_port or settings.health_port),
     )
     if task_events:  # its own sends (continuations, retries) then say "task-sent" too
         env["REENCRYPT_TASK_EVENTS"] = "1"
     # prometheus_client reads this when it is imported, so it must be set before Python starts.
     # Without a metrics port nobody reads the samples: none are written to files at all.
-    if metrics_port or settings.metrics_port:
+    if metrics_port:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(hostname))
     else:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -114,11 +115,11 @@ def metrics_dir(hostname: str) -> Path:
             "another name with -n NAME@%h"
         ) from None
     os.set_inheritable(lock, True)
-    directory = root / name
+    directory = (root / name).resolve()
     shutil.rmtree(directory, ignore_errors=True)  # samples of an earlier run would be counted again
     directory.mkdir(mode=0o700)
-    _held[directory.resolve()] = lock
-    return directory.resolve()
+    _held[directory] = lock
+    return directory
 
 
 #: The metrics directories this process holds, and their locks' descriptors.
@@ -126,7 +127,9 @@ _held: dict[Path, int] = {}
 
 
 def release_metrics_dir(directory: Path) -> None:
-    """Give up a directory this process holds (its fleet stopped); a later start may take it."""
+    """Remove a directory this process holds and give it up (its fleet stopped): a later start
+    may take the name."""
+    shutil.rmtree(directory, ignore_errors=True)
     lock = _held.pop(Path(directory).resolve(), None)
     if lock is not None:
         os.close(lock)
@@ -189,17 +192,17 @@ class WorkerFleet:
             env = worker_environment(ctx, port, hostname=fleet_hostname(number))
             if "PROMETHEUS_MULTIPROC_DIR" in env:
                 self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
-            log = open(log_dir / f"worker-{number}.log", "ab")
-            self.processes.append(
-                subprocess.Popen(
-                    worker_argv(store_queue(ctx.settings), WorkerOptions(hostname=fleet_hostname(number))),
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
+            argv = worker_argv(store_queue(ctx.settings), WorkerOptions(hostname=fleet_hostname(number)))
+            argv, env = self.adapted(argv, env)
+            with open(log_dir / f"worker-{number}.log", "ab") as log:
+                self.processes.append(
+                    subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 )
-            )
-            log.close()
+
+    def adapted(self, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        """A worker's command line and environment as this fleet runs them: as made, here; a
+        fleet of another Celery app or environment (bench's loopback-vault workers) changes them."""
+        return argv, env
 
     def stop(self, timeout: float = 30.0) -> None:
         """Warm shutdown (SIGTERM: finish the batch in hand), then kill what lingers."""
@@ -213,7 +216,6 @@ class WorkerFleet:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         for directory in self.metrics_dirs:
-            shutil.rmtree(directory, ignore_errors=True)
             release_metrics_dir(Path(directory))
 
     def __enter__(self) -> WorkerFleet:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,8 @@ from typing import Any
 from azure.core.credentials import AccessToken
 
 from coordinator.context import Context
-from coordinator.launch import WorkerFleet, WorkerOptions, fleet_hostname, worker_argv, worker_environment
+from coordinator.launch import WorkerFleet
 from tracker_reencrypt.errors import ConfigError
-from tracker_reencrypt.fleet import store_queue
 from tracker_reencrypt.keys.azure import AzureKeyVaultProvider
 
 TESTS_DIR = Path(__file__).resolve().parents[2] / "tests"
@@ -121,18 +119,14 @@ class VaultWorkerFleet(WorkerFleet):
     def __init__(
         self, ctx: Context, count: int, *, log_dir: Path, metrics_ports: list[int], vault: LoopbackVault
     ) -> None:
-        self.processes: list[subprocess.Popen] = []
-        self.metrics_dirs: list[str] = []
-        log_dir.mkdir(parents=True, exist_ok=True)
-        for number in range(count):
-            argv = worker_argv(store_queue(ctx.settings), WorkerOptions(hostname=fleet_hostname(number)))
-            argv[argv.index("worker.app")] = WORKER_APP
-            env = worker_environment(ctx, metrics_ports[number], hostname=fleet_hostname(number))
-            if "PROMETHEUS_MULTIPROC_DIR" in env:
-                self.metrics_dirs.append(env["PROMETHEUS_MULTIPROC_DIR"])
-            env["TEST_VAULT_CA"] = vault.server.cert_path
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
-            with open(log_dir / f"worker-{number}.log", "ab") as log:
-                self.processes.append(
-                    subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                )
+        self.vault = vault
+        super().__init__(ctx, count, log_dir=log_dir, metrics_ports=metrics_ports)
+
+    def adapted(self, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        argv = [WORKER_APP if part == "worker.app" else part for part in argv]
+        env = {
+            **env,
+            "TEST_VAULT_CA": self.vault.server.cert_path,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")])),
+        }
+        return argv, env
