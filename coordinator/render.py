@@ -69,9 +69,8 @@ def limits_text(sweep: Sweep) -> str:
     return describe_limits(sweep.limits) or "none"
 
 
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
+def duration_hm(seconds: float) -> str:
+    """A duration for a person: 1h05m, or 4m07s under an hour."""
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
@@ -181,7 +180,7 @@ def _status_view(progress: steering.Progress, notice: str = "") -> Group:
         f"{done}/{sweep.documents_estimate} docs",
         f"{sum(_fields(sweep, s) for s in progress.slices)} fields {'checked' if sweep.checks_only else 'moved'}",
         rate_text(progress.throughput),
-        f"ETA {_eta(progress.eta_s)}",
+        f"ETA {'-' if progress.eta_s is None else duration_hm(progress.eta_s)}",
         f"conflicts {totals.get('conflicts', 0)}",
         f"failures {totals.get('failures', 0)}",
         f"workers {progress.active_leases}",

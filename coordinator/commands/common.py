@@ -22,6 +22,13 @@ ProductOption = typer.Option(
 AllProductsOption = typer.Option(False, "--all-products", help="Every product (see the command's help for which).")
 
 
+def say(*texts: str, style: str = "") -> None:
+    """Lines that name things a user typed or a store holds (product ids, paths, kids): printed
+    as they are, never read as markup."""
+    for text in texts:
+        out.print(text, style=style, markup=False, highlight=False)
+
+
 def emit(ctx: Context, as_json: bool, payload, human) -> None:
     """Print JSON for scripts or the human form for people."""
     if as_json:

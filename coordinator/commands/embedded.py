@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import typer
 
-from coordinator.commands.common import JsonOption, emit, out
+from coordinator import render
+from coordinator.commands.common import JsonOption, emit, say
 from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
 from tracker_reencrypt.errors import EmbeddedRedisError
@@ -55,32 +56,22 @@ def embedded_stop(
 
     def human() -> None:
         if found.running:
-            _say(f"stopped the embedded Redis of {found.home} (pid {found.pid})")
+            say(f"stopped the embedded Redis of {found.home} (pid {found.pid})")
         else:
-            _say(f"no embedded Redis runs in {found.home}: nothing to stop")
+            say(f"no embedded Redis runs in {found.home}: nothing to stop")
 
     emit(ctx, as_json, payload, human)
 
 
 def _show(found: embedded_redis.Server, redis_url_set: bool) -> None:
     if not found.running:
-        _say(f"no embedded Redis runs in {found.home} (socket {found.socket})")
+        say(f"no embedded Redis runs in {found.home} (socket {found.socket})")
     else:
         memory = f"{(found.used_memory_bytes or 0) / 2**20:.1f} MiB"
         owner = "" if found.ours else " (not started by reencrypt: its pid file does not name it)"
-        _say(
+        say(
             f"embedded Redis of {found.home}: running{owner}, pid {found.pid}, socket {found.socket}, "
-            f"up {_duration(found.uptime_s or 0)}, memory {memory}, {found.clients} other clients connected"
+            f"up {render.duration_hm(found.uptime_s or 0)}, memory {memory}, {found.clients} other clients connected"
         )
     if redis_url_set:
-        _say("REDIS_URL is set: commands use that broker, not this one")
-
-
-def _duration(seconds: int) -> str:
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def _say(text: str) -> None:
-    out.print(text, markup=False, highlight=False)
+        say("REDIS_URL is set: commands use that broker, not this one")

@@ -14,7 +14,16 @@ from pathlib import Path
 import typer
 
 from coordinator import keyops, render
-from coordinator.commands.common import AllProductsOption, JsonOption, ProductOption, emit, err, note_unaudited, out
+from coordinator.commands.common import (
+    AllProductsOption,
+    JsonOption,
+    ProductOption,
+    emit,
+    err,
+    note_unaudited,
+    out,
+    say,
+)
 from coordinator.context import Context
 from coordinator.envfile import check_env_file, update_env_file
 from coordinator.verify import require_known_kid
@@ -100,11 +109,6 @@ def _write_env(lines: list[str], env_file: Path | None) -> None:
         err.print(f"updated {len(lines)} TRACKER_MEK_ID_ lines in {env_file}", markup=False, highlight=False)
 
 
-def _say(*texts: str) -> None:
-    for text in texts:
-        out.print(text, markup=False, highlight=False)
-
-
 def _has_versions(provider: KeyProvider) -> bool:
     try:
         return bool(provider.versions())
@@ -132,10 +136,10 @@ def keys_init(
         note_unaudited("key created", recorded)
         created.append(version)
     if not created:
-        emit(ctx, as_json, [], lambda: _say("every product of the container already has a key"))
+        emit(ctx, as_json, [], lambda: say("every product of the container already has a key"))
         return
     _emit_versions(
-        ctx, as_json, created, lambda: _say(*(f"created {v.kid} (current) in {ctx.keys.describe()}" for v in created))
+        ctx, as_json, created, lambda: say(*(f"created {v.kid} (current) in {ctx.keys.describe()}" for v in created))
     )
 
 
@@ -172,7 +176,7 @@ def keys_rotate(
 
     def human() -> None:
         for version in rotated:
-            _say(f"rotated: {version.kid} is now current")
+            say(f"rotated: {version.kid} is now current")
         for line in lines:
             print(line)
 
@@ -334,11 +338,11 @@ def keys_disable(
             ctx,
             as_json,
             {**done[0].as_json(), "store": ctx.store_text()},
-            lambda: _say(f"disabled {done[0].kid} ({checked})"),
+            lambda: say(f"disabled {done[0].kid} ({checked})"),
         )
     else:
         payload = [{**_version_json(ctx, v), "store": ctx.store_text()} for v in done]
-        emit(ctx, as_json, payload, lambda: _say(*(f"disabled {v.kid} ({checked})" for v in done)))
+        emit(ctx, as_json, payload, lambda: say(*(f"disabled {v.kid} ({checked})" for v in done)))
     if refused:
         raise typer.Exit(EXIT_FAILED)
 
@@ -360,7 +364,7 @@ def keys_promote(
     _write_env(lines, env_file)
 
     def human() -> None:
-        _say(f"promoted: {version.kid} is current again")
+        say(f"promoted: {version.kid} is current again")
         for line in lines:
             print(line)
 
@@ -385,4 +389,4 @@ def keys_enable(
         version, recorded = keyops.enable(ctx, kid)
         note_unaudited("key enabled", recorded)
         enabled.append(version)
-    _emit_versions(ctx, as_json, enabled, lambda: _say(*(f"enabled {v.kid}" for v in enabled)))
+    _emit_versions(ctx, as_json, enabled, lambda: say(*(f"enabled {v.kid}" for v in enabled)))

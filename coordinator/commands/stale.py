@@ -15,7 +15,7 @@ import time
 import typer
 
 from coordinator import render
-from coordinator.commands.common import JsonOption, ProductOption, emit, err, out
+from coordinator.commands.common import JsonOption, ProductOption, emit, err, out, say
 from coordinator.context import Context
 from coordinator.stale_writes import DEFAULT_QUIET_FOR_S, StaleReport, StaleWatch, iso, products_to_watch
 from tracker_reencrypt.errors import ReencryptError, first_line
@@ -111,30 +111,28 @@ def _show(report: StaleReport, quiet_for: float) -> None:
         out.print(line)
     not_checked = sorted(report.not_checked.items())
     for product, why in not_checked[: render.LISTED_PRODUCTS]:
-        _say(f"NOT CHECKED: product {product}: {why}", "bold red")
+        say(f"NOT CHECKED: product {product}: {why}", style="bold red")
     if len(not_checked) > render.LISTED_PRODUCTS:
-        _say(f"and {len(not_checked) - render.LISTED_PRODUCTS} more not checked (--json lists all)")
+        say(f"and {len(not_checked) - render.LISTED_PRODUCTS} more not checked (--json lists all)")
     checked = f"{len(report.checked)} of {report.products_watched} products checked"
     reason = report.reason(quiet_for)
     if reason is None:
         newest = f"the newest stale write at {iso(report.newest_ts)}" if report.newest_ts else "no stale write"
-        _say(f"quiet: each product free of stale writes for at least {quiet_for:g} s ({newest}); {checked}", "green")
+        say(
+            f"quiet: each product free of stale writes for at least {quiet_for:g} s ({newest}); {checked}",
+            style="green",
+        )
         return
-    _say(f"not passed: {reason}; {checked}", "bold red")
+    say(f"not passed: {reason}; {checked}", style="bold red")
     if report.not_checked:
-        _say(
+        say(
             "Fix what is named (a product's key, its id), or name only the products to gate with --product P; "
             "until then this gate cannot pass"
         )
     elif any(report.products[product].newest_ts is not None for product in report.not_quiet(quiet_for)):
-        _say(
+        say(
             "Restart the tracker instances still on the old key id (their TRACKER_MEK_ID_ line), then look again "
             "with --wait"
         )
     elif report.checked:
-        _say(f"Look again in {report.left_s(quiet_for):.0f} s, or with --wait")
-
-
-def _say(text: str, style: str = "") -> None:
-    """A line naming product ids (arbitrary text): never read as markup."""
-    out.print(text, style=style, markup=False, highlight=False)
+        say(f"Look again in {report.left_s(quiet_for):.0f} s, or with --wait")

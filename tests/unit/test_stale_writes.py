@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from coordinator import render, steering
+from coordinator.commands import common
 from coordinator.commands import stale as stale_command
 from coordinator.context import Context
 from coordinator.exporter import Snapshot, SweepView, families
@@ -399,6 +400,7 @@ def shown(rotation, monkeypatch, *products: str, quiet_for: float = 300) -> str:
     report = StaleWatch(store, keys, products_to_watch(store, keys, products), named=bool(products)).look()
     console = Console(record=True, width=300, file=io.StringIO())
     monkeypatch.setattr(stale_command, "out", console)
+    monkeypatch.setattr(common, "out", console)  # what say() prints to
     stale_command._show(report, quiet_for)
     return console.export_text()
 
