@@ -9,6 +9,7 @@ from rich.console import Console
 
 from coordinator import render, steering
 from coordinator.context import Context
+from tracker_reencrypt.errors import EXIT_INTERRUPTED
 
 # soft_wrap: a line is never broken at the terminal's width (80 columns when piped), so logs
 # and scripts see ids, URLs and queue names whole; tables still fit the width.
@@ -58,4 +59,4 @@ def follow_or_exit(
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -14,7 +14,7 @@ from coordinator.commands.stale import stale_writes
 from coordinator.context import Context
 from coordinator.launch import DEFAULT_HOSTNAME
 from coordinator.verify import documents_in_scope, fleet_verify, verify_rotation
-from tracker_reencrypt.errors import ConfigError, SweepError, redact_url
+from tracker_reencrypt.errors import EXIT_FAILED, ConfigError, SweepError, redact_url
 from tracker_reencrypt.seed import DEFAULT_DEK_SHARE, DEFAULT_PRODUCTS, product_ids, seed_store, seeding_keyring
 from tracker_reencrypt.sweep.records import COMPLETED, FAILED, PAUSED, Sweep
 
@@ -242,7 +242,7 @@ def verify(
         payload = verify_rotation(ctx, expect, progress=advance, allow_empty=allow_empty, products=scope)
     emit(ctx, as_json, payload, lambda: render.verify(out, payload))
     if not payload["ok"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _verify_on_fleet(ctx: Context, sweep: Sweep, as_json: bool) -> None:
@@ -271,11 +271,11 @@ def _verify_on_fleet(ctx: Context, sweep: Sweep, as_json: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
     payload = fleet_verify(ctx, sweep)
     emit(ctx, as_json, payload, lambda: render.verify(out, payload))
     if not payload["ok"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def audit_trail(
@@ -296,7 +296,7 @@ def audit_trail(
         lambda: render.audit(out, entries, problems if check else None),
     )
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def demo(

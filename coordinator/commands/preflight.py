@@ -16,7 +16,7 @@ from coordinator.preflight import baseline as baselines
 from coordinator.preflight import report
 from coordinator.preflight.result import FAIL, CheckResult
 from coordinator.preflight.run import record, run_checks
-from tracker_reencrypt.errors import ConfigError, ReencryptError
+from tracker_reencrypt.errors import EXIT_FAILED, ConfigError, ReencryptError
 
 
 def preflight(
@@ -127,7 +127,7 @@ def preflight(
 
     emit(ctx, as_json, payload, human)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _baseline(ctx: Context, results: list[CheckResult], sample: int, before, tolerance: float):

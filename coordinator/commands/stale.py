@@ -18,7 +18,7 @@ from coordinator import render
 from coordinator.commands.common import JsonOption, ProductOption, emit, err, out, say
 from coordinator.context import Context
 from coordinator.stale_writes import DEFAULT_QUIET_FOR_S, StaleReport, StaleWatch, iso, products_to_watch
-from tracker_reencrypt.errors import ReencryptError, first_line
+from tracker_reencrypt.errors import EXIT_FAILED, EXIT_INTERRUPTED, ReencryptError, first_line
 
 DEFAULT_INTERVAL_S = 10.0
 #: The shortest sleep between looks, and how far past the moment a product turns quiet the next
@@ -59,7 +59,7 @@ def stale_writes(
     payload = report.as_json(quiet_for, ctx.store.describe())
     emit(ctx, as_json, payload, lambda: _show(report, quiet_for))
     if not report.quiet(quiet_for):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _wait(
@@ -92,7 +92,7 @@ def _wait(
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     return report
 
 
