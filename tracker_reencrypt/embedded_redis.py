@@ -199,20 +199,27 @@ def _pid_file_names(state_dir: Path, pid: int) -> bool:
         return False
 
 
-def stop(state_dir: Path) -> None:
-    """Shut the embedded server down (no-op if none runs there). A server answering on the
-    socket that this module did not start (the pid file names another process, or none) is
-    refused, never stopped."""
+def stop(state_dir: Path, *, force: bool = True) -> Server:
+    """Shut the embedded server down (no-op if none runs there); the server as it was found. A
+    server answering on the socket that this module did not start (the pid file names another
+    process, or none) is refused, never stopped; so is one with other clients connected
+    (workers, a command following a sweep) unless ``force``. Both are judged under the home's
+    lock, on the one look that decides."""
     if not state_dir.is_dir():
-        return
+        return server(state_dir)
     with _exclusive(state_dir):
         found = server(state_dir)
         if not found.running:
-            return
+            return found
         if not found.ours:
             raise EmbeddedRedisError(
                 f"the Redis answering on {found.socket} (pid {found.pid}) was not started by reencrypt "
                 f"(the pid file {state_dir / 'redis.pid'} does not name it): not stopping it"
+            )
+        if found.clients and not force:
+            raise EmbeddedRedisError(
+                f"{found.clients} other clients are connected to the embedded Redis of {found.home} (workers, a "
+                "command following a sweep): stop them first, or pass --force"
             )
         try:
             with _client(state_dir) as client:
@@ -220,6 +227,7 @@ def stop(state_dir: Path) -> None:
         except redis.ConnectionError:
             pass  # the connection drops as the server exits
         _await_exit(state_dir / "redis.pid")
+        return found
 
 
 def _await_exit(pid_file: Path) -> None:

@@ -14,7 +14,6 @@ from coordinator import render
 from coordinator.commands.common import JsonOption, emit, say
 from coordinator.context import Context, state_dir
 from tracker_reencrypt import embedded_redis
-from tracker_reencrypt.errors import EmbeddedRedisError
 
 embedded_app = typer.Typer(
     help="See and stop the embedded Redis of $REENCRYPT_HOME (the broker when REDIS_URL is unset).",
@@ -44,14 +43,7 @@ def embedded_stop(
     checkpoints). Refused while other clients are connected, unless --force; nothing to do when
     none runs. The next command that needs a broker starts it again."""
     ctx: Context = c.obj
-    home = state_dir()
-    found = embedded_redis.server(home)
-    if found.running and found.ours and found.clients and not force:
-        raise EmbeddedRedisError(
-            f"{found.clients} other clients are connected to the embedded Redis of {found.home} (workers, a "
-            "command following a sweep): stop them first, or pass --force"
-        )
-    embedded_redis.stop(home)  # refuses a server it did not start
+    found = embedded_redis.stop(state_dir(), force=force)  # refuses a server it did not start
     payload = {**found.as_json(), "running": False, "stopped": found.running}
 
     def human() -> None:
