@@ -133,7 +133,7 @@ def _rotation(ctx: Context, home: Path, docs: int, workers: int, console: Consol
             return 1
         if not _verify_and_disable(ctx, console, None, list(previous.values()), products=None):
             return 1
-        comparison = baselines.compare(before, _read_path(ctx))
+        comparison = baselines.compare(before, _read_path(ctx), tolerance=ctx.settings.compare_tolerance / 100)
         report.print_comparison(console, comparison)
         if comparison.failed:
             return 1

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0)
     visibility_timeout_seconds: int = Field(900, ge=10)
     conflict_retries: int = Field(5, ge=0)
+    #: How many percent a p95/p99 of the read path may grow before ``preflight --compare`` (and
+    #: the demo's comparison) fails; ``--tolerance`` overrides it for one run.
+    compare_tolerance: float = Field(50.0, ge=0)
 
     dek_max_uses: int = Field(DEFAULT_DEK_MAX_USES, ge=1)
     dek_max_age_s: float = Field(DEFAULT_DEK_MAX_AGE_S, gt=0)

@@ -44,11 +44,13 @@ def preflight(
         min=baselines.DEFAULT_MIN_SAMPLES,
         help="Documents the baseline samples (fewer could not be judged).",
     ),
-    tolerance: float = typer.Option(
-        baselines.DEFAULT_TOLERANCE * 100,
+    tolerance: float | None = typer.Option(
+        None,
         "--tolerance",
         min=0,
-        help="With --compare: how many percent a p95/p99 may grow before it fails.",
+        show_default=False,
+        help="With --compare: how many percent a p95/p99 may grow before it fails "
+        "[default: REENCRYPT_COMPARE_TOLERANCE, or 50].",
     ),
     as_json: bool = JsonOption,
 ) -> None:
@@ -78,7 +80,8 @@ def preflight(
 
     taken = comparison = None
     if baseline_file is not None or before is not None:
-        taken, comparison = _baseline(ctx, results, sample, before, tolerance / 100)
+        percent = ctx.settings.compare_tolerance if tolerance is None else tolerance
+        taken, comparison = _baseline(ctx, results, sample, before, percent / 100)
         if taken is not None and baseline_file is not None:
             baselines.save_baseline(baseline_file, taken)
         failed = failed or taken is None or (comparison is not None and comparison.failed)

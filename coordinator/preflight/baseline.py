@@ -28,6 +28,7 @@ from typing import Any
 from coordinator.preflight.result import FAIL, PASS
 from tracker_reencrypt import envelope
 from tracker_reencrypt.atomicfile import replace_file
+from tracker_reencrypt.config import Settings
 from tracker_reencrypt.documents import (
     FIELD_KINDS,
     check_document,
@@ -56,7 +57,8 @@ DEFAULT_DOCUMENTS = 1000
 SAMPLE_RANGES = 16
 SCAN_PAGE = 100
 
-DEFAULT_TOLERANCE = 0.5
+#: The settings' default (REENCRYPT_COMPARE_TOLERANCE, in percent), as a fraction.
+DEFAULT_TOLERANCE = Settings.model_fields["compare_tolerance"].default / 100
 DEFAULT_FLOOR_MS = 2.0
 DEFAULT_FLOOR_REQUEST_UNITS = 0.5
 #: Below this many measurements on either side a percentile is mostly the few slowest calls

@@ -912,6 +912,8 @@ def test_demo_runs_a_whole_rotation_and_leaves_nothing_running(tmp_path):
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REENCRYPT_") and k != "REDIS_URL"}
     env["REENCRYPT_HOME"] = str(home)
+    # The demo's comparison times this busy machine: its verdicts are tested on given figures.
+    env["REENCRYPT_COMPARE_TOLERANCE"] = "2000"
     seen: set[str] = set()
     demo = subprocess.Popen(
         [str(Path(sys.executable).parent / "reencrypt"), "demo", "--docs", "300"],

@@ -75,6 +75,10 @@ class Operator:
             TRACKER_ENV=str(self.tracker_env),
             PRODUCT=PRODUCT,
             QUIET_FOR="2",  # no tracker writes here: the wait only has to outlast the grace
+            # The comparisons judge timings of this busy machine (two test processes and their
+            # workers), where two slow unwraps of 20 read as +800%: the gate's verdicts are tested
+            # on given figures (tests/unit/test_baseline.py); here the commands as written.
+            REENCRYPT_COMPARE_TOLERANCE="2000",
             PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
 
